@@ -1,0 +1,313 @@
+//! Validation and translation of a [`Graph`] into runnable tasks.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::config::{ExecutionMode, JobConfig};
+use crate::error::{Error, Result};
+use crate::graph::port::Port;
+use crate::graph::{EdgeKind, Graph, NodeId, OpId, OpKind};
+use crate::operator::OperatorContext;
+use crate::record::Data;
+use crate::runtime::channels::Channels;
+use crate::runtime::exchange::{ExchangeWriter, KeyHashFn, Route};
+use crate::runtime::executor::{JobReport, Shared};
+use crate::runtime::input_task::InputTask;
+use crate::runtime::metrics::{JobCounters, OpCounters};
+use crate::runtime::push::BoxPush;
+use crate::runtime::source_task::{Partition, SourceTask};
+use crate::runtime::task::Task;
+use crate::source::{ReaderContext, Source};
+use crate::time::{WatermarkStrategy, WatermarkTracker};
+
+/// Where an input edge lands in its node's channel numbering.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EdgeLayout {
+    /// One channel per downstream subtask (same index upstream), no routing.
+    pub(crate) forward: bool,
+    pub(crate) channel_offset: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct NodeLayout {
+    pub(crate) parallelism: usize,
+    pub(crate) channels: usize,
+    pub(crate) edges: Vec<EdgeLayout>,
+}
+
+/// Builds the task of one subtask of a node.
+pub(crate) trait TaskFactory {
+    fn build(&self, ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Task>>;
+}
+
+/// What consumer factories see while a subtask is built.
+pub(crate) struct BuildCtx<'a> {
+    pub(crate) config: &'a JobConfig,
+    pub(crate) layout: &'a [NodeLayout],
+    pub(crate) op_names: &'a [Arc<str>],
+    pub(crate) op_counters: &'a [Arc<OpCounters>],
+    pub(crate) channels: &'a mut Channels,
+    pub(crate) job_counters: &'a Arc<JobCounters>,
+    pub(crate) shared: &'a Arc<Shared>,
+    pub(crate) node: NodeId,
+    pub(crate) subtask: usize,
+}
+
+impl BuildCtx<'_> {
+    pub(crate) fn op_name(&self, op: OpId) -> Arc<str> {
+        Arc::clone(&self.op_names[op])
+    }
+
+    pub(crate) fn op_counters(&self, op: OpId) -> Arc<OpCounters> {
+        Arc::clone(&self.op_counters[op])
+    }
+
+    pub(crate) fn parallelism(&self) -> usize {
+        self.layout[self.node].parallelism
+    }
+
+    pub(crate) fn operator_context(&self, op: OpId) -> OperatorContext {
+        OperatorContext {
+            name: self.op_name(op),
+            subtask: self.subtask,
+            parallelism: self.parallelism(),
+            config: self.config.clone(),
+        }
+    }
+
+    fn task_name(&self, op: OpId) -> Arc<str> {
+        Arc::from(format!("{}[{}]", self.op_names[op], self.subtask))
+    }
+}
+
+/// The consumer that ends a chain at an exchange into node `to`, edge `edge`.
+pub(crate) fn exchange_writer<T: Data>(
+    to: NodeId,
+    edge: usize,
+    kind: EdgeKind,
+    hash: Option<KeyHashFn<T>>,
+) -> crate::graph::port::ConsumerFactory<T> {
+    Box::new(move |ctx| {
+        let target = &ctx.layout[to];
+        let layout = target.edges[edge];
+        let all = ctx.channels.senders::<T>(to, target.parallelism)?;
+        let (senders, channel, route) = if layout.forward {
+            let one = all
+                .get(ctx.subtask)
+                .cloned()
+                .ok_or_else(|| Error::Internal("forward edge without a matching subtask".into()))?;
+            (vec![one], layout.channel_offset, Route::Forward)
+        } else {
+            let route = match (kind, &hash) {
+                (EdgeKind::Keyed, Some(h)) => Route::Keyed {
+                    hash: Arc::clone(h),
+                    key_groups: ctx.config.key_groups,
+                },
+                (EdgeKind::Broadcast, _) => Route::Broadcast,
+                _ => Route::Rebalance { next: ctx.subtask },
+            };
+            (all, layout.channel_offset + ctx.subtask, route)
+        };
+        let channel = u32::try_from(channel)
+            .map_err(|_| Error::config("parallelism", "too many input channels"))?;
+        Ok(Box::new(ExchangeWriter::new(
+            senders,
+            channel,
+            route,
+            ctx.config.batch_size,
+            ctx.config.flush_interval_millis(),
+        )) as BoxPush<T>)
+    })
+}
+
+pub(crate) struct SourceFactory<T> {
+    pub(crate) source: Arc<dyn Source<T>>,
+    pub(crate) strategy: WatermarkStrategy<T>,
+    pub(crate) head: Rc<Port<T>>,
+    pub(crate) op: OpId,
+}
+
+impl<T: Data> TaskFactory for SourceFactory<T> {
+    fn build(&self, ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Task>> {
+        let name = ctx.op_name(self.op);
+        let total = self.source.partitions();
+        let reader_ctx = ReaderContext {
+            clock: Arc::clone(&ctx.config.clock),
+            partitions: total,
+        };
+        let partitions = (ctx.subtask..total)
+            .step_by(ctx.parallelism())
+            .map(|p| {
+                let reader = self
+                    .source
+                    .create_reader(p, &reader_ctx)
+                    .map_err(|e| e.in_operator(&name))?;
+                Ok(Partition {
+                    reader,
+                    generator: self.strategy.generator(),
+                    finished: false,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let head = self.head.build(ctx)?;
+        let now = ctx.config.clock.now_millis();
+        Ok(Box::new(SourceTask {
+            name: ctx.task_name(self.op),
+            tracker: WatermarkTracker::new(partitions.len()),
+            partitions,
+            timestamps: self.strategy.timestamps.clone(),
+            head,
+            clock: Arc::clone(&ctx.config.clock),
+            started_at: now,
+            batch_size: ctx.config.batch_size,
+            last_tick: i64::MIN,
+            stop: Arc::clone(&ctx.shared.stop),
+            cancel: Arc::clone(&ctx.shared.cancel),
+            counters: ctx.op_counters(self.op),
+            done: false,
+        }))
+    }
+}
+
+pub(crate) struct InputFactory<T> {
+    pub(crate) head: Rc<Port<T>>,
+    pub(crate) op: OpId,
+}
+
+impl<T: Data> TaskFactory for InputFactory<T> {
+    fn build(&self, ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Task>> {
+        let layout = &ctx.layout[ctx.node];
+        let (parallelism, channels) = (layout.parallelism, layout.channels);
+        let receiver = ctx.channels.receiver::<T>(ctx.node, parallelism, ctx.subtask)?;
+        let head = self.head.build(ctx)?;
+        Ok(Box::new(InputTask {
+            name: ctx.task_name(self.op),
+            receiver,
+            tracker: WatermarkTracker::new(channels),
+            head,
+            clock: Arc::clone(&ctx.config.clock),
+            last_tick: i64::MIN,
+            cancel: Arc::clone(&ctx.shared.cancel),
+            done: false,
+        }))
+    }
+}
+
+impl Graph {
+    fn validate(&self) -> Result<()> {
+        self.config.validate()?;
+        if !self.ops.iter().any(|o| o.kind == OpKind::Sink) {
+            return Err(Error::NoSink);
+        }
+        for (i, op) in self.ops.iter().enumerate() {
+            if self.ops[..i].iter().any(|o| o.name == op.name) {
+                return Err(Error::config(
+                    format!("operator '{}'", op.name),
+                    "two operators have this name; names must be unique",
+                ));
+            }
+            if op.kind != OpKind::Sink && op.ports.iter().all(|p| p.consumer_count() == 0) {
+                return Err(Error::DanglingStream {
+                    operator: op.name.clone(),
+                });
+            }
+            if let Some(check) = &op.validate {
+                check().map_err(|e| e.in_operator(&op.name))?;
+            }
+        }
+        for node in &self.nodes {
+            if let Some(src) = &node.source {
+                if src.partitions == 0 {
+                    return Err(Error::config(
+                        format!("source '{}'.partitions", src.name),
+                        "a source needs at least one partition",
+                    ));
+                }
+                if self.config.mode == ExecutionMode::Bounded && !src.bounded {
+                    return Err(Error::UnboundedSource {
+                        source_name: src.name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn layout(&self) -> Vec<NodeLayout> {
+        let parallelism: Vec<usize> = self
+            .nodes
+            .iter()
+            .map(|n| match &n.source {
+                Some(s) => s.partitions.min(self.config.parallelism),
+                None => self.config.parallelism,
+            })
+            .collect();
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let mut offset = 0;
+                let edges = node
+                    .inputs
+                    .iter()
+                    .map(|e| {
+                        let forward = e.kind == EdgeKind::Forward && parallelism[e.from] == parallelism[i];
+                        let layout = EdgeLayout {
+                            forward,
+                            channel_offset: offset,
+                        };
+                        offset += if forward { 1 } else { parallelism[e.from] };
+                        layout
+                    })
+                    .collect();
+                NodeLayout {
+                    parallelism: parallelism[i],
+                    channels: offset,
+                    edges,
+                }
+            })
+            .collect()
+    }
+
+    /// Validates the graph and builds every task. `capacity` is the channel
+    /// capacity in batches (`None`: unbounded, for the local executor).
+    pub(crate) fn build(self, capacity: Option<usize>) -> Result<(Vec<Box<dyn Task>>, Arc<Shared>, JobReport)> {
+        self.validate()?;
+        let layout = self.layout();
+        let op_names: Vec<Arc<str>> = self.ops.iter().map(|o| Arc::from(o.name.as_str())).collect();
+        let op_counters: Vec<Arc<OpCounters>> = self.ops.iter().map(|o| Arc::clone(&o.counters)).collect();
+        let job_counters = Arc::new(JobCounters::default());
+        let shared = Arc::new(Shared::default());
+        let mut channels = Channels::new(capacity);
+        let mut tasks = Vec::new();
+        for (node_id, node) in self.nodes.iter().enumerate() {
+            for subtask in 0..layout[node_id].parallelism {
+                let mut ctx = BuildCtx {
+                    config: &self.config,
+                    layout: &layout,
+                    op_names: &op_names,
+                    op_counters: &op_counters,
+                    channels: &mut channels,
+                    job_counters: &job_counters,
+                    shared: &shared,
+                    node: node_id,
+                    subtask,
+                };
+                tasks.push(node.factory.build(&mut ctx)?);
+            }
+        }
+        // Dropping the registry drops the original senders: a receiver then
+        // disconnects exactly when every upstream task has ended.
+        drop(channels);
+        let report = JobReport {
+            operators: self
+                .ops
+                .iter()
+                .filter(|o| o.kind != OpKind::Exchange)
+                .map(|o| (o.name.clone(), layout[o.node].parallelism, Arc::clone(&o.counters)))
+                .collect(),
+            counters: job_counters,
+        };
+        Ok((tasks, shared, report))
+    }
+}

@@ -1,0 +1,187 @@
+use std::cell::RefCell;
+use std::fmt;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{ExecutionMode, FailurePolicy, JobConfig};
+use crate::error::Result;
+use crate::graph::build::SourceFactory;
+use crate::graph::port::{AnyPort, Port, SideRegistry};
+use crate::graph::{Graph, Node, OpKind, SourceInfo, Stream};
+use crate::record::Data;
+use crate::runtime::executor::{JobHandle, LocalRun};
+use crate::runtime::metrics::JobSummary;
+use crate::source::Source;
+use crate::time::{Clock, WatermarkStrategy};
+
+/// A job under construction: configure it, add sources, build streams from
+/// them, then [`Job::run`] it.
+///
+/// ```
+/// use tideline_engine::{Job, ExecutionMode};
+/// let job = Job::new().parallelism(2).mode(ExecutionMode::Bounded);
+/// assert_eq!(job.config().parallelism, 2);
+/// ```
+pub struct Job {
+    graph: Rc<RefCell<Graph>>,
+}
+
+impl Default for Job {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let g = self.graph.borrow();
+        f.debug_struct("Job")
+            .field("config", &g.config)
+            .field("operators", &g.ops.iter().map(|o| o.name.clone()).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Job {
+    /// A job with the default configuration ([`JobConfig::default`]).
+    pub fn new() -> Self {
+        Self::with_config(JobConfig::default())
+    }
+
+    /// A job with `config`.
+    pub fn with_config(config: JobConfig) -> Self {
+        Self {
+            graph: Rc::new(RefCell::new(Graph {
+                config,
+                ..Graph::default()
+            })),
+        }
+    }
+
+    fn configure(self, f: impl FnOnce(&mut JobConfig)) -> Self {
+        f(&mut self.graph.borrow_mut().config);
+        self
+    }
+
+    /// Subtasks per operator (default 1).
+    pub fn parallelism(self, parallelism: usize) -> Self {
+        self.configure(|c| c.parallelism = parallelism)
+    }
+
+    /// Streaming (default) or bounded execution.
+    pub fn mode(self, mode: ExecutionMode) -> Self {
+        self.configure(|c| c.mode = mode)
+    }
+
+    /// Records per batch (default 1024).
+    pub fn batch_size(self, batch_size: usize) -> Self {
+        self.configure(|c| c.batch_size = batch_size)
+    }
+
+    /// Longest a partial batch waits before it is sent (default 50 ms).
+    pub fn flush_interval(self, interval: Duration) -> Self {
+        self.configure(|c| c.flush_interval = interval)
+    }
+
+    /// Batches a channel holds before its senders block (default 16).
+    pub fn channel_capacity(self, batches: usize) -> Self {
+        self.configure(|c| c.channel_capacity = batches)
+    }
+
+    /// Number of key groups, the maximum keyed parallelism (default 128).
+    pub fn key_groups(self, key_groups: u16) -> Self {
+        self.configure(|c| c.key_groups = key_groups)
+    }
+
+    /// The processing-time clock (default: the system clock).
+    pub fn clock(self, clock: Arc<dyn Clock>) -> Self {
+        self.configure(|c| c.clock = clock)
+    }
+
+    /// What happens to records user code rejects (default: dead letters).
+    pub fn failure_policy(self, policy: FailurePolicy) -> Self {
+        self.configure(|c| c.failure_policy = policy)
+    }
+
+    /// The configuration as it stands.
+    pub fn config(&self) -> JobConfig {
+        self.graph.borrow().config.clone()
+    }
+
+    /// Adds a source. Each partition gets its own watermark generator from
+    /// `strategy`; the source runs as `min(partitions, parallelism)` subtasks.
+    pub fn source<T: Data, S: Source<T>>(&self, source: S, strategy: WatermarkStrategy<T>) -> Stream<T> {
+        let name = source.name().to_string();
+        let info = SourceInfo {
+            name: name.clone(),
+            partitions: source.partitions(),
+            bounded: source.is_bounded(),
+        };
+        let head = Rc::new(Port::<T>::new());
+        let sides = Rc::new(SideRegistry::default());
+        let mut g = self.graph.borrow_mut();
+        let op_id = g.ops.len();
+        let node = g.add_node(Node {
+            source: Some(info),
+            inputs: Vec::new(),
+            factory: Box::new(SourceFactory {
+                source: Arc::new(source),
+                strategy: strategy.clone(),
+                head: Rc::clone(&head),
+                op: op_id,
+            }),
+        });
+        let op = g.add_op(&name, node, OpKind::Source);
+        g.ops[op].ports.push(Rc::clone(&head) as Rc<dyn AnyPort>);
+        g.ops[op].validate = Some(Box::new(move || strategy.validate(&name)));
+        Stream {
+            graph: Rc::clone(&self.graph),
+            node,
+            op,
+            port: head,
+            sides,
+        }
+    }
+
+    fn take_graph(self) -> Graph {
+        std::mem::take(&mut *self.graph.borrow_mut())
+    }
+
+    /// Validates the job, runs it on its own threads and waits for the end.
+    ///
+    /// # Errors
+    /// A validation error before anything runs, or the first failure of any
+    /// operator, source or sink (naming it).
+    pub fn run(self) -> Result<JobSummary> {
+        self.spawn()?.join()
+    }
+
+    /// Validates the job and starts it on its own threads (one per subtask).
+    ///
+    /// # Errors
+    /// A validation error; nothing has started then.
+    pub fn spawn(self) -> Result<JobHandle> {
+        let graph = self.take_graph();
+        let capacity = graph.config.channel_capacity;
+        let (tasks, shared, report) = graph.build(Some(capacity))?;
+        JobHandle::spawn(tasks, shared, report)
+    }
+
+    /// Validates the job and prepares it to be stepped in the calling thread
+    /// (what `tideline::testing` uses).
+    ///
+    /// # Errors
+    /// A validation error.
+    pub fn start_local(self) -> Result<LocalRun> {
+        let (tasks, shared, report) = self.take_graph().build(None)?;
+        Ok(LocalRun::new(tasks, shared, report))
+    }
+}
+
+impl ExecutionMode {
+    /// Whether this mode requires bounded sources.
+    pub fn is_bounded(self) -> bool {
+        self == ExecutionMode::Bounded
+    }
+}

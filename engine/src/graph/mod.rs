@@ -1,0 +1,103 @@
+//! The job graph as users build it, and its translation into tasks.
+//!
+//! Users build *operators* connected by streams. Operators joined by a plain
+//! stream run in the same task (chained: a direct call, no channel); a new
+//! *node* — a new set of tasks behind channels — starts only at an exchange
+//! (`key_by`, `rebalance`, `broadcast`, `union`) or a source. Each stream is a
+//! [`port::Port`] holding the factories of its consumers; building a task walks
+//! these factories from the node's head down to its sinks and exchange writers.
+
+pub(crate) mod build;
+mod job;
+pub(crate) mod port;
+mod stream;
+
+pub use job::Job;
+pub use stream::{KeySelector, KeyedStream, Stream};
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::runtime::metrics::OpCounters;
+use build::TaskFactory;
+use port::AnyPort;
+
+pub(crate) type NodeId = usize;
+pub(crate) type OpId = usize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EdgeKind {
+    Forward,
+    Rebalance,
+    Broadcast,
+    Keyed,
+}
+
+pub(crate) struct Edge {
+    pub(crate) from: NodeId,
+    pub(crate) kind: EdgeKind,
+}
+
+pub(crate) struct SourceInfo {
+    pub(crate) name: String,
+    pub(crate) partitions: usize,
+    pub(crate) bounded: bool,
+}
+
+pub(crate) struct Node {
+    pub(crate) source: Option<SourceInfo>,
+    pub(crate) inputs: Vec<Edge>,
+    pub(crate) factory: Box<dyn TaskFactory>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpKind {
+    Source,
+    Operator,
+    Exchange,
+    Sink,
+}
+
+pub(crate) struct Op {
+    pub(crate) name: String,
+    pub(crate) node: NodeId,
+    pub(crate) kind: OpKind,
+    pub(crate) counters: Arc<OpCounters>,
+    pub(crate) ports: Vec<Rc<dyn AnyPort>>,
+    pub(crate) validate: Option<Box<dyn Fn() -> crate::Result<()>>>,
+}
+
+/// The whole graph under construction.
+#[derive(Default)]
+pub(crate) struct Graph {
+    pub(crate) config: crate::config::JobConfig,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) ops: Vec<Op>,
+}
+
+impl Graph {
+    pub(crate) fn add_node(&mut self, node: Node) -> NodeId {
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// Registers an operator under a unique name (`map`, `map#2`, ...).
+    pub(crate) fn add_op(&mut self, base: &str, node: NodeId, kind: OpKind) -> OpId {
+        let taken = |n: &str| self.ops.iter().any(|o| o.name == n);
+        let mut name = base.to_string();
+        let mut i = 2;
+        while taken(&name) {
+            name = format!("{base}#{i}");
+            i += 1;
+        }
+        self.ops.push(Op {
+            name,
+            node,
+            kind,
+            counters: Arc::default(),
+            ports: Vec::new(),
+            validate: None,
+        });
+        self.ops.len() - 1
+    }
+}

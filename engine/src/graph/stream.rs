@@ -1,0 +1,346 @@
+use std::cell::RefCell;
+use std::fmt;
+use std::hash::Hash;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use tideline_state::key_group::key_hash;
+
+use crate::error::Result;
+use crate::graph::build::{exchange_writer, InputFactory};
+use crate::graph::port::{AnyPort, Port, SideRegistry};
+use crate::graph::{Edge, EdgeKind, Graph, Node, NodeId, OpId, OpKind};
+use crate::operator::{DeadLetter, Operator, OperatorContext, OperatorPush, Output, OutputTag};
+use crate::record::Data;
+use crate::runtime::exchange::KeyHashFn;
+use crate::runtime::push::BoxPush;
+use crate::sink::{Sink, SinkPush, SubtaskInfo};
+
+/// A stream of records of type `T`: the output of a source or an operator.
+///
+/// Streams are cheap handles into the job being built; consuming one twice
+/// (two `map`s, a `map` and a `sink`...) sends every record to both.
+pub struct Stream<T> {
+    pub(crate) graph: Rc<RefCell<Graph>>,
+    pub(crate) node: NodeId,
+    pub(crate) op: OpId,
+    pub(crate) port: Rc<Port<T>>,
+    pub(crate) sides: Rc<SideRegistry>,
+}
+
+impl<T> Clone for Stream<T> {
+    fn clone(&self) -> Self {
+        Self {
+            graph: Rc::clone(&self.graph),
+            node: self.node,
+            op: self.op,
+            port: Rc::clone(&self.port),
+            sides: Rc::clone(&self.sides),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Stream<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.graph.borrow().ops.get(self.op).map(|o| o.name.clone());
+        f.debug_struct("Stream").field("operator", &name).finish()
+    }
+}
+
+/// Extracts a record's key.
+pub type KeySelector<K, T> = Arc<dyn Fn(&T) -> K + Send + Sync>;
+
+impl<T: Data> Stream<T> {
+    pub(crate) fn new_output<O: Data>(&self, op: OpId, port: Rc<Port<O>>, sides: Rc<SideRegistry>) -> Stream<O> {
+        Stream {
+            graph: Rc::clone(&self.graph),
+            node: self.graph.borrow().ops[op].node,
+            op,
+            port,
+            sides,
+        }
+    }
+
+    /// Adds a chained one-input operator. `factory` makes one instance per
+    /// subtask. This is the building block of `map`, `filter`, `process` and
+    /// the window operators.
+    pub fn transform<O, Op, F>(&self, name: &str, factory: F) -> Stream<O>
+    where
+        O: Data,
+        Op: Operator<T, O>,
+        F: Fn(&OperatorContext) -> Result<Op> + 'static,
+    {
+        let out = Rc::new(Port::<O>::new());
+        let sides = Rc::new(SideRegistry::default());
+        let op = {
+            let mut g = self.graph.borrow_mut();
+            let op = g.add_op(name, self.node, OpKind::Operator);
+            g.ops[op].ports.push(Rc::clone(&out) as Rc<dyn AnyPort>);
+            op
+        };
+        let (next_port, side_ports) = (Rc::clone(&out), Rc::clone(&sides));
+        self.port.add(Box::new(move |ctx| {
+            let next = next_port.build(ctx)?;
+            let side_channels = side_ports.build(ctx)?;
+            let op_ctx = ctx.operator_context(op);
+            let operator = factory(&op_ctx).map_err(|e| e.in_operator(&op_ctx.name))?;
+            let output = Output::new(
+                Arc::clone(&op_ctx.name),
+                side_channels,
+                Arc::clone(ctx.job_counters),
+                ctx.config.failure_policy,
+            );
+            Ok(Box::new(OperatorPush::new(operator, output, next, ctx.op_counters(op))) as BoxPush<T>)
+        }));
+        self.new_output(op, out, sides)
+    }
+
+    /// Attaches a check run when the job is validated (before it starts);
+    /// operators use it to reject bad configuration with a named field.
+    pub fn validate_with(self, check: impl Fn() -> Result<()> + 'static) -> Self {
+        self.graph.borrow_mut().ops[self.op].validate = Some(Box::new(check));
+        self
+    }
+
+    /// Renames the operator that produces this stream (names appear in errors
+    /// and the job summary, and must be unique).
+    pub fn named(self, name: &str) -> Self {
+        self.graph.borrow_mut().ops[self.op].name = name.to_string();
+        self
+    }
+
+    /// How many subtasks the producing operator will run as, given the job's
+    /// current configuration.
+    pub fn parallelism(&self) -> usize {
+        let g = self.graph.borrow();
+        let default = g.config.parallelism;
+        g.nodes[self.node]
+            .source
+            .as_ref()
+            .map_or(default, |s| s.partitions.min(default))
+    }
+
+    /// Partitions the stream by key: records with equal keys go to the same
+    /// subtask of the next operator (through key groups, so state can be
+    /// redistributed). Keys must be hashable; the compiler enforces it.
+    pub fn key_by<K, F>(&self, key: F) -> KeyedStream<K, T>
+    where
+        K: Hash + Eq + Clone + Send + 'static,
+        F: Fn(&T) -> K + Send + Sync + 'static,
+    {
+        KeyedStream {
+            input: self.clone(),
+            key: Arc::new(key),
+        }
+    }
+
+    /// Merges this stream with `other` (same type) into one stream.
+    pub fn union(&self, other: &Stream<T>) -> Stream<T> {
+        self.exchange(
+            "union",
+            vec![(self, EdgeKind::Forward, None), (other, EdgeKind::Forward, None)],
+        )
+    }
+
+    /// Redistributes batches round-robin over the next operator's subtasks.
+    pub fn rebalance(&self) -> Stream<T> {
+        self.exchange("rebalance", vec![(self, EdgeKind::Rebalance, None)])
+    }
+
+    /// Sends every record to every subtask of the next operator.
+    pub fn broadcast(&self) -> Stream<T> {
+        self.exchange("broadcast", vec![(self, EdgeKind::Broadcast, None)])
+    }
+
+    /// Starts a new node fed by `inputs` over channels.
+    pub(crate) fn exchange(&self, name: &str, inputs: Vec<(&Stream<T>, EdgeKind, Option<KeyHashFn<T>>)>) -> Stream<T> {
+        let head = Rc::new(Port::<T>::new());
+        let sides = Rc::new(SideRegistry::default());
+        let (node, op) = {
+            let mut g = self.graph.borrow_mut();
+            let op_id = g.ops.len();
+            let node = g.add_node(Node {
+                source: None,
+                inputs: inputs
+                    .iter()
+                    .map(|(s, kind, _)| Edge {
+                        from: s.node,
+                        kind: *kind,
+                    })
+                    .collect(),
+                factory: Box::new(InputFactory {
+                    head: Rc::clone(&head),
+                    op: op_id,
+                }),
+            });
+            let op = g.add_op(name, node, OpKind::Exchange);
+            g.ops[op].ports.push(Rc::clone(&head) as Rc<dyn AnyPort>);
+            (node, op)
+        };
+        for (edge, (stream, kind, hash)) in inputs.into_iter().enumerate() {
+            stream.port.add(exchange_writer(node, edge, kind, hash));
+        }
+        Stream {
+            graph: Rc::clone(&self.graph),
+            node,
+            op,
+            port: head,
+            sides,
+        }
+    }
+
+    /// Sends the stream to `sink`; each subtask gets its own clone.
+    pub fn sink<S: Sink<T> + Clone>(&self, sink: S) {
+        let name = sink.name().to_string();
+        self.sink_with(&name, move |_| Ok(sink.clone()));
+    }
+
+    /// Sends the stream to sinks made by `factory`, one per subtask.
+    pub fn sink_with<S, F>(&self, name: &str, factory: F)
+    where
+        S: Sink<T>,
+        F: Fn(SubtaskInfo) -> Result<S> + 'static,
+    {
+        let op = self
+            .graph
+            .borrow_mut()
+            .add_op(name, self.node, OpKind::Sink);
+        self.port.add(Box::new(move |ctx| {
+            let info = SubtaskInfo {
+                subtask: ctx.subtask,
+                parallelism: ctx.parallelism(),
+            };
+            let name = ctx.op_name(op);
+            let sink = factory(info).map_err(|e| e.in_operator(&name))?;
+            Ok(Box::new(SinkPush::new(name, sink, ctx.op_counters(op))) as BoxPush<T>)
+        }));
+    }
+
+    /// The side output `tag` of the operator that produced this stream.
+    pub fn side_output<U: Data>(&self, tag: &OutputTag<U>) -> Stream<U> {
+        let port = match self.sides.port(tag) {
+            Ok((port, created)) => {
+                if created {
+                    self.graph.borrow_mut().ops[self.op]
+                        .ports
+                        .push(Rc::clone(&port) as Rc<dyn AnyPort>);
+                }
+                port
+            }
+            // A tag id bound to two types cannot happen through the typed
+            // API; fall back to a detached port, which validation reports.
+            Err(_) => Rc::new(Port::new()),
+        };
+        Stream {
+            graph: Rc::clone(&self.graph),
+            node: self.node,
+            op: self.op,
+            port,
+            sides: Rc::clone(&self.sides),
+        }
+    }
+
+    /// Records the producing operator rejected, with the reason.
+    pub fn dead_letters(&self) -> Stream<DeadLetter> {
+        self.side_output(&OutputTag::dead_letters())
+    }
+}
+
+/// A stream partitioned by key; see [`Stream::key_by`].
+pub struct KeyedStream<K, T> {
+    input: Stream<T>,
+    key: KeySelector<K, T>,
+}
+
+impl<K, T> Clone for KeyedStream<K, T> {
+    fn clone(&self) -> Self {
+        Self {
+            input: self.input.clone(),
+            key: Arc::clone(&self.key),
+        }
+    }
+}
+
+impl<K, T> fmt::Debug for KeyedStream<K, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedStream").field("input", &self.input).finish()
+    }
+}
+
+impl<K: Hash + Eq + Clone + Send + 'static, T: Data> KeyedStream<K, T> {
+    /// The key selector.
+    pub fn key_selector(&self) -> KeySelector<K, T> {
+        Arc::clone(&self.key)
+    }
+
+    /// The stream before partitioning.
+    pub fn input(&self) -> &Stream<T> {
+        &self.input
+    }
+
+    /// The records, exchanged by key group to the subtasks of a new node.
+    pub fn partitioned(&self) -> Stream<T> {
+        let key = Arc::clone(&self.key);
+        let hash: KeyHashFn<T> = Arc::new(move |t| key_hash(&key(t)));
+        self.input
+            .exchange("key_by", vec![(&self.input, EdgeKind::Keyed, Some(hash))])
+    }
+
+    /// Adds a keyed operator after the exchange; `factory` gets the key
+    /// selector so the operator can find each record's key.
+    pub fn transform<O, Op, F>(&self, name: &str, factory: F) -> Stream<O>
+    where
+        O: Data,
+        Op: Operator<T, O>,
+        F: Fn(&OperatorContext, KeySelector<K, T>) -> Result<Op> + 'static,
+    {
+        let key = Arc::clone(&self.key);
+        self.partitioned()
+            .transform(name, move |ctx| factory(ctx, Arc::clone(&key)))
+    }
+}
+
+/// Stamps records and generates watermarks per subtask (see
+/// [`Stream::assign_timestamps`]).
+struct TimestampAssigner<T> {
+    timestamps: Option<crate::time::TimestampFn<T>>,
+    generator: crate::time::WatermarkGenerator,
+}
+
+impl<T: Data> Operator<T, T> for TimestampAssigner<T> {
+    fn process_batch(&mut self, mut batch: Vec<crate::Record<T>>, out: &mut Output<T>) -> Result<()> {
+        for r in &mut batch {
+            if let Some(f) = &self.timestamps {
+                r.timestamp = f(&r.value);
+            }
+            self.generator.on_timestamp(r.timestamp);
+        }
+        out.push_batch(batch);
+        let wm = self.generator.current();
+        if wm.is_set() {
+            out.emit_watermark(wm);
+        }
+        Ok(())
+    }
+
+    fn forwards_watermarks(&self) -> bool {
+        false
+    }
+}
+
+impl<T: Data> Stream<T> {
+    /// Re-stamps records with `strategy`'s timestamps and replaces upstream
+    /// watermarks with ones generated here, per subtask, after every batch
+    /// (only `+inf` at the end of input passes through). Prefer giving the
+    /// strategy to the source, which generates watermarks per partition.
+    pub fn assign_timestamps(&self, strategy: crate::time::WatermarkStrategy<T>) -> Stream<T> {
+        let check = strategy.clone();
+        self.transform("assign_timestamps", move |_| {
+            Ok(TimestampAssigner {
+                timestamps: strategy.timestamps.clone(),
+                generator: strategy.generator(),
+            })
+        })
+        .validate_with(move || check.validate("assign_timestamps"))
+    }
+}

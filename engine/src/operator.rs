@@ -1,0 +1,423 @@
+//! The operator interface, and what an operator writes into: [`Output`].
+//!
+//! An operator is called once per batch. Whatever it writes to the output is
+//! passed on (main output, side outputs, then any watermark it emitted) when
+//! the call returns, so records always precede the watermark that follows
+//! them. Watermarks an operator forwards never go backwards.
+
+use std::any::Any;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::config::{FailurePolicy, JobConfig};
+use crate::error::{guarded, Error, Result};
+use crate::record::{Data, Record};
+use crate::runtime::metrics::{JobCounters, OpCounters};
+use crate::runtime::push::{BoxPush, Push};
+use crate::time::{EventTime, Watermark};
+
+/// A one-input operator; one instance runs in each subtask.
+pub trait Operator<I, O>: Send + 'static {
+    /// Processes one batch of records.
+    ///
+    /// # Errors
+    /// Any error stops the job and is reported with the operator's name.
+    fn process_batch(&mut self, batch: Vec<Record<I>>, out: &mut Output<O>) -> Result<()>;
+
+    /// The input watermark advanced to `watermark` (timers due now fire here).
+    ///
+    /// # Errors
+    /// Any error stops the job and is reported with the operator's name.
+    fn on_watermark(&mut self, watermark: EventTime, out: &mut Output<O>) -> Result<()> {
+        let _ = (watermark, out);
+        Ok(())
+    }
+
+    /// Whether input watermarks are passed on. Operators that generate their
+    /// own (`assign_timestamps`) return `false`; `+inf` is always passed on.
+    fn forwards_watermarks(&self) -> bool {
+        true
+    }
+
+    /// Processing time advanced to `now` (milliseconds of the job's clock).
+    ///
+    /// # Errors
+    /// Any error stops the job and is reported with the operator's name.
+    fn on_processing_time(&mut self, now: i64, out: &mut Output<O>) -> Result<()> {
+        let _ = (now, out);
+        Ok(())
+    }
+
+    /// End of input, after the final `+inf` watermark.
+    ///
+    /// # Errors
+    /// Any error stops the job and is reported with the operator's name.
+    fn finish(&mut self, out: &mut Output<O>) -> Result<()> {
+        let _ = out;
+        Ok(())
+    }
+}
+
+/// Where an operator instance runs.
+#[derive(Clone, Debug)]
+pub struct OperatorContext {
+    /// The operator's name (as in errors and the job summary).
+    pub name: Arc<str>,
+    /// This subtask's index, `0..parallelism`.
+    pub subtask: usize,
+    /// How many subtasks the operator has.
+    pub parallelism: usize,
+    /// The job's configuration (clock, key groups, batch size...).
+    pub config: JobConfig,
+}
+
+static NEXT_TAG: AtomicU64 = AtomicU64::new(1);
+const DEAD_LETTER_TAG: u64 = 0;
+
+/// Names a side output of type `T`. Create it once and use it both in the
+/// operator that emits and in `Stream::side_output` that reads.
+///
+/// ```
+/// use tideline_engine::OutputTag;
+/// let late: OutputTag<(String, i64)> = OutputTag::new("late-clicks");
+/// assert_eq!(late.name(), "late-clicks");
+/// ```
+pub struct OutputTag<T> {
+    id: u64,
+    name: Arc<str>,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> OutputTag<T> {
+    /// A new tag; every call makes a distinct one, even with the same name.
+    pub fn new(name: &str) -> Self {
+        Self {
+            id: NEXT_TAG.fetch_add(1, Ordering::Relaxed),
+            name: Arc::from(name),
+            _type: PhantomData,
+        }
+    }
+
+    /// The tag's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl OutputTag<DeadLetter> {
+    /// The tag every operator sends rejected records to.
+    pub fn dead_letters() -> Self {
+        Self {
+            id: DEAD_LETTER_TAG,
+            name: Arc::from("dead-letters"),
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T> Clone for OutputTag<T> {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id,
+            name: Arc::clone(&self.name),
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for OutputTag<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OutputTag({:?}#{})", self.name, self.id)
+    }
+}
+
+/// A record that user code rejected, with why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The operator that rejected it.
+    pub operator: String,
+    /// The record's event time.
+    pub timestamp: EventTime,
+    /// Why it was rejected.
+    pub reason: String,
+    /// The record, as `Debug` text.
+    pub record: String,
+}
+
+/// A side output's buffer inside a task, flushed after each operator call.
+pub(crate) trait SideChannel: Send {
+    fn tag(&self) -> u64;
+    fn flush(&mut self) -> Result<()>;
+    fn push_watermark(&mut self, watermark: Watermark) -> Result<()>;
+    fn on_tick(&mut self, now: i64) -> Result<()>;
+    fn finish(&mut self) -> Result<()>;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+pub(crate) struct SideBuffer<T> {
+    tag: u64,
+    buffer: Vec<Record<T>>,
+    next: BoxPush<T>,
+}
+
+impl<T: Data> SideBuffer<T> {
+    pub(crate) fn new(tag: u64, next: BoxPush<T>) -> Self {
+        Self {
+            tag,
+            buffer: Vec::new(),
+            next,
+        }
+    }
+}
+
+impl<T: Data> SideChannel for SideBuffer<T> {
+    fn tag(&self) -> u64 {
+        self.tag
+    }
+    fn flush(&mut self) -> Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.next.push_batch(std::mem::take(&mut self.buffer))
+    }
+    fn push_watermark(&mut self, watermark: Watermark) -> Result<()> {
+        self.next.push_watermark(watermark)
+    }
+    fn on_tick(&mut self, now: i64) -> Result<()> {
+        self.next.on_tick(now)
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.next.finish()
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// What an operator writes into: the main output, side outputs, dead letters,
+/// and (for watermark-generating operators) a new watermark.
+pub struct Output<O> {
+    records: Vec<Record<O>>,
+    watermark: Option<EventTime>,
+    sides: Vec<Box<dyn SideChannel>>,
+    job: Arc<JobCounters>,
+    operator: Arc<str>,
+    failure_policy: FailurePolicy,
+}
+
+impl<O> fmt::Debug for Output<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Output")
+            .field("operator", &self.operator)
+            .field("pending", &self.records.len())
+            .finish()
+    }
+}
+
+impl<O: Data> Output<O> {
+    pub(crate) fn new(
+        operator: Arc<str>,
+        sides: Vec<Box<dyn SideChannel>>,
+        job: Arc<JobCounters>,
+        failure_policy: FailurePolicy,
+    ) -> Self {
+        Self {
+            records: Vec::new(),
+            watermark: None,
+            sides,
+            job,
+            operator,
+            failure_policy,
+        }
+    }
+
+    /// Emits `value` at `timestamp` on the main output.
+    pub fn emit(&mut self, timestamp: EventTime, value: O) {
+        self.records.push(Record { timestamp, value });
+    }
+
+    /// Emits a record on the main output.
+    pub fn push(&mut self, record: Record<O>) {
+        self.records.push(record);
+    }
+
+    /// Emits a whole batch on the main output (without copying when nothing
+    /// else is pending).
+    pub fn push_batch(&mut self, mut batch: Vec<Record<O>>) {
+        if self.records.is_empty() {
+            self.records = batch;
+        } else {
+            self.records.append(&mut batch);
+        }
+    }
+
+    /// Emits `value` on the side output `tag`. Without a consumer of that tag
+    /// the record is dropped (count it with [`Output::count_late`] or a dead
+    /// letter if it must not vanish).
+    pub fn emit_to<T: Data>(&mut self, tag: &OutputTag<T>, timestamp: EventTime, value: T) {
+        let id = tag.id();
+        if let Some(side) = self.sides.iter_mut().find(|s| s.tag() == id) {
+            if let Some(buffer) = side.as_any_mut().downcast_mut::<SideBuffer<T>>() {
+                buffer.buffer.push(Record { timestamp, value });
+            }
+        }
+    }
+
+    /// Emits a watermark after this call's records (watermark-generating operators).
+    pub fn emit_watermark(&mut self, watermark: EventTime) {
+        self.watermark = Some(self.watermark.map_or(watermark, |w| w.max(watermark)));
+    }
+
+    /// Rejects a record: under [`FailurePolicy::DeadLetter`] it goes to the
+    /// dead-letter output (and the job's dead-letter count), under
+    /// [`FailurePolicy::FailFast`] the job stops with `reason`.
+    ///
+    /// # Errors
+    /// [`Error::User`] under `FailFast`.
+    pub fn dead_letter(
+        &mut self,
+        timestamp: EventTime,
+        reason: impl fmt::Display,
+        record: &dyn fmt::Debug,
+    ) -> Result<()> {
+        if self.failure_policy == FailurePolicy::FailFast {
+            return Err(Error::user(format!("record {record:?} rejected: {reason}")));
+        }
+        self.job.dead_letters.fetch_add(1, Ordering::Relaxed);
+        let letter = DeadLetter {
+            operator: self.operator.to_string(),
+            timestamp,
+            reason: reason.to_string(),
+            record: format!("{record:?}"),
+        };
+        self.emit_to(&OutputTag::dead_letters(), timestamp, letter);
+        Ok(())
+    }
+
+    /// Adds `n` to the job's count of late records.
+    pub fn count_late(&mut self, n: u64) {
+        self.job.late_records.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The operator's name.
+    pub fn operator_name(&self) -> &str {
+        &self.operator
+    }
+}
+
+/// Runs an [`Operator`] inside a chain: counts records, catches panics,
+/// names errors, and passes on what the operator wrote.
+pub(crate) struct OperatorPush<I, O, Op> {
+    name: Arc<str>,
+    op: Op,
+    out: Output<O>,
+    next: BoxPush<O>,
+    counters: Arc<OpCounters>,
+    last_watermark: EventTime,
+    _input: PhantomData<fn(I)>,
+}
+
+impl<I: Data, O: Data, Op: Operator<I, O>> OperatorPush<I, O, Op> {
+    pub(crate) fn new(
+        op: Op,
+        out: Output<O>,
+        next: BoxPush<O>,
+        counters: Arc<OpCounters>,
+    ) -> Self {
+        Self {
+            name: Arc::clone(&out.operator),
+            op,
+            out,
+            next,
+            counters,
+            last_watermark: EventTime::MIN,
+            _input: PhantomData,
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.out.records.is_empty() {
+            let batch = std::mem::take(&mut self.out.records);
+            self.counters.add_out(batch.len());
+            self.next.push_batch(batch)?;
+        }
+        for side in &mut self.out.sides {
+            side.flush()?;
+        }
+        if let Some(wm) = self.out.watermark.take() {
+            self.forward_watermark(wm)?;
+        }
+        Ok(())
+    }
+
+    fn forward_watermark(&mut self, wm: EventTime) -> Result<()> {
+        if wm <= self.last_watermark {
+            return Ok(());
+        }
+        self.last_watermark = wm;
+        self.next.push_watermark(Watermark::EventTime(wm))?;
+        for side in &mut self.out.sides {
+            side.push_watermark(Watermark::EventTime(wm))?;
+        }
+        Ok(())
+    }
+}
+
+impl<I: Data, O: Data, Op: Operator<I, O>> Push<I> for OperatorPush<I, O, Op> {
+    fn push_batch(&mut self, batch: Vec<Record<I>>) -> Result<()> {
+        self.counters.add_in(batch.len());
+        let (op, out) = (&mut self.op, &mut self.out);
+        guarded(&self.name, || op.process_batch(batch, out))?;
+        self.flush()
+    }
+
+    fn push_watermark(&mut self, watermark: Watermark) -> Result<()> {
+        match watermark {
+            Watermark::EventTime(wm) => {
+                let (op, out) = (&mut self.op, &mut self.out);
+                guarded(&self.name, || op.on_watermark(wm, out))?;
+                self.flush()?;
+                if self.op.forwards_watermarks() || wm == EventTime::MAX {
+                    self.forward_watermark(wm)?;
+                }
+                Ok(())
+            }
+            Watermark::Idle => {
+                self.flush()?;
+                self.next.push_watermark(Watermark::Idle)?;
+                for side in &mut self.out.sides {
+                    side.push_watermark(Watermark::Idle)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now: i64) -> Result<()> {
+        let (op, out) = (&mut self.op, &mut self.out);
+        guarded(&self.name, || op.on_processing_time(now, out))?;
+        self.flush()?;
+        self.next.on_tick(now)?;
+        for side in &mut self.out.sides {
+            side.on_tick(now)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let (op, out) = (&mut self.op, &mut self.out);
+        guarded(&self.name, || op.finish(out))?;
+        self.flush()?;
+        self.next.finish()?;
+        for side in &mut self.out.sides {
+            side.finish()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! Records and the messages that carry them between tasks.
+//!
+//! Invariant: on every channel, records, watermarks and end-of-input travel in
+//! one ordered sequence; a watermark is sent only after every record that
+//! preceded it has been sent, and `End` is the last message.
+
+use crate::time::{EventTime, Watermark};
+
+/// What every record type must be: owned, cloneable (for fan-out and
+/// broadcast) and movable between threads.
+pub trait Data: Clone + Send + 'static {}
+impl<T: Clone + Send + 'static> Data for T {}
+
+/// A value with its event time ([`EventTime::MIN`] when it has none).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Record<T> {
+    /// Event time of the record.
+    pub timestamp: EventTime,
+    /// The record itself.
+    pub value: T,
+}
+
+impl<T> Record<T> {
+    /// A record at `timestamp`.
+    pub fn new(timestamp: impl Into<EventTime>, value: T) -> Self {
+        Self {
+            timestamp: timestamp.into(),
+            value,
+        }
+    }
+
+    /// A record without a timestamp.
+    pub fn untimed(value: T) -> Self {
+        Self {
+            timestamp: EventTime::MIN,
+            value,
+        }
+    }
+
+    /// Maps the value, keeping the timestamp.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Record<U> {
+        Record {
+            timestamp: self.timestamp,
+            value: f(self.value),
+        }
+    }
+}
+
+/// A message on a channel between tasks.
+#[derive(Debug)]
+pub(crate) enum Message<T> {
+    Batch(Vec<Record<T>>),
+    Watermark(Watermark),
+    End,
+}
+
+/// A message tagged with the receiver-side index of the channel it came on.
+pub(crate) type Envelope<T> = (u32, Message<T>);

@@ -1,0 +1,255 @@
+//! Running tasks: one thread each ([`JobHandle`]), or all stepped in the
+//! caller's thread ([`LocalRun`]).
+//!
+//! Failure rule: the first error that is not a cancellation is the job's
+//! error; it sets the cancel flag, every other task stops (blocked sends and
+//! receives end because the failed task dropped its channels, waits re-check
+//! the flag), and `join` returns that error once every thread has ended.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::runtime::metrics::{JobCounters, JobSummary, OpCounters, OperatorSummary};
+use crate::runtime::task::{Step, Task};
+
+/// Flags and the first error, shared by all tasks of a job.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub(crate) cancel: Arc<AtomicBool>,
+    pub(crate) stop: Arc<AtomicBool>,
+    error: Mutex<Option<Error>>,
+}
+
+impl Shared {
+    fn fail(&self, error: Error) {
+        if !matches!(error, Error::Cancelled) {
+            if let Ok(mut slot) = self.error.lock() {
+                slot.get_or_insert(error);
+            }
+        }
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    fn take_error(&self) -> Option<Error> {
+        let recorded = self.error.lock().ok().and_then(|mut e| e.take());
+        match recorded {
+            Some(e) => Some(e),
+            None if self.cancel.load(Ordering::SeqCst) => Some(Error::Internal(
+                "job cancelled without a recorded cause".into(),
+            )),
+            None => None,
+        }
+    }
+}
+
+/// Everything needed to report on a job after it ran.
+#[derive(Debug)]
+pub(crate) struct JobReport {
+    pub(crate) operators: Vec<(String, usize, Arc<OpCounters>)>,
+    pub(crate) counters: Arc<JobCounters>,
+}
+
+impl JobReport {
+    fn summary(&self, elapsed: Duration) -> JobSummary {
+        JobSummary {
+            elapsed,
+            operators: self
+                .operators
+                .iter()
+                .map(|(name, parallelism, c)| {
+                    let (records_in, records_out) = c.snapshot();
+                    OperatorSummary {
+                        name: name.clone(),
+                        parallelism: *parallelism,
+                        records_in,
+                        records_out,
+                    }
+                })
+                .collect(),
+            late_records: self.counters.late_records.load(Ordering::Relaxed),
+            dead_letters: self.counters.dead_letters.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn step_guarded(task: &mut dyn Task, blocking: bool) -> Result<Step> {
+    match catch_unwind(AssertUnwindSafe(|| task.step(blocking))) {
+        Ok(r) => r,
+        Err(payload) => Err(Error::from_panic(payload).in_operator(task.name())),
+    }
+}
+
+/// A job running on its own threads.
+#[derive(Debug)]
+pub struct JobHandle {
+    threads: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    report: JobReport,
+    started: Instant,
+}
+
+impl JobHandle {
+    pub(crate) fn spawn(tasks: Vec<Box<dyn Task>>, shared: Arc<Shared>, report: JobReport) -> Result<Self> {
+        let started = Instant::now();
+        let mut threads = Vec::with_capacity(tasks.len());
+        for mut task in tasks {
+            let shared_for_task = Arc::clone(&shared);
+            let spawned = std::thread::Builder::new()
+                .name(format!("tideline:{}", task.name()))
+                .spawn(move || {
+                    let mut idle_rounds = 0u32;
+                    loop {
+                        match step_guarded(task.as_mut(), true) {
+                            Ok(Step::Done) => break,
+                            Ok(Step::Progress) => idle_rounds = 0,
+                            Ok(Step::Idle) => {
+                                idle_rounds = idle_rounds.saturating_add(1);
+                                backoff(idle_rounds);
+                            }
+                            Err(e) => {
+                                drop(task);
+                                shared_for_task.fail(e);
+                                return;
+                            }
+                        }
+                    }
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    shared.fail(Error::Internal(format!("cannot spawn a task thread: {e}")));
+                    break;
+                }
+            }
+        }
+        Ok(Self {
+            threads,
+            shared,
+            report,
+            started,
+        })
+    }
+
+    /// Asks the job to stop gracefully: sources stop reading and end their
+    /// input, records in flight are processed, the watermark becomes `+inf`
+    /// (so every window and timer fires) and sinks are finished. Returns at
+    /// once; [`JobHandle::join`] waits for the end.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether every task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(JoinHandle::is_finished)
+    }
+
+    /// Waits for the job to end.
+    ///
+    /// # Errors
+    /// The first error raised by any operator, source or sink, naming it.
+    pub fn join(self) -> Result<JobSummary> {
+        for t in self.threads {
+            if t.join().is_err() {
+                self.shared.fail(Error::Internal("a task thread panicked outside its guard".into()));
+            }
+        }
+        match self.shared.take_error() {
+            Some(e) => Err(e),
+            None => Ok(self.report.summary(self.started.elapsed())),
+        }
+    }
+}
+
+/// Idle source tasks poll again after a short, growing pause (they have no
+/// channel to block on); input tasks block in their receive instead.
+fn backoff(idle_rounds: u32) {
+    if idle_rounds < 16 {
+        std::thread::yield_now();
+    } else {
+        let micros = u64::from(idle_rounds.min(1_000)) * 10;
+        std::thread::sleep(Duration::from_micros(micros.min(2_000)));
+    }
+}
+
+/// A job whose tasks all run in the calling thread, stepped explicitly:
+/// what `tideline::testing` builds on. Channels are unbounded, so stepping
+/// never blocks.
+pub struct LocalRun {
+    tasks: Vec<(Box<dyn Task>, bool)>,
+    shared: Arc<Shared>,
+    report: JobReport,
+    started: Instant,
+}
+
+impl std::fmt::Debug for LocalRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.tasks.iter().map(|(t, _)| t.name().to_string()).collect();
+        f.debug_struct("LocalRun").field("tasks", &names).finish()
+    }
+}
+
+impl LocalRun {
+    pub(crate) fn new(tasks: Vec<Box<dyn Task>>, shared: Arc<Shared>, report: JobReport) -> Self {
+        Self {
+            tasks: tasks.into_iter().map(|t| (t, false)).collect(),
+            shared,
+            report,
+            started: Instant::now(),
+        }
+    }
+
+    /// Steps every task until none can make progress: everything that was
+    /// pushed into the sources has been processed as far as it can go.
+    ///
+    /// # Errors
+    /// The first error of any task (the run is then unusable).
+    pub fn step(&mut self) -> Result<()> {
+        loop {
+            let mut progressed = false;
+            for (task, done) in &mut self.tasks {
+                if *done {
+                    continue;
+                }
+                match step_guarded(task.as_mut(), false)? {
+                    Step::Done => {
+                        *done = true;
+                        progressed = true;
+                    }
+                    Step::Progress => progressed = true,
+                    Step::Idle => {}
+                }
+            }
+            if !progressed {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Whether every task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.tasks.iter().all(|(_, done)| *done)
+    }
+
+    /// Ends all input (as [`JobHandle::stop`]), steps until every task is done,
+    /// and returns the summary.
+    ///
+    /// # Errors
+    /// The first error of any task.
+    pub fn finish(mut self) -> Result<JobSummary> {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.step()?;
+        if !self.is_finished() {
+            return Err(Error::Internal("tasks did not finish after end of input".into()));
+        }
+        Ok(self.report.summary(self.started.elapsed()))
+    }
+
+    /// The summary so far.
+    pub fn summary(&self) -> JobSummary {
+        self.report.summary(self.started.elapsed())
+    }
+}

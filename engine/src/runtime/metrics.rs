@@ -1,0 +1,84 @@
+//! Counters kept while a job runs (updated once per batch, not per record)
+//! and the summary `run()` returns.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+pub(crate) struct OpCounters {
+    records_in: AtomicU64,
+    records_out: AtomicU64,
+}
+
+impl OpCounters {
+    pub(crate) fn add_in(&self, n: usize) {
+        self.records_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn add_out(&self, n: usize) {
+        self.records_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn snapshot(&self) -> (u64, u64) {
+        (
+            self.records_in.load(Ordering::Relaxed),
+            self.records_out.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct JobCounters {
+    pub(crate) late_records: AtomicU64,
+    pub(crate) dead_letters: AtomicU64,
+}
+
+/// Records in and out of one operator, summed over its subtasks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorSummary {
+    /// The operator's name.
+    pub name: String,
+    /// Subtasks it ran as.
+    pub parallelism: usize,
+    /// Records it received (0 for sources).
+    pub records_in: u64,
+    /// Records it emitted on its main output (0 for sinks).
+    pub records_out: u64,
+}
+
+/// What a finished job reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobSummary {
+    /// Wall-clock time from start to end.
+    pub elapsed: Duration,
+    /// Per operator, in the order they were added to the job.
+    pub operators: Vec<OperatorSummary>,
+    /// Records that arrived too late for every window they belonged to.
+    pub late_records: u64,
+    /// Records rejected into the dead-letter output.
+    pub dead_letters: u64,
+}
+
+impl JobSummary {
+    /// The summary of the operator called `name`.
+    pub fn operator(&self, name: &str) -> Option<&OperatorSummary> {
+        self.operators.iter().find(|o| o.name == name)
+    }
+}
+
+impl fmt::Display for JobSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "job finished in {:.3}s", self.elapsed.as_secs_f64())?;
+        for op in &self.operators {
+            writeln!(
+                f,
+                "  {:<24} x{:<3} in={:<12} out={}",
+                op.name, op.parallelism, op.records_in, op.records_out
+            )?;
+        }
+        write!(
+            f,
+            "  late={} dead_letter={}",
+            self.late_records, self.dead_letters
+        )
+    }
+}

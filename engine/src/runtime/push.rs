@@ -1,0 +1,64 @@
+//! The push interface that chained operators call on each other inside a task.
+//! One call per batch, never per record; the last push of a chain is an
+//! exchange writer (into channels) or a sink.
+
+use crate::error::Result;
+use crate::record::{Data, Record};
+use crate::time::Watermark;
+
+pub(crate) trait Push<T>: Send {
+    fn push_batch(&mut self, batch: Vec<Record<T>>) -> Result<()>;
+    fn push_watermark(&mut self, watermark: Watermark) -> Result<()>;
+    /// Processing time moved on: flush what waited for the flush interval.
+    fn on_tick(&mut self, now: i64) -> Result<()>;
+    /// End of input (after the final `+inf` watermark).
+    fn finish(&mut self) -> Result<()>;
+}
+
+pub(crate) type BoxPush<T> = Box<dyn Push<T>>;
+
+/// Several consumers of one stream: the batch is cloned for all but the last.
+pub(crate) struct FanOut<T>(pub(crate) Vec<BoxPush<T>>);
+
+impl<T: Data> Push<T> for FanOut<T> {
+    fn push_batch(&mut self, batch: Vec<Record<T>>) -> Result<()> {
+        if let Some((last, rest)) = self.0.split_last_mut() {
+            for p in rest {
+                p.push_batch(batch.clone())?;
+            }
+            last.push_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    fn push_watermark(&mut self, watermark: Watermark) -> Result<()> {
+        self.0.iter_mut().try_for_each(|p| p.push_watermark(watermark))
+    }
+
+    fn on_tick(&mut self, now: i64) -> Result<()> {
+        self.0.iter_mut().try_for_each(|p| p.on_tick(now))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.0.iter_mut().try_for_each(|p| p.finish())
+    }
+}
+
+/// The output of a stream nobody consumes (allowed only for outputs whose
+/// operator has another consumed output; validation rejects the rest).
+pub(crate) struct Discard;
+
+impl<T: Data> Push<T> for Discard {
+    fn push_batch(&mut self, _batch: Vec<Record<T>>) -> Result<()> {
+        Ok(())
+    }
+    fn push_watermark(&mut self, _watermark: Watermark) -> Result<()> {
+        Ok(())
+    }
+    fn on_tick(&mut self, _now: i64) -> Result<()> {
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}

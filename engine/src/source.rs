@@ -1,0 +1,96 @@
+//! The source interface. A source has partitions; each partition is read by
+//! one reader, in order, and has its own watermark generator. A source
+//! subtask reads its partitions round-robin, one batch each, and emits the
+//! minimum of their watermarks after every batch, so where watermarks fall is
+//! a deterministic function of each partition's record sequence.
+
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::record::Record;
+use crate::time::{Clock, EventTime};
+
+/// A source of records of type `T`.
+pub trait Source<T>: Send + Sync + 'static {
+    /// A short name for errors and the job summary.
+    fn name(&self) -> &str {
+        "source"
+    }
+
+    /// How many partitions the source has (at least 1).
+    fn partitions(&self) -> usize;
+
+    /// Whether every partition ends by itself.
+    fn is_bounded(&self) -> bool;
+
+    /// Opens partition `partition`.
+    ///
+    /// # Errors
+    /// When the partition cannot be opened; the job does not start.
+    fn create_reader(&self, partition: usize, ctx: &ReaderContext) -> Result<Box<dyn SourceReader<T>>>;
+}
+
+/// What a reader knows about where it runs.
+#[derive(Clone, Debug)]
+pub struct ReaderContext {
+    /// The job's processing-time clock.
+    pub clock: Arc<dyn Clock>,
+    /// The number of partitions of the source.
+    pub partitions: usize,
+}
+
+/// Reads one partition.
+pub trait SourceReader<T>: Send {
+    /// Appends up to `out.remaining()` records (and optionally an explicit
+    /// watermark). Must not block for long: return [`SourceStatus::Pending`]
+    /// when nothing is available yet.
+    ///
+    /// # Errors
+    /// Any error stops the job and is reported with the source's name.
+    fn poll(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus>;
+}
+
+/// What [`SourceReader::poll`] says about its partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceStatus {
+    /// More may come right away.
+    Ready,
+    /// Nothing available now; poll again later.
+    Pending,
+    /// The partition has ended (records appended in this call still count).
+    Finished,
+}
+
+/// The buffer a reader fills.
+#[derive(Debug)]
+pub struct SourceOutput<T> {
+    pub(crate) records: Vec<Record<T>>,
+    pub(crate) watermark: Option<EventTime>,
+    pub(crate) capacity: usize,
+}
+
+impl<T> SourceOutput<T> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            records: Vec::with_capacity(capacity),
+            watermark: None,
+            capacity,
+        }
+    }
+
+    /// How many more records fit in this batch.
+    pub fn remaining(&self) -> usize {
+        self.capacity.saturating_sub(self.records.len())
+    }
+
+    /// Appends a record (it may carry the source's own timestamp, or
+    /// [`EventTime::MIN`] when the watermark strategy assigns them).
+    pub fn push(&mut self, record: Record<T>) {
+        self.records.push(record);
+    }
+
+    /// Asserts that this partition will produce nothing at or before `watermark`.
+    pub fn watermark(&mut self, watermark: EventTime) {
+        self.watermark = Some(self.watermark.map_or(watermark, |w| w.max(watermark)));
+    }
+}

@@ -1,0 +1,25 @@
+//! Built-in sources and sinks.
+//!
+//! Sources: [`VecSource`] (bounded, from memory), [`GeneratorSource`]
+//! (deterministic, bounded or not, at full speed or a target rate) and
+//! [`PushSource`] (fed from other code through a [`SourceHandle`]).
+//! Sinks: [`CollectSink`] (into shared memory, for tests), [`PrintSink`],
+//! [`ChannelSink`] (into a crossbeam channel). Users write others with the
+//! `Sink` and `Source` traits.
+
+mod channel;
+mod collect;
+mod generator;
+mod print;
+mod push;
+mod vec;
+
+pub use channel::ChannelSink;
+pub use collect::CollectSink;
+pub use generator::GeneratorSource;
+pub use print::PrintSink;
+pub use push::{PushSource, SourceHandle};
+pub use vec::VecSource;
+
+/// The random generator a [`GeneratorSource`] hands its function, and the trait to draw from it.
+pub use rand::{rngs::SmallRng, Rng};
