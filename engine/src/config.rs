@@ -97,6 +97,8 @@ impl JobConfig {
     }
 
     pub(crate) fn flush_interval_millis(&self) -> i64 {
-        duration_millis(self.flush_interval).unwrap_or(i64::MAX).max(1)
+        duration_millis(self.flush_interval)
+            .unwrap_or(i64::MAX)
+            .max(1)
     }
 }

@@ -157,6 +157,7 @@ pub(crate) trait SideChannel: Send {
     fn push_watermark(&mut self, watermark: Watermark) -> Result<()>;
     fn on_tick(&mut self, now: i64) -> Result<()>;
     fn finish(&mut self) -> Result<()>;
+    fn flush_downstream(&mut self) -> Result<()>;
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
@@ -194,6 +195,9 @@ impl<T: Data> SideChannel for SideBuffer<T> {
     }
     fn finish(&mut self) -> Result<()> {
         self.next.finish()
+    }
+    fn flush_downstream(&mut self) -> Result<()> {
+        self.next.flush()
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
@@ -324,12 +328,7 @@ pub(crate) struct OperatorPush<I, O, Op> {
 }
 
 impl<I: Data, O: Data, Op: Operator<I, O>> OperatorPush<I, O, Op> {
-    pub(crate) fn new(
-        op: Op,
-        out: Output<O>,
-        next: BoxPush<O>,
-        counters: Arc<OpCounters>,
-    ) -> Self {
+    pub(crate) fn new(op: Op, out: Output<O>, next: BoxPush<O>, counters: Arc<OpCounters>) -> Self {
         Self {
             name: Arc::clone(&out.operator),
             op,
@@ -417,6 +416,14 @@ impl<I: Data, O: Data, Op: Operator<I, O>> Push<I> for OperatorPush<I, O, Op> {
         self.next.finish()?;
         for side in &mut self.out.sides {
             side.finish()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.next.flush()?;
+        for side in &mut self.out.sides {
+            side.flush_downstream()?;
         }
         Ok(())
     }

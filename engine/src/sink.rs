@@ -88,6 +88,10 @@ impl<T: Data, S: Sink<T>> Push<T> for SinkPush<S> {
         Ok(())
     }
 
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     fn finish(&mut self) -> Result<()> {
         let sink = &mut self.sink;
         guarded(&self.name, || sink.finish())

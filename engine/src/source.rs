@@ -27,7 +27,11 @@ pub trait Source<T>: Send + Sync + 'static {
     ///
     /// # Errors
     /// When the partition cannot be opened; the job does not start.
-    fn create_reader(&self, partition: usize, ctx: &ReaderContext) -> Result<Box<dyn SourceReader<T>>>;
+    fn create_reader(
+        &self,
+        partition: usize,
+        ctx: &ReaderContext,
+    ) -> Result<Box<dyn SourceReader<T>>>;
 }
 
 /// What a reader knows about where it runs.

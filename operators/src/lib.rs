@@ -16,13 +16,15 @@ pub use stateless::StreamExt;
 
 /// Everything a job needs, in one import.
 pub mod prelude {
-    pub use crate::connectors::{ChannelSink, CollectSink, GeneratorSource, PrintSink, PushSource, SourceHandle, VecSource};
+    pub use crate::connectors::{
+        ChannelSink, CollectSink, GeneratorSource, PrintSink, PushSource, SourceHandle, VecSource,
+    };
     pub use crate::process::{KeyedProcessExt, KeyedProcessFunction, ProcessContext, TimeDomain};
     pub use crate::stateless::StreamExt;
     pub use tideline_engine::time::{Clock, ManualClock, SystemClock, WatermarkStrategy};
     pub use tideline_engine::{
-        DeadLetter, Error, EventTime, ExecutionMode, FailurePolicy, Job, JobConfig, JobSummary, KeyedStream, Operator,
-        OutputTag, Record, Result, Sink, Source, Stream, Watermark,
+        DeadLetter, Error, EventTime, ExecutionMode, FailurePolicy, Job, JobConfig, JobSummary,
+        KeyedStream, Operator, OutputTag, Record, Result, Sink, Source, Stream, Watermark,
     };
     pub use tideline_state::{ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor};
 }

@@ -164,7 +164,10 @@ impl<K: StateKey, O: Data> ProcessContext<'_, K, O> {
     ///
     /// # Errors
     /// When the state name is used with another type.
-    pub fn value_state<V: StateValue>(&mut self, descriptor: &ValueStateDescriptor<V>) -> Result<ValueState<'_, K, (), V>> {
+    pub fn value_state<V: StateValue>(
+        &mut self,
+        descriptor: &ValueStateDescriptor<V>,
+    ) -> Result<ValueState<'_, K, (), V>> {
         Ok(self.keyed.state.value(descriptor, self.key, &())?)
     }
 
@@ -183,7 +186,10 @@ impl<K: StateKey, O: Data> ProcessContext<'_, K, O> {
     ///
     /// # Errors
     /// When the state name is used with another type.
-    pub fn list_state<V: StateValue>(&mut self, descriptor: &ListStateDescriptor<V>) -> Result<ListState<'_, K, (), V>> {
+    pub fn list_state<V: StateValue>(
+        &mut self,
+        descriptor: &ListStateDescriptor<V>,
+    ) -> Result<ListState<'_, K, (), V>> {
         Ok(self.keyed.state.list(descriptor, self.key, &())?)
     }
 
@@ -206,7 +212,11 @@ impl<K: StateKey, O: Data> ProcessContext<'_, K, O> {
     ///
     /// # Errors
     /// Under `FailurePolicy::FailFast`.
-    pub fn dead_letter(&mut self, reason: impl std::fmt::Display, record: &dyn std::fmt::Debug) -> Result<()> {
+    pub fn dead_letter(
+        &mut self,
+        reason: impl std::fmt::Display,
+        record: &dyn std::fmt::Debug,
+    ) -> Result<()> {
         self.out.dead_letter(self.timestamp, reason, record)
     }
 }
@@ -240,7 +250,12 @@ impl<K: StateKey, I, F> KeyedProcessOperator<K, I, F> {
 }
 
 impl<K: StateKey, I: Data, F> KeyedProcessOperator<K, I, F> {
-    fn fire<O: Data>(&mut self, domain: TimeDomain, up_to: EventTime, out: &mut Output<O>) -> Result<()>
+    fn fire<O: Data>(
+        &mut self,
+        domain: TimeDomain,
+        up_to: EventTime,
+        out: &mut Output<O>,
+    ) -> Result<()>
     where
         F: KeyedProcessFunction<K, I, O>,
     {

@@ -74,7 +74,10 @@ impl TestJob {
     }
 
     /// A one-partition push source; feed it through the returned handle.
-    pub fn push_source<T: Data>(&self, strategy: WatermarkStrategy<T>) -> (SourceHandle<T>, Stream<T>) {
+    pub fn push_source<T: Data>(
+        &self,
+        strategy: WatermarkStrategy<T>,
+    ) -> (SourceHandle<T>, Stream<T>) {
         let (source, handle) = PushSource::new();
         (handle, self.job.source(source, strategy))
     }
@@ -114,6 +117,14 @@ impl TestRun {
         self.run.step()
     }
 
+    /// Steps without flushing partial batches (see `LocalRun::step_unflushed`).
+    ///
+    /// # Errors
+    /// The job's first failure.
+    pub fn step_unflushed(&mut self) -> Result<()> {
+        self.run.step_unflushed().map(|_| ())
+    }
+
     /// Moves processing time forward by `d`, then steps (processing-time
     /// timers due by then fire).
     ///
@@ -135,6 +146,11 @@ impl TestRun {
     /// The summary so far.
     pub fn summary(&self) -> JobSummary {
         self.run.summary()
+    }
+
+    /// The job's tasks (`source[0]`, `key_by[1]`...): chained operators share one.
+    pub fn task_names(&self) -> Vec<String> {
+        self.run.task_names()
     }
 }
 
@@ -213,7 +229,10 @@ impl<I: Data, O: Data> KeyedProcessHarness<I, O> {
     pub fn side_output<T: Data>(&mut self, tag: &OutputTag<T>) -> Result<CollectSink<T>> {
         match &self.pending {
             Some(t) => Ok(t.collect(&self.output_stream.side_output(tag))),
-            None => Err(Error::config("side_output", "register side outputs before the first record")),
+            None => Err(Error::config(
+                "side_output",
+                "register side outputs before the first record",
+            )),
         }
     }
 

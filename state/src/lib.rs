@@ -19,7 +19,9 @@ mod memory;
 
 pub use descriptor::{ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor};
 pub use error::StateError;
-pub use memory::{ListState, ListTable, MapState, MapTable, MemoryKeyedState, ValueState, ValueTable};
+pub use memory::{
+    ListState, ListTable, MapState, MapTable, MemoryKeyedState, ValueState, ValueTable,
+};
 
 /// What a key of keyed state must provide: hashing for key groups and lookup,
 /// equality, cloning to store it, and thread mobility.

@@ -55,7 +55,9 @@ pub struct MemoryKeyedState<K> {
 impl<K> std::fmt::Debug for MemoryKeyedState<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<_> = self.tables.iter().map(|t| t.name).collect();
-        f.debug_struct("MemoryKeyedState").field("states", &names).finish()
+        f.debug_struct("MemoryKeyedState")
+            .field("states", &names)
+            .finish()
     }
 }
 
@@ -288,7 +290,6 @@ impl<K: StateKey, N: StateKey, V: StateValue> ListState<'_, K, N, V> {
             .unwrap_or_default()
     }
 }
-
 
 #[cfg(test)]
 mod tests {

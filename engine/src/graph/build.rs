@@ -35,6 +35,10 @@ pub(crate) struct NodeLayout {
     pub(crate) edges: Vec<EdgeLayout>,
 }
 
+/// Everything a built job consists of: its tasks, their shared flags, and
+/// the counters the summary is made from.
+pub(crate) type BuiltJob = (Vec<Box<dyn Task>>, Arc<Shared>, JobReport);
+
 /// Builds the task of one subtask of a node.
 pub(crate) trait TaskFactory {
     fn build(&self, ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Task>>;
@@ -178,7 +182,9 @@ impl<T: Data> TaskFactory for InputFactory<T> {
     fn build(&self, ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Task>> {
         let layout = &ctx.layout[ctx.node];
         let (parallelism, channels) = (layout.parallelism, layout.channels);
-        let receiver = ctx.channels.receiver::<T>(ctx.node, parallelism, ctx.subtask)?;
+        let receiver = ctx
+            .channels
+            .receiver::<T>(ctx.node, parallelism, ctx.subtask)?;
         let head = self.head.build(ctx)?;
         Ok(Box::new(InputTask {
             name: ctx.task_name(self.op),
@@ -251,7 +257,8 @@ impl Graph {
                     .inputs
                     .iter()
                     .map(|e| {
-                        let forward = e.kind == EdgeKind::Forward && parallelism[e.from] == parallelism[i];
+                        let forward =
+                            e.kind == EdgeKind::Forward && parallelism[e.from] == parallelism[i];
                         let layout = EdgeLayout {
                             forward,
                             channel_offset: offset,
@@ -271,11 +278,16 @@ impl Graph {
 
     /// Validates the graph and builds every task. `capacity` is the channel
     /// capacity in batches (`None`: unbounded, for the local executor).
-    pub(crate) fn build(self, capacity: Option<usize>) -> Result<(Vec<Box<dyn Task>>, Arc<Shared>, JobReport)> {
+    pub(crate) fn build(self, capacity: Option<usize>) -> Result<BuiltJob> {
         self.validate()?;
         let layout = self.layout();
-        let op_names: Vec<Arc<str>> = self.ops.iter().map(|o| Arc::from(o.name.as_str())).collect();
-        let op_counters: Vec<Arc<OpCounters>> = self.ops.iter().map(|o| Arc::clone(&o.counters)).collect();
+        let op_names: Vec<Arc<str>> = self
+            .ops
+            .iter()
+            .map(|o| Arc::from(o.name.as_str()))
+            .collect();
+        let op_counters: Vec<Arc<OpCounters>> =
+            self.ops.iter().map(|o| Arc::clone(&o.counters)).collect();
         let job_counters = Arc::new(JobCounters::default());
         let shared = Arc::new(Shared::default());
         let mut channels = Channels::new(capacity);
@@ -304,7 +316,13 @@ impl Graph {
                 .ops
                 .iter()
                 .filter(|o| o.kind != OpKind::Exchange)
-                .map(|o| (o.name.clone(), layout[o.node].parallelism, Arc::clone(&o.counters)))
+                .map(|o| {
+                    (
+                        o.name.clone(),
+                        layout[o.node].parallelism,
+                        Arc::clone(&o.counters),
+                    )
+                })
                 .collect(),
             counters: job_counters,
         };

@@ -38,7 +38,10 @@ impl fmt::Debug for Job {
         let g = self.graph.borrow();
         f.debug_struct("Job")
             .field("config", &g.config)
-            .field("operators", &g.ops.iter().map(|o| o.name.clone()).collect::<Vec<_>>())
+            .field(
+                "operators",
+                &g.ops.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -111,7 +114,11 @@ impl Job {
 
     /// Adds a source. Each partition gets its own watermark generator from
     /// `strategy`; the source runs as `min(partitions, parallelism)` subtasks.
-    pub fn source<T: Data, S: Source<T>>(&self, source: S, strategy: WatermarkStrategy<T>) -> Stream<T> {
+    pub fn source<T: Data, S: Source<T>>(
+        &self,
+        source: S,
+        strategy: WatermarkStrategy<T>,
+    ) -> Stream<T> {
         let name = source.name().to_string();
         let info = SourceInfo {
             name: name.clone(),

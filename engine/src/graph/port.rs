@@ -45,7 +45,10 @@ impl<T: Data> Port<T> {
             0 => Ok(Box::new(Discard)),
             1 => consumers[0](ctx),
             _ => {
-                let pushes = consumers.iter().map(|c| c(ctx)).collect::<Result<Vec<_>>>()?;
+                let pushes = consumers
+                    .iter()
+                    .map(|c| c(ctx))
+                    .collect::<Result<Vec<_>>>()?;
                 Ok(Box::new(FanOut(pushes)))
             }
         }
@@ -90,6 +93,10 @@ impl SideRegistry {
     }
 
     pub(crate) fn build(&self, ctx: &mut BuildCtx<'_>) -> Result<Vec<Box<dyn SideChannel>>> {
-        self.entries.borrow().iter().map(|e| (e.build)(ctx)).collect()
+        self.entries
+            .borrow()
+            .iter()
+            .map(|e| (e.build)(ctx))
+            .collect()
     }
 }

@@ -47,11 +47,20 @@ impl<T> fmt::Debug for Stream<T> {
     }
 }
 
+/// One input of an exchange: the stream, how it is routed, and (for keyed
+/// routing) its key hash.
+pub(crate) type ExchangeInput<'a, T> = (&'a Stream<T>, EdgeKind, Option<KeyHashFn<T>>);
+
 /// Extracts a record's key.
 pub type KeySelector<K, T> = Arc<dyn Fn(&T) -> K + Send + Sync>;
 
 impl<T: Data> Stream<T> {
-    pub(crate) fn new_output<O: Data>(&self, op: OpId, port: Rc<Port<O>>, sides: Rc<SideRegistry>) -> Stream<O> {
+    pub(crate) fn new_output<O: Data>(
+        &self,
+        op: OpId,
+        port: Rc<Port<O>>,
+        sides: Rc<SideRegistry>,
+    ) -> Stream<O> {
         Stream {
             graph: Rc::clone(&self.graph),
             node: self.graph.borrow().ops[op].node,
@@ -90,7 +99,12 @@ impl<T: Data> Stream<T> {
                 Arc::clone(ctx.job_counters),
                 ctx.config.failure_policy,
             );
-            Ok(Box::new(OperatorPush::new(operator, output, next, ctx.op_counters(op))) as BoxPush<T>)
+            Ok(Box::new(OperatorPush::new(
+                operator,
+                output,
+                next,
+                ctx.op_counters(op),
+            )) as BoxPush<T>)
         }));
         self.new_output(op, out, sides)
     }
@@ -138,7 +152,10 @@ impl<T: Data> Stream<T> {
     pub fn union(&self, other: &Stream<T>) -> Stream<T> {
         self.exchange(
             "union",
-            vec![(self, EdgeKind::Forward, None), (other, EdgeKind::Forward, None)],
+            vec![
+                (self, EdgeKind::Forward, None),
+                (other, EdgeKind::Forward, None),
+            ],
         )
     }
 
@@ -153,7 +170,7 @@ impl<T: Data> Stream<T> {
     }
 
     /// Starts a new node fed by `inputs` over channels.
-    pub(crate) fn exchange(&self, name: &str, inputs: Vec<(&Stream<T>, EdgeKind, Option<KeyHashFn<T>>)>) -> Stream<T> {
+    pub(crate) fn exchange(&self, name: &str, inputs: Vec<ExchangeInput<'_, T>>) -> Stream<T> {
         let head = Rc::new(Port::<T>::new());
         let sides = Rc::new(SideRegistry::default());
         let (node, op) = {
@@ -263,7 +280,9 @@ impl<K, T> Clone for KeyedStream<K, T> {
 
 impl<K, T> fmt::Debug for KeyedStream<K, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyedStream").field("input", &self.input).finish()
+        f.debug_struct("KeyedStream")
+            .field("input", &self.input)
+            .finish()
     }
 }
 
@@ -308,7 +327,11 @@ struct TimestampAssigner<T> {
 }
 
 impl<T: Data> Operator<T, T> for TimestampAssigner<T> {
-    fn process_batch(&mut self, mut batch: Vec<crate::Record<T>>, out: &mut Output<T>) -> Result<()> {
+    fn process_batch(
+        &mut self,
+        mut batch: Vec<crate::Record<T>>,
+        out: &mut Output<T>,
+    ) -> Result<()> {
         for r in &mut batch {
             if let Some(f) = &self.timestamps {
                 r.timestamp = f(&r.value);

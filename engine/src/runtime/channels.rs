@@ -30,7 +30,11 @@ impl Channels {
         }
     }
 
-    fn node<T: Send + 'static>(&mut self, node: usize, parallelism: usize) -> Result<&mut NodeChannels<T>> {
+    fn node<T: Send + 'static>(
+        &mut self,
+        node: usize,
+        parallelism: usize,
+    ) -> Result<&mut NodeChannels<T>> {
         let capacity = self.capacity;
         let entry = self.nodes.entry(node).or_insert_with(|| {
             let (senders, receivers) = (0..parallelism)
@@ -50,16 +54,29 @@ impl Channels {
     }
 
     /// Senders to every subtask of `node`.
-    pub(crate) fn senders<T: Send + 'static>(&mut self, node: usize, parallelism: usize) -> Result<Vec<Sender<Envelope<T>>>> {
+    pub(crate) fn senders<T: Send + 'static>(
+        &mut self,
+        node: usize,
+        parallelism: usize,
+    ) -> Result<Vec<Sender<Envelope<T>>>> {
         Ok(self.node::<T>(node, parallelism)?.senders.clone())
     }
 
     /// The receiver of subtask `subtask` of `node` (taken once).
-    pub(crate) fn receiver<T: Send + 'static>(&mut self, node: usize, parallelism: usize, subtask: usize) -> Result<Receiver<Envelope<T>>> {
+    pub(crate) fn receiver<T: Send + 'static>(
+        &mut self,
+        node: usize,
+        parallelism: usize,
+        subtask: usize,
+    ) -> Result<Receiver<Envelope<T>>> {
         self.node::<T>(node, parallelism)?
             .receivers
             .get_mut(subtask)
             .and_then(Option::take)
-            .ok_or_else(|| Error::Internal(format!("receiver of node {node} subtask {subtask} taken twice")))
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "receiver of node {node} subtask {subtask} taken twice"
+                ))
+            })
     }
 }

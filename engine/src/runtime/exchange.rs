@@ -142,11 +142,17 @@ impl<T: Data> Push<T> for ExchangeWriter<T> {
     }
 
     fn on_tick(&mut self, now: i64) -> Result<()> {
-        if now.saturating_sub(self.last_flush) >= self.flush_interval {
+        if self.last_flush == i64::MIN {
+            self.last_flush = now;
+        } else if now.saturating_sub(self.last_flush) >= self.flush_interval {
             self.last_flush = now;
             self.flush_all()?;
         }
         Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.flush_all()
     }
 
     fn finish(&mut self) -> Result<()> {

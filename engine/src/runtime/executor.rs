@@ -93,7 +93,11 @@ pub struct JobHandle {
 }
 
 impl JobHandle {
-    pub(crate) fn spawn(tasks: Vec<Box<dyn Task>>, shared: Arc<Shared>, report: JobReport) -> Result<Self> {
+    pub(crate) fn spawn(
+        tasks: Vec<Box<dyn Task>>,
+        shared: Arc<Shared>,
+        report: JobReport,
+    ) -> Result<Self> {
         let started = Instant::now();
         let mut threads = Vec::with_capacity(tasks.len());
         for mut task in tasks {
@@ -107,6 +111,15 @@ impl JobHandle {
                             Ok(Step::Done) => break,
                             Ok(Step::Progress) => idle_rounds = 0,
                             Ok(Step::Idle) => {
+                                // Nothing to do: send partial batches now rather
+                                // than at the flush interval (latency at low load).
+                                if idle_rounds == 0 {
+                                    if let Err(e) = task.flush() {
+                                        drop(task);
+                                        shared_for_task.fail(e);
+                                        return;
+                                    }
+                                }
                                 idle_rounds = idle_rounds.saturating_add(1);
                                 backoff(idle_rounds);
                             }
@@ -154,7 +167,9 @@ impl JobHandle {
     pub fn join(self) -> Result<JobSummary> {
         for t in self.threads {
             if t.join().is_err() {
-                self.shared.fail(Error::Internal("a task thread panicked outside its guard".into()));
+                self.shared.fail(Error::Internal(
+                    "a task thread panicked outside its guard".into(),
+                ));
             }
         }
         match self.shared.take_error() {
@@ -187,7 +202,11 @@ pub struct LocalRun {
 
 impl std::fmt::Debug for LocalRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<_> = self.tasks.iter().map(|(t, _)| t.name().to_string()).collect();
+        let names: Vec<_> = self
+            .tasks
+            .iter()
+            .map(|(t, _)| t.name().to_string())
+            .collect();
         f.debug_struct("LocalRun").field("tasks", &names).finish()
     }
 }
@@ -202,12 +221,34 @@ impl LocalRun {
         }
     }
 
-    /// Steps every task until none can make progress: everything that was
-    /// pushed into the sources has been processed as far as it can go.
+    /// Steps every task until none can make progress, flushing partial
+    /// batches whenever they are all quiet: everything pushed into the
+    /// sources has been processed as far as it can go.
     ///
     /// # Errors
     /// The first error of any task (the run is then unusable).
     pub fn step(&mut self) -> Result<()> {
+        self.step_unflushed()?;
+        loop {
+            for (task, done) in &mut self.tasks {
+                if !*done {
+                    task.flush()?;
+                }
+            }
+            if !self.step_unflushed()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Like [`LocalRun::step`], but partial batches wait in exchange buffers
+    /// until the flush interval passes on the job's clock (to test that
+    /// interval). Returns whether anything progressed.
+    ///
+    /// # Errors
+    /// The first error of any task (the run is then unusable).
+    pub fn step_unflushed(&mut self) -> Result<bool> {
+        let mut any = false;
         loop {
             let mut progressed = false;
             for (task, done) in &mut self.tasks {
@@ -224,14 +265,24 @@ impl LocalRun {
                 }
             }
             if !progressed {
-                return Ok(());
+                return Ok(any);
             }
+            any = true;
         }
     }
 
     /// Whether every task has ended.
     pub fn is_finished(&self) -> bool {
         self.tasks.iter().all(|(_, done)| *done)
+    }
+
+    /// The tasks, named after their head operator and subtask (`map[0]`):
+    /// chained operators share one task.
+    pub fn task_names(&self) -> Vec<String> {
+        self.tasks
+            .iter()
+            .map(|(t, _)| t.name().to_string())
+            .collect()
     }
 
     /// Ends all input (as [`JobHandle::stop`]), steps until every task is done,
@@ -243,7 +294,9 @@ impl LocalRun {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.step()?;
         if !self.is_finished() {
-            return Err(Error::Internal("tasks did not finish after end of input".into()));
+            return Err(Error::Internal(
+                "tasks did not finish after end of input".into(),
+            ));
         }
         Ok(self.report.summary(self.started.elapsed()))
     }

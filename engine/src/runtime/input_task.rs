@@ -70,6 +70,13 @@ impl<T: Data> Task for InputTask<T> {
         &self.name
     }
 
+    fn flush(&mut self) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        self.head.flush()
+    }
+
     fn step(&mut self, blocking: bool) -> Result<Step> {
         if self.done {
             return Ok(Step::Done);
@@ -103,6 +110,10 @@ impl<T: Data> Task for InputTask<T> {
             self.last_tick = now;
             self.head.on_tick(now)?;
         }
-        Ok(if progressed { Step::Progress } else { Step::Idle })
+        Ok(if progressed {
+            Step::Progress
+        } else {
+            Step::Idle
+        })
     }
 }

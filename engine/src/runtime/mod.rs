@@ -8,8 +8,8 @@
 //! thread without blocking, so tests control exactly what has happened.
 
 pub(crate) mod channels;
-pub(crate) mod executor;
 pub(crate) mod exchange;
+pub(crate) mod executor;
 pub(crate) mod input_task;
 pub(crate) mod metrics;
 pub(crate) mod push;

@@ -13,6 +13,8 @@ pub(crate) trait Push<T>: Send {
     fn on_tick(&mut self, now: i64) -> Result<()>;
     /// End of input (after the final `+inf` watermark).
     fn finish(&mut self) -> Result<()>;
+    /// Send partially filled batches now (the task has nothing else to do).
+    fn flush(&mut self) -> Result<()>;
 }
 
 pub(crate) type BoxPush<T> = Box<dyn Push<T>>;
@@ -32,7 +34,9 @@ impl<T: Data> Push<T> for FanOut<T> {
     }
 
     fn push_watermark(&mut self, watermark: Watermark) -> Result<()> {
-        self.0.iter_mut().try_for_each(|p| p.push_watermark(watermark))
+        self.0
+            .iter_mut()
+            .try_for_each(|p| p.push_watermark(watermark))
     }
 
     fn on_tick(&mut self, now: i64) -> Result<()> {
@@ -41,6 +45,10 @@ impl<T: Data> Push<T> for FanOut<T> {
 
     fn finish(&mut self) -> Result<()> {
         self.0.iter_mut().try_for_each(|p| p.finish())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.0.iter_mut().try_for_each(|p| p.flush())
     }
 }
 
@@ -59,6 +67,9 @@ impl<T: Data> Push<T> for Discard {
         Ok(())
     }
     fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<()> {
         Ok(())
     }
 }

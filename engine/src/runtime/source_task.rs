@@ -61,7 +61,10 @@ impl<T: Data> SourceTask<T> {
                         generator.on_timestamp(r.timestamp);
                     }
                 }
-                None => out.records.iter().for_each(|r| generator.on_timestamp(r.timestamp)),
+                None => out
+                    .records
+                    .iter()
+                    .for_each(|r| generator.on_timestamp(r.timestamp)),
             }
             self.counters.add_out(out.records.len());
             self.head.push_batch(out.records)?;
@@ -72,9 +75,13 @@ impl<T: Data> SourceTask<T> {
             self.partitions[index].generator.on_explicit(w);
             progressed = true;
         }
-        let current = self.partitions[index].generator.current();
-        let advanced = self.tracker.on_watermark(index, current);
-        self.emit(advanced)?;
+        // Only news from the partition moves its watermark (and reactivates
+        // it): reporting on every poll would wake an idle partition forever.
+        if progressed {
+            let current = self.partitions[index].generator.current();
+            let advanced = self.tracker.on_watermark(index, current);
+            self.emit(advanced)?;
+        }
         match status {
             SourceStatus::Finished => {
                 self.partitions[index].finished = true;
@@ -82,11 +89,14 @@ impl<T: Data> SourceTask<T> {
                 self.emit(w)?;
                 progressed = true;
             }
-            SourceStatus::Pending if !progressed => {
-                if self.partitions[index].generator.is_idle(now, self.started_at) {
-                    let w = self.tracker.on_idle(index);
-                    self.emit(w)?;
-                }
+            SourceStatus::Pending
+                if !progressed
+                    && self.partitions[index]
+                        .generator
+                        .is_idle(now, self.started_at) =>
+            {
+                let w = self.tracker.on_idle(index);
+                self.emit(w)?;
             }
             _ => {}
         }
@@ -95,7 +105,8 @@ impl<T: Data> SourceTask<T> {
 
     fn finish(&mut self) -> Result<Step> {
         if self.tracker.current() != EventTime::MAX {
-            self.head.push_watermark(Watermark::EventTime(EventTime::MAX))?;
+            self.head
+                .push_watermark(Watermark::EventTime(EventTime::MAX))?;
         }
         self.head.finish()?;
         self.done = true;
@@ -106,6 +117,13 @@ impl<T: Data> SourceTask<T> {
 impl<T: Data> Task for SourceTask<T> {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        self.head.flush()
     }
 
     fn step(&mut self, _blocking: bool) -> Result<Step> {
@@ -132,6 +150,10 @@ impl<T: Data> Task for SourceTask<T> {
             self.last_tick = now;
             self.head.on_tick(now)?;
         }
-        Ok(if progressed { Step::Progress } else { Step::Idle })
+        Ok(if progressed {
+            Step::Progress
+        } else {
+            Step::Idle
+        })
     }
 }

@@ -16,4 +16,6 @@ pub(crate) trait Task: Send {
     /// Does a bounded amount of work. With `blocking`, may wait a short while
     /// for input; without, never waits.
     fn step(&mut self, blocking: bool) -> Result<Step>;
+    /// Sends partially filled batches downstream now.
+    fn flush(&mut self) -> Result<()>;
 }

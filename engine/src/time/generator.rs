@@ -41,9 +41,10 @@ impl WatermarkGenerator {
     /// The current watermark: `max - d - 1` (or the explicit one if larger).
     pub(crate) fn current(&self) -> EventTime {
         let generated = match self.out_of_orderness {
-            Some(d) if self.max_timestamp.is_set() => {
-                self.max_timestamp.saturating_sub_millis(d).saturating_sub_millis(1)
-            }
+            Some(d) if self.max_timestamp.is_set() => self
+                .max_timestamp
+                .saturating_sub_millis(d)
+                .saturating_sub_millis(1),
             _ => EventTime::MIN,
         };
         generated.max(self.explicit)

@@ -48,7 +48,8 @@ impl<K: Hash + Eq + Clone, N: Hash + Eq + Clone> TimerService<K, N> {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.index.insert(id, seq);
-        self.by_time.insert((at, seq), (key.clone(), namespace.clone()));
+        self.by_time
+            .insert((at, seq), (key.clone(), namespace.clone()));
         true
     }
 

@@ -113,7 +113,8 @@ impl WatermarkTracker {
         for input in &self.inputs {
             match input.status {
                 Status::Active => {
-                    min_active = Some(min_active.map_or(input.watermark, |m| m.min(input.watermark)))
+                    min_active =
+                        Some(min_active.map_or(input.watermark, |m| m.min(input.watermark)))
                 }
                 Status::Idle => any_idle = true,
                 Status::Finished => {}

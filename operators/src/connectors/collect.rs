@@ -55,7 +55,11 @@ impl<T: Data> CollectSink<T> {
 
     /// The values collected so far.
     pub fn values(&self) -> Vec<T> {
-        self.lock().records.iter().map(|r| r.value.clone()).collect()
+        self.lock()
+            .records
+            .iter()
+            .map(|r| r.value.clone())
+            .collect()
     }
 
     /// Removes and returns the records collected so far.

@@ -93,18 +93,29 @@ where
         self.count.is_some()
     }
 
-    fn create_reader(&self, partition: usize, ctx: &ReaderContext) -> Result<Box<dyn SourceReader<T>>> {
+    fn create_reader(
+        &self,
+        partition: usize,
+        ctx: &ReaderContext,
+    ) -> Result<Box<dyn SourceReader<T>>> {
         if let Some(rate) = self.rate {
             if !(rate.is_finite() && rate > 0.0) {
-                return Err(Error::config("generator.rate", format!("{rate} is not a positive number")));
+                return Err(Error::config(
+                    "generator.rate",
+                    format!("{rate} is not a positive number"),
+                ));
             }
         }
         let stride = self.partitions as u64;
         let first = partition as u64;
         // Records of this partition: indices first, first + stride, ... < count.
-        let limit = self
-            .count
-            .map(|c| if c > first { (c - first).div_ceil(stride) } else { 0 });
+        let limit = self.count.map(|c| {
+            if c > first {
+                (c - first).div_ceil(stride)
+            } else {
+                0
+            }
+        });
         Ok(Box::new(GeneratorReader {
             f: Arc::clone(&self.f),
             rng: SmallRng::seed_from_u64(self.seed ^ (first.wrapping_mul(0x9E37_79B9_7F4A_7C15))),

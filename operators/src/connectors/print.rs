@@ -12,7 +12,9 @@ pub struct PrintSink {
 impl PrintSink {
     /// A printer whose lines start with `prefix`.
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        Self {
+            prefix: prefix.into(),
+        }
     }
 }
 

@@ -53,7 +53,10 @@ impl<T: Data> PushSource<T> {
             .unzip();
         (
             Self { receivers },
-            senders.into_iter().map(|sender| SourceHandle { sender }).collect(),
+            senders
+                .into_iter()
+                .map(|sender| SourceHandle { sender })
+                .collect(),
         )
     }
 }
@@ -111,12 +114,17 @@ impl<T: Data> Source<T> for PushSource<T> {
         false
     }
 
-    fn create_reader(&self, partition: usize, _ctx: &ReaderContext) -> Result<Box<dyn SourceReader<T>>> {
-        let receiver = self
-            .receivers
-            .get(partition)
-            .cloned()
-            .ok_or_else(|| Error::config(format!("push_source.partition[{partition}]"), "does not exist"))?;
+    fn create_reader(
+        &self,
+        partition: usize,
+        _ctx: &ReaderContext,
+    ) -> Result<Box<dyn SourceReader<T>>> {
+        let receiver = self.receivers.get(partition).cloned().ok_or_else(|| {
+            Error::config(
+                format!("push_source.partition[{partition}]"),
+                "does not exist",
+            )
+        })?;
         Ok(Box::new(PushReader { receiver }))
     }
 }
@@ -136,7 +144,9 @@ impl<T: Data> SourceReader<T> for PushReader<T> {
                     out.watermark(w);
                     return Ok(SourceStatus::Ready);
                 }
-                Ok(Event::Close) | Err(TryRecvError::Disconnected) => return Ok(SourceStatus::Finished),
+                Ok(Event::Close) | Err(TryRecvError::Disconnected) => {
+                    return Ok(SourceStatus::Finished)
+                }
                 Err(TryRecvError::Empty) => return Ok(SourceStatus::Pending),
             }
         }

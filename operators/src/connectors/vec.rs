@@ -34,7 +34,10 @@ impl<T: Data> VecSource<T> {
     /// One partition per inner vector, read in parallel.
     pub fn partitioned(partitions: Vec<Vec<Record<T>>>) -> Self {
         Self {
-            partitions: partitions.into_iter().map(|p| Mutex::new(Some(p))).collect(),
+            partitions: partitions
+                .into_iter()
+                .map(|p| Mutex::new(Some(p)))
+                .collect(),
         }
     }
 
@@ -69,7 +72,11 @@ impl<T: Data + Sync> Source<T> for VecSource<T> {
         true
     }
 
-    fn create_reader(&self, partition: usize, _ctx: &ReaderContext) -> Result<Box<dyn SourceReader<T>>> {
+    fn create_reader(
+        &self,
+        partition: usize,
+        _ctx: &ReaderContext,
+    ) -> Result<Box<dyn SourceReader<T>>> {
         let records = self
             .partitions
             .get(partition)

@@ -1,0 +1,13 @@
+//! Integration tests of whole jobs, one binary built from module directories.
+
+mod engine;
+
+/// The examples run as part of the suite, so CI runs them.
+#[allow(dead_code)]
+#[path = "../examples/quickstart.rs"]
+mod quickstart;
+
+#[test]
+fn example_quickstart_runs() -> tideline::Result<()> {
+    quickstart::main()
+}
