@@ -1,8 +1,10 @@
 mod backpressure;
+mod determinism;
 mod exchanges;
 mod failures;
 mod parallelism;
 mod sources;
+mod stateless;
 mod timers;
 mod validation;
 mod watermarks;

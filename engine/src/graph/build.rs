@@ -16,9 +16,9 @@ use crate::runtime::input_task::InputTask;
 use crate::runtime::metrics::{JobCounters, OpCounters};
 use crate::runtime::push::BoxPush;
 use crate::runtime::source_task::{Partition, SourceTask};
-use crate::runtime::task::Task;
+use crate::runtime::task::{ChainHead, Task};
 use crate::source::{ReaderContext, Source};
-use crate::time::{WatermarkStrategy, WatermarkTracker};
+use crate::time::WatermarkStrategy;
 
 /// Where an input edge lands in its node's channel numbering.
 #[derive(Clone, Copy, Debug)]
@@ -79,8 +79,22 @@ impl BuildCtx<'_> {
         }
     }
 
-    fn task_name(&self, op: OpId) -> Arc<str> {
-        Arc::from(format!("{}[{}]", self.op_names[op], self.subtask))
+    /// The head of a task whose chain starts at `port`, with `inputs`
+    /// watermark inputs; the task is named after `op` and the subtask.
+    fn chain_head<T: Data>(
+        &mut self,
+        op: OpId,
+        port: &Port<T>,
+        inputs: usize,
+    ) -> Result<ChainHead<T>> {
+        let push = port.build(self)?;
+        Ok(ChainHead::new(
+            Arc::from(format!("{}[{}]", self.op_names[op], self.subtask)),
+            push,
+            inputs,
+            Arc::clone(&self.config.clock),
+            Arc::clone(&self.shared.cancel),
+        ))
     }
 }
 
@@ -153,22 +167,15 @@ impl<T: Data> TaskFactory for SourceFactory<T> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let head = self.head.build(ctx)?;
-        let now = ctx.config.clock.now_millis();
+        let head = ctx.chain_head(self.op, &self.head, partitions.len())?;
         Ok(Box::new(SourceTask {
-            name: ctx.task_name(self.op),
-            tracker: WatermarkTracker::new(partitions.len()),
+            head,
             partitions,
             timestamps: self.strategy.timestamps.clone(),
-            head,
-            clock: Arc::clone(&ctx.config.clock),
-            started_at: now,
+            started_at: ctx.config.clock.now_millis(),
             batch_size: ctx.config.batch_size,
-            last_tick: i64::MIN,
             stop: Arc::clone(&ctx.shared.stop),
-            cancel: Arc::clone(&ctx.shared.cancel),
             counters: ctx.op_counters(self.op),
-            done: false,
         }))
     }
 }
@@ -185,17 +192,8 @@ impl<T: Data> TaskFactory for InputFactory<T> {
         let receiver = ctx
             .channels
             .receiver::<T>(ctx.node, parallelism, ctx.subtask)?;
-        let head = self.head.build(ctx)?;
-        Ok(Box::new(InputTask {
-            name: ctx.task_name(self.op),
-            receiver,
-            tracker: WatermarkTracker::new(channels),
-            head,
-            clock: Arc::clone(&ctx.config.clock),
-            last_tick: i64::MIN,
-            cancel: Arc::clone(&ctx.shared.cancel),
-            done: false,
-        }))
+        let head = ctx.chain_head(self.op, &self.head, channels)?;
+        Ok(Box::new(InputTask { head, receiver }))
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::config::{ExecutionMode, FailurePolicy, JobConfig};
 use crate::error::Result;
 use crate::graph::build::SourceFactory;
-use crate::graph::port::{AnyPort, Port, SideRegistry};
+use crate::graph::port::{AnyPort, Port};
 use crate::graph::{Graph, Node, OpKind, SourceInfo, Stream};
 use crate::record::Data;
 use crate::runtime::executor::{JobHandle, LocalRun};
@@ -126,7 +126,6 @@ impl Job {
             bounded: source.is_bounded(),
         };
         let head = Rc::new(Port::<T>::new());
-        let sides = Rc::new(SideRegistry::default());
         let mut g = self.graph.borrow_mut();
         let op_id = g.ops.len();
         let node = g.add_node(Node {
@@ -139,16 +138,14 @@ impl Job {
                 op: op_id,
             }),
         });
-        let op = g.add_op(&name, node, OpKind::Source);
-        g.ops[op].ports.push(Rc::clone(&head) as Rc<dyn AnyPort>);
-        g.ops[op].validate = Some(Box::new(move || strategy.validate(&name)));
-        Stream {
-            graph: Rc::clone(&self.graph),
+        let op = g.add_op_with_port(
+            &name,
             node,
-            op,
-            port: head,
-            sides,
-        }
+            OpKind::Source,
+            Rc::clone(&head) as Rc<dyn AnyPort>,
+        );
+        g.ops[op].validate = Some(Box::new(move || strategy.validate(&name)));
+        Stream::from_parts(&self.graph, node, op, head)
     }
 
     fn take_graph(self) -> Graph {

@@ -81,6 +81,19 @@ impl Graph {
         self.nodes.len() - 1
     }
 
+    /// Registers an operator whose output is `port`.
+    pub(crate) fn add_op_with_port(
+        &mut self,
+        base: &str,
+        node: NodeId,
+        kind: OpKind,
+        port: Rc<dyn AnyPort>,
+    ) -> OpId {
+        let op = self.add_op(base, node, kind);
+        self.ops[op].ports.push(port);
+        op
+    }
+
     /// Registers an operator under a unique name (`map`, `map#2`, ...).
     pub(crate) fn add_op(&mut self, base: &str, node: NodeId, kind: OpKind) -> OpId {
         let taken = |n: &str| self.ops.iter().any(|o| o.name == n);

@@ -55,18 +55,19 @@ pub(crate) type ExchangeInput<'a, T> = (&'a Stream<T>, EdgeKind, Option<KeyHashF
 pub type KeySelector<K, T> = Arc<dyn Fn(&T) -> K + Send + Sync>;
 
 impl<T: Data> Stream<T> {
-    pub(crate) fn new_output<O: Data>(
-        &self,
+    /// The stream on `port`, the output of operator `op` in node `node`.
+    pub(crate) fn from_parts(
+        graph: &Rc<RefCell<Graph>>,
+        node: NodeId,
         op: OpId,
-        port: Rc<Port<O>>,
-        sides: Rc<SideRegistry>,
-    ) -> Stream<O> {
-        Stream {
-            graph: Rc::clone(&self.graph),
-            node: self.graph.borrow().ops[op].node,
+        port: Rc<Port<T>>,
+    ) -> Self {
+        Self {
+            graph: Rc::clone(graph),
+            node,
             op,
             port,
-            sides,
+            sides: Rc::new(SideRegistry::default()),
         }
     }
 
@@ -80,14 +81,14 @@ impl<T: Data> Stream<T> {
         F: Fn(&OperatorContext) -> Result<Op> + 'static,
     {
         let out = Rc::new(Port::<O>::new());
-        let sides = Rc::new(SideRegistry::default());
-        let op = {
-            let mut g = self.graph.borrow_mut();
-            let op = g.add_op(name, self.node, OpKind::Operator);
-            g.ops[op].ports.push(Rc::clone(&out) as Rc<dyn AnyPort>);
-            op
-        };
-        let (next_port, side_ports) = (Rc::clone(&out), Rc::clone(&sides));
+        let op = self.graph.borrow_mut().add_op_with_port(
+            name,
+            self.node,
+            OpKind::Operator,
+            Rc::clone(&out) as Rc<dyn AnyPort>,
+        );
+        let stream = Stream::from_parts(&self.graph, self.node, op, out);
+        let (next_port, side_ports) = (Rc::clone(&stream.port), Rc::clone(&stream.sides));
         self.port.add(Box::new(move |ctx| {
             let next = next_port.build(ctx)?;
             let side_channels = side_ports.build(ctx)?;
@@ -106,7 +107,7 @@ impl<T: Data> Stream<T> {
                 ctx.op_counters(op),
             )) as BoxPush<T>)
         }));
-        self.new_output(op, out, sides)
+        stream
     }
 
     /// Attaches a check run when the job is validated (before it starts);
@@ -172,7 +173,6 @@ impl<T: Data> Stream<T> {
     /// Starts a new node fed by `inputs` over channels.
     pub(crate) fn exchange(&self, name: &str, inputs: Vec<ExchangeInput<'_, T>>) -> Stream<T> {
         let head = Rc::new(Port::<T>::new());
-        let sides = Rc::new(SideRegistry::default());
         let (node, op) = {
             let mut g = self.graph.borrow_mut();
             let op_id = g.ops.len();
@@ -190,20 +190,13 @@ impl<T: Data> Stream<T> {
                     op: op_id,
                 }),
             });
-            let op = g.add_op(name, node, OpKind::Exchange);
-            g.ops[op].ports.push(Rc::clone(&head) as Rc<dyn AnyPort>);
-            (node, op)
+            let port = Rc::clone(&head) as Rc<dyn AnyPort>;
+            (node, g.add_op_with_port(name, node, OpKind::Exchange, port))
         };
         for (edge, (stream, kind, hash)) in inputs.into_iter().enumerate() {
             stream.port.add(exchange_writer(node, edge, kind, hash));
         }
-        Stream {
-            graph: Rc::clone(&self.graph),
-            node,
-            op,
-            port: head,
-            sides,
-        }
+        Stream::from_parts(&self.graph, node, op, head)
     }
 
     /// Sends the stream to `sink`; each subtask gets its own clone.

@@ -1,63 +1,46 @@
 //! A non-source subtask: reads its one receiver (all input channels merged,
 //! each message tagged with its channel), combines channel watermarks with a
-//! [`WatermarkTracker`], and drives its chain.
+//! [`WatermarkTracker`](crate::time::WatermarkTracker), and drives its chain.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use crate::error::{Error, Result};
 use crate::record::{Data, Envelope, Message};
-use crate::runtime::push::BoxPush;
-use crate::runtime::task::{Step, Task};
-use crate::time::{Clock, Watermark, WatermarkTracker};
+use crate::runtime::task::{ChainHead, Step, Task};
+use crate::time::Watermark;
 
-/// The longest a blocked task waits before re-checking cancellation and the flush timer.
+/// The longest a blocked task waits before re-checking cancellation and the clock.
 const MAX_WAIT: Duration = Duration::from_millis(20);
 
 pub(crate) struct InputTask<T> {
-    pub(crate) name: Arc<str>,
+    pub(crate) head: ChainHead<T>,
     pub(crate) receiver: Receiver<Envelope<T>>,
-    pub(crate) tracker: WatermarkTracker,
-    pub(crate) head: BoxPush<T>,
-    pub(crate) clock: Arc<dyn Clock>,
-    /// Processing time of the last tick; the chain is ticked whenever the clock moves.
-    pub(crate) last_tick: i64,
-    pub(crate) cancel: Arc<AtomicBool>,
-    pub(crate) done: bool,
 }
 
 impl<T: Data> InputTask<T> {
-    fn emit(&mut self, watermark: Option<Watermark>) -> Result<()> {
-        match watermark {
-            Some(w) => self.head.push_watermark(w),
-            None => Ok(()),
-        }
-    }
-
     fn handle(&mut self, channel: usize, message: Message<T>) -> Result<()> {
+        let tracker = &mut self.head.tracker;
         match message {
             Message::Batch(batch) => {
-                let w = self.tracker.on_data(channel);
-                self.emit(w)?;
-                self.head.push_batch(batch)
+                let w = tracker.on_data(channel);
+                self.head.emit(w)?;
+                self.head.push.push_batch(batch)
             }
             Message::Watermark(Watermark::EventTime(wm)) => {
-                let w = self.tracker.on_watermark(channel, wm);
-                self.emit(w)
+                let w = tracker.on_watermark(channel, wm);
+                self.head.emit(w)
             }
             Message::Watermark(Watermark::Idle) => {
-                let w = self.tracker.on_idle(channel);
-                self.emit(w)
+                let w = tracker.on_idle(channel);
+                self.head.emit(w)
             }
             Message::End => {
-                let w = self.tracker.on_finished(channel);
-                self.emit(w)?;
-                if self.tracker.all_finished() {
+                let w = tracker.on_finished(channel);
+                self.head.emit(w)?;
+                if self.head.tracker.all_finished() {
                     self.head.finish()?;
-                    self.done = true;
                 }
                 Ok(())
             }
@@ -67,22 +50,16 @@ impl<T: Data> InputTask<T> {
 
 impl<T: Data> Task for InputTask<T> {
     fn name(&self) -> &str {
-        &self.name
+        &self.head.name
     }
 
     fn flush(&mut self) -> Result<()> {
-        if self.done {
-            return Ok(());
-        }
         self.head.flush()
     }
 
     fn step(&mut self, blocking: bool) -> Result<Step> {
-        if self.done {
-            return Ok(Step::Done);
-        }
-        if self.cancel.load(Ordering::Relaxed) {
-            return Err(Error::Cancelled);
+        if let Some(step) = self.head.check()? {
+            return Ok(step);
         }
         let received = if blocking {
             match self.receiver.recv_timeout(MAX_WAIT) {
@@ -99,17 +76,14 @@ impl<T: Data> Task for InputTask<T> {
             }
         };
         let progressed = received.is_some();
-        let now = self.clock.now_millis();
+        let now = self.head.clock.now_millis();
         if let Some((channel, message)) = received {
             self.handle(channel as usize, message)?;
-            if self.done {
+            if self.head.is_done() {
                 return Ok(Step::Done);
             }
         }
-        if now > self.last_tick {
-            self.last_tick = now;
-            self.head.on_tick(now)?;
-        }
+        self.head.tick(now)?;
         Ok(if progressed {
             Step::Progress
         } else {

@@ -5,13 +5,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::error::{guarded, Error, Result};
+use crate::error::{guarded, Result};
 use crate::record::Data;
 use crate::runtime::metrics::OpCounters;
-use crate::runtime::push::BoxPush;
-use crate::runtime::task::{Step, Task};
+use crate::runtime::task::{ChainHead, Step, Task};
 use crate::source::{SourceOutput, SourceReader, SourceStatus};
-use crate::time::{Clock, EventTime, TimestampFn, Watermark, WatermarkGenerator, WatermarkTracker};
+use crate::time::{TimestampFn, WatermarkGenerator};
 
 pub(crate) struct Partition<T> {
     pub(crate) reader: Box<dyn SourceReader<T>>,
@@ -20,35 +19,21 @@ pub(crate) struct Partition<T> {
 }
 
 pub(crate) struct SourceTask<T> {
-    pub(crate) name: Arc<str>,
+    pub(crate) head: ChainHead<T>,
     pub(crate) partitions: Vec<Partition<T>>,
-    pub(crate) tracker: WatermarkTracker,
     pub(crate) timestamps: Option<TimestampFn<T>>,
-    pub(crate) head: BoxPush<T>,
-    pub(crate) clock: Arc<dyn Clock>,
     pub(crate) started_at: i64,
     pub(crate) batch_size: usize,
-    /// Processing time of the last tick; the chain is ticked whenever the clock moves.
-    pub(crate) last_tick: i64,
     pub(crate) stop: Arc<AtomicBool>,
-    pub(crate) cancel: Arc<AtomicBool>,
     pub(crate) counters: Arc<OpCounters>,
-    pub(crate) done: bool,
 }
 
 impl<T: Data> SourceTask<T> {
-    fn emit(&mut self, watermark: Option<Watermark>) -> Result<()> {
-        match watermark {
-            Some(w) => self.head.push_watermark(w),
-            None => Ok(()),
-        }
-    }
-
     fn poll_partition(&mut self, index: usize, now: i64) -> Result<bool> {
         let mut out = SourceOutput::new(self.batch_size);
         let partition = &mut self.partitions[index];
         let reader = &mut partition.reader;
-        let status = guarded(&self.name, || reader.poll(&mut out))?;
+        let status = guarded(&self.head.name, || reader.poll(&mut out))?;
         let mut progressed = false;
         if !out.records.is_empty() {
             progressed = true;
@@ -67,9 +52,9 @@ impl<T: Data> SourceTask<T> {
                     .for_each(|r| generator.on_timestamp(r.timestamp)),
             }
             self.counters.add_out(out.records.len());
-            self.head.push_batch(out.records)?;
-            let reactivated = self.tracker.on_data(index);
-            self.emit(reactivated)?;
+            self.head.push.push_batch(out.records)?;
+            let reactivated = self.head.tracker.on_data(index);
+            self.head.emit(reactivated)?;
         }
         if let Some(w) = out.watermark {
             self.partitions[index].generator.on_explicit(w);
@@ -79,14 +64,14 @@ impl<T: Data> SourceTask<T> {
         // it): reporting on every poll would wake an idle partition forever.
         if progressed {
             let current = self.partitions[index].generator.current();
-            let advanced = self.tracker.on_watermark(index, current);
-            self.emit(advanced)?;
+            let advanced = self.head.tracker.on_watermark(index, current);
+            self.head.emit(advanced)?;
         }
         match status {
             SourceStatus::Finished => {
                 self.partitions[index].finished = true;
-                let w = self.tracker.on_finished(index);
-                self.emit(w)?;
+                let w = self.head.tracker.on_finished(index);
+                self.head.emit(w)?;
                 progressed = true;
             }
             SourceStatus::Pending
@@ -95,48 +80,32 @@ impl<T: Data> SourceTask<T> {
                         .generator
                         .is_idle(now, self.started_at) =>
             {
-                let w = self.tracker.on_idle(index);
-                self.emit(w)?;
+                let w = self.head.tracker.on_idle(index);
+                self.head.emit(w)?;
             }
             _ => {}
         }
         Ok(progressed)
     }
-
-    fn finish(&mut self) -> Result<Step> {
-        if self.tracker.current() != EventTime::MAX {
-            self.head
-                .push_watermark(Watermark::EventTime(EventTime::MAX))?;
-        }
-        self.head.finish()?;
-        self.done = true;
-        Ok(Step::Done)
-    }
 }
 
 impl<T: Data> Task for SourceTask<T> {
     fn name(&self) -> &str {
-        &self.name
+        &self.head.name
     }
 
     fn flush(&mut self) -> Result<()> {
-        if self.done {
-            return Ok(());
-        }
         self.head.flush()
     }
 
     fn step(&mut self, _blocking: bool) -> Result<Step> {
-        if self.done {
-            return Ok(Step::Done);
-        }
-        if self.cancel.load(Ordering::Relaxed) {
-            return Err(Error::Cancelled);
+        if let Some(step) = self.head.check()? {
+            return Ok(step);
         }
         if self.stop.load(Ordering::Relaxed) {
-            return self.finish();
+            return self.head.finish();
         }
-        let now = self.clock.now_millis();
+        let now = self.head.clock.now_millis();
         let mut progressed = false;
         for index in 0..self.partitions.len() {
             if !self.partitions[index].finished {
@@ -144,12 +113,9 @@ impl<T: Data> Task for SourceTask<T> {
             }
         }
         if self.partitions.iter().all(|p| p.finished) {
-            return self.finish();
+            return self.head.finish();
         }
-        if now > self.last_tick {
-            self.last_tick = now;
-            self.head.on_tick(now)?;
-        }
+        self.head.tick(now)?;
         Ok(if progressed {
             Step::Progress
         } else {

@@ -1,4 +1,10 @@
-use crate::error::Result;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::record::Data;
+use crate::runtime::push::BoxPush;
+use crate::time::{Clock, EventTime, Watermark, WatermarkTracker};
 
 /// What one step of a task achieved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,4 +24,89 @@ pub(crate) trait Task: Send {
     fn step(&mut self, blocking: bool) -> Result<Step>;
     /// Sends partially filled batches downstream now.
     fn flush(&mut self) -> Result<()>;
+}
+
+/// What every task keeps in front of its chain: the chain, the watermark
+/// tracker over the task's inputs (partitions or channels), the clock that
+/// drives ticks, and the job's cancel flag.
+pub(crate) struct ChainHead<T> {
+    pub(crate) name: Arc<str>,
+    pub(crate) push: BoxPush<T>,
+    pub(crate) tracker: WatermarkTracker,
+    pub(crate) clock: Arc<dyn Clock>,
+    cancel: Arc<AtomicBool>,
+    /// Processing time of the last tick; the chain is ticked whenever the clock moves.
+    last_tick: i64,
+    done: bool,
+}
+
+impl<T: Data> ChainHead<T> {
+    pub(crate) fn new(
+        name: Arc<str>,
+        push: BoxPush<T>,
+        inputs: usize,
+        clock: Arc<dyn Clock>,
+        cancel: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            name,
+            push,
+            tracker: WatermarkTracker::new(inputs),
+            clock,
+            cancel,
+            last_tick: i64::MIN,
+            done: false,
+        }
+    }
+
+    /// `Some(Done)` once finished; an error once the job is cancelled.
+    pub(crate) fn check(&self) -> Result<Option<Step>> {
+        if self.done {
+            return Ok(Some(Step::Done));
+        }
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        Ok(None)
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Passes on what the tracker decided, if anything.
+    pub(crate) fn emit(&mut self, watermark: Option<Watermark>) -> Result<()> {
+        match watermark {
+            Some(w) => self.push.push_watermark(w),
+            None => Ok(()),
+        }
+    }
+
+    /// Ticks the chain if processing time moved since the last tick.
+    pub(crate) fn tick(&mut self, now: i64) -> Result<()> {
+        if now > self.last_tick {
+            self.last_tick = now;
+            self.push.on_tick(now)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        self.push.flush()
+    }
+
+    /// End of input: the watermark becomes `+inf` (if it is not already),
+    /// then the chain finishes.
+    pub(crate) fn finish(&mut self) -> Result<Step> {
+        if self.tracker.current() != EventTime::MAX {
+            self.push
+                .push_watermark(Watermark::EventTime(EventTime::MAX))?;
+        }
+        self.push.finish()?;
+        self.done = true;
+        Ok(Step::Done)
+    }
 }
