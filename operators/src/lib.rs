@@ -10,6 +10,7 @@ pub mod connectors;
 pub mod process;
 pub mod stateless;
 pub mod testing;
+pub mod window;
 
 pub use process::{KeyedProcessExt, KeyedProcessFunction, ProcessContext, TimeDomain};
 pub use stateless::StreamExt;
