@@ -1,6 +1,7 @@
 //! Integration tests of whole jobs, one binary built from module directories.
 
 mod engine;
+mod windows;
 
 /// The examples run as part of the suite, so CI runs them.
 #[allow(dead_code)]

@@ -22,4 +22,4 @@ pub use push::{PushSource, SourceHandle};
 pub use vec::VecSource;
 
 /// The random generator a [`GeneratorSource`] hands its function, and the trait to draw from it.
-pub use rand::{rngs::SmallRng, Rng};
+pub use rand::{rngs::SmallRng, Rng, SeedableRng};
