@@ -37,12 +37,13 @@ pub use tideline_engine::{
     SourceStatus, Stream, SubtaskInfo, Watermark,
 };
 pub use tideline_operators as operators;
-pub use tideline_operators::{connectors, process, stateless, testing, window};
+pub use tideline_operators::{connectors, join, process, stateless, testing, window};
 pub use tideline_state as state;
 
 /// Everything a job needs, in one import: `use tideline::prelude::*;`.
 pub mod prelude {
     pub use tideline_operators::connectors::{Rng, SeedableRng, SmallRng};
+    pub use tideline_operators::join::{Either, JoinExt};
     pub use tideline_operators::prelude::*;
     pub use tideline_operators::window::{
         AggregateFunction, Avg, Count, CountTrigger, EarlyFiring, Firing, GlobalWindows, Max, Min,

@@ -7,6 +7,7 @@
 //! users can build their own operators on.
 
 pub mod connectors;
+pub mod join;
 pub mod process;
 pub mod stateless;
 pub mod testing;

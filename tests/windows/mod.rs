@@ -1,6 +1,7 @@
 //! Window tests: brute-force references, lateness, triggers, joins.
 
 mod differential;
+mod joins;
 mod lateness;
 mod sessions;
 mod triggers;
