@@ -12,3 +12,12 @@ mod quickstart;
 fn example_quickstart_runs() -> tideline::Result<()> {
     quickstart::main()
 }
+
+#[allow(dead_code)]
+#[path = "../examples/windowed_counts.rs"]
+mod windowed_counts;
+
+#[test]
+fn example_windowed_counts_runs() -> tideline::Result<()> {
+    windowed_counts::main()
+}

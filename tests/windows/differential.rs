@@ -135,5 +135,39 @@ fn session_matches_reference() -> Result<()> {
     // Dynamic gap: per record; with a constant function it equals the fixed one.
     let dynamic = run(&ev, 2, Session::with_dynamic_gap(|_: &Event| 150))?;
     assert_eq!(dynamic, expected);
+    // A trigger other than the event-time one takes the per-window session
+    // path (merging window slots and their timers); it must agree too.
+    for p in [1, 4] {
+        assert_eq!(
+            run_generic_sessions(&ev, p, 150)?,
+            expected,
+            "generic path, parallelism {p}"
+        );
+    }
     Ok(())
+}
+
+fn run_generic_sessions(events: &[Event], parallelism: usize, gap: u64) -> Result<Table> {
+    let mut sorted = events.to_vec();
+    sorted.sort_by_key(|e| e.1);
+    let job = Job::new()
+        .parallelism(parallelism)
+        .batch_size(64)
+        .mode(ExecutionMode::Bounded);
+    let out = CollectSink::new();
+    let windowed = job
+        .source(
+            VecSource::new(sorted),
+            WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(100))
+                .with_timestamps(|e: &Event| e.1),
+        )
+        .key_by(|e: &Event| e.0)
+        .window(Session::with_gap(Duration::from_millis(gap)))
+        // Never fires early: only the on-time results remain.
+        .trigger(EarlyFiring::every_records(u64::MAX));
+    let live = windowed.live_windows();
+    windowed.aggregate(count_sum_min_max()).sink(out.clone());
+    job.run()?;
+    assert_eq!(live.get(), 0, "all window state is cleaned up");
+    Ok(to_table(out.values()))
 }

@@ -314,9 +314,13 @@ fn offset_in_range(field: &str, offset: i64, size: i64) -> Result<()> {
     Ok(())
 }
 
-/// `floor_mod(a - b, m)` without overflow, for `m > 0`.
-fn floor_mod_diff(a: i64, b: i64, m: i64) -> i64 {
-    ((i128::from(a) - i128::from(b)).rem_euclid(i128::from(m))) as i64
+/// `floor_mod(a - b, m)` without overflow, for `m > 0` (128-bit arithmetic
+/// only when `a - b` overflows, since it is a slow software division).
+pub(crate) fn floor_mod_diff(a: i64, b: i64, m: i64) -> i64 {
+    match a.checked_sub(b) {
+        Some(d) => d.rem_euclid(m),
+        None => ((i128::from(a) - i128::from(b)).rem_euclid(i128::from(m))) as i64,
+    }
 }
 
 /// Greatest common divisor (for pane sizes).

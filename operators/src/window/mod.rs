@@ -33,6 +33,8 @@
 mod aggregate;
 mod assigner;
 mod operator;
+mod panes;
+mod sessions;
 mod trigger;
 
 use std::hash::Hash;
@@ -51,6 +53,7 @@ pub use trigger::{
 };
 
 use operator::WindowOperator;
+use panes::Grid;
 
 /// Why a window emitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -316,6 +319,10 @@ where
                     watermark: EventTime::MIN,
                     processing_time: i64::MIN,
                     live: Arc::clone(&live.0),
+                    grid: match kind {
+                        WindowKind::Sliding { size, slide, offset } => Some(Grid::new(size, slide, offset, lateness)),
+                        _ => None,
+                    },
                 })
             })
             .validate_with(move || {

@@ -24,7 +24,9 @@ use tideline_engine::{Data, EventTime, KeySelector, Operator, Output, OutputTag,
 use tideline_state::{MemoryKeyedState, StateKey, ValueStateDescriptor};
 
 use super::aggregate::AggregateFunction;
-use super::assigner::{gcd, TimeWindow, WindowKind};
+use super::assigner::{TimeWindow, WindowKind};
+use super::panes::{pane_buffers, Grid, PaneBuffer, PaneHost};
+use super::sessions::{session_buffers, SessionBuffer};
 use super::trigger::{Trigger, TriggerContext};
 use super::{Firing, ProcessWindowFunction, WindowCollector, WindowInfo};
 
@@ -59,6 +61,8 @@ pub(crate) struct WindowOperator<K, T, A: AggregateFunction<T>, Tr: Trigger<T>, 
     pub(crate) watermark: EventTime,
     pub(crate) processing_time: i64,
     pub(crate) live: Arc<AtomicI64>,
+    /// Sliding windows' geometry, computed once.
+    pub(crate) grid: Option<Grid>,
 }
 
 impl<K, T, A, Tr, P> WindowOperator<K, T, A, Tr, P>
@@ -76,18 +80,8 @@ where
         self.cleanup_time(window) <= self.watermark
     }
 
-    fn pane_len(&self) -> i64 {
-        match self.kind {
-            WindowKind::Sliding { size, slide, .. } => gcd(size, slide),
-            _ => 0,
-        }
-    }
-
     fn late<O: Data>(&self, timestamp: EventTime, value: T, out: &mut Output<O>) {
-        out.count_late(1);
-        if let Some(tag) = &self.late_tag {
-            out.emit_to(tag, timestamp, value);
-        }
+        emit_late(&self.late_tag, timestamp, value, out);
     }
 
     fn emit<O>(
@@ -288,26 +282,14 @@ where
         Ok(())
     }
 
-    /// The windows of a sliding assigner that contain `pane`, latest first.
-    fn windows_of_pane(&self, pane: &TimeWindow, out: &mut Vec<TimeWindow>) {
-        if let WindowKind::Sliding {
-            size,
-            slide,
-            offset,
-        } = self.kind
-        {
-            let mut start = pane.start
-                - (i128::from(pane.start) - i128::from(offset)).rem_euclid(i128::from(slide))
-                    as i64;
-            while start > pane.start.saturating_sub(size) {
-                out.push(TimeWindow::new(start, start.saturating_add(size)));
-                start = start.saturating_sub(slide);
-            }
-        }
+    /// Whether sessions use the per-key buffer (the event-time trigger).
+    fn buffered_sessions(&self) -> bool {
+        matches!(self.kind, WindowKind::Session(_)) && Tr::IS_EVENT_TIME
     }
 
-    fn add_to_pane<O>(
+    fn add_to_panes<O>(
         &mut self,
+        grid: Grid,
         key: &K,
         timestamp: EventTime,
         value: T,
@@ -317,106 +299,151 @@ where
         O: Data,
         P: ProcessWindowFunction<K, A::Out, O>,
     {
-        let WindowKind::Sliding { offset, .. } = self.kind else {
-            return Ok(());
-        };
-        let pane = WindowKind::<T>::tumbling_window(self.pane_len(), offset, timestamp.millis());
-        let mut windows = Vec::new();
-        self.windows_of_pane(&pane, &mut windows);
-        // The latest window holding the pane decides whether it is late for all.
-        let Some(latest) = windows.first().copied() else {
-            return Ok(());
-        };
-        if self.is_late(&latest) {
-            self.late(timestamp, value, out);
+        let start = grid.pane_start(timestamp.millis());
+        let last_end = grid.last_end_of_pane(start);
+        let Self {
+            state,
+            event_timers,
+            agg,
+            function,
+            watermark,
+            live,
+            late_tag,
+            ..
+        } = self;
+        // Late for every window it belongs to: the pane's last window expired.
+        if EventTime::from_millis(last_end - 1).saturating_add_millis(grid.lateness) <= *watermark {
+            emit_late(late_tag, timestamp, value, out);
             return Ok(());
         }
-        let desc = slots::<A::Acc, Tr::State>();
-        let mut stored = self.state.value(&desc, key, &pane)?;
-        let is_new = match stored.get_mut() {
-            Some(slot) => {
-                self.agg.add(&mut slot.acc, value);
-                false
-            }
-            None => {
-                let mut acc = self.agg.create();
-                self.agg.add(&mut acc, value);
-                stored.set(Slot {
-                    acc,
-                    trigger: Tr::State::default(),
-                    has_data: true,
-                    firings: 0,
-                });
-                true
-            }
+        let mut stored = state.value(&pane_buffers::<A::Acc>(), key, &())?;
+        let mut fresh = None;
+        let buffer = match stored.get_mut() {
+            Some(b) => b,
+            None => fresh.insert(PaneBuffer::new(&grid, *watermark)),
         };
-        if is_new {
-            self.live.fetch_add(1, Ordering::Relaxed);
-            for w in &windows {
-                if w.max_timestamp() > self.watermark {
-                    self.event_timers.register(key, w, w.max_timestamp());
-                }
-            }
-            // The pane lives until its latest window expires.
-            let cleanup_at = self.cleanup_time(&latest);
-            self.event_timers.register(key, &pane, cleanup_at);
+        let (acc, created) = buffer.pane_mut(start, || agg.create());
+        agg.add(acc, value);
+        if created {
+            live.fetch_add(1, Ordering::Relaxed);
         }
-        // Windows already fired but within the allowed lateness fire again.
-        for w in windows {
-            if w.max_timestamp() <= self.watermark && !self.is_late(&w) {
-                let fresh_pane = if is_new { Some(pane) } else { None };
-                self.fire_from_panes(key, w, Firing::Late, fresh_pane, out)?;
+        // Windows of the pane that already fired on time fire again (the
+        // pane's first window ending at or before the watermark says so).
+        let first_end = grid.first_end_of_pane(start);
+        if EventTime::from_millis(first_end - 1) <= *watermark {
+            let mut host = Host::new(agg, function, key);
+            buffer.fire_late(&mut host, &grid, start, created, *watermark, out)?;
+        }
+        // A new pane may need the key's timer earlier; an existing one is covered.
+        if created {
+            if let Some(at) = buffer.reschedule(&grid) {
+                event_timers.register(key, &TimeWindow::GLOBAL, EventTime::from_millis(at));
             }
+        }
+        if let Some(b) = fresh {
+            stored.set(b);
         }
         Ok(())
     }
 
-    /// Emits sliding window `window` as the merge of its panes. `fresh_pane`
-    /// (just created by a late record) does not count as earlier data.
-    fn fire_from_panes<O>(
+    fn add_to_session_buffer<O>(
         &mut self,
         key: &K,
         window: TimeWindow,
-        firing: Firing,
-        fresh_pane: Option<TimeWindow>,
+        timestamp: EventTime,
+        value: T,
         out: &mut Output<O>,
     ) -> Result<()>
     where
         O: Data,
         P: ProcessWindowFunction<K, A::Out, O>,
     {
-        let pane_len = self.pane_len();
-        let desc = slots::<A::Acc, Tr::State>();
-        let mut acc: Option<A::Acc> = None;
-        let mut had_data = false;
-        let mut start = window.start;
-        while start < window.end {
-            let pane = TimeWindow::new(start, start + pane_len);
-            if let Some(slot) = self.state.value(&desc, key, &pane)?.get() {
-                had_data |= Some(pane) != fresh_pane;
-                match &mut acc {
-                    Some(a) => self.agg.merge(a, &slot.acc),
-                    None => acc = Some(slot.acc.clone()),
+        let Self {
+            state,
+            event_timers,
+            agg,
+            function,
+            watermark,
+            live,
+            late_tag,
+            lateness,
+            ..
+        } = self;
+        let mut stored = state.value(&session_buffers::<A::Acc>(), key, &())?;
+        let mut fresh = None;
+        let buffer = match stored.get_mut() {
+            Some(b) => b,
+            None => fresh.insert(SessionBuffer::new()),
+        };
+        if buffer.is_late(&window, *lateness, *watermark) {
+            emit_late(late_tag, timestamp, value, out);
+            return Ok(());
+        }
+        let mut single = agg.create();
+        agg.add(&mut single, value);
+        let mut host = Host::new(agg, function, key);
+        let added = buffer.add(&mut host, window, single, *lateness, *watermark, out)?;
+        live.fetch_add(added.live_delta, Ordering::Relaxed);
+        if let Some(at) = added.timer {
+            event_timers.register(key, &TimeWindow::GLOBAL, EventTime::from_millis(at));
+        }
+        if let Some(b) = fresh {
+            stored.set(b);
+        }
+        Ok(())
+    }
+
+    /// A per-key timer of the pane or session buffers fired.
+    fn on_buffer_timer<O>(&mut self, at: EventTime, key: K, out: &mut Output<O>) -> Result<()>
+    where
+        O: Data,
+        P: ProcessWindowFunction<K, A::Out, O>,
+    {
+        let grid = self.grid;
+        let Self {
+            state,
+            event_timers,
+            agg,
+            function,
+            watermark,
+            live,
+            lateness,
+            ..
+        } = self;
+        let mut host = Host::new(agg, function, &key);
+        let (dropped, next, empty) = match grid {
+            Some(grid) => {
+                let mut stored = state.value(&pane_buffers::<A::Acc>(), &key, &())?;
+                let Some(buffer) = stored.get_mut() else {
+                    return Ok(());
+                };
+                let (dropped, next) =
+                    buffer.on_timer(&mut host, &grid, at.millis(), *watermark, out)?;
+                let empty = buffer.is_empty();
+                if empty {
+                    stored.take();
                 }
+                (dropped, next, empty)
             }
-            start += pane_len;
-        }
-        match acc {
-            Some(acc) => {
-                let update = firing == Firing::Late && had_data;
-                Self::emit(
-                    &mut self.function,
-                    &self.agg,
-                    key,
-                    window,
-                    acc,
-                    firing,
-                    update,
-                    out,
-                )
+            None => {
+                let mut stored = state.value(&session_buffers::<A::Acc>(), &key, &())?;
+                let Some(buffer) = stored.get_mut() else {
+                    return Ok(());
+                };
+                let (dropped, next) =
+                    buffer.on_timer(&mut host, at.millis(), *lateness, *watermark, out)?;
+                let empty = buffer.is_empty();
+                if empty {
+                    stored.take();
+                }
+                (dropped, next, empty)
             }
-            None => Ok(()),
+        };
+        live.fetch_add(-(dropped as i64), Ordering::Relaxed);
+        if let (Some(next), false) = (next, empty) {
+            event_timers.register(&key, &TimeWindow::GLOBAL, EventTime::from_millis(next));
         }
+        Ok(())
     }
 
     fn on_event_timer<O>(
@@ -430,20 +457,8 @@ where
         O: Data,
         P: ProcessWindowFunction<K, A::Out, O>,
     {
-        if let WindowKind::Sliding { size, .. } = self.kind {
-            if window.end - window.start == size {
-                return self.fire_from_panes(&key, window, Firing::OnTime, None, out);
-            }
-            // A pane whose last window expired.
-            if self
-                .state
-                .value(&slots::<A::Acc, Tr::State>(), &key, &window)?
-                .take()
-                .is_some()
-            {
-                self.live.fetch_add(-1, Ordering::Relaxed);
-            }
-            return Ok(());
+        if matches!(self.kind, WindowKind::Sliding { .. }) || self.buffered_sessions() {
+            return self.on_buffer_timer(at, key, out);
         }
         let cleanup_at = self.cleanup_time(&window);
         let Self {
@@ -579,6 +594,76 @@ where
     }
 }
 
+/// Counts a late record and sends it to the late output, if there is one.
+fn emit_late<T: Data, O: Data>(
+    tag: &Option<OutputTag<T>>,
+    timestamp: EventTime,
+    value: T,
+    out: &mut Output<O>,
+) {
+    out.count_late(1);
+    if let Some(tag) = tag {
+        out.emit_to(tag, timestamp, value);
+    }
+}
+
+/// Lends the aggregate and window function to the pane and session buffers.
+struct Host<'a, K, T, A, P> {
+    agg: &'a A,
+    function: &'a mut P,
+    key: &'a K,
+    _input: std::marker::PhantomData<fn(T)>,
+}
+
+impl<'a, K, T, A, P> Host<'a, K, T, A, P> {
+    fn new(agg: &'a A, function: &'a mut P, key: &'a K) -> Self {
+        Self {
+            agg,
+            function,
+            key,
+            _input: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K, T, A, P, O> PaneHost<A::Acc, O> for Host<'_, K, T, A, P>
+where
+    K: StateKey,
+    T: Data,
+    O: Data,
+    A: AggregateFunction<T>,
+    P: ProcessWindowFunction<K, A::Out, O>,
+{
+    fn create(&self) -> A::Acc {
+        self.agg.create()
+    }
+
+    fn merge(&self, acc: &mut A::Acc, other: &A::Acc) {
+        self.agg.merge(acc, other);
+    }
+
+    fn emit(
+        &mut self,
+        window: TimeWindow,
+        acc: A::Acc,
+        firing: Firing,
+        update: bool,
+        out: &mut Output<O>,
+    ) -> Result<()> {
+        let info = WindowInfo {
+            window,
+            firing,
+            update,
+        };
+        let mut collector = WindowCollector {
+            out,
+            timestamp: window.max_timestamp(),
+        };
+        self.function
+            .process(self.key, &info, self.agg.result(acc), &mut collector)
+    }
+}
+
 fn ctx_for_clear<'a, K, S>(
     key: &'a K,
     window: TimeWindow,
@@ -632,7 +717,11 @@ where
                 WindowKind::Global => {
                     self.add_to_window(&key, TimeWindow::GLOBAL, timestamp, value, out)?
                 }
-                WindowKind::Sliding { .. } => self.add_to_pane(&key, timestamp, value, out)?,
+                WindowKind::Sliding { .. } => {
+                    if let Some(grid) = self.grid {
+                        self.add_to_panes(grid, &key, timestamp, value, out)?;
+                    }
+                }
                 WindowKind::Session(gap) => {
                     let gap = self.kind.gap_of(gap, &value);
                     if gap <= 0 {
@@ -645,7 +734,11 @@ where
                     }
                     let window =
                         TimeWindow::new(timestamp.millis(), timestamp.millis().saturating_add(gap));
-                    self.add_to_session(&key, window, timestamp, value, out)?;
+                    if self.buffered_sessions() {
+                        self.add_to_session_buffer(&key, window, timestamp, value, out)?;
+                    } else {
+                        self.add_to_session(&key, window, timestamp, value, out)?;
+                    }
                 }
             }
         }

@@ -1,0 +1,296 @@
+//! Sliding windows computed from panes, all of a key's panes in one state
+//! value.
+//!
+//! A pane is a slice of `gcd(size, slide)`; each record updates exactly one
+//! pane accumulator, and a window's result is the merge of its panes. Per key
+//! the panes sit in time order in one [`PaneBuffer`] (keyed state, namespace
+//! `()`), with one timer at a time: the next window end to fire, or the next
+//! pane to expire, whichever comes first. So a record costs one state lookup,
+//! and firing a window costs one lookup and one timer, whatever `size/slide` is.
+
+use std::collections::VecDeque;
+
+use tideline_engine::{EventTime, Output, Result};
+use tideline_state::ValueStateDescriptor;
+
+use super::assigner::{floor_mod_diff, TimeWindow};
+use super::Firing;
+
+/// The panes of one key, and where its on-time firings have got to.
+#[derive(Clone, Debug)]
+pub(crate) struct PaneBuffer<Acc> {
+    /// `(pane start, accumulator)`, sorted by start.
+    panes: VecDeque<(i64, Acc)>,
+    /// The pending timer of this key, if any.
+    timer_at: Option<i64>,
+    /// Every window ending at or before this has had its on-time firing.
+    fired_through: i64,
+}
+
+pub(crate) const fn pane_buffers<Acc>() -> ValueStateDescriptor<PaneBuffer<Acc>> {
+    ValueStateDescriptor::new("window-panes")
+}
+
+/// The geometry of a sliding assigner.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Grid {
+    pub(crate) size: i64,
+    pub(crate) slide: i64,
+    pub(crate) offset: i64,
+    pub(crate) pane: i64,
+    pub(crate) lateness: i64,
+    /// Window ends lie on `phase` modulo `slide`.
+    phase: i64,
+}
+
+impl Grid {
+    pub(crate) fn new(size: i64, slide: i64, offset: i64, lateness: i64) -> Self {
+        let phase = (floor_mod_diff(offset, 0, slide) + floor_mod_diff(size, 0, slide)) % slide;
+        Self {
+            size,
+            slide,
+            offset,
+            pane: super::assigner::gcd(size, slide),
+            lateness,
+            phase,
+        }
+    }
+
+    pub(crate) fn pane_start(&self, ts: i64) -> i64 {
+        ts - floor_mod_diff(ts, self.offset, self.pane)
+    }
+
+    /// The smallest window end `>= x`: ends lie on `offset + size` modulo
+    /// `slide`, and `size` is a multiple of the pane, so of `gcd`; the phase is
+    /// `offset + size` reduced modulo `slide`.
+    fn end_at_or_after(&self, x: i64) -> i64 {
+        x.saturating_add(floor_mod_diff(self.phase, x, self.slide))
+    }
+
+    /// The end of the first window holding the pane at `start`.
+    pub(crate) fn first_end_of_pane(&self, start: i64) -> i64 {
+        self.end_at_or_after(start.saturating_add(self.pane))
+    }
+
+    /// The end of the last window holding the pane at `start`.
+    pub(crate) fn last_end_of_pane(&self, start: i64) -> i64 {
+        let last_start = start - floor_mod_diff(start, self.offset, self.slide);
+        last_start.saturating_add(self.size)
+    }
+
+    /// The ends of the first and last windows holding the pane at `start`.
+    pub(crate) fn ends_of_pane(&self, start: i64) -> (i64, i64) {
+        (self.first_end_of_pane(start), self.last_end_of_pane(start))
+    }
+
+    /// When the pane at `start` can be dropped: its last window is past the lateness.
+    fn expiry(&self, start: i64) -> i64 {
+        self.ends_of_pane(start)
+            .1
+            .saturating_sub(1)
+            .saturating_add(self.lateness)
+    }
+
+    /// The last window end `e` with `e - 1 <= watermark` (its on-time moment has passed).
+    fn last_end_due(&self, watermark: EventTime) -> i64 {
+        if watermark == EventTime::MIN {
+            return i64::MIN;
+        }
+        let due = watermark.millis().saturating_add(1);
+        let next = self.end_at_or_after(due);
+        if next == due {
+            next
+        } else {
+            next.saturating_sub(self.slide)
+        }
+    }
+
+    fn window(&self, end: i64) -> TimeWindow {
+        TimeWindow::new(end.saturating_sub(self.size), end)
+    }
+}
+
+/// What the window operator supplies to the pane logic.
+pub(crate) trait PaneHost<Acc, O> {
+    fn create(&self) -> Acc;
+    fn merge(&self, acc: &mut Acc, other: &Acc);
+    fn emit(
+        &mut self,
+        window: TimeWindow,
+        acc: Acc,
+        firing: Firing,
+        update: bool,
+        out: &mut Output<O>,
+    ) -> Result<()>;
+}
+
+impl<Acc: Clone> PaneBuffer<Acc> {
+    /// A buffer for a key seen first (or again, after all its panes expired)
+    /// at `watermark`: windows already due then are not due again.
+    pub(crate) fn new(grid: &Grid, watermark: EventTime) -> Self {
+        Self {
+            panes: VecDeque::new(),
+            timer_at: None,
+            fired_through: grid.last_end_due(watermark),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.panes.is_empty()
+    }
+
+    /// The accumulator of the pane at `start`, created if missing; `true` if created.
+    pub(crate) fn pane_mut(
+        &mut self,
+        start: i64,
+        create: impl FnOnce() -> Acc,
+    ) -> (&mut Acc, bool) {
+        // Records mostly go to the newest pane: search from the back.
+        let pos = self.panes.iter().rposition(|(s, _)| *s <= start);
+        let (index, created) = match pos {
+            Some(i) if self.panes[i].0 == start => (i, false),
+            Some(i) => {
+                self.panes.insert(i + 1, (start, create()));
+                (i + 1, true)
+            }
+            None => {
+                self.panes.push_front((start, create()));
+                (0, true)
+            }
+        };
+        (&mut self.panes[index].1, created)
+    }
+
+    /// The merged accumulator of the window ending at `end`, and whether a
+    /// pane other than `except` contributed.
+    fn window_acc<O, H: PaneHost<Acc, O>>(
+        &self,
+        host: &H,
+        grid: &Grid,
+        end: i64,
+        except: Option<i64>,
+    ) -> Option<(Acc, bool)> {
+        let start = end.saturating_sub(grid.size);
+        let mut acc: Option<Acc> = None;
+        let mut others = false;
+        for (s, pane) in self.panes.iter().filter(|(s, _)| *s >= start && *s < end) {
+            others |= Some(*s) != except;
+            match &mut acc {
+                Some(a) => host.merge(a, pane),
+                None => acc = Some(pane.clone()),
+            }
+        }
+        acc.map(|a| (a, others))
+    }
+
+    /// Re-fires windows holding pane `start` that already fired but are
+    /// within the allowed lateness (a late record just landed there).
+    pub(crate) fn fire_late<O, H: PaneHost<Acc, O>>(
+        &self,
+        host: &mut H,
+        grid: &Grid,
+        start: i64,
+        created: bool,
+        watermark: EventTime,
+        out: &mut Output<O>,
+    ) -> Result<()> {
+        let (first, last) = grid.ends_of_pane(start);
+        let mut end = first;
+        while end <= last && EventTime::from_millis(end - 1) <= watermark {
+            if EventTime::from_millis(end - 1).saturating_add_millis(grid.lateness) > watermark {
+                let except = created.then_some(start);
+                if let Some((acc, others)) = self.window_acc(host, grid, end, except) {
+                    host.emit(grid.window(end), acc, Firing::Late, others, out)?;
+                }
+            }
+            end = end.saturating_add(grid.slide);
+        }
+        Ok(())
+    }
+
+    /// The next time this key needs its timer: the next on-time window end
+    /// holding data, or the next pane expiry.
+    fn next_due(&self, grid: &Grid) -> Option<i64> {
+        let (front, _) = self.panes.front()?;
+        let expiry = grid.expiry(*front);
+        let next_end = self
+            .panes
+            .iter()
+            .map(|(s, _)| grid.ends_of_pane(*s))
+            .find(|(_, last)| *last > self.fired_through)
+            .map(|(first, _)| first.max(self.fired_through.saturating_add(grid.slide)));
+        Some(next_end.map_or(expiry, |e| (e - 1).min(expiry)))
+    }
+
+    /// After adding a pane: the time to register a timer at, if the key's
+    /// pending timer is later than what it needs now.
+    pub(crate) fn reschedule(&mut self, grid: &Grid) -> Option<i64> {
+        let due = self.next_due(grid)?;
+        if self.timer_at.is_none_or(|t| due < t) {
+            self.timer_at = Some(due);
+            return Some(due);
+        }
+        None
+    }
+
+    /// The key's timer fired: fire every window due by `watermark` that has
+    /// not fired on time, drop expired panes, and say when to wake next.
+    /// Returns `(panes dropped, next timer)`.
+    pub(crate) fn on_timer<O, H: PaneHost<Acc, O>>(
+        &mut self,
+        host: &mut H,
+        grid: &Grid,
+        at: i64,
+        watermark: EventTime,
+        out: &mut Output<O>,
+    ) -> Result<(usize, Option<i64>)> {
+        if self.timer_at == Some(at) {
+            self.timer_at = None;
+        }
+        let wm = watermark.millis();
+        // Windows ending at `e` with `e - 1 <= wm`, in order, skipping gaps.
+        let last_due = wm.saturating_add(1);
+        let mut candidate = self
+            .panes
+            .iter()
+            .map(|(s, _)| grid.ends_of_pane(*s))
+            .find(|(_, last)| *last > self.fired_through)
+            .map(|(first, _)| first.max(self.fired_through.saturating_add(grid.slide)));
+        while let Some(end) = candidate {
+            if end > last_due {
+                break;
+            }
+            if let Some((acc, _)) = self.window_acc(host, grid, end, None) {
+                host.emit(grid.window(end), acc, Firing::OnTime, false, out)?;
+            }
+            self.fired_through = end;
+            let next = end.saturating_add(grid.slide);
+            // Jump over windows without panes.
+            candidate = self
+                .panes
+                .iter()
+                .map(|(s, _)| grid.ends_of_pane(*s))
+                .find(|(_, last)| *last >= next)
+                .map(|(first, _)| first.max(next));
+        }
+        // Everything due is done, whether it had data or not.
+        self.fired_through = self.fired_through.max(grid.last_end_due(watermark));
+        let before = self.panes.len();
+        while self
+            .panes
+            .front()
+            .is_some_and(|(s, _)| EventTime::from_millis(grid.expiry(*s)) <= watermark)
+        {
+            self.panes.pop_front();
+        }
+        let dropped = before - self.panes.len();
+        let next = self.next_due(grid);
+        if let Some(n) = next {
+            if self.timer_at.is_none_or(|t| n < t) {
+                self.timer_at = Some(n);
+                return Ok((dropped, Some(n)));
+            }
+        }
+        Ok((dropped, None))
+    }
+}
