@@ -6,29 +6,32 @@
 //! input); a deleted timer never fires. Timers live in an ordered map, so
 //! firing after a large watermark jump costs `O(fired · log n)`, not a scan.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::Hash;
 
-use hashbrown::HashMap;
+use hashbrown::HashSet;
 use rustc_hash::FxBuildHasher;
 
 use super::EventTime;
 
 /// Timers for keys `K` in namespaces `N` (`()` for plain keyed timers, the
 /// window for window timers).
+///
+/// Timers are bucketed by timestamp (many share one when data is dense), so
+/// the ordered map holds one node per distinct time; a set of live timers
+/// deduplicates registrations, and a deleted timer is skipped when its
+/// bucket comes up.
 #[derive(Debug)]
 pub struct TimerService<K, N> {
-    by_time: BTreeMap<(EventTime, u64), (K, N)>,
-    index: HashMap<(K, N, EventTime), u64, FxBuildHasher>,
-    next_seq: u64,
+    buckets: BTreeMap<EventTime, VecDeque<(K, N)>>,
+    live: HashSet<(K, N, EventTime), FxBuildHasher>,
 }
 
 impl<K, N> Default for TimerService<K, N> {
     fn default() -> Self {
         Self {
-            by_time: BTreeMap::new(),
-            index: HashMap::default(),
-            next_seq: 0,
+            buckets: BTreeMap::new(),
+            live: HashSet::default(),
         }
     }
 }
@@ -41,50 +44,53 @@ impl<K: Hash + Eq + Clone, N: Hash + Eq + Clone> TimerService<K, N> {
 
     /// Registers a timer; returns `false` if it was already registered.
     pub fn register(&mut self, key: &K, namespace: &N, at: EventTime) -> bool {
-        let id = (key.clone(), namespace.clone(), at);
-        if self.index.contains_key(&id) {
+        if !self.live.insert((key.clone(), namespace.clone(), at)) {
             return false;
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.index.insert(id, seq);
-        self.by_time
-            .insert((at, seq), (key.clone(), namespace.clone()));
+        self.buckets
+            .entry(at)
+            .or_default()
+            .push_back((key.clone(), namespace.clone()));
         true
     }
 
     /// Deletes a timer; returns whether it existed.
     pub fn delete(&mut self, key: &K, namespace: &N, at: EventTime) -> bool {
-        match self.index.remove(&(key.clone(), namespace.clone(), at)) {
-            Some(seq) => self.by_time.remove(&(at, seq)).is_some(),
-            None => false,
-        }
+        self.live.remove(&(key.clone(), namespace.clone(), at))
     }
 
     /// Removes and returns the earliest timer with timestamp `<= up_to`.
     pub fn pop_due(&mut self, up_to: EventTime) -> Option<(EventTime, K, N)> {
-        let entry = self.by_time.first_entry()?;
-        if entry.key().0 > up_to {
-            return None;
+        loop {
+            let mut bucket = self.buckets.first_entry()?;
+            let at = *bucket.key();
+            if at > up_to {
+                return None;
+            }
+            match bucket.get_mut().pop_front() {
+                Some((key, namespace)) => {
+                    let id = (key, namespace, at);
+                    // Skip timers deleted after they were registered.
+                    if self.live.remove(&id) {
+                        let (key, namespace, at) = id;
+                        return Some((at, key, namespace));
+                    }
+                }
+                None => {
+                    bucket.remove();
+                }
+            }
         }
-        let ((at, _), (key, namespace)) = entry.remove_entry();
-        self.index.remove(&(key.clone(), namespace.clone(), at));
-        Some((at, key, namespace))
-    }
-
-    /// The earliest registered timer.
-    pub fn next_due(&self) -> Option<EventTime> {
-        self.by_time.keys().next().map(|(t, _)| *t)
     }
 
     /// How many timers are registered.
     pub fn len(&self) -> usize {
-        self.by_time.len()
+        self.live.len()
     }
 
     /// Whether no timer is registered.
     pub fn is_empty(&self) -> bool {
-        self.by_time.is_empty()
+        self.live.is_empty()
     }
 }
 

@@ -27,7 +27,7 @@ use super::aggregate::AggregateFunction;
 use super::assigner::{TimeWindow, WindowKind};
 use super::panes::{pane_buffers, Grid, PaneBuffer, PaneHost};
 use super::sessions::{session_buffers, SessionBuffer};
-use super::trigger::{Trigger, TriggerContext};
+use super::trigger::{Trigger, TriggerContext, TriggerResult};
 use super::{Firing, ProcessWindowFunction, WindowCollector, WindowInfo};
 
 /// The contents of one window (or pane).
@@ -38,6 +38,35 @@ pub(crate) struct Slot<Acc, S> {
     /// Whether records were added since the last purge.
     has_data: bool,
     firings: u32,
+}
+
+impl<Acc: Clone, S> Slot<Acc, S> {
+    /// Carries out a trigger's decision: emit the window (if it holds
+    /// records) as `firing`, and drop its contents if the trigger purges.
+    fn apply<O, H: PaneHost<Acc, O>>(
+        &mut self,
+        decision: TriggerResult,
+        firing: Firing,
+        window: TimeWindow,
+        host: &mut H,
+        out: &mut Output<O>,
+    ) -> Result<()> {
+        if decision.fires() && self.has_data {
+            let update = self.firings > 0;
+            self.firings += 1;
+            let acc = if decision.purges() {
+                self.has_data = false;
+                std::mem::replace(&mut self.acc, host.create())
+            } else {
+                self.acc.clone()
+            };
+            host.emit(window, acc, firing, update, out)?;
+        } else if decision.purges() {
+            self.acc = host.create();
+            self.has_data = false;
+        }
+        Ok(())
+    }
 }
 
 const fn slots<Acc, S>() -> ValueStateDescriptor<Slot<Acc, S>> {
@@ -82,32 +111,6 @@ where
 
     fn late<O: Data>(&self, timestamp: EventTime, value: T, out: &mut Output<O>) {
         emit_late(&self.late_tag, timestamp, value, out);
-    }
-
-    fn emit<O>(
-        function: &mut P,
-        agg: &A,
-        key: &K,
-        window: TimeWindow,
-        acc: A::Acc,
-        firing: Firing,
-        update: bool,
-        out: &mut Output<O>,
-    ) -> Result<()>
-    where
-        O: Data,
-        P: ProcessWindowFunction<K, A::Out, O>,
-    {
-        let info = WindowInfo {
-            window,
-            firing,
-            update,
-        };
-        let mut collector = WindowCollector {
-            out,
-            timestamp: window.max_timestamp(),
-        };
-        function.process(key, &info, agg.result(acc), &mut collector)
     }
 
     /// Adds a record to a (non-sliding) window and applies the trigger.
@@ -167,25 +170,18 @@ where
         let decision = trigger.on_element(&value, timestamp, &window, &mut ctx);
         agg.add(&mut slot.acc, value);
         slot.has_data = true;
-        if decision.fires() {
-            let firing = if *watermark >= window.max_timestamp() {
-                Firing::Late
-            } else {
-                Firing::Early
-            };
-            let update = slot.firings > 0;
-            slot.firings += 1;
-            let acc = if decision.purges() {
-                slot.has_data = false;
-                std::mem::replace(&mut slot.acc, agg.create())
-            } else {
-                slot.acc.clone()
-            };
-            Self::emit(function, agg, key, window, acc, firing, update, out)?;
-        } else if decision.purges() {
-            slot.acc = agg.create();
-            slot.has_data = false;
-        }
+        let firing = if *watermark >= window.max_timestamp() {
+            Firing::Late
+        } else {
+            Firing::Early
+        };
+        slot.apply(
+            decision,
+            firing,
+            window,
+            &mut Host::new(agg, function, key),
+            out,
+        )?;
         if let Some(slot) = fresh {
             stored.set(slot);
         }
@@ -222,7 +218,7 @@ where
             self.late(timestamp, value, out);
             return Ok(());
         }
-        if !(merging.len() == 1 && merging[0] == merged) && !merging.is_empty() {
+        if !(merging.is_empty() || merging.len() == 1 && merging[0] == merged) {
             self.merge_sessions(key, &merging, merged)?;
         }
         keep.push(merged);
@@ -488,25 +484,18 @@ where
             processing_timers,
         };
         let decision = trigger.on_event_time(at, &window, &mut ctx);
-        if decision.fires() && slot.has_data {
-            let firing = match at.cmp(&window.max_timestamp()) {
-                std::cmp::Ordering::Less => Firing::Early,
-                std::cmp::Ordering::Equal => Firing::OnTime,
-                std::cmp::Ordering::Greater => Firing::Late,
-            };
-            let update = slot.firings > 0;
-            slot.firings += 1;
-            let acc = if decision.purges() {
-                slot.has_data = false;
-                std::mem::replace(&mut slot.acc, agg.create())
-            } else {
-                slot.acc.clone()
-            };
-            Self::emit(function, agg, &key, window, acc, firing, update, out)?;
-        } else if decision.purges() {
-            slot.acc = agg.create();
-            slot.has_data = false;
-        }
+        let firing = match at.cmp(&window.max_timestamp()) {
+            std::cmp::Ordering::Less => Firing::Early,
+            std::cmp::Ordering::Equal => Firing::OnTime,
+            std::cmp::Ordering::Greater => Firing::Late,
+        };
+        slot.apply(
+            decision,
+            firing,
+            window,
+            &mut Host::new(agg, function, &key),
+            out,
+        )?;
         if at >= cleanup_at {
             trigger.clear(
                 &window,
@@ -571,25 +560,18 @@ where
             processing_timers,
         };
         let decision = trigger.on_processing_time(at.millis(), &window, &mut ctx);
-        if decision.fires() && slot.has_data {
-            let firing = if *watermark >= window.max_timestamp() {
-                Firing::Late
-            } else {
-                Firing::Early
-            };
-            let update = slot.firings > 0;
-            slot.firings += 1;
-            let acc = if decision.purges() {
-                slot.has_data = false;
-                std::mem::replace(&mut slot.acc, agg.create())
-            } else {
-                slot.acc.clone()
-            };
-            Self::emit(function, agg, &key, window, acc, firing, update, out)?;
-        } else if decision.purges() {
-            slot.acc = agg.create();
-            slot.has_data = false;
-        }
+        let firing = if *watermark >= window.max_timestamp() {
+            Firing::Late
+        } else {
+            Firing::Early
+        };
+        slot.apply(
+            decision,
+            firing,
+            window,
+            &mut Host::new(agg, function, &key),
+            out,
+        )?;
         Ok(())
     }
 }

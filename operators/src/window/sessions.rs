@@ -9,6 +9,7 @@
 //! still open and asks for the new time. So extending a session (the common
 //! case) costs one state lookup and no timer work.
 
+use smallvec::SmallVec;
 use tideline_engine::{EventTime, Output, Result};
 use tideline_state::ValueStateDescriptor;
 
@@ -25,10 +26,11 @@ struct Open<Acc> {
     fired_on_time: bool,
 }
 
-/// The open sessions of one key.
+/// The open sessions of one key: usually one or two, kept inline in the
+/// state entry so a record costs one memory access, not two.
 #[derive(Clone, Debug)]
 pub(crate) struct SessionBuffer<Acc> {
-    sessions: Vec<Open<Acc>>,
+    sessions: SmallVec<[Open<Acc>; 2]>,
     timer_at: Option<i64>,
 }
 
@@ -47,7 +49,7 @@ pub(crate) struct Added {
 impl<Acc: Clone> SessionBuffer<Acc> {
     pub(crate) fn new() -> Self {
         Self {
-            sessions: Vec::new(),
+            sessions: SmallVec::new(),
             timer_at: None,
         }
     }
@@ -100,39 +102,51 @@ impl<Acc: Clone> SessionBuffer<Acc> {
         watermark: EventTime,
         out: &mut Output<O>,
     ) -> Result<Added> {
-        let mut merged = Open {
-            window,
-            acc: single,
-            firings: 0,
-            fired_on_time: false,
-        };
-        let before = self.sessions.len();
-        // Sessions are disjoint and sorted: the ones merging form one run.
-        let mut kept = Vec::with_capacity(before + 1);
-        for s in self.sessions.drain(..) {
-            if s.window.overlaps_or_touches(&merged.window) {
-                merged.window = merged.window.cover(&s.window);
-                host.merge(&mut merged.acc, &s.acc);
-                merged.firings = merged.firings.max(s.firings);
-            } else {
-                kept.push(s);
+        // Sessions are sorted, disjoint and not touching, so the ones the new
+        // window overlaps or touches form one run `lo..hi`, and merging them
+        // cannot reach any other session.
+        let lo = self
+            .sessions
+            .partition_point(|s| s.window.end < window.start);
+        let hi = self
+            .sessions
+            .partition_point(|s| s.window.start <= window.end);
+        let merged_away = hi.saturating_sub(lo).saturating_sub(1);
+        let index = if lo >= hi {
+            self.sessions.insert(
+                lo,
+                Open {
+                    window,
+                    acc: single,
+                    firings: 0,
+                    fired_on_time: false,
+                },
+            );
+            lo
+        } else {
+            let (head, tail) = self.sessions.split_at_mut(lo + 1);
+            let target = &mut head[lo];
+            target.window = target.window.cover(&window);
+            host.merge(&mut target.acc, &single);
+            for other in &tail[..hi - lo - 1] {
+                target.window = target.window.cover(&other.window);
+                host.merge(&mut target.acc, &other.acc);
+                target.firings = target.firings.max(other.firings);
             }
-        }
-        let merged_away = before - kept.len();
+            self.sessions.drain(lo + 1..hi);
+            lo
+        };
+        let merged = &mut self.sessions[index];
         // A merged session whose end is still ahead fires on time (again);
         // one already behind the watermark fires now, as a late result.
-        let late_now = merged.window.max_timestamp() <= watermark;
-        if late_now {
+        merged.fired_on_time = merged.window.max_timestamp() <= watermark;
+        if merged.fired_on_time {
             let update = merged.firings > 0;
             merged.firings += 1;
-            merged.fired_on_time = true;
             host.emit(merged.window, merged.acc.clone(), Firing::Late, update, out)?;
         }
-        let at = kept.partition_point(|s| s.window.start < merged.window.start);
-        kept.insert(at, merged);
-        self.sessions = kept;
         Ok(Added {
-            live_delta: 1 - merged_away as i64,
+            live_delta: if lo >= hi { 1 } else { -(merged_away as i64) },
             timer: self.schedule(lateness),
         })
     }
