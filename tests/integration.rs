@@ -8,6 +8,8 @@ mod windows;
 #[path = "../examples/quickstart.rs"]
 mod quickstart;
 
+mod replay;
+
 #[test]
 fn example_quickstart_runs() -> tideline::Result<()> {
     quickstart::main()

@@ -265,12 +265,7 @@ impl<O: Data> Output<O> {
     /// the record is dropped (count it with [`Output::count_late`] or a dead
     /// letter if it must not vanish).
     pub fn emit_to<T: Data>(&mut self, tag: &OutputTag<T>, timestamp: EventTime, value: T) {
-        let id = tag.id();
-        if let Some(side) = self.sides.iter_mut().find(|s| s.tag() == id) {
-            if let Some(buffer) = side.as_any_mut().downcast_mut::<SideBuffer<T>>() {
-                buffer.buffer.push(Record { timestamp, value });
-            }
-        }
+        emit_side(&mut self.sides, tag.id(), Record { timestamp, value });
     }
 
     /// Emits a watermark after this call's records (watermark-generating operators).
@@ -290,18 +285,15 @@ impl<O: Data> Output<O> {
         reason: impl fmt::Display,
         record: &dyn fmt::Debug,
     ) -> Result<()> {
-        if self.failure_policy == FailurePolicy::FailFast {
-            return Err(Error::user(format!("record {record:?} rejected: {reason}")));
-        }
-        self.job.dead_letters.fetch_add(1, Ordering::Relaxed);
-        let letter = DeadLetter {
-            operator: self.operator.to_string(),
+        reject(
+            &mut self.sides,
+            &self.job,
+            self.failure_policy,
+            &self.operator,
             timestamp,
-            reason: reason.to_string(),
-            record: format!("{record:?}"),
-        };
-        self.emit_to(&OutputTag::dead_letters(), timestamp, letter);
-        Ok(())
+            reason.to_string(),
+            format!("{record:?}"),
+        )
     }
 
     /// Adds `n` to the job's count of late records.
@@ -315,6 +307,47 @@ impl<O: Data> Output<O> {
     }
 }
 
+/// Appends `record` to the side channel of tag `tag`, if anyone reads it.
+pub(crate) fn emit_side<T: Data>(sides: &mut [Box<dyn SideChannel>], tag: u64, record: Record<T>) {
+    if let Some(side) = sides.iter_mut().find(|s| s.tag() == tag) {
+        if let Some(buffer) = side.as_any_mut().downcast_mut::<SideBuffer<T>>() {
+            buffer.buffer.push(record);
+        }
+    }
+}
+
+/// Rejects one record: counted and sent to the dead-letter output, or an
+/// error under [`FailurePolicy::FailFast`].
+pub(crate) fn reject(
+    sides: &mut [Box<dyn SideChannel>],
+    job: &JobCounters,
+    policy: FailurePolicy,
+    operator: &str,
+    timestamp: EventTime,
+    reason: String,
+    record: String,
+) -> Result<()> {
+    if policy == FailurePolicy::FailFast {
+        return Err(Error::user(format!("record {record} rejected: {reason}")));
+    }
+    job.dead_letters.fetch_add(1, Ordering::Relaxed);
+    let letter = DeadLetter {
+        operator: operator.to_string(),
+        timestamp,
+        reason,
+        record,
+    };
+    emit_side(
+        sides,
+        DEAD_LETTER_TAG,
+        Record {
+            timestamp,
+            value: letter,
+        },
+    );
+    Ok(())
+}
+
 /// Runs an [`Operator`] inside a chain: counts records, catches panics,
 /// names errors, and passes on what the operator wrote.
 pub(crate) struct OperatorPush<I, O, Op> {
@@ -324,6 +357,9 @@ pub(crate) struct OperatorPush<I, O, Op> {
     next: BoxPush<O>,
     counters: Arc<OpCounters>,
     last_watermark: EventTime,
+    /// Idle was passed on: the next watermark announces we are active again,
+    /// even if it is not larger than the last one.
+    idle_sent: bool,
     _input: PhantomData<fn(I)>,
 }
 
@@ -336,6 +372,7 @@ impl<I: Data, O: Data, Op: Operator<I, O>> OperatorPush<I, O, Op> {
             next,
             counters,
             last_watermark: EventTime::MIN,
+            idle_sent: false,
             _input: PhantomData,
         }
     }
@@ -356,9 +393,10 @@ impl<I: Data, O: Data, Op: Operator<I, O>> OperatorPush<I, O, Op> {
     }
 
     fn forward_watermark(&mut self, wm: EventTime) -> Result<()> {
-        if wm <= self.last_watermark {
+        if wm < self.last_watermark || (wm == self.last_watermark && !self.idle_sent) {
             return Ok(());
         }
+        self.idle_sent = false;
         self.last_watermark = wm;
         self.next.push_watermark(Watermark::EventTime(wm))?;
         for side in &mut self.out.sides {
@@ -389,6 +427,7 @@ impl<I: Data, O: Data, Op: Operator<I, O>> Push<I> for OperatorPush<I, O, Op> {
             }
             Watermark::Idle => {
                 self.flush()?;
+                self.idle_sent = true;
                 self.next.push_watermark(Watermark::Idle)?;
                 for side in &mut self.out.sides {
                     side.push_watermark(Watermark::Idle)?;

@@ -71,15 +71,33 @@ pub struct SourceOutput<T> {
     pub(crate) records: Vec<Record<T>>,
     pub(crate) watermark: Option<EventTime>,
     pub(crate) capacity: usize,
+    /// `(timestamp, reason, record text)` of input the reader rejected.
+    pub(crate) rejected: Vec<(EventTime, String, String)>,
 }
 
 impl<T> SourceOutput<T> {
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// An empty buffer for up to `capacity` records (readers that wrap other
+    /// readers use their own).
+    pub fn new(capacity: usize) -> Self {
         Self {
             records: Vec::with_capacity(capacity),
             watermark: None,
             capacity,
+            rejected: Vec::new(),
         }
+    }
+
+    /// Removes and returns the records appended so far.
+    pub fn take_records(&mut self) -> Vec<Record<T>> {
+        std::mem::take(&mut self.records)
+    }
+
+    /// Removes and returns the rejected inputs so far, as `(reason, record)`.
+    pub fn take_rejected(&mut self) -> Vec<(String, String)> {
+        self.rejected
+            .drain(..)
+            .map(|(_, reason, record)| (reason, record))
+            .collect()
     }
 
     /// How many more records fit in this batch.
@@ -91,6 +109,15 @@ impl<T> SourceOutput<T> {
     /// [`EventTime::MIN`] when the watermark strategy assigns them).
     pub fn push(&mut self, record: Record<T>) {
         self.records.push(record);
+    }
+
+    /// Rejects a piece of input that cannot become a record (a malformed
+    /// row, say): it goes to the source's dead-letter output with `reason`
+    /// (or stops the job under `FailurePolicy::FailFast`). `record` is the
+    /// input as text, with where it came from.
+    pub fn dead_letter(&mut self, reason: impl std::fmt::Display, record: impl Into<String>) {
+        self.rejected
+            .push((EventTime::MIN, reason.to_string(), record.into()));
     }
 
     /// Asserts that this partition will produce nothing at or before `watermark`.

@@ -259,12 +259,24 @@ impl<K: StateKey, I: Data, F> KeyedProcessOperator<K, I, F> {
     where
         F: KeyedProcessFunction<K, I, O>,
     {
+        // Timers registered while due ones fire also fire now if due (as in
+        // Flink), except at the end of input: a timer that re-registers
+        // itself would then never stop, so only those registered before the
+        // final watermark fire.
+        let limit = (up_to == EventTime::MAX).then(|| match domain {
+            TimeDomain::EventTime => self.keyed.event_timers.generation(),
+            TimeDomain::ProcessingTime => self.keyed.processing_timers.generation(),
+        });
         loop {
             let timers = match domain {
                 TimeDomain::EventTime => &mut self.keyed.event_timers,
                 TimeDomain::ProcessingTime => &mut self.keyed.processing_timers,
             };
-            let Some((at, key, ())) = timers.pop_due(up_to) else {
+            let next = match limit {
+                Some(limit) => timers.pop_due_before(up_to, limit),
+                None => timers.pop_due(up_to),
+            };
+            let Some((at, key, ())) = next else {
                 return Ok(());
             };
             let mut ctx = ProcessContext {

@@ -3,6 +3,7 @@ mod determinism;
 mod exchanges;
 mod failures;
 mod parallelism;
+mod regressions;
 mod sources;
 mod stateless;
 mod timers;

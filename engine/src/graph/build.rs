@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::config::{ExecutionMode, JobConfig};
 use crate::error::{Error, Result};
-use crate::graph::port::Port;
+use crate::graph::port::{Port, SideRegistry};
 use crate::graph::{EdgeKind, Graph, NodeId, OpId, OpKind};
 use crate::operator::OperatorContext;
 use crate::record::Data;
@@ -142,6 +142,7 @@ pub(crate) struct SourceFactory<T> {
     pub(crate) source: Arc<dyn Source<T>>,
     pub(crate) strategy: WatermarkStrategy<T>,
     pub(crate) head: Rc<Port<T>>,
+    pub(crate) sides: Rc<SideRegistry>,
     pub(crate) op: OpId,
 }
 
@@ -167,7 +168,8 @@ impl<T: Data> TaskFactory for SourceFactory<T> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let head = ctx.chain_head(self.op, &self.head, partitions.len())?;
+        let mut head = ctx.chain_head(self.op, &self.head, partitions.len())?;
+        head.sides = self.sides.build(ctx)?;
         Ok(Box::new(SourceTask {
             head,
             partitions,
@@ -176,6 +178,9 @@ impl<T: Data> TaskFactory for SourceFactory<T> {
             batch_size: ctx.config.batch_size,
             stop: Arc::clone(&ctx.shared.stop),
             counters: ctx.op_counters(self.op),
+            job: Arc::clone(ctx.job_counters),
+            failure_policy: ctx.config.failure_policy,
+            operator: ctx.op_name(self.op),
         }))
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::config::{ExecutionMode, FailurePolicy, JobConfig};
 use crate::error::Result;
 use crate::graph::build::SourceFactory;
-use crate::graph::port::{AnyPort, Port};
+use crate::graph::port::{AnyPort, Port, SideRegistry};
 use crate::graph::{Graph, Node, OpKind, SourceInfo, Stream};
 use crate::record::Data;
 use crate::runtime::executor::{JobHandle, LocalRun};
@@ -126,6 +126,7 @@ impl Job {
             bounded: source.is_bounded(),
         };
         let head = Rc::new(Port::<T>::new());
+        let sides = Rc::new(SideRegistry::default());
         let mut g = self.graph.borrow_mut();
         let op_id = g.ops.len();
         let node = g.add_node(Node {
@@ -135,6 +136,7 @@ impl Job {
                 source: Arc::new(source),
                 strategy: strategy.clone(),
                 head: Rc::clone(&head),
+                sides: Rc::clone(&sides),
                 op: op_id,
             }),
         });
@@ -145,7 +147,7 @@ impl Job {
             Rc::clone(&head) as Rc<dyn AnyPort>,
         );
         g.ops[op].validate = Some(Box::new(move || strategy.validate(&name)));
-        Stream::from_parts(&self.graph, node, op, head)
+        Stream::with_sides(&self.graph, node, op, head, sides)
     }
 
     fn take_graph(self) -> Graph {

@@ -62,12 +62,23 @@ impl<T: Data> Stream<T> {
         op: OpId,
         port: Rc<Port<T>>,
     ) -> Self {
+        Self::with_sides(graph, node, op, port, Rc::new(SideRegistry::default()))
+    }
+
+    /// Like [`Stream::from_parts`], with the operator's side-output registry.
+    pub(crate) fn with_sides(
+        graph: &Rc<RefCell<Graph>>,
+        node: NodeId,
+        op: OpId,
+        port: Rc<Port<T>>,
+        sides: Rc<SideRegistry>,
+    ) -> Self {
         Self {
             graph: Rc::clone(graph),
             node,
             op,
             port,
-            sides: Rc::new(SideRegistry::default()),
+            sides,
         }
     }
 

@@ -291,6 +291,8 @@ impl LocalRun {
     /// # Errors
     /// The first error of any task.
     pub fn finish(mut self) -> Result<JobSummary> {
+        // Read what is already queued at the sources before ending them.
+        self.step()?;
         self.shared.stop.store(true, Ordering::SeqCst);
         self.step()?;
         if !self.is_finished() {

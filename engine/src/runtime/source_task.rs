@@ -5,9 +5,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::config::FailurePolicy;
 use crate::error::{guarded, Result};
+use crate::operator::reject;
 use crate::record::Data;
-use crate::runtime::metrics::OpCounters;
+use crate::runtime::metrics::{JobCounters, OpCounters};
 use crate::runtime::task::{ChainHead, Step, Task};
 use crate::source::{SourceOutput, SourceReader, SourceStatus};
 use crate::time::{TimestampFn, WatermarkGenerator};
@@ -26,6 +28,10 @@ pub(crate) struct SourceTask<T> {
     pub(crate) batch_size: usize,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) counters: Arc<OpCounters>,
+    pub(crate) job: Arc<JobCounters>,
+    pub(crate) failure_policy: FailurePolicy,
+    /// The source operator's name (dead letters name it; the task name adds the subtask).
+    pub(crate) operator: Arc<str>,
 }
 
 impl<T: Data> SourceTask<T> {
@@ -34,7 +40,22 @@ impl<T: Data> SourceTask<T> {
         let partition = &mut self.partitions[index];
         let reader = &mut partition.reader;
         let status = guarded(&self.head.name, || reader.poll(&mut out))?;
-        let mut progressed = false;
+        let mut progressed = !out.rejected.is_empty();
+        for (timestamp, reason, record) in out.rejected.drain(..) {
+            reject(
+                &mut self.head.sides,
+                &self.job,
+                self.failure_policy,
+                &self.operator,
+                timestamp,
+                reason,
+                record,
+            )
+            .map_err(|e| e.in_operator(&self.operator))?;
+        }
+        for side in &mut self.head.sides {
+            side.flush()?;
+        }
         if !out.records.is_empty() {
             progressed = true;
             let generator = &mut partition.generator;
@@ -57,7 +78,10 @@ impl<T: Data> SourceTask<T> {
             self.head.emit(reactivated)?;
         }
         if let Some(w) = out.watermark {
-            self.partitions[index].generator.on_explicit(w);
+            // A watermark is news from the partition: it is not idle.
+            let generator = &mut self.partitions[index].generator;
+            generator.on_explicit(w);
+            generator.on_data(now);
             progressed = true;
         }
         // Only news from the partition moves its watermark (and reactivates

@@ -2,6 +2,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::operator::SideChannel;
 use crate::record::Data;
 use crate::runtime::push::BoxPush;
 use crate::time::{Clock, EventTime, Watermark, WatermarkTracker};
@@ -35,6 +36,9 @@ pub(crate) struct ChainHead<T> {
     pub(crate) tracker: WatermarkTracker,
     pub(crate) clock: Arc<dyn Clock>,
     cancel: Arc<AtomicBool>,
+    /// Side outputs of the task's head (a source's dead letters): they see
+    /// the same watermarks, ticks and end of input as the chain.
+    pub(crate) sides: Vec<Box<dyn SideChannel>>,
     /// Processing time of the last tick; the chain is ticked whenever the clock moves.
     last_tick: i64,
     done: bool,
@@ -54,6 +58,7 @@ impl<T: Data> ChainHead<T> {
             tracker: WatermarkTracker::new(inputs),
             clock,
             cancel,
+            sides: Vec::new(),
             last_tick: i64::MIN,
             done: false,
         }
@@ -76,10 +81,14 @@ impl<T: Data> ChainHead<T> {
 
     /// Passes on what the tracker decided, if anything.
     pub(crate) fn emit(&mut self, watermark: Option<Watermark>) -> Result<()> {
-        match watermark {
-            Some(w) => self.push.push_watermark(w),
-            None => Ok(()),
+        let Some(w) = watermark else {
+            return Ok(());
+        };
+        for side in &mut self.sides {
+            side.flush()?;
+            side.push_watermark(w)?;
         }
+        self.push.push_watermark(w)
     }
 
     /// Ticks the chain if processing time moved since the last tick.
@@ -87,6 +96,9 @@ impl<T: Data> ChainHead<T> {
         if now > self.last_tick {
             self.last_tick = now;
             self.push.on_tick(now)?;
+            for side in &mut self.sides {
+                side.on_tick(now)?;
+            }
         }
         Ok(())
     }
@@ -95,6 +107,10 @@ impl<T: Data> ChainHead<T> {
         if self.done {
             return Ok(());
         }
+        for side in &mut self.sides {
+            side.flush()?;
+            side.flush_downstream()?;
+        }
         self.push.flush()
     }
 
@@ -102,8 +118,11 @@ impl<T: Data> ChainHead<T> {
     /// then the chain finishes.
     pub(crate) fn finish(&mut self) -> Result<Step> {
         if self.tracker.current() != EventTime::MAX {
-            self.push
-                .push_watermark(Watermark::EventTime(EventTime::MAX))?;
+            self.emit(Some(Watermark::EventTime(EventTime::MAX)))?;
+        }
+        for side in &mut self.sides {
+            side.flush()?;
+            side.finish()?;
         }
         self.push.finish()?;
         self.done = true;

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::Hash;
 
-use hashbrown::HashSet;
+use hashbrown::HashMap;
 use rustc_hash::FxBuildHasher;
 
 use super::EventTime;
@@ -18,20 +18,23 @@ use super::EventTime;
 /// window for window timers).
 ///
 /// Timers are bucketed by timestamp (many share one when data is dense), so
-/// the ordered map holds one node per distinct time; a set of live timers
-/// deduplicates registrations, and a deleted timer is skipped when its
-/// bucket comes up.
+/// the ordered map holds one node per distinct time. A map of live timers
+/// deduplicates registrations; each registration gets a new generation, so a
+/// deleted timer's bucket entry is skipped when its time comes, even if the
+/// same timer was registered again (which then fires in its new place).
 #[derive(Debug)]
 pub struct TimerService<K, N> {
-    buckets: BTreeMap<EventTime, VecDeque<(K, N)>>,
-    live: HashSet<(K, N, EventTime), FxBuildHasher>,
+    buckets: BTreeMap<EventTime, VecDeque<(K, N, u64)>>,
+    live: HashMap<(K, N, EventTime), u64, FxBuildHasher>,
+    next_generation: u64,
 }
 
 impl<K, N> Default for TimerService<K, N> {
     fn default() -> Self {
         Self {
             buckets: BTreeMap::new(),
-            live: HashSet::default(),
+            live: HashMap::default(),
+            next_generation: 0,
         }
     }
 }
@@ -44,19 +47,26 @@ impl<K: Hash + Eq + Clone, N: Hash + Eq + Clone> TimerService<K, N> {
 
     /// Registers a timer; returns `false` if it was already registered.
     pub fn register(&mut self, key: &K, namespace: &N, at: EventTime) -> bool {
-        if !self.live.insert((key.clone(), namespace.clone(), at)) {
-            return false;
+        let generation = self.next_generation;
+        match self.live.entry((key.clone(), namespace.clone(), at)) {
+            hashbrown::hash_map::Entry::Occupied(_) => return false,
+            hashbrown::hash_map::Entry::Vacant(slot) => {
+                slot.insert(generation);
+            }
         }
+        self.next_generation += 1;
         self.buckets
             .entry(at)
             .or_default()
-            .push_back((key.clone(), namespace.clone()));
+            .push_back((key.clone(), namespace.clone(), generation));
         true
     }
 
     /// Deletes a timer; returns whether it existed.
     pub fn delete(&mut self, key: &K, namespace: &N, at: EventTime) -> bool {
-        self.live.remove(&(key.clone(), namespace.clone(), at))
+        self.live
+            .remove(&(key.clone(), namespace.clone(), at))
+            .is_some()
     }
 
     /// Removes and returns the earliest timer with timestamp `<= up_to`.
@@ -68,10 +78,11 @@ impl<K: Hash + Eq + Clone, N: Hash + Eq + Clone> TimerService<K, N> {
                 return None;
             }
             match bucket.get_mut().pop_front() {
-                Some((key, namespace)) => {
+                Some((key, namespace, generation)) => {
                     let id = (key, namespace, at);
-                    // Skip timers deleted after they were registered.
-                    if self.live.remove(&id) {
+                    // Skip entries of timers deleted (and maybe registered again) since.
+                    if self.live.get(&id) == Some(&generation) {
+                        self.live.remove(&id);
                         let (key, namespace, at) = id;
                         return Some((at, key, namespace));
                     }
@@ -81,6 +92,34 @@ impl<K: Hash + Eq + Clone, N: Hash + Eq + Clone> TimerService<K, N> {
                 }
             }
         }
+    }
+
+    /// Like [`TimerService::pop_due`], but only timers registered before
+    /// generation `limit` (see [`TimerService::generation`]): timers
+    /// registered while due timers fire are left for a later call.
+    pub fn pop_due_before(&mut self, up_to: EventTime, limit: u64) -> Option<(EventTime, K, N)> {
+        let live = &mut self.live;
+        for (&at, bucket) in self.buckets.range_mut(..=up_to) {
+            // Entries of a bucket are in registration order: stop at the first new one.
+            while bucket
+                .front()
+                .is_some_and(|(_, _, generation)| *generation < limit)
+            {
+                let (key, namespace, generation) = bucket.pop_front()?;
+                let id = (key, namespace, at);
+                if live.get(&id) == Some(&generation) {
+                    live.remove(&id);
+                    let (key, namespace, at) = id;
+                    return Some((at, key, namespace));
+                }
+            }
+        }
+        None
+    }
+
+    /// The generation the next registration will get.
+    pub fn generation(&self) -> u64 {
+        self.next_generation
     }
 
     /// How many timers are registered.
@@ -115,6 +154,19 @@ mod tests {
         assert_eq!(t.pop_due(ms(25)), Some((ms(20), "c", ())));
         assert_eq!(t.pop_due(EventTime::MAX), None);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_timer_registered_again_after_delete_fires_in_its_new_place() {
+        let mut t = TimerService::<&str, ()>::new();
+        let at = EventTime::from_millis(10);
+        t.register(&"a", &(), at);
+        t.register(&"b", &(), at);
+        t.delete(&"a", &(), at);
+        t.register(&"a", &(), at);
+        assert_eq!(t.pop_due(at), Some((at, "b", ())));
+        assert_eq!(t.pop_due(at), Some((at, "a", ())));
+        assert_eq!(t.pop_due(at), None);
     }
 
     proptest! {

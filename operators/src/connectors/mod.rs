@@ -9,6 +9,7 @@
 
 mod channel;
 mod collect;
+pub mod file;
 mod generator;
 mod print;
 mod push;

@@ -318,6 +318,7 @@ where
             Some(b) => b,
             None => fresh.insert(PaneBuffer::new(&grid, *watermark)),
         };
+        buffer.catch_up(&grid, *watermark);
         let (acc, created) = buffer.pane_mut(start, || agg.create());
         agg.add(acc, value);
         if created {

@@ -139,6 +139,12 @@ impl<Acc: Clone> PaneBuffer<Acc> {
         self.panes.is_empty()
     }
 
+    /// Every window due by `watermark` has had its on-time moment (its timer,
+    /// if it had data, fired before this record): mark them so.
+    pub(crate) fn catch_up(&mut self, grid: &Grid, watermark: EventTime) {
+        self.fired_through = self.fired_through.max(grid.last_end_due(watermark));
+    }
+
     /// The accumulator of the pane at `start`, created if missing; `true` if created.
     pub(crate) fn pane_mut(
         &mut self,

@@ -130,7 +130,10 @@ pub trait Trigger<T>: Clone + Send + Sync + 'static {
         window: &TimeWindow,
         ctx: &mut TriggerContext<'_, K, Self::State>,
     ) {
-        ctx.register_event_time_timer(window.max_timestamp());
+        // A merged window already behind the watermark fired as a late result.
+        if window.max_timestamp() > ctx.watermark {
+            ctx.register_event_time_timer(window.max_timestamp());
+        }
     }
 
     /// The window is going away: delete timers you registered besides the
@@ -304,7 +307,10 @@ impl<T> Trigger<T> for EarlyFiring {
         window: &TimeWindow,
         ctx: &mut TriggerContext<'_, K, EarlyFiringState>,
     ) {
-        ctx.register_event_time_timer(window.max_timestamp());
+        // A merged window already behind the watermark fired as a late result.
+        if window.max_timestamp() > ctx.watermark {
+            ctx.register_event_time_timer(window.max_timestamp());
+        }
     }
 
     fn clear<K: std::hash::Hash + Eq + Clone>(

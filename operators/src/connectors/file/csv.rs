@@ -1,0 +1,102 @@
+//! CSV with a header row, parsed row by row into records.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use csv::{ErrorKind, StringRecord};
+use serde::de::DeserializeOwned;
+use tideline_engine::{Data, Error, Record, Result, SourceOutput};
+
+use super::{location, Columns, FileRows};
+
+pub(crate) struct CsvRows<T> {
+    path: PathBuf,
+    reader: csv::Reader<BufReader<File>>,
+    /// The header with columns renamed to the fields they fill.
+    fields: StringRecord,
+    record: StringRecord,
+    _type: PhantomData<fn() -> T>,
+}
+
+pub(crate) fn open_file(path: &Path) -> Result<File> {
+    File::open(path).map_err(|e| {
+        Error::config(
+            "file_source.input",
+            format!("cannot open {}: {e}", path.display()),
+        )
+    })
+}
+
+impl<T: Data + DeserializeOwned> CsvRows<T> {
+    pub(crate) fn open(path: &Path, columns: &Columns) -> Result<Self> {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(BufReader::new(open_file(path)?));
+        let header = reader
+            .headers()
+            .map_err(|e| {
+                Error::config(
+                    "file_source.input",
+                    format!("cannot read the header of {}: {e}", path.display()),
+                )
+            })?
+            .clone();
+        if header.is_empty() {
+            return Err(Error::config(
+                "file_source.input",
+                format!("{} is empty: a CSV file needs a header row", path.display()),
+            ));
+        }
+        let available: Vec<String> = header.iter().map(str::to_string).collect();
+        columns.check_present(path, &available)?;
+        let fields = header
+            .iter()
+            .map(|c| columns.field_of(c).unwrap_or(c))
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            reader,
+            fields,
+            record: StringRecord::new(),
+            _type: PhantomData,
+        })
+    }
+}
+
+impl<T: Data + DeserializeOwned> FileRows<T> for CsvRows<T> {
+    fn read(&mut self, out: &mut SourceOutput<T>) -> Result<bool> {
+        while out.remaining() > 0 {
+            match self.reader.read_record(&mut self.record) {
+                Ok(false) => return Ok(false),
+                Ok(true) => {
+                    let line = self.record.position().map_or(0, csv::Position::line);
+                    match self.record.deserialize::<T>(Some(&self.fields)) {
+                        Ok(value) => out.push(Record::untimed(value)),
+                        Err(e) => out.dead_letter(
+                            e,
+                            format!(
+                                "{}: {}",
+                                location(&self.path, line),
+                                self.record.iter().collect::<Vec<_>>().join(",")
+                            ),
+                        ),
+                    }
+                }
+                Err(e) => {
+                    let line = e.position().map_or(0, csv::Position::line);
+                    if let ErrorKind::Io(io) = e.kind() {
+                        return Err(Error::user(format!(
+                            "reading {}: {io}",
+                            self.path.display()
+                        )));
+                    }
+                    // A malformed row (wrong field count, bad UTF-8): reject it and go on.
+                    out.dead_letter(&e, location(&self.path, line));
+                }
+            }
+        }
+        Ok(true)
+    }
+}

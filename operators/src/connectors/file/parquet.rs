@@ -1,0 +1,181 @@
+//! Parquet through Arrow record batches: only the needed columns are read,
+//! and a batch becomes records in one `serde_arrow` pass (row by row only
+//! when the batch holds a row that cannot become a record).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_schema::{Field, Schema, SchemaRef};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
+use serde::de::DeserializeOwned;
+use tideline_engine::{Data, Error, Record, Result, SourceOutput};
+
+use super::csv::open_file;
+use super::{location, Columns, FileRows};
+
+pub(crate) struct ParquetRows<T> {
+    path: PathBuf,
+    reader: ParquetRecordBatchReader,
+    /// The projected columns renamed to the fields they fill.
+    schema: Option<SchemaRef>,
+    columns: Columns,
+    row: u64,
+    pending: VecDeque<T>,
+}
+
+/// The broad kind of a column type, for the before-start compatibility check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Int,
+    Float,
+    Bool,
+    Text,
+    Other,
+}
+
+fn kind(type_name: &str) -> Kind {
+    if type_name.starts_with("Int") || type_name.starts_with("UInt") {
+        Kind::Int
+    } else if type_name.starts_with("Float") || type_name.starts_with("Decimal") {
+        Kind::Float
+    } else if type_name == "Boolean" {
+        Kind::Bool
+    } else if matches!(type_name, "Utf8" | "LargeUtf8" | "Utf8View") {
+        Kind::Text
+    } else {
+        Kind::Other
+    }
+}
+
+fn compatible(file: Kind, field: Kind) -> bool {
+    file == field
+        || file == Kind::Other
+        || field == Kind::Other
+        || (file == Kind::Int && field == Kind::Float)
+}
+
+impl<T: Data + DeserializeOwned> ParquetRows<T> {
+    pub(crate) fn open(path: &Path, columns: &Columns, batch_rows: usize) -> Result<Self> {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(open_file(path)?).map_err(|e| {
+            Error::config(
+                "file_source.input",
+                format!("{} is not a readable Parquet file: {e}", path.display()),
+            )
+        })?;
+        let file_schema = Arc::clone(builder.schema());
+        let available: Vec<String> = file_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        columns.check_present(path, &available)?;
+        let mut needed = Vec::new();
+        for (field, _, field_type) in &columns.fields {
+            let column = columns.column_of(field);
+            let Ok(file_field) = file_schema.field_with_name(column) else {
+                continue; // an optional field the file lacks
+            };
+            needed.push(column.to_string());
+            if let Some(field_type) = field_type {
+                let (file_kind, field_kind) = (
+                    kind(&format!("{:?}", file_field.data_type())),
+                    kind(&format!("{field_type:?}")),
+                );
+                if !compatible(file_kind, field_kind) {
+                    return Err(Error::config(
+                        format!("file_source.column '{column}'"),
+                        format!(
+                            "in {} has type {:?}, which cannot fill field '{field}' ({field_type:?})",
+                            path.display(),
+                            file_field.data_type()
+                        ),
+                    ));
+                }
+            }
+        }
+        let mask =
+            ProjectionMask::columns(builder.parquet_schema(), needed.iter().map(String::as_str));
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(batch_rows.max(1))
+            .build()
+            .map_err(|e| {
+                Error::config(
+                    "file_source.input",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            reader,
+            schema: None,
+            columns: columns.clone(),
+            row: 0,
+            pending: VecDeque::new(),
+        })
+    }
+
+    fn renamed(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let schema = match &self.schema {
+            Some(s) => Arc::clone(s),
+            None => {
+                let fields: Vec<Field> = batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        let name = self.columns.field_of(f.name()).unwrap_or(f.name());
+                        Field::new(name, f.data_type().clone(), f.is_nullable())
+                    })
+                    .collect();
+                let s: SchemaRef = Arc::new(Schema::new(fields));
+                self.schema = Some(Arc::clone(&s));
+                s
+            }
+        };
+        RecordBatch::try_new(schema, batch.columns().to_vec()).map_err(|e| {
+            Error::Internal(format!("renaming columns of {}: {e}", self.path.display()))
+        })
+    }
+}
+
+impl<T: Data + DeserializeOwned> FileRows<T> for ParquetRows<T> {
+    fn read(&mut self, out: &mut SourceOutput<T>) -> Result<bool> {
+        while out.remaining() > 0 {
+            if let Some(value) = self.pending.pop_front() {
+                out.push(Record::untimed(value));
+                continue;
+            }
+            let batch = match self.reader.next() {
+                None => return Ok(false),
+                Some(Ok(batch)) => batch,
+                Some(Err(e)) => {
+                    return Err(Error::user(format!("reading {}: {e}", self.path.display())))
+                }
+            };
+            let batch = self.renamed(&batch)?;
+            let first_row = self.row + 1;
+            self.row += batch.num_rows() as u64;
+            match serde_arrow::from_record_batch::<Vec<T>>(&batch) {
+                Ok(rows) => self.pending.extend(rows),
+                // Some row cannot become a record (a null in a required
+                // field, say): convert row by row to reject just those.
+                Err(_) => {
+                    for i in 0..batch.num_rows() {
+                        match serde_arrow::from_record_batch::<Vec<T>>(&batch.slice(i, 1)) {
+                            Ok(rows) => self.pending.extend(rows),
+                            Err(e) => out.dead_letter(
+                                e,
+                                format!("{} (row)", location(&self.path, first_row + i as u64)),
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+}

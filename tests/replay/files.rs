@@ -1,0 +1,322 @@
+//! The file source: CSV, JSON lines and Parquet, column mapping, bad rows as
+//! dead letters with file and line, bad files rejected before the job starts,
+//! arrival and event-time order.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tideline::connectors::file::{FileSource, ReplayOrder};
+use tideline::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Row {
+    key: i64,
+    value: i64,
+    ts: i64,
+}
+
+fn write_parquet<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+    use serde_arrow::schema::{SchemaLike, TracingOptions};
+    let fields = Vec::<arrow_schema::FieldRef>::from_samples(rows, TracingOptions::default())
+        .map_err(Error::user)?;
+    let batch = serde_arrow::to_record_batch(&fields, &rows).map_err(Error::user)?;
+    let file = std::fs::File::create(path).map_err(Error::user)?;
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).map_err(Error::user)?;
+    writer.write(&batch).map_err(Error::user)?;
+    writer.close().map_err(Error::user)?;
+    Ok(())
+}
+
+fn rows(n: i64, offset: i64) -> Vec<Row> {
+    (0..n)
+        .map(|i| Row {
+            key: i % 3,
+            value: i,
+            ts: offset + i * 10,
+        })
+        .collect()
+}
+
+/// Runs `source` to the end; returns the records and the dead letters.
+fn read(source: FileSource<Row>) -> Result<(Vec<Row>, Vec<DeadLetter>)> {
+    let job = Job::new().mode(ExecutionMode::Bounded).batch_size(7);
+    let stream = job.source(source, WatermarkStrategy::none());
+    let (out, dead) = (CollectSink::new(), CollectSink::new());
+    stream.sink(out.clone());
+    stream.dead_letters().sink(dead.clone());
+    let summary = job.run()?;
+    assert_eq!(summary.dead_letters, dead.len() as u64);
+    Ok((out.values(), dead.values()))
+}
+
+#[test]
+fn csv_bad_rows_become_dead_letters_with_file_and_line() -> Result<()> {
+    let dir = tempfile::tempdir().map_err(Error::user)?;
+    let path = dir.path().join("a.csv");
+    std::fs::write(
+        &path,
+        "key,value,ts,extra\n1,10,100,x\n2,oops,200,y\n3,30\n4,40,400,z\n",
+    )
+    .map_err(Error::user)?;
+    let (rows, dead) = read(FileSource::new(path.to_str().unwrap_or_default())?)?;
+    assert_eq!(
+        rows,
+        vec![
+            Row {
+                key: 1,
+                value: 10,
+                ts: 100
+            },
+            Row {
+                key: 4,
+                value: 40,
+                ts: 400
+            }
+        ]
+    );
+    assert_eq!(dead.len(), 2);
+    assert!(
+        dead[0]
+            .record
+            .starts_with(&format!("{}:3: 2,oops,200,y", path.display())),
+        "{}",
+        dead[0].record
+    );
+    assert!(
+        dead[0].reason.contains("invalid digit"),
+        "{}",
+        dead[0].reason
+    );
+    assert!(
+        dead[1].record.starts_with(&format!("{}:4", path.display())),
+        "{}",
+        dead[1].record
+    );
+    assert_eq!(dead[0].operator, "file_source");
+    Ok(())
+}
+
+#[test]
+fn jsonl_with_a_renamed_column_and_a_bad_line() -> Result<()> {
+    let dir = tempfile::tempdir().map_err(Error::user)?;
+    let path = dir.path().join("a.jsonl");
+    std::fs::write(
+        &path,
+        "{\"user\":1,\"value\":10,\"ts\":100}\n\n{\"user\":2,\"value\":\"x\",\"ts\":200}\nnot json\n{\"user\":3,\"value\":30,\"ts\":300}\n",
+    )
+    .map_err(Error::user)?;
+    let (rows, dead) =
+        read(FileSource::new(path.to_str().unwrap_or_default())?.column("key", "user"))?;
+    assert_eq!(
+        rows,
+        vec![
+            Row {
+                key: 1,
+                value: 10,
+                ts: 100
+            },
+            Row {
+                key: 3,
+                value: 30,
+                ts: 300
+            }
+        ]
+    );
+    let lines: Vec<String> = dead
+        .iter()
+        .map(|d| d.record.split(": ").next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!("{}:3", path.display()),
+            format!("{}:4", path.display())
+        ]
+    );
+    Ok(())
+}
+
+#[test]
+fn parquet_round_trip_with_projection_and_rename() -> Result<()> {
+    #[derive(Serialize)]
+    struct Wide {
+        user_id: i64,
+        value: i64,
+        ts: i64,
+        comment: String,
+    }
+    let dir = tempfile::tempdir().map_err(Error::user)?;
+    let expected = rows(1_000, 0);
+    let wide: Vec<Wide> = expected
+        .iter()
+        .map(|r| Wide {
+            user_id: r.key,
+            value: r.value,
+            ts: r.ts,
+            comment: "ignored".into(),
+        })
+        .collect();
+    write_parquet(&dir.path().join("part-0.parquet"), &wide)?;
+    let (got, dead) =
+        read(FileSource::new(dir.path().to_str().unwrap_or_default())?.column("key", "user_id"))?;
+    assert!(dead.is_empty());
+    assert_eq!(got, expected);
+    Ok(())
+}
+
+#[test]
+fn parquet_null_timestamps_are_rejected_row_by_row() -> Result<()> {
+    #[derive(Serialize)]
+    struct Maybe {
+        key: i64,
+        value: i64,
+        ts: Option<i64>,
+    }
+    let dir = tempfile::tempdir().map_err(Error::user)?;
+    let path = dir.path().join("n.parquet");
+    let data: Vec<Maybe> = (0..10)
+        .map(|i| Maybe {
+            key: 0,
+            value: i,
+            ts: (i % 4 != 1).then_some(i),
+        })
+        .collect();
+    write_parquet(&path, &data)?;
+    let (got, dead) = read(FileSource::new(path.to_str().unwrap_or_default())?)?;
+    assert_eq!(
+        got.iter().map(|r| r.value).collect::<Vec<_>>(),
+        vec![0, 2, 3, 4, 6, 7, 8]
+    );
+    let where_: Vec<String> = dead.iter().map(|d| d.record.clone()).collect();
+    let p = path.display();
+    assert_eq!(
+        where_,
+        vec![
+            format!("{p}:2 (row)"),
+            format!("{p}:6 (row)"),
+            format!("{p}:10 (row)")
+        ]
+    );
+    assert_eq!(got.len() + dead.len(), 10, "every row is accounted for");
+    Ok(())
+}
+
+fn start_error(source: Result<FileSource<Row>>) -> String {
+    let source = match source {
+        Ok(s) => s,
+        Err(e) => return e.to_string(),
+    };
+    let job = Job::new().mode(ExecutionMode::Bounded);
+    job.source(source, WatermarkStrategy::none())
+        .sink(CollectSink::new());
+    match job.run() {
+        Ok(_) => "no error".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_files_fail_before_the_job_starts_naming_file_and_column() -> Result<()> {
+    let dir = tempfile::tempdir().map_err(Error::user)?;
+    let d = dir.path();
+    let missing = d.join("nothing-here.csv");
+    assert!(
+        start_error(FileSource::new(missing.to_str().unwrap_or_default()))
+            .contains("matches no file")
+    );
+
+    std::fs::write(d.join("empty.csv"), "").map_err(Error::user)?;
+    let e = start_error(FileSource::new(
+        d.join("empty.csv").to_str().unwrap_or_default(),
+    ));
+    assert!(e.contains("empty.csv is empty"), "{e}");
+
+    std::fs::write(d.join("nocol.csv"), "key,ts\n1,2\n").map_err(Error::user)?;
+    let e = start_error(FileSource::new(
+        d.join("nocol.csv").to_str().unwrap_or_default(),
+    ));
+    assert!(
+        e.contains("file_source.column 'value'") && e.contains("nocol.csv"),
+        "{e}"
+    );
+
+    std::fs::write(d.join("corrupt.parquet"), b"PAR1 this is not parquet").map_err(Error::user)?;
+    let e = start_error(FileSource::new(
+        d.join("corrupt.parquet").to_str().unwrap_or_default(),
+    ));
+    assert!(
+        e.contains("corrupt.parquet is not a readable Parquet file"),
+        "{e}"
+    );
+
+    #[derive(Serialize)]
+    struct Stringly {
+        key: i64,
+        value: String,
+        ts: i64,
+    }
+    write_parquet(
+        &d.join("types.parquet"),
+        &[Stringly {
+            key: 1,
+            value: "1".into(),
+            ts: 1,
+        }],
+    )?;
+    let e = start_error(FileSource::new(
+        d.join("types.parquet").to_str().unwrap_or_default(),
+    ));
+    assert!(
+        e.contains("file_source.column 'value'")
+            && e.contains("types.parquet")
+            && e.contains("Utf8"),
+        "{e}"
+    );
+
+    std::fs::write(d.join("notes.txt"), "hello").map_err(Error::user)?;
+    let e = start_error(FileSource::new(
+        d.join("notes.txt").to_str().unwrap_or_default(),
+    ));
+    assert!(
+        e.contains("cannot tell the format of") && e.contains("notes.txt"),
+        "{e}"
+    );
+    Ok(())
+}
+
+#[test]
+fn arrival_order_is_file_order_and_event_time_order_sorts_across_files() -> Result<()> {
+    let dir = tempfile::tempdir().map_err(Error::user)?;
+    // Hive-style partition folders; names order the files.
+    let (a, b) = (
+        dir.path().join("date=2026-11-20"),
+        dir.path().join("date=2026-11-21"),
+    );
+    std::fs::create_dir_all(&a).map_err(Error::user)?;
+    std::fs::create_dir_all(&b).map_err(Error::user)?;
+    let later = rows(50, 5);
+    let earlier = rows(50, 0);
+    write_parquet(&a.join("x.parquet"), &later)?;
+    std::fs::write(
+        b.join("y.jsonl"),
+        earlier
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap_or_default() + "\n")
+            .collect::<String>(),
+    )
+    .map_err(Error::user)?;
+    let pattern = dir.path().to_str().unwrap_or_default();
+    let (arrival, _) = read(FileSource::new(pattern)?)?;
+    assert_eq!(arrival, [later.clone(), earlier.clone()].concat());
+    let (by_time, _) =
+        read(FileSource::new(pattern)?.order(ReplayOrder::EventTime, |r: &Row| r.ts))?;
+    let mut expected = [later, earlier].concat();
+    expected.sort_by_key(|r| r.ts); // stable: ties keep file order
+    assert_eq!(by_time, expected);
+    let glob = format!("{}/*/*.parquet", dir.path().display());
+    assert_eq!(FileSource::<Row>::new(&glob)?.files().len(), 1);
+    let _keep: Arc<()> = Arc::new(());
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Replay from files: formats, bad input, orders.
+
+mod files;
