@@ -3,7 +3,6 @@
 //! arrival and event-time order.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tideline::connectors::file::{FileSource, ReplayOrder};
@@ -310,13 +309,15 @@ fn arrival_order_is_file_order_and_event_time_order_sorts_across_files() -> Resu
     let pattern = dir.path().to_str().unwrap_or_default();
     let (arrival, _) = read(FileSource::new(pattern)?)?;
     assert_eq!(arrival, [later.clone(), earlier.clone()].concat());
-    let (by_time, _) =
-        read(FileSource::new(pattern)?.order(ReplayOrder::EventTime, |r: &Row| r.ts))?;
+    let (by_time, _) = read(
+        FileSource::new(pattern)?
+            .event_time(|r: &Row| r.ts)
+            .order(ReplayOrder::EventTime),
+    )?;
     let mut expected = [later, earlier].concat();
     expected.sort_by_key(|r| r.ts); // stable: ties keep file order
     assert_eq!(by_time, expected);
     let glob = format!("{}/*/*.parquet", dir.path().display());
     assert_eq!(FileSource::<Row>::new(&glob)?.files().len(), 1);
-    let _keep: Arc<()> = Arc::new(());
     Ok(())
 }

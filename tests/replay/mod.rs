@@ -1,3 +1,4 @@
 //! Replay from files: formats, bad input, orders.
 
 mod files;
+mod same_logic;

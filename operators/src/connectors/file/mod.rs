@@ -21,10 +21,13 @@
 mod csv;
 mod jsonl;
 mod parquet;
+mod sink;
+
+pub use sink::{write_csv, CsvSink, JsonLinesSink, ParquetSink};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use tideline_engine::{
@@ -52,6 +55,19 @@ impl FileFormat {
             _ => None,
         }
     }
+}
+
+/// How fast a file source emits its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub enum Pacing {
+    /// As fast as the job can take them.
+    #[default]
+    AsFastAsPossible,
+    /// At most this many records per second (the job's clock).
+    RecordsPerSecond(f64),
+    /// Event time replayed `factor` times faster than it passed (needs
+    /// [`FileSource::event_time`]); `60.0` replays an hour per minute.
+    Speed(f64),
 }
 
 /// In which order a file source emits its rows.
@@ -163,9 +179,9 @@ pub struct FileSource<T> {
     format: Option<FileFormat>,
     mapping: Vec<(String, String)>,
     order: ReplayOrder,
-    sort_key: Option<SortKey<T>>,
+    event_time: Option<SortKey<T>>,
+    pacing: Pacing,
     batch_rows: usize,
-    opened: Mutex<bool>,
 }
 
 impl<T> fmt::Debug for FileSource<T> {
@@ -253,9 +269,9 @@ impl<T: Data + DeserializeOwned> FileSource<T> {
             format: None,
             mapping: Vec::new(),
             order: ReplayOrder::Arrival,
-            sort_key: None,
+            event_time: None,
+            pacing: Pacing::AsFastAsPossible,
             batch_rows: 8_192,
-            opened: Mutex::new(false),
         })
     }
 
@@ -277,15 +293,35 @@ impl<T: Data + DeserializeOwned> FileSource<T> {
         self
     }
 
-    /// Emits rows in `order`; `event_time` gives each record's time (ms) for sorting.
-    pub fn order(
-        mut self,
-        order: ReplayOrder,
-        event_time: impl Fn(&T) -> i64 + Send + Sync + 'static,
-    ) -> Self {
-        self.order = order;
-        self.sort_key = Some(Arc::new(event_time));
+    /// Each record's event time (ms), for event-time order and speed pacing.
+    pub fn event_time(mut self, event_time: impl Fn(&T) -> i64 + Send + Sync + 'static) -> Self {
+        self.event_time = Some(Arc::new(event_time));
         self
+    }
+
+    /// Emits rows in `order` (event-time order needs [`FileSource::event_time`]).
+    pub fn order(mut self, order: ReplayOrder) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// Paces the replay (default: as fast as possible).
+    pub fn pace(mut self, pacing: Pacing) -> Self {
+        self.pacing = pacing;
+        self
+    }
+
+    /// The number of rows, when the files say it without being read (Parquet
+    /// metadata); `None` if any file is CSV or JSON lines.
+    pub fn total_rows_hint(&self) -> Option<u64> {
+        let mut total = 0u64;
+        for path in &self.files {
+            if self.format_of(path).ok()? != FileFormat::Parquet {
+                return None;
+            }
+            total += parquet::row_count(path).ok()?;
+        }
+        Some(total)
     }
 
     fn columns(&self) -> Columns {
@@ -342,16 +378,28 @@ impl<T: Data + DeserializeOwned + Sync> Source<T> for FileSource<T> {
     fn create_reader(
         &self,
         _partition: usize,
-        _ctx: &ReaderContext,
+        ctx: &ReaderContext,
     ) -> Result<Box<dyn SourceReader<T>>> {
-        if self.order == ReplayOrder::EventTime && self.sort_key.is_none() {
+        if self.order == ReplayOrder::EventTime && self.event_time.is_none() {
             return Err(Error::config(
                 "file_source.order",
                 "event-time order needs an event-time function",
             ));
         }
-        if let Ok(mut opened) = self.opened.lock() {
-            *opened = true;
+        match self.pacing {
+            Pacing::Speed(_) if self.event_time.is_none() => {
+                return Err(Error::config(
+                    "file_source.pace",
+                    "speed pacing needs an event-time function",
+                ))
+            }
+            Pacing::Speed(r) | Pacing::RecordsPerSecond(r) if !(r.is_finite() && r > 0.0) => {
+                return Err(Error::config(
+                    "file_source.pace",
+                    format!("{r} is not a positive number"),
+                ))
+            }
+            _ => {}
         }
         let columns = self.columns();
         // Open every file now: bad paths, formats and schemas fail before the job starts.
@@ -361,14 +409,85 @@ impl<T: Data + DeserializeOwned + Sync> Source<T> for FileSource<T> {
             let rows = open_rows::<T>(path, format, &columns, self.batch_rows)?;
             files.push(rows);
         }
-        Ok(Box::new(FileReader {
+        let reader = FileReader {
             files: files.into_iter().collect(),
             sorted: None,
             sort_key: match self.order {
                 ReplayOrder::Arrival => None,
-                ReplayOrder::EventTime => self.sort_key.clone(),
+                ReplayOrder::EventTime => self.event_time.clone(),
             },
-        }))
+        };
+        Ok(match self.pacing {
+            Pacing::AsFastAsPossible => Box::new(reader),
+            pacing => Box::new(Paced {
+                inner: reader,
+                pacing,
+                event_time: self.event_time.clone(),
+                clock: Arc::clone(&ctx.clock),
+                held: std::collections::VecDeque::new(),
+                finished: false,
+                started: None,
+                emitted: 0,
+            }),
+        })
+    }
+}
+
+/// Holds records back until the pacing allows them.
+struct Paced<T> {
+    inner: FileReader<T>,
+    pacing: Pacing,
+    event_time: Option<SortKey<T>>,
+    clock: Arc<dyn tideline_engine::time::Clock>,
+    held: std::collections::VecDeque<Record<T>>,
+    finished: bool,
+    /// `(processing time, first event time)` when the first record went out.
+    started: Option<(i64, i64)>,
+    emitted: u64,
+}
+
+impl<T: Data> SourceReader<T> for Paced<T> {
+    fn poll(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus> {
+        if self.held.is_empty() && !self.finished {
+            let mut chunk = SourceOutput::new(out.remaining().max(1));
+            self.finished = self.inner.poll(&mut chunk)? == SourceStatus::Finished;
+            self.held.extend(chunk.take_records());
+            for (reason, record) in chunk.take_rejected() {
+                out.dead_letter(reason, record);
+            }
+        }
+        let now = self.clock.now_millis();
+        while out.remaining() > 0 {
+            let Some(next) = self.held.front() else {
+                break;
+            };
+            let event = self.event_time.as_ref().map_or(0, |f| f(&next.value));
+            let (start, first_event) = *self.started.get_or_insert((now, event));
+            let allowed = match self.pacing {
+                Pacing::RecordsPerSecond(rate) => {
+                    ((now - start) as f64 * rate / 1000.0) as u64 + 1 > self.emitted
+                }
+                Pacing::Speed(factor) => {
+                    ((event - first_event) as f64 / factor) as i64 <= now - start
+                }
+                Pacing::AsFastAsPossible => true,
+            };
+            if !allowed {
+                break;
+            }
+            if let Some(record) = self.held.pop_front() {
+                out.push(record);
+                self.emitted += 1;
+            }
+        }
+        Ok(
+            match (self.finished && self.held.is_empty(), out.remaining() == 0) {
+                (true, _) => SourceStatus::Finished,
+                (false, true) => SourceStatus::Ready,
+                // Nothing more is allowed yet.
+                (false, false) => SourceStatus::Pending,
+            },
+        )
     }
 }
 

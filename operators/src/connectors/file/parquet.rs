@@ -16,6 +16,17 @@ use tideline_engine::{Data, Error, Record, Result, SourceOutput};
 use super::csv::open_file;
 use super::{location, Columns, FileRows};
 
+/// The number of rows in a Parquet file, from its metadata.
+pub(crate) fn row_count(path: &Path) -> Result<u64> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(open_file(path)?).map_err(|e| {
+        Error::config(
+            "file_source.input",
+            format!("{} is not a readable Parquet file: {e}", path.display()),
+        )
+    })?;
+    Ok(u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0))
+}
+
 pub(crate) struct ParquetRows<T> {
     path: PathBuf,
     reader: ParquetRecordBatchReader,
