@@ -21,6 +21,7 @@
 mod csv;
 mod jsonl;
 mod parquet;
+mod reader;
 mod sink;
 
 pub use sink::{write_csv, CsvSink, JsonLinesSink, ParquetSink};
@@ -30,9 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use tideline_engine::{
-    Data, Error, ReaderContext, Record, Result, Source, SourceOutput, SourceReader, SourceStatus,
-};
+use serde::Serialize;
+use tideline_engine::{Data, Error, ReaderContext, Result, Source, SourceOutput, SourceReader};
 
 /// A file format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,33 +144,40 @@ pub(crate) trait FileRows<T>: Send {
     fn read(&mut self, out: &mut SourceOutput<T>) -> Result<bool>;
 }
 
+/// A time range to prune Parquet row groups with: `(column, start, end)`.
+pub(crate) type Prune<'a> = Option<(&'a str, i64, i64)>;
+
 fn open_rows<T: Data + DeserializeOwned>(
     path: &Path,
     format: FileFormat,
     columns: &Columns,
     batch_rows: usize,
+    prune: Prune<'_>,
 ) -> Result<Box<dyn FileRows<T>>> {
     Ok(match format {
         FileFormat::Csv => Box::new(csv::CsvRows::open(path, columns)?),
         FileFormat::JsonLines => Box::new(jsonl::JsonRows::open(path, columns)?),
-        FileFormat::Parquet => Box::new(parquet::ParquetRows::open(path, columns, batch_rows)?),
+        FileFormat::Parquet => Box::new(parquet::ParquetRows::open(
+            path, columns, batch_rows, prune,
+        )?),
     })
 }
 
-type SortKey<T> = Arc<dyn Fn(&T) -> i64 + Send + Sync>;
+pub(crate) type SortKey<T> = Arc<dyn Fn(&T) -> i64 + Send + Sync>;
 
 /// A bounded source over files; see the [module docs](self).
 ///
 /// ```no_run
-/// use serde::Deserialize;
+/// use serde::{Deserialize, Serialize};
 /// use tideline_operators::connectors::file::{FileSource, ReplayOrder};
 ///
-/// #[derive(Clone, Debug, Deserialize)]
+/// #[derive(Clone, Debug, Serialize, Deserialize)]
 /// struct Click { user: i64, ts: i64 }
 ///
 /// let clicks = FileSource::<Click>::new("data/clicks/*.parquet")?
 ///     .column("user", "user_id")
-///     .order(ReplayOrder::EventTime, |c| c.ts);
+///     .event_time(|c| c.ts)
+///     .order(ReplayOrder::EventTime);
 /// # Ok::<(), tideline_engine::Error>(())
 /// ```
 pub struct FileSource<T> {
@@ -182,6 +189,10 @@ pub struct FileSource<T> {
     event_time: Option<SortKey<T>>,
     pacing: Pacing,
     batch_rows: usize,
+    /// `[start, end)` of event time to keep, and the field holding it.
+    range: Option<(String, i64, i64)>,
+    /// Rows sorted in memory before sorted runs spill to disk.
+    sort_memory_rows: usize,
 }
 
 impl<T> fmt::Debug for FileSource<T> {
@@ -272,6 +283,8 @@ impl<T: Data + DeserializeOwned> FileSource<T> {
             event_time: None,
             pacing: Pacing::AsFastAsPossible,
             batch_rows: 8_192,
+            range: None,
+            sort_memory_rows: 10_000_000,
         })
     }
 
@@ -305,10 +318,46 @@ impl<T: Data + DeserializeOwned> FileSource<T> {
         self
     }
 
+    /// Keeps only records whose event time (field `field`, milliseconds) is
+    /// in `[start, end)`. Parquet row groups whose statistics show no row in
+    /// the range are not read at all. Needs [`FileSource::event_time`].
+    pub fn time_range(mut self, field: &str, start: i64, end: i64) -> Self {
+        self.range = Some((field.to_string(), start, end));
+        self
+    }
+
+    /// In event-time order, how many rows are sorted in memory before
+    /// sorted runs spill to temporary files (default 10 million).
+    pub fn sort_memory_rows(mut self, rows: usize) -> Self {
+        self.sort_memory_rows = rows.max(1);
+        self
+    }
+
     /// Paces the replay (default: as fast as possible).
     pub fn pace(mut self, pacing: Pacing) -> Self {
         self.pacing = pacing;
         self
+    }
+
+    /// Per Parquet file, `(row groups to read, row groups in the file)` given
+    /// the time range: what pruning saves.
+    ///
+    /// # Errors
+    /// When a file cannot be read as Parquet.
+    pub fn row_group_plan(&self) -> Result<Vec<(PathBuf, usize, usize)>> {
+        let columns = self.columns();
+        let mut plan = Vec::new();
+        for path in &self.files {
+            if self.format_of(path)? == FileFormat::Parquet {
+                let prune = self
+                    .range
+                    .as_ref()
+                    .map(|(field, start, end)| (columns.column_of(field), *start, *end));
+                let (kept, total) = parquet::row_groups(path, prune)?;
+                plan.push((path.clone(), kept.len(), total));
+            }
+        }
+        Ok(plan)
     }
 
     /// The number of rows, when the files say it without being read (Parquet
@@ -362,7 +411,7 @@ impl<T: Data + DeserializeOwned> FileSource<T> {
     }
 }
 
-impl<T: Data + DeserializeOwned + Sync> Source<T> for FileSource<T> {
+impl<T: Data + Serialize + DeserializeOwned + Sync> Source<T> for FileSource<T> {
     fn name(&self) -> &str {
         "file_source"
     }
@@ -406,20 +455,37 @@ impl<T: Data + DeserializeOwned + Sync> Source<T> for FileSource<T> {
         let mut files = Vec::with_capacity(self.files.len());
         for path in &self.files {
             let format = self.format_of(path)?;
-            let rows = open_rows::<T>(path, format, &columns, self.batch_rows)?;
+            let prune = self
+                .range
+                .as_ref()
+                .map(|(field, start, end)| (columns.column_of(field), *start, *end));
+            let rows = open_rows::<T>(path, format, &columns, self.batch_rows, prune)?;
             files.push(rows);
         }
-        let reader = FileReader {
-            files: files.into_iter().collect(),
-            sorted: None,
-            sort_key: match self.order {
-                ReplayOrder::Arrival => None,
-                ReplayOrder::EventTime => self.event_time.clone(),
+        if self.range.is_some() && self.event_time.is_none() {
+            return Err(Error::config(
+                "file_source.time_range",
+                "a time range needs an event-time function",
+            ));
+        }
+        let files = reader::Files {
+            files: files.into(),
+            range: match (&self.range, &self.event_time) {
+                (Some((_, start, end)), Some(time)) => Some((*start, *end, Arc::clone(time))),
+                _ => None,
             },
         };
+        let sort = match self.order {
+            ReplayOrder::Arrival => None,
+            ReplayOrder::EventTime => self
+                .event_time
+                .clone()
+                .map(|key| (key, self.sort_memory_rows)),
+        };
+        let reader = reader::FileReader::new(files, sort);
         Ok(match self.pacing {
             Pacing::AsFastAsPossible => Box::new(reader),
-            pacing => Box::new(Paced {
+            pacing => Box::new(reader::Paced {
                 inner: reader,
                 pacing,
                 event_time: self.event_time.clone(),
@@ -429,128 +495,6 @@ impl<T: Data + DeserializeOwned + Sync> Source<T> for FileSource<T> {
                 started: None,
                 emitted: 0,
             }),
-        })
-    }
-}
-
-/// Holds records back until the pacing allows them.
-struct Paced<T> {
-    inner: FileReader<T>,
-    pacing: Pacing,
-    event_time: Option<SortKey<T>>,
-    clock: Arc<dyn tideline_engine::time::Clock>,
-    held: std::collections::VecDeque<Record<T>>,
-    finished: bool,
-    /// `(processing time, first event time)` when the first record went out.
-    started: Option<(i64, i64)>,
-    emitted: u64,
-}
-
-impl<T: Data> SourceReader<T> for Paced<T> {
-    fn poll(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus> {
-        if self.held.is_empty() && !self.finished {
-            let mut chunk = SourceOutput::new(out.remaining().max(1));
-            self.finished = self.inner.poll(&mut chunk)? == SourceStatus::Finished;
-            self.held.extend(chunk.take_records());
-            for (reason, record) in chunk.take_rejected() {
-                out.dead_letter(reason, record);
-            }
-        }
-        let now = self.clock.now_millis();
-        while out.remaining() > 0 {
-            let Some(next) = self.held.front() else {
-                break;
-            };
-            let event = self.event_time.as_ref().map_or(0, |f| f(&next.value));
-            let (start, first_event) = *self.started.get_or_insert((now, event));
-            let allowed = match self.pacing {
-                Pacing::RecordsPerSecond(rate) => {
-                    ((now - start) as f64 * rate / 1000.0) as u64 + 1 > self.emitted
-                }
-                Pacing::Speed(factor) => {
-                    ((event - first_event) as f64 / factor) as i64 <= now - start
-                }
-                Pacing::AsFastAsPossible => true,
-            };
-            if !allowed {
-                break;
-            }
-            if let Some(record) = self.held.pop_front() {
-                out.push(record);
-                self.emitted += 1;
-            }
-        }
-        Ok(
-            match (self.finished && self.held.is_empty(), out.remaining() == 0) {
-                (true, _) => SourceStatus::Finished,
-                (false, true) => SourceStatus::Ready,
-                // Nothing more is allowed yet.
-                (false, false) => SourceStatus::Pending,
-            },
-        )
-    }
-}
-
-struct FileReader<T> {
-    files: std::collections::VecDeque<Box<dyn FileRows<T>>>,
-    /// Event-time order: every row, sorted, emitted from the back.
-    sorted: Option<Vec<Record<T>>>,
-    sort_key: Option<SortKey<T>>,
-}
-
-impl<T: Data> FileReader<T> {
-    fn read_arrival(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus> {
-        while out.remaining() > 0 {
-            let Some(file) = self.files.front_mut() else {
-                return Ok(SourceStatus::Finished);
-            };
-            if !file.read(out)? {
-                self.files.pop_front();
-            }
-        }
-        Ok(if self.files.is_empty() {
-            SourceStatus::Finished
-        } else {
-            SourceStatus::Ready
-        })
-    }
-}
-
-impl<T: Data> SourceReader<T> for FileReader<T> {
-    fn poll(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus> {
-        let Some(key) = self.sort_key.clone() else {
-            return self.read_arrival(out);
-        };
-        if self.sorted.is_none() {
-            // Read everything (dead letters go out as they are found), then sort.
-            let mut all = Vec::new();
-            let mut chunk = SourceOutput::new(8_192);
-            while !self.files.is_empty() {
-                self.read_arrival(&mut chunk)?;
-                all.append(&mut chunk.take_records());
-                for (reason, record) in chunk.take_rejected() {
-                    out.dead_letter(reason, record);
-                }
-            }
-            // Stable, so rows with equal times keep their file order; reversed
-            // so that emitting pops from the end in that same order.
-            all.sort_by_key(|r| key(&r.value));
-            all.reverse();
-            self.sorted = Some(all);
-        }
-        let Some(sorted) = self.sorted.as_mut() else {
-            return Ok(SourceStatus::Finished);
-        };
-        while out.remaining() > 0 {
-            match sorted.pop() {
-                Some(r) => out.push(r),
-                None => return Ok(SourceStatus::Finished),
-            }
-        }
-        Ok(if sorted.is_empty() {
-            SourceStatus::Finished
-        } else {
-            SourceStatus::Ready
         })
     }
 }

@@ -14,7 +14,9 @@ use serde::de::DeserializeOwned;
 use tideline_engine::{Data, Error, Record, Result, SourceOutput};
 
 use super::csv::open_file;
-use super::{location, Columns, FileRows};
+use parquet::file::statistics::Statistics;
+
+use super::{location, Columns, FileRows, Prune};
 
 /// The number of rows in a Parquet file, from its metadata.
 pub(crate) fn row_count(path: &Path) -> Result<u64> {
@@ -68,8 +70,56 @@ fn compatible(file: Kind, field: Kind) -> bool {
         || (file == Kind::Int && field == Kind::Float)
 }
 
+/// The row groups of `path` that may hold rows in the time range (all of
+/// them without a range, or without statistics), and how many there are.
+pub(crate) fn row_groups(path: &Path, prune: Prune<'_>) -> Result<(Vec<usize>, usize)> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(open_file(path)?).map_err(|e| {
+        Error::config(
+            "file_source.input",
+            format!("{} is not a readable Parquet file: {e}", path.display()),
+        )
+    })?;
+    Ok(prunable(&builder, prune))
+}
+
+fn prunable<R>(
+    builder: &parquet::arrow::arrow_reader::ArrowReaderBuilder<R>,
+    prune: Prune<'_>,
+) -> (Vec<usize>, usize) {
+    let metadata = builder.metadata();
+    let total = metadata.num_row_groups();
+    let Some((column, start, end)) = prune else {
+        return ((0..total).collect(), total);
+    };
+    let index = metadata
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.path().parts() == [column.to_string()]);
+    let kept = (0..total)
+        .filter(|&g| {
+            let stats = index.and_then(|i| metadata.row_group(g).column(i).statistics());
+            match stats {
+                // Keep the group unless its [min, max] misses [start, end).
+                Some(Statistics::Int64(s)) => match (s.min_opt(), s.max_opt()) {
+                    (Some(min), Some(max)) => *max >= start && *min < end,
+                    _ => true,
+                },
+                _ => true,
+            }
+        })
+        .collect();
+    (kept, total)
+}
+
 impl<T: Data + DeserializeOwned> ParquetRows<T> {
-    pub(crate) fn open(path: &Path, columns: &Columns, batch_rows: usize) -> Result<Self> {
+    pub(crate) fn open(
+        path: &Path,
+        columns: &Columns,
+        batch_rows: usize,
+        prune: Prune<'_>,
+    ) -> Result<Self> {
         let builder = ParquetRecordBatchReaderBuilder::try_new(open_file(path)?).map_err(|e| {
             Error::config(
                 "file_source.input",
@@ -109,7 +159,9 @@ impl<T: Data + DeserializeOwned> ParquetRows<T> {
         }
         let mask =
             ProjectionMask::columns(builder.parquet_schema(), needed.iter().map(String::as_str));
+        let (row_groups, _) = prunable(&builder, prune);
         let reader = builder
+            .with_row_groups(row_groups)
             .with_projection(mask)
             .with_batch_size(batch_rows.max(1))
             .build()

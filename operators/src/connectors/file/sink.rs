@@ -194,9 +194,13 @@ impl<T: Data + Serialize> Sink<T> for JsonLinesSink<T> {
     }
 }
 
+/// The Arrow writer (made at the first batch, which gives the schema) and
+/// the record fields it was made for.
+type ParquetState = (Option<ArrowWriter<File>>, Vec<FieldRef>);
+
 /// Writes records to a Parquet file (schema from the records' serde form).
 pub struct ParquetSink<T> {
-    shared: Arc<Shared<(Option<ArrowWriter<File>>, Vec<FieldRef>)>>,
+    shared: Arc<Shared<ParquetState>>,
     _type: std::marker::PhantomData<fn(T)>,
 }
 

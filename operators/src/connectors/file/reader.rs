@@ -1,0 +1,296 @@
+//! The reader behind a [`FileSource`](super::FileSource): files in order,
+//! the time-range filter, event-time sorting (spilling sorted runs to disk
+//! beyond a row budget, then merging them), and pacing.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io::{BufRead, BufReader, BufWriter, Lines, Write};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tideline_engine::time::Clock;
+use tideline_engine::{Data, Error, Record, Result, SourceOutput, SourceReader, SourceStatus};
+
+use super::{FileRows, Pacing, SortKey};
+
+/// Reads the files one after the other, keeping records in the time range.
+pub(crate) struct Files<T> {
+    pub(crate) files: VecDeque<Box<dyn FileRows<T>>>,
+    /// `[start, end)` in ms, with the record's event time.
+    pub(crate) range: Option<(i64, i64, SortKey<T>)>,
+}
+
+impl<T: Data> Files<T> {
+    fn read(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus> {
+        let Some((start, end, time)) = &self.range else {
+            return self.read_all(out);
+        };
+        let (start, end, time) = (*start, *end, Arc::clone(time));
+        let mut chunk = SourceOutput::new(out.remaining().max(1));
+        let status = self.read_all(&mut chunk)?;
+        for r in chunk.take_records() {
+            if (start..end).contains(&time(&r.value)) {
+                out.push(r);
+            }
+        }
+        for (reason, record) in chunk.take_rejected() {
+            out.dead_letter(reason, record);
+        }
+        Ok(status)
+    }
+
+    fn read_all(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus> {
+        while out.remaining() > 0 {
+            let Some(file) = self.files.front_mut() else {
+                return Ok(SourceStatus::Finished);
+            };
+            if !file.read(out)? {
+                self.files.pop_front();
+            }
+        }
+        Ok(if self.files.is_empty() {
+            SourceStatus::Finished
+        } else {
+            SourceStatus::Ready
+        })
+    }
+}
+
+/// A sorted run spilled to disk, read back one record at a time.
+struct Run<T> {
+    lines: Lines<BufReader<std::fs::File>>,
+    _file: tempfile::TempPath,
+    _type: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Run<T> {
+    fn next(&mut self) -> Result<Option<T>> {
+        match self.lines.next() {
+            None => Ok(None),
+            Some(line) => {
+                let line =
+                    line.map_err(|e| Error::Internal(format!("reading a sort spill file: {e}")))?;
+                serde_json::from_str(&line)
+                    .map(Some)
+                    .map_err(|e| Error::Internal(format!("reading a sort spill file: {e}")))
+            }
+        }
+    }
+}
+
+fn spill<T: Serialize>(rows: &[Record<T>]) -> Result<tempfile::TempPath> {
+    let failed = |e: &dyn std::fmt::Display| {
+        Error::user(format!("spilling sorted rows to a temporary file: {e}"))
+    };
+    let file = tempfile::NamedTempFile::new().map_err(|e| failed(&e))?;
+    let (file, path) = file.into_parts();
+    let mut writer = BufWriter::new(file);
+    for r in rows {
+        serde_json::to_writer(&mut writer, &r.value).map_err(|e| failed(&e))?;
+        writer.write_all(b"\n").map_err(|e| failed(&e))?;
+    }
+    writer.flush().map_err(|e| failed(&e))?;
+    Ok(path)
+}
+
+/// Event-time order: everything read and sorted; in memory while it fits
+/// the budget, else sorted runs on disk merged on the way out.
+enum Sorted<T> {
+    Memory(Vec<Record<T>>),
+    Merge {
+        runs: Vec<Run<T>>,
+        /// `(time, run, sequence)`: ties go to the earlier run, so the merge is stable.
+        heads: BinaryHeap<Reverse<(i64, usize, u64)>>,
+        pending: Vec<Option<T>>,
+        sequence: u64,
+    },
+}
+
+pub(crate) struct FileReader<T> {
+    pub(crate) files: Files<T>,
+    pub(crate) sort: Option<(SortKey<T>, usize)>,
+    sorted: Option<Sorted<T>>,
+}
+
+impl<T: Data + Serialize + DeserializeOwned> FileReader<T> {
+    pub(crate) fn new(files: Files<T>, sort: Option<(SortKey<T>, usize)>) -> Self {
+        Self {
+            files,
+            sort,
+            sorted: None,
+        }
+    }
+
+    fn sort_all(
+        &mut self,
+        key: &SortKey<T>,
+        budget: usize,
+        out: &mut SourceOutput<T>,
+    ) -> Result<Sorted<T>> {
+        let mut buffer: Vec<Record<T>> = Vec::new();
+        let mut spilled = Vec::new();
+        let mut chunk = SourceOutput::new(8_192);
+        loop {
+            let status = self.files.read(&mut chunk)?;
+            buffer.append(&mut chunk.take_records());
+            // Dead letters go out as they are found.
+            for (reason, record) in chunk.take_rejected() {
+                out.dead_letter(reason, record);
+            }
+            let done = status == SourceStatus::Finished;
+            if buffer.len() >= budget.max(1) || (done && !spilled.is_empty()) {
+                // Stable: equal times keep their file order.
+                buffer.sort_by_key(|r| key(&r.value));
+                spilled.push(spill(&buffer)?);
+                buffer.clear();
+            }
+            if done {
+                break;
+            }
+        }
+        if spilled.is_empty() {
+            buffer.sort_by_key(|r| key(&r.value));
+            buffer.reverse(); // emitted by popping from the end
+            return Ok(Sorted::Memory(buffer));
+        }
+        let mut runs = Vec::with_capacity(spilled.len());
+        for path in spilled {
+            let file = std::fs::File::open(&path)
+                .map_err(|e| Error::user(format!("reopening a sort spill file: {e}")))?;
+            runs.push(Run {
+                lines: BufReader::new(file).lines(),
+                _file: path,
+                _type: std::marker::PhantomData,
+            });
+        }
+        let mut heads = BinaryHeap::new();
+        let mut pending = Vec::with_capacity(runs.len());
+        let mut sequence = 0;
+        for (i, run) in runs.iter_mut().enumerate() {
+            let first = run.next()?;
+            if let Some(v) = &first {
+                heads.push(Reverse((key(v), i, sequence)));
+                sequence += 1;
+            }
+            pending.push(first);
+        }
+        Ok(Sorted::Merge {
+            runs,
+            heads,
+            pending,
+            sequence,
+        })
+    }
+}
+
+impl<T: Data + Serialize + DeserializeOwned> SourceReader<T> for FileReader<T> {
+    fn poll(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus> {
+        let Some((key, budget)) = self.sort.clone() else {
+            return self.files.read(out);
+        };
+        if self.sorted.is_none() {
+            self.sorted = Some(self.sort_all(&key, budget, out)?);
+        }
+        match self.sorted.as_mut() {
+            None => Ok(SourceStatus::Finished),
+            Some(Sorted::Memory(rows)) => {
+                while out.remaining() > 0 {
+                    match rows.pop() {
+                        Some(r) => out.push(r),
+                        None => return Ok(SourceStatus::Finished),
+                    }
+                }
+                Ok(if rows.is_empty() {
+                    SourceStatus::Finished
+                } else {
+                    SourceStatus::Ready
+                })
+            }
+            Some(Sorted::Merge {
+                runs,
+                heads,
+                pending,
+                sequence,
+            }) => {
+                while out.remaining() > 0 {
+                    let Some(Reverse((_, run, _))) = heads.pop() else {
+                        return Ok(SourceStatus::Finished);
+                    };
+                    if let Some(value) = pending[run].take() {
+                        out.push(Record::untimed(value));
+                    }
+                    let next = runs[run].next()?;
+                    if let Some(v) = &next {
+                        heads.push(Reverse((key(v), run, *sequence)));
+                        *sequence += 1;
+                    }
+                    pending[run] = next;
+                }
+                Ok(if heads.is_empty() {
+                    SourceStatus::Finished
+                } else {
+                    SourceStatus::Ready
+                })
+            }
+        }
+    }
+}
+
+/// Holds records back until the pacing allows them.
+pub(crate) struct Paced<R, T> {
+    pub(crate) inner: R,
+    pub(crate) pacing: Pacing,
+    pub(crate) event_time: Option<SortKey<T>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) held: VecDeque<Record<T>>,
+    pub(crate) finished: bool,
+    /// `(processing time, first event time)` when the first record went out.
+    pub(crate) started: Option<(i64, i64)>,
+    pub(crate) emitted: u64,
+}
+
+impl<R: SourceReader<T>, T: Data> SourceReader<T> for Paced<R, T> {
+    fn poll(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus> {
+        if self.held.is_empty() && !self.finished {
+            let mut chunk = SourceOutput::new(out.remaining().max(1));
+            self.finished = self.inner.poll(&mut chunk)? == SourceStatus::Finished;
+            self.held.extend(chunk.take_records());
+            for (reason, record) in chunk.take_rejected() {
+                out.dead_letter(reason, record);
+            }
+        }
+        let now = self.clock.now_millis();
+        while out.remaining() > 0 {
+            let Some(next) = self.held.front() else {
+                break;
+            };
+            let event = self.event_time.as_ref().map_or(0, |f| f(&next.value));
+            let (start, first_event) = *self.started.get_or_insert((now, event));
+            let allowed = match self.pacing {
+                Pacing::RecordsPerSecond(rate) => {
+                    ((now - start) as f64 * rate / 1000.0) as u64 + 1 > self.emitted
+                }
+                Pacing::Speed(factor) => {
+                    ((event - first_event) as f64 / factor) as i64 <= now - start
+                }
+                Pacing::AsFastAsPossible => true,
+            };
+            if !allowed {
+                break;
+            }
+            if let Some(record) = self.held.pop_front() {
+                out.push(record);
+                self.emitted += 1;
+            }
+        }
+        Ok(
+            match (self.finished && self.held.is_empty(), out.remaining() == 0) {
+                (true, _) => SourceStatus::Finished,
+                (false, true) => SourceStatus::Ready,
+                // Nothing more is allowed yet.
+                (false, false) => SourceStatus::Pending,
+            },
+        )
+    }
+}
