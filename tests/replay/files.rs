@@ -416,3 +416,81 @@ fn event_time_sort_spills_to_disk_and_merges_stably() -> Result<()> {
     assert_eq!(spilled, expected);
     Ok(())
 }
+
+#[test]
+fn hive_partition_directories_fill_fields_and_partitioned_sinks_write_them() -> Result<()> {
+    use tideline::connectors::file::PartitionedParquetSink;
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+    struct Dated {
+        date: String,
+        hour: i64,
+        value: i64,
+    }
+    #[derive(Serialize)]
+    struct ValueOnly {
+        value: i64,
+    }
+    let dir = tempfile::tempdir().map_err(Error::user)?;
+    let d = dir.path();
+    for sub in [
+        "date=2026-11-20/hour=13",
+        "date=2026-11-21/hour=7",
+        "date=2026-11-22/hour=0",
+    ] {
+        std::fs::create_dir_all(d.join(sub)).map_err(Error::user)?;
+    }
+    std::fs::write(d.join("date=2026-11-20/hour=13/a.csv"), "value\n1\n2\n")
+        .map_err(Error::user)?;
+    std::fs::write(d.join("date=2026-11-21/hour=7/b.jsonl"), "{\"value\":3}\n")
+        .map_err(Error::user)?;
+    write_parquet(
+        &d.join("date=2026-11-22/hour=0/c.parquet"),
+        &[ValueOnly { value: 4 }],
+    )?;
+    let job = Job::new().mode(ExecutionMode::Bounded);
+    let out = CollectSink::new();
+    job.source(
+        FileSource::<Dated>::new(d.to_str().unwrap_or_default())?,
+        WatermarkStrategy::none(),
+    )
+    .sink(out.clone());
+    job.run()?;
+    let dated = |date: &str, hour, value| Dated {
+        date: date.into(),
+        hour,
+        value,
+    };
+    assert_eq!(
+        out.values(),
+        vec![
+            dated("2026-11-20", 13, 1),
+            dated("2026-11-20", 13, 2),
+            dated("2026-11-21", 7, 3),
+            dated("2026-11-22", 0, 4)
+        ]
+    );
+
+    // A partitioned sink writes date=/hour= folders that the source reads back.
+    let written = tempfile::tempdir().map_err(Error::user)?;
+    let rows_in = rows(100, 1_763_640_000_000); // 2025-11-20T12:00Z onwards, 10 ms apart
+    let job = Job::new().mode(ExecutionMode::Bounded).parallelism(2);
+    job.source(
+        VecSource::new(rows_in.clone()).with_partitions(2),
+        WatermarkStrategy::none(),
+    )
+    .sink(PartitionedParquetSink::new(written.path(), |r: &Row| {
+        PartitionedParquetSink::<Row>::date_hour(r.ts)
+    }));
+    job.run()?;
+    let file = written.path().join("date=2025-11-20/hour=12/part.parquet");
+    assert!(file.is_file(), "{}", file.display());
+    let (mut back, dead) = read(FileSource::new(
+        written.path().to_str().unwrap_or_default(),
+    )?)?;
+    back.sort();
+    let mut expected = rows_in;
+    expected.sort();
+    assert!(dead.is_empty());
+    assert_eq!(back, expected);
+    Ok(())
+}

@@ -16,6 +16,8 @@ pub(crate) struct CsvRows<T> {
     reader: csv::Reader<BufReader<File>>,
     /// The header with columns renamed to the fields they fill.
     fields: StringRecord,
+    /// Values of partition columns, appended to every row.
+    partition: Vec<String>,
     record: StringRecord,
     _type: PhantomData<fn() -> T>,
 }
@@ -51,14 +53,20 @@ impl<T: Data + DeserializeOwned> CsvRows<T> {
         }
         let available: Vec<String> = header.iter().map(str::to_string).collect();
         columns.check_present(path, &available)?;
-        let fields = header
+        let mut fields: StringRecord = header
             .iter()
             .map(|c| columns.field_of(c).unwrap_or(c))
             .collect();
+        let mut partition = Vec::new();
+        for (field, value) in columns.partition_fields() {
+            fields.push_field(field);
+            partition.push(value.to_string());
+        }
         Ok(Self {
             path: path.to_path_buf(),
             reader,
             fields,
+            partition,
             record: StringRecord::new(),
             _type: PhantomData,
         })
@@ -72,6 +80,9 @@ impl<T: Data + DeserializeOwned> FileRows<T> for CsvRows<T> {
                 Ok(false) => return Ok(false),
                 Ok(true) => {
                     let line = self.record.position().map_or(0, csv::Position::line);
+                    for value in &self.partition {
+                        self.record.push_field(value);
+                    }
                     match self.record.deserialize::<T>(Some(&self.fields)) {
                         Ok(value) => out.push(Record::untimed(value)),
                         Err(e) => out.dead_letter(

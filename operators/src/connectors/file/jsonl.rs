@@ -19,6 +19,8 @@ pub(crate) struct JsonRows<T> {
     line: u64,
     /// `(column, field)` renames to apply to each object.
     renames: Vec<(String, String)>,
+    /// `(field, value)` of partition columns, added to each object.
+    partition: Vec<(String, serde_json::Value)>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -30,17 +32,28 @@ impl<T: Data + DeserializeOwned> JsonRows<T> {
             .filter(|(f, c)| f != c)
             .map(|(f, c)| (c.clone(), f.clone()))
             .collect();
+        let partition = columns
+            .partition_fields()
+            .map(|(field, value)| {
+                let json = match value.parse::<i64>() {
+                    Ok(n) if columns.is_integer(field) => serde_json::Value::from(n),
+                    _ => serde_json::Value::from(value),
+                };
+                (field.to_string(), json)
+            })
+            .collect();
         Ok(Self {
             path: path.to_path_buf(),
             lines: BufReader::new(open_file(path)?).lines(),
             line: 0,
             renames,
+            partition,
             _type: PhantomData,
         })
     }
 
     fn parse(&self, text: &str) -> std::result::Result<T, serde_json::Error> {
-        if self.renames.is_empty() {
+        if self.renames.is_empty() && self.partition.is_empty() {
             return serde_json::from_str(text);
         }
         let mut value: serde_json::Value = serde_json::from_str(text)?;
@@ -49,6 +62,9 @@ impl<T: Data + DeserializeOwned> JsonRows<T> {
                 if let Some(v) = object.remove(column) {
                     object.insert(field.clone(), v);
                 }
+            }
+            for (field, v) in &self.partition {
+                object.entry(field.clone()).or_insert_with(|| v.clone());
             }
         }
         serde_json::from_value(value)

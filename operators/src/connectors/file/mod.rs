@@ -24,7 +24,7 @@ mod parquet;
 mod reader;
 mod sink;
 
-pub use sink::{write_csv, CsvSink, JsonLinesSink, ParquetSink};
+pub use sink::{write_csv, CsvSink, JsonLinesSink, ParquetSink, PartitionedParquetSink};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -87,6 +87,8 @@ pub(crate) struct Columns {
     pub(crate) mapping: Vec<(String, String)>,
     /// The record type's fields: `(name, nullable, type)`.
     pub(crate) fields: Vec<(String, bool, Option<arrow_schema::DataType>)>,
+    /// Hive-style `name=value` directories above the file: extra columns.
+    pub(crate) partition: Vec<(String, String)>,
 }
 
 impl Columns {
@@ -109,8 +111,43 @@ impl Columns {
             .map(|(f, _, _)| f.as_str())
     }
 
-    /// Checks `available` file columns cover every non-optional field.
+    /// The same columns for a file under `name=value` directories.
+    pub(crate) fn for_file(&self, file: &Path) -> Columns {
+        let partition = file
+            .parent()
+            .into_iter()
+            .flat_map(Path::components)
+            .filter_map(|c| c.as_os_str().to_str()?.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Columns {
+            partition,
+            ..self.clone()
+        }
+    }
+
+    /// Whether record field `field` holds an integer (partition values for
+    /// it are parsed as numbers).
+    pub(crate) fn is_integer(&self, field: &str) -> bool {
+        self.fields
+            .iter()
+            .any(|(f, _, t)| f == field && t.as_ref().is_some_and(|t| t.is_integer()))
+    }
+
+    /// The partition columns that fill record fields: `(field, value)`.
+    pub(crate) fn partition_fields(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.partition
+            .iter()
+            .filter_map(|(column, value)| Some((self.field_of(column)?, value.as_str())))
+    }
+
+    /// Checks `available` file columns (plus partition columns) cover every non-optional field.
     pub(crate) fn check_present(&self, file: &Path, available: &[String]) -> Result<()> {
+        let available: Vec<String> = available
+            .iter()
+            .cloned()
+            .chain(self.partition.iter().map(|(k, _)| k.clone()))
+            .collect();
         for (field, nullable, _) in &self.fields {
             let column = self.column_of(field);
             if !nullable && !available.iter().any(|c| c == column) {
@@ -395,6 +432,7 @@ impl<T: Data + DeserializeOwned> FileSource<T> {
         Columns {
             mapping: self.mapping.clone(),
             fields,
+            partition: Vec::new(),
         }
     }
 
@@ -459,7 +497,13 @@ impl<T: Data + Serialize + DeserializeOwned + Sync> Source<T> for FileSource<T> 
                 .range
                 .as_ref()
                 .map(|(field, start, end)| (columns.column_of(field), *start, *end));
-            let rows = open_rows::<T>(path, format, &columns, self.batch_rows, prune)?;
+            let rows = open_rows::<T>(
+                path,
+                format,
+                &columns.for_file(path),
+                self.batch_rows,
+                prune,
+            )?;
             files.push(rows);
         }
         if self.range.is_some() && self.event_time.is_none() {

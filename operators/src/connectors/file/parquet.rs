@@ -185,7 +185,7 @@ impl<T: Data + DeserializeOwned> ParquetRows<T> {
         let schema = match &self.schema {
             Some(s) => Arc::clone(s),
             None => {
-                let fields: Vec<Field> = batch
+                let mut fields: Vec<Field> = batch
                     .schema()
                     .fields()
                     .iter()
@@ -194,12 +194,30 @@ impl<T: Data + DeserializeOwned> ParquetRows<T> {
                         Field::new(name, f.data_type().clone(), f.is_nullable())
                     })
                     .collect();
+                for (field, value) in self.columns.partition_fields() {
+                    let data_type = match value.parse::<i64>() {
+                        Ok(_) if self.columns.is_integer(field) => arrow_schema::DataType::Int64,
+                        _ => arrow_schema::DataType::Utf8,
+                    };
+                    fields.push(Field::new(field, data_type, false));
+                }
                 let s: SchemaRef = Arc::new(Schema::new(fields));
                 self.schema = Some(Arc::clone(&s));
                 s
             }
         };
-        RecordBatch::try_new(schema, batch.columns().to_vec()).map_err(|e| {
+        let mut arrays = batch.columns().to_vec();
+        for (field, value) in self.columns.partition_fields() {
+            let n = batch.num_rows();
+            let array: arrow_array::ArrayRef = match value.parse::<i64>() {
+                Ok(v) if self.columns.is_integer(field) => {
+                    Arc::new(arrow_array::Int64Array::from(vec![v; n]))
+                }
+                _ => Arc::new(arrow_array::StringArray::from(vec![value; n])),
+            };
+            arrays.push(array);
+        }
+        RecordBatch::try_new(schema, arrays).map_err(|e| {
             Error::Internal(format!("renaming columns of {}: {e}", self.path.display()))
         })
     }

@@ -319,3 +319,98 @@ pub fn write_csv<'a, T: Serialize + 'a>(
     }
     writer.flush().map_err(|e| failed(&e))
 }
+
+/// A Parquet sink that writes each record under a directory chosen from the
+/// record (for example `date=2026-11-20/hour=13`, from a window's start):
+/// `root/<partition>/part.parquet`, one file per partition.
+pub struct PartitionedParquetSink<T> {
+    root: PathBuf,
+    partition: Arc<dyn Fn(&T) -> String + Send + Sync>,
+    writers: Arc<Mutex<std::collections::BTreeMap<String, ParquetSink<T>>>>,
+    open_subtasks: Arc<AtomicUsize>,
+}
+
+impl<T> std::fmt::Debug for PartitionedParquetSink<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PartitionedParquetSink({})", self.root.display())
+    }
+}
+
+impl<T> Clone for PartitionedParquetSink<T> {
+    /// Each subtask's clone counts as one writer of the partitions.
+    fn clone(&self) -> Self {
+        self.open_subtasks.fetch_add(1, Ordering::SeqCst);
+        Self {
+            root: self.root.clone(),
+            partition: Arc::clone(&self.partition),
+            writers: Arc::clone(&self.writers),
+            open_subtasks: Arc::clone(&self.open_subtasks),
+        }
+    }
+}
+
+impl<T> PartitionedParquetSink<T> {
+    /// Writes under `root`, in the directory `partition` names for each record.
+    pub fn new(
+        root: impl AsRef<Path>,
+        partition: impl Fn(&T) -> String + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            root: root.as_ref().to_path_buf(),
+            partition: Arc::new(partition),
+            writers: Arc::default(),
+            open_subtasks: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// `date=YYYY-MM-DD/hour=HH` of a time in epoch milliseconds (UTC).
+    pub fn date_hour(millis: i64) -> String {
+        tideline_engine::EventTime::from_millis(millis)
+            .to_datetime()
+            .map_or_else(
+                || "date=unknown".to_string(),
+                |t| t.format("date=%Y-%m-%d/hour=%H").to_string(),
+            )
+    }
+}
+
+impl<T: Data + Serialize> Sink<T> for PartitionedParquetSink<T> {
+    fn name(&self) -> &str {
+        "partitioned_parquet_sink"
+    }
+
+    fn write_batch(&mut self, batch: Vec<Record<T>>) -> Result<()> {
+        let mut groups: std::collections::BTreeMap<String, Vec<Record<T>>> =
+            std::collections::BTreeMap::new();
+        for r in batch {
+            groups
+                .entry((self.partition)(&r.value))
+                .or_default()
+                .push(r);
+        }
+        let mut writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
+        for (partition, records) in groups {
+            let writer = match writers.entry(partition) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let path = self.root.join(e.key()).join("part.parquet");
+                    // One clone: the partition file closes when this sink finishes.
+                    let sink = ParquetSink::new(path)?.clone();
+                    e.insert(sink)
+                }
+            };
+            writer.write_batch(records)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        if self.open_subtasks.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let mut writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
+            for (_, mut writer) in std::mem::take(&mut *writers) {
+                writer.finish()?;
+            }
+        }
+        Ok(())
+    }
+}
