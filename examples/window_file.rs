@@ -9,6 +9,7 @@
 //!   --out-of-orderness 2s  --allowed-lateness 0s  --parallelism N
 //!   --order arrival | event-time
 //!   [--rate R]                       # pace to R records/s (default: as fast as possible)
+//!   [--filter SQL]                   # keep rows meeting a SQL condition over key, value, ts
 //!   --output out.csv                 # header: key,window_start,window_end,count,sum,min,max
 //!   --late-output late.csv           # header: key,ts,value
 //! ```
@@ -129,6 +130,9 @@ struct Args {
     /// Pace the replay to this many records per second.
     #[arg(long)]
     rate: Option<f64>,
+    /// Keep only rows meeting this SQL condition over key, value and ts.
+    #[arg(long)]
+    filter: Option<String>,
     /// Window results, CSV.
     #[arg(long)]
     output: String,
@@ -265,6 +269,9 @@ pub fn run(args: &[&str]) -> Result<String> {
         .order(args.order);
     if let Some(rate) = args.rate {
         source = source.pace(Pacing::RecordsPerSecond(rate));
+    }
+    if let Some(sql) = &args.filter {
+        source = source.filter(sql);
     }
     let total = source.total_rows_hint();
     let job = Job::new()

@@ -494,3 +494,43 @@ fn hive_partition_directories_fill_fields_and_partitioned_sinks_write_them() -> 
     assert_eq!(back, expected);
     Ok(())
 }
+
+#[test]
+fn sql_predicate_filters_rows_and_bad_predicates_fail_before_start() -> Result<()> {
+    let dir = tempfile::tempdir().map_err(Error::user)?;
+    let parquet = dir.path().join("p.parquet");
+    let all = rows(300, 0);
+    write_parquet(&parquet, &all)?;
+    let csv = dir.path().join("p.csv");
+    let mut text = String::from("key,value,ts\n");
+    for r in &all {
+        text.push_str(&format!("{},{},{}\n", r.key, r.value, r.ts));
+    }
+    std::fs::write(&csv, text).map_err(Error::user)?;
+    let expected: Vec<Row> = all
+        .iter()
+        .filter(|r| r.value > 100 && r.key != 1)
+        .cloned()
+        .collect();
+    for path in [&parquet, &csv] {
+        let (got, _) = read(
+            FileSource::new(path.to_str().unwrap_or_default())?.filter("value > 100 AND key <> 1"),
+        )?;
+        assert_eq!(got, expected, "{}", path.display());
+    }
+    let e = start_error(
+        FileSource::new(csv.to_str().unwrap_or_default()).map(|s| s.filter("missing > 3")),
+    );
+    assert!(
+        e.contains("file_source.predicate") && e.contains("missing"),
+        "{e}"
+    );
+    let e = start_error(
+        FileSource::new(csv.to_str().unwrap_or_default()).map(|s| s.filter("value + 1")),
+    );
+    assert!(
+        e.contains("file_source.predicate") && e.contains("not a boolean"),
+        "{e}"
+    );
+    Ok(())
+}

@@ -21,6 +21,7 @@
 mod csv;
 mod jsonl;
 mod parquet;
+mod predicate;
 mod reader;
 mod sink;
 
@@ -230,6 +231,8 @@ pub struct FileSource<T> {
     range: Option<(String, i64, i64)>,
     /// Rows sorted in memory before sorted runs spill to disk.
     sort_memory_rows: usize,
+    /// A SQL condition over the record's fields.
+    predicate: Option<String>,
 }
 
 impl<T> fmt::Debug for FileSource<T> {
@@ -322,6 +325,7 @@ impl<T: Data + DeserializeOwned> FileSource<T> {
             batch_rows: 8_192,
             range: None,
             sort_memory_rows: 10_000_000,
+            predicate: None,
         })
     }
 
@@ -360,6 +364,15 @@ impl<T: Data + DeserializeOwned> FileSource<T> {
     /// the range are not read at all. Needs [`FileSource::event_time`].
     pub fn time_range(mut self, field: &str, start: i64, end: i64) -> Self {
         self.range = Some((field.to_string(), start, end));
+        self
+    }
+
+    /// Keeps only records for which the SQL condition `sql` (over the
+    /// record's fields, e.g. `"value > 10 AND key <> 3"`) is true. Checked
+    /// when the job is built: an unknown field or a non-boolean condition is
+    /// a configuration error naming `file_source.predicate`.
+    pub fn filter(mut self, sql: &str) -> Self {
+        self.predicate = Some(sql.to_string());
         self
     }
 
@@ -512,8 +525,20 @@ impl<T: Data + Serialize + DeserializeOwned + Sync> Source<T> for FileSource<T> 
                 "a time range needs an event-time function",
             ));
         }
+        let predicate = match &self.predicate {
+            Some(sql) => {
+                use serde_arrow::schema::{SchemaLike, TracingOptions};
+                let fields = Vec::<arrow_schema::FieldRef>::from_type::<T>(
+                    TracingOptions::default().allow_null_fields(true),
+                )
+                .unwrap_or_default();
+                Some(Arc::new(predicate::Predicate::compile(sql, fields)?))
+            }
+            None => None,
+        };
         let files = reader::Files {
             files: files.into(),
+            predicate,
             range: match (&self.range, &self.event_time) {
                 (Some((_, start, end)), Some(time)) => Some((*start, *end, Arc::clone(time))),
                 _ => None,

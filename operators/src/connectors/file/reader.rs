@@ -12,6 +12,7 @@ use serde::Serialize;
 use tideline_engine::time::Clock;
 use tideline_engine::{Data, Error, Record, Result, SourceOutput, SourceReader, SourceStatus};
 
+use super::predicate::Predicate;
 use super::{FileRows, Pacing, SortKey};
 
 /// Reads the files one after the other, keeping records in the time range.
@@ -19,20 +20,26 @@ pub(crate) struct Files<T> {
     pub(crate) files: VecDeque<Box<dyn FileRows<T>>>,
     /// `[start, end)` in ms, with the record's event time.
     pub(crate) range: Option<(i64, i64, SortKey<T>)>,
+    /// A SQL condition records must meet.
+    pub(crate) predicate: Option<Arc<Predicate>>,
 }
 
-impl<T: Data> Files<T> {
+impl<T: Data + Serialize> Files<T> {
     fn read(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus> {
-        let Some((start, end, time)) = &self.range else {
+        if self.range.is_none() && self.predicate.is_none() {
             return self.read_all(out);
-        };
-        let (start, end, time) = (*start, *end, Arc::clone(time));
+        }
         let mut chunk = SourceOutput::new(out.remaining().max(1));
         let status = self.read_all(&mut chunk)?;
-        for r in chunk.take_records() {
-            if (start..end).contains(&time(&r.value)) {
-                out.push(r);
-            }
+        let mut records = chunk.take_records();
+        if let Some((start, end, time)) = &self.range {
+            records.retain(|r| (*start..*end).contains(&time(&r.value)));
+        }
+        if let Some(predicate) = &self.predicate {
+            records = predicate.retain(records)?;
+        }
+        for r in records {
+            out.push(r);
         }
         for (reason, record) in chunk.take_rejected() {
             out.dead_letter(reason, record);
