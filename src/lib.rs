@@ -33,8 +33,8 @@ pub use tideline_engine as engine;
 pub use tideline_engine::{
     time, Data, DeadLetter, Error, ErrorDomain, EventTime, ExecutionMode, FailurePolicy, Job,
     JobConfig, JobHandle, JobSummary, KeyedStream, LocalRun, Operator, OperatorContext,
-    OperatorSummary, Output, OutputTag, Record, Result, Sink, Source, SourceOutput, SourceReader,
-    SourceStatus, Stream, SubtaskInfo, Watermark,
+    OperatorSummary, Output, OutputTag, ReaderContext, Record, Result, Sink, Source, SourceOffset,
+    SourceOutput, SourceReader, SourceStatus, Stream, SubtaskInfo, Watermark,
 };
 pub use tideline_operators as operators;
 pub use tideline_operators::{connectors, join, process, stateless, testing, window};

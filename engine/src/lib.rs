@@ -36,5 +36,5 @@ pub use record::{Data, Record};
 pub use runtime::executor::{JobHandle, LocalRun};
 pub use runtime::metrics::{JobSummary, OperatorSummary};
 pub use sink::{Sink, SubtaskInfo};
-pub use source::{ReaderContext, Source, SourceOutput, SourceReader, SourceStatus};
+pub use source::{ReaderContext, Source, SourceOffset, SourceOutput, SourceReader, SourceStatus};
 pub use time::{EventTime, Watermark};

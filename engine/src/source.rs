@@ -32,7 +32,32 @@ pub trait Source<T>: Send + Sync + 'static {
         partition: usize,
         ctx: &ReaderContext,
     ) -> Result<Box<dyn SourceReader<T>>>;
+
+    /// Opens partition `partition` positioned at `offset` (taken from
+    /// [`SourceReader::offset`] of an earlier reader): it continues right
+    /// after the last record that reader had emitted. Sources that cannot
+    /// replay keep this default, which refuses.
+    ///
+    /// # Errors
+    /// When the source cannot resume, or the offset does not fit it.
+    fn create_reader_at(
+        &self,
+        partition: usize,
+        ctx: &ReaderContext,
+        offset: &SourceOffset,
+    ) -> Result<Box<dyn SourceReader<T>>> {
+        let _ = (partition, ctx, offset);
+        Err(crate::error::Error::config(
+            format!("source '{}'.offset", self.name()),
+            "this source cannot resume from an offset",
+        ))
+    }
 }
+
+/// Where a reader stands in its partition: a few integers only its source
+/// interprets. Checkpoints record it; [`Source::create_reader_at`] resumes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SourceOffset(pub Vec<u64>);
 
 /// What a reader knows about where it runs.
 #[derive(Clone, Debug)]
@@ -52,6 +77,12 @@ pub trait SourceReader<T>: Send {
     /// # Errors
     /// Any error stops the job and is reported with the source's name.
     fn poll(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus>;
+
+    /// The position after everything this reader has emitted, if it can be
+    /// resumed from (see [`Source::create_reader_at`]).
+    fn offset(&self) -> Option<SourceOffset> {
+        None
+    }
 }
 
 /// What [`SourceReader::poll`] says about its partition.

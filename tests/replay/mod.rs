@@ -1,4 +1,5 @@
 //! Replay from files: formats, bad input, orders.
 
 mod files;
+mod offsets;
 mod same_logic;

@@ -4,7 +4,8 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tideline_engine::time::Clock;
 use tideline_engine::{
-    Data, Error, ReaderContext, Record, Result, Source, SourceOutput, SourceReader, SourceStatus,
+    Data, Error, ReaderContext, Record, Result, Source, SourceOffset, SourceOutput, SourceReader,
+    SourceStatus,
 };
 
 /// A deterministic generator: record `i` of partition `p` is
@@ -93,11 +94,42 @@ where
         self.count.is_some()
     }
 
+    fn create_reader_at(
+        &self,
+        partition: usize,
+        ctx: &ReaderContext,
+        offset: &SourceOffset,
+    ) -> Result<Box<dyn SourceReader<T>>> {
+        let produced = match offset.0.as_slice() {
+            [produced] => *produced,
+            _ => {
+                return Err(Error::config(
+                    "generator.offset",
+                    format!("{offset:?} is not a generator offset"),
+                ))
+            }
+        };
+        let mut reader = self.reader(partition, ctx)?;
+        // The random sequence is replayed to the same point.
+        for _ in 0..produced {
+            let _ = (reader.f)(reader.next_index, &mut reader.rng);
+            reader.next_index += reader.stride;
+        }
+        reader.produced = produced;
+        Ok(Box::new(reader))
+    }
+
     fn create_reader(
         &self,
         partition: usize,
         ctx: &ReaderContext,
     ) -> Result<Box<dyn SourceReader<T>>> {
+        Ok(Box::new(self.reader(partition, ctx)?))
+    }
+}
+
+impl<F> GeneratorSource<F> {
+    fn reader(&self, partition: usize, ctx: &ReaderContext) -> Result<GeneratorReader<F>> {
         if let Some(rate) = self.rate {
             if !(rate.is_finite() && rate > 0.0) {
                 return Err(Error::config(
@@ -116,7 +148,7 @@ where
                 0
             }
         });
-        Ok(Box::new(GeneratorReader {
+        Ok(GeneratorReader {
             f: Arc::clone(&self.f),
             rng: SmallRng::seed_from_u64(self.seed ^ (first.wrapping_mul(0x9E37_79B9_7F4A_7C15))),
             next_index: first,
@@ -126,7 +158,7 @@ where
             rate_per_ms: self.rate.map(|r| r / self.partitions as f64 / 1000.0),
             clock: Arc::clone(&ctx.clock),
             started_at: None,
-        }))
+        })
     }
 }
 
@@ -169,5 +201,9 @@ where
             _ if budget == 0 => SourceStatus::Pending,
             _ => SourceStatus::Ready,
         })
+    }
+
+    fn offset(&self) -> Option<SourceOffset> {
+        Some(SourceOffset(vec![self.produced]))
     }
 }

@@ -19,6 +19,8 @@ pub(crate) struct CsvRows<T> {
     /// Values of partition columns, appended to every row.
     partition: Vec<String>,
     record: StringRecord,
+    /// Data rows consumed (good or bad).
+    consumed: u64,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -68,6 +70,7 @@ impl<T: Data + DeserializeOwned> CsvRows<T> {
             fields,
             partition,
             record: StringRecord::new(),
+            consumed: 0,
             _type: PhantomData,
         })
     }
@@ -79,6 +82,7 @@ impl<T: Data + DeserializeOwned> FileRows<T> for CsvRows<T> {
             match self.reader.read_record(&mut self.record) {
                 Ok(false) => return Ok(false),
                 Ok(true) => {
+                    self.consumed += 1;
                     let line = self.record.position().map_or(0, csv::Position::line);
                     for value in &self.partition {
                         self.record.push_field(value);
@@ -104,10 +108,34 @@ impl<T: Data + DeserializeOwned> FileRows<T> for CsvRows<T> {
                         )));
                     }
                     // A malformed row (wrong field count, bad UTF-8): reject it and go on.
+                    self.consumed += 1;
                     out.dead_letter(&e, location(&self.path, line));
                 }
             }
         }
         Ok(true)
+    }
+
+    fn position(&self) -> u64 {
+        self.consumed
+    }
+
+    fn skip(&mut self, rows: u64) -> Result<()> {
+        for _ in 0..rows {
+            match self.reader.read_record(&mut self.record) {
+                Ok(false) => break,
+                Ok(true) => self.consumed += 1,
+                Err(e) => {
+                    if let ErrorKind::Io(io) = e.kind() {
+                        return Err(Error::user(format!(
+                            "reading {}: {io}",
+                            self.path.display()
+                        )));
+                    }
+                    self.consumed += 1;
+                }
+            }
+        }
+        Ok(())
     }
 }

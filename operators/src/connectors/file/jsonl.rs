@@ -99,4 +99,18 @@ impl<T: Data + DeserializeOwned> FileRows<T> for JsonRows<T> {
         }
         Ok(true)
     }
+
+    fn position(&self) -> u64 {
+        self.line
+    }
+
+    fn skip(&mut self, rows: u64) -> Result<()> {
+        for _ in 0..rows {
+            if self.lines.next().is_none() {
+                break;
+            }
+            self.line += 1;
+        }
+        Ok(())
+    }
 }

@@ -33,7 +33,9 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tideline_engine::{Data, Error, ReaderContext, Result, Source, SourceOutput, SourceReader};
+use tideline_engine::{
+    Data, Error, ReaderContext, Result, Source, SourceOffset, SourceOutput, SourceReader,
+};
 
 /// A file format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,6 +182,13 @@ pub(crate) fn location(file: &Path, row: u64) -> String {
 pub(crate) trait FileRows<T>: Send {
     /// Appends up to `out.remaining()` rows; `false` once the file is exhausted.
     fn read(&mut self, out: &mut SourceOutput<T>) -> Result<bool>;
+
+    /// Input rows consumed so far (records, dead letters and blank lines alike).
+    fn position(&self) -> u64;
+
+    /// Consumes exactly `rows` more input rows (fewer at the end of the file)
+    /// without emitting them: resuming from an offset.
+    fn skip(&mut self, rows: u64) -> Result<()>;
 }
 
 /// A time range to prune Parquet row groups with: `(column, start, end)`.
@@ -480,6 +489,25 @@ impl<T: Data + Serialize + DeserializeOwned + Sync> Source<T> for FileSource<T> 
         _partition: usize,
         ctx: &ReaderContext,
     ) -> Result<Box<dyn SourceReader<T>>> {
+        Ok(self.paced(self.open_reader()?, ctx))
+    }
+
+    fn create_reader_at(
+        &self,
+        _partition: usize,
+        ctx: &ReaderContext,
+        offset: &SourceOffset,
+    ) -> Result<Box<dyn SourceReader<T>>> {
+        let mut reader = self.open_reader()?;
+        reader.resume(offset)?;
+        Ok(self.paced(reader, ctx))
+    }
+}
+
+impl<T: Data + Serialize + DeserializeOwned + Sync> FileSource<T> {
+    /// Opens every file (so bad paths, formats and schemas fail before the
+    /// job starts) behind one reader.
+    fn open_reader(&self) -> Result<reader::FileReader<T>> {
         if self.order == ReplayOrder::EventTime && self.event_time.is_none() {
             return Err(Error::config(
                 "file_source.order",
@@ -539,6 +567,7 @@ impl<T: Data + Serialize + DeserializeOwned + Sync> Source<T> for FileSource<T> 
         let files = reader::Files {
             files: files.into(),
             predicate,
+            done: 0,
             range: match (&self.range, &self.event_time) {
                 (Some((_, start, end)), Some(time)) => Some((*start, *end, Arc::clone(time))),
                 _ => None,
@@ -551,8 +580,17 @@ impl<T: Data + Serialize + DeserializeOwned + Sync> Source<T> for FileSource<T> 
                 .clone()
                 .map(|key| (key, self.sort_memory_rows)),
         };
-        let reader = reader::FileReader::new(files, sort);
-        Ok(match self.pacing {
+        Ok(reader::FileReader::new(files, sort))
+    }
+
+    /// Wraps `reader` in the configured pacing. A paced reader holds records
+    /// back, so it reports no offset.
+    fn paced(
+        &self,
+        reader: reader::FileReader<T>,
+        ctx: &ReaderContext,
+    ) -> Box<dyn SourceReader<T>> {
+        match self.pacing {
             Pacing::AsFastAsPossible => Box::new(reader),
             pacing => Box::new(reader::Paced {
                 inner: reader,
@@ -564,6 +602,6 @@ impl<T: Data + Serialize + DeserializeOwned + Sync> Source<T> for FileSource<T> 
                 started: None,
                 emitted: 0,
             }),
-        })
+        }
     }
 }

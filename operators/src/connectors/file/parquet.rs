@@ -35,8 +35,11 @@ pub(crate) struct ParquetRows<T> {
     /// The projected columns renamed to the fields they fill.
     schema: Option<SchemaRef>,
     columns: Columns,
+    /// Rows taken from the reader and converted (records or dead letters).
     row: u64,
     pending: VecDeque<T>,
+    /// Rows read but not converted yet (the rest of a batch after a skip).
+    unread: Option<RecordBatch>,
 }
 
 /// The broad kind of a column type, for the before-start compatibility check.
@@ -178,6 +181,7 @@ impl<T: Data + DeserializeOwned> ParquetRows<T> {
             columns: columns.clone(),
             row: 0,
             pending: VecDeque::new(),
+            unread: None,
         })
     }
 
@@ -230,7 +234,7 @@ impl<T: Data + DeserializeOwned> FileRows<T> for ParquetRows<T> {
                 out.push(Record::untimed(value));
                 continue;
             }
-            let batch = match self.reader.next() {
+            let batch = match self.unread.take().map(Ok).or_else(|| self.reader.next()) {
                 None => return Ok(false),
                 Some(Ok(batch)) => batch,
                 Some(Err(e)) => {
@@ -258,5 +262,36 @@ impl<T: Data + DeserializeOwned> FileRows<T> for ParquetRows<T> {
             }
         }
         Ok(true)
+    }
+
+    fn position(&self) -> u64 {
+        self.row - self.pending.len() as u64
+    }
+
+    fn skip(&mut self, rows: u64) -> Result<()> {
+        let mut left = rows;
+        while left > 0 && self.pending.pop_front().is_some() {
+            left -= 1;
+        }
+        while left > 0 {
+            let batch = match self.unread.take().map(Ok).or_else(|| self.reader.next()) {
+                None => return Ok(()),
+                Some(Ok(batch)) => batch,
+                Some(Err(e)) => {
+                    return Err(Error::user(format!("reading {}: {e}", self.path.display())))
+                }
+            };
+            let n = batch.num_rows() as u64;
+            if n <= left {
+                left -= n;
+                self.row += n;
+            } else {
+                let keep = usize::try_from(left).unwrap_or(usize::MAX);
+                self.unread = Some(batch.slice(keep, batch.num_rows() - keep));
+                self.row += left;
+                left = 0;
+            }
+        }
+        Ok(())
     }
 }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tideline_engine::time::Clock;
-use tideline_engine::{Data, Error, Record, Result, SourceOutput, SourceReader, SourceStatus};
+use tideline_engine::{
+    Data, Error, Record, Result, SourceOffset, SourceOutput, SourceReader, SourceStatus,
+};
 
 use super::predicate::Predicate;
 use super::{FileRows, Pacing, SortKey};
@@ -22,6 +24,8 @@ pub(crate) struct Files<T> {
     pub(crate) range: Option<(i64, i64, SortKey<T>)>,
     /// A SQL condition records must meet.
     pub(crate) predicate: Option<Arc<Predicate>>,
+    /// Files finished so far.
+    pub(crate) done: u64,
 }
 
 impl<T: Data + Serialize> Files<T> {
@@ -54,6 +58,7 @@ impl<T: Data + Serialize> Files<T> {
             };
             if !file.read(out)? {
                 self.files.pop_front();
+                self.done += 1;
             }
         }
         Ok(if self.files.is_empty() {
@@ -61,6 +66,34 @@ impl<T: Data + Serialize> Files<T> {
         } else {
             SourceStatus::Ready
         })
+    }
+}
+
+impl<T> Files<T> {
+    /// `(files finished, rows consumed in the current file)`.
+    fn position(&self) -> (u64, u64) {
+        (self.done, self.files.front().map_or(0, |f| f.position()))
+    }
+
+    /// Skips to `(file, row)`.
+    fn seek(&mut self, file: u64, row: u64) -> Result<()> {
+        while self.done < file {
+            if self.files.pop_front().is_none() {
+                return Err(Error::config(
+                    "file_source.offset",
+                    format!("file {file} is past the last file"),
+                ));
+            }
+            self.done += 1;
+        }
+        match self.files.front_mut() {
+            Some(f) => f.skip(row),
+            None if row == 0 => Ok(()),
+            None => Err(Error::config(
+                "file_source.offset",
+                format!("row {row} of file {file} is past the end"),
+            )),
+        }
     }
 }
 
@@ -118,6 +151,9 @@ pub(crate) struct FileReader<T> {
     pub(crate) files: Files<T>,
     pub(crate) sort: Option<(SortKey<T>, usize)>,
     sorted: Option<Sorted<T>>,
+    /// Event-time order: records emitted so far, and how many to skip first when resuming.
+    emitted: u64,
+    skip_sorted: u64,
 }
 
 impl<T: Data + Serialize + DeserializeOwned> FileReader<T> {
@@ -126,6 +162,23 @@ impl<T: Data + Serialize + DeserializeOwned> FileReader<T> {
             files,
             sort,
             sorted: None,
+            emitted: 0,
+            skip_sorted: 0,
+        }
+    }
+
+    /// Positions the reader at `offset` (from [`SourceReader::offset`]).
+    pub(crate) fn resume(&mut self, offset: &SourceOffset) -> Result<()> {
+        match (offset.0.as_slice(), self.sort.is_some()) {
+            ([0, file, row], false) => self.files.seek(*file, *row),
+            ([1, emitted], true) => {
+                self.skip_sorted = *emitted;
+                Ok(())
+            }
+            _ => Err(Error::config(
+                "file_source.offset",
+                format!("{offset:?} does not fit this source's replay order"),
+            )),
         }
     }
 
@@ -191,28 +244,32 @@ impl<T: Data + Serialize + DeserializeOwned> FileReader<T> {
     }
 }
 
-impl<T: Data + Serialize + DeserializeOwned> SourceReader<T> for FileReader<T> {
-    fn poll(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus> {
-        let Some((key, budget)) = self.sort.clone() else {
-            return self.files.read(out);
-        };
-        if self.sorted.is_none() {
-            self.sorted = Some(self.sort_all(&key, budget, out)?);
-        }
-        match self.sorted.as_mut() {
-            None => Ok(SourceStatus::Finished),
+impl<T: Data + Serialize + DeserializeOwned> FileReader<T> {
+    /// Emits up to `limit` sorted records (pops them from the sorted store).
+    fn emit_sorted(
+        &mut self,
+        key: &SortKey<T>,
+        out: &mut SourceOutput<T>,
+        limit: usize,
+    ) -> Result<SourceStatus> {
+        let mut emitted = 0;
+        let status = match self.sorted.as_mut() {
+            None => SourceStatus::Finished,
             Some(Sorted::Memory(rows)) => {
-                while out.remaining() > 0 {
+                while emitted < limit {
                     match rows.pop() {
-                        Some(r) => out.push(r),
-                        None => return Ok(SourceStatus::Finished),
+                        Some(r) => {
+                            out.push(r);
+                            emitted += 1;
+                        }
+                        None => break,
                     }
                 }
-                Ok(if rows.is_empty() {
+                if rows.is_empty() {
                     SourceStatus::Finished
                 } else {
                     SourceStatus::Ready
-                })
+                }
             }
             Some(Sorted::Merge {
                 runs,
@@ -220,12 +277,13 @@ impl<T: Data + Serialize + DeserializeOwned> SourceReader<T> for FileReader<T> {
                 pending,
                 sequence,
             }) => {
-                while out.remaining() > 0 {
+                while emitted < limit {
                     let Some(Reverse((_, run, _))) = heads.pop() else {
-                        return Ok(SourceStatus::Finished);
+                        break;
                     };
                     if let Some(value) = pending[run].take() {
                         out.push(Record::untimed(value));
+                        emitted += 1;
                     }
                     let next = runs[run].next()?;
                     if let Some(v) = &next {
@@ -234,13 +292,48 @@ impl<T: Data + Serialize + DeserializeOwned> SourceReader<T> for FileReader<T> {
                     }
                     pending[run] = next;
                 }
-                Ok(if heads.is_empty() {
+                if heads.is_empty() {
                     SourceStatus::Finished
                 } else {
                     SourceStatus::Ready
-                })
+                }
+            }
+        };
+        self.emitted += emitted as u64;
+        Ok(status)
+    }
+}
+
+impl<T: Data + Serialize + DeserializeOwned> SourceReader<T> for FileReader<T> {
+    fn poll(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus> {
+        let Some((key, budget)) = self.sort.clone() else {
+            return self.files.read(out);
+        };
+        if self.sorted.is_none() {
+            self.sorted = Some(self.sort_all(&key, budget, out)?);
+            // Resuming: these records went out before the offset was taken.
+            while self.emitted < self.skip_sorted {
+                let left = usize::try_from(self.skip_sorted - self.emitted)
+                    .unwrap_or(usize::MAX)
+                    .min(1 << 16);
+                let mut skipped = SourceOutput::new(left);
+                if self.emit_sorted(&key, &mut skipped, left)? == SourceStatus::Finished {
+                    break;
+                }
             }
         }
+        let room = out.remaining();
+        self.emit_sorted(&key, out, room)
+    }
+
+    fn offset(&self) -> Option<SourceOffset> {
+        Some(match self.sort {
+            None => {
+                let (file, row) = self.files.position();
+                SourceOffset(vec![0, file, row])
+            }
+            Some(_) => SourceOffset(vec![1, self.emitted]),
+        })
     }
 }
 
