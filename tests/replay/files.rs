@@ -534,3 +534,71 @@ fn sql_predicate_filters_rows_and_bad_predicates_fail_before_start() -> Result<(
     );
     Ok(())
 }
+
+#[test]
+fn fail_fast_stops_at_the_first_bad_row_naming_it() -> Result<()> {
+    let dir = tempfile::tempdir().map_err(Error::user)?;
+    let path = dir.path().join("bad.csv");
+    std::fs::write(&path, "key,value,ts\n1,1,1\n2,oops,2\n3,3,3\n").map_err(Error::user)?;
+    let job = Job::new()
+        .mode(ExecutionMode::Bounded)
+        .failure_policy(FailurePolicy::FailFast);
+    job.source(
+        FileSource::<Row>::new(path.to_str().unwrap_or_default())?,
+        WatermarkStrategy::none(),
+    )
+    .sink(CollectSink::new());
+    let err = job.run().err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        err.starts_with("operator 'file_source' failed: record"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.csv:3") && err.contains("invalid digit"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn pacing_by_rate_and_by_event_time_speed_follows_the_clock() -> Result<()> {
+    use std::time::Duration;
+    use tideline::connectors::file::Pacing;
+    use tideline::testing::TestJob;
+    let dir = tempfile::tempdir().map_err(Error::user)?;
+    let path = dir.path().join("p.jsonl");
+    // One row per second of event time.
+    let all: Vec<Row> = (0..100)
+        .map(|i| Row {
+            key: 0,
+            value: i,
+            ts: i * 1_000,
+        })
+        .collect();
+    std::fs::write(
+        &path,
+        all.iter()
+            .map(|r| serde_json::to_string(r).unwrap_or_default() + "\n")
+            .collect::<String>(),
+    )
+    .map_err(Error::user)?;
+    for (pacing, after_100ms) in [
+        (Pacing::RecordsPerSecond(50.0), 6),
+        (Pacing::Speed(20.0), 3),
+    ] {
+        let t = TestJob::new();
+        let source = FileSource::<Row>::new(path.to_str().unwrap_or_default())?
+            .event_time(|r: &Row| r.ts)
+            .pace(pacing);
+        let out = t.collect(&t.job().source(source, WatermarkStrategy::none()));
+        let mut run = t.start()?;
+        run.step()?;
+        assert_eq!(out.len(), 1, "{pacing:?}: the first row goes at once");
+        run.advance_processing_time(Duration::from_millis(100))?;
+        // 50/s: 1 + 100 ms × 50/s = 6 rows. 20× speed: 100 ms = 2 s of event time, 3 rows.
+        assert_eq!(out.len(), after_100ms, "{pacing:?}");
+        run.advance_processing_time(Duration::from_secs(60))?;
+        assert_eq!(out.len(), 100, "{pacing:?}");
+    }
+    Ok(())
+}
