@@ -29,6 +29,7 @@ use super::panes::{pane_buffers, Grid, PaneBuffer, PaneHost};
 use super::sessions::{session_buffers, SessionBuffer};
 use super::trigger::{Trigger, TriggerContext, TriggerResult};
 use super::{Firing, ProcessWindowFunction, WindowCollector, WindowInfo};
+use crate::process::TimeDomain;
 
 /// The contents of one window (or pane).
 #[derive(Clone, Debug)]
@@ -457,6 +458,24 @@ where
         if matches!(self.kind, WindowKind::Sliding { .. }) || self.buffered_sessions() {
             return self.on_buffer_timer(at, key, out);
         }
+        self.on_window_timer(TimeDomain::EventTime, at, key, window, out)
+    }
+
+    /// A timer of one window fired: ask the trigger, carry out its decision,
+    /// and (event time) drop the window once the watermark passes its
+    /// cleanup time.
+    fn on_window_timer<O>(
+        &mut self,
+        domain: TimeDomain,
+        at: EventTime,
+        key: K,
+        window: TimeWindow,
+        out: &mut Output<O>,
+    ) -> Result<()>
+    where
+        O: Data,
+        P: ProcessWindowFunction<K, A::Out, O>,
+    {
         let cleanup_at = self.cleanup_time(&window);
         let Self {
             state,
@@ -475,20 +494,36 @@ where
         let Some(slot) = stored.get_mut() else {
             return Ok(());
         };
-        let mut ctx = TriggerContext {
-            key: &key,
+        let now = match domain {
+            TimeDomain::EventTime => *processing_time,
+            TimeDomain::ProcessingTime => at.millis(),
+        };
+        let mut ctx = trigger_ctx(
+            &key,
             window,
-            watermark: *watermark,
-            processing_time: *processing_time,
-            state: &mut slot.trigger,
+            *watermark,
+            now,
+            &mut slot.trigger,
             event_timers,
             processing_timers,
-        };
-        let decision = trigger.on_event_time(at, &window, &mut ctx);
-        let firing = match at.cmp(&window.max_timestamp()) {
-            std::cmp::Ordering::Less => Firing::Early,
-            std::cmp::Ordering::Equal => Firing::OnTime,
-            std::cmp::Ordering::Greater => Firing::Late,
+        );
+        let (decision, firing) = match domain {
+            TimeDomain::EventTime => (
+                trigger.on_event_time(at, &window, &mut ctx),
+                match at.cmp(&window.max_timestamp()) {
+                    std::cmp::Ordering::Less => Firing::Early,
+                    std::cmp::Ordering::Equal => Firing::OnTime,
+                    std::cmp::Ordering::Greater => Firing::Late,
+                },
+            ),
+            TimeDomain::ProcessingTime => (
+                trigger.on_processing_time(at.millis(), &window, &mut ctx),
+                if *watermark >= window.max_timestamp() {
+                    Firing::Late
+                } else {
+                    Firing::Early
+                },
+            ),
         };
         slot.apply(
             decision,
@@ -497,14 +532,14 @@ where
             &mut Host::new(agg, function, &key),
             out,
         )?;
-        if at >= cleanup_at {
+        if domain == TimeDomain::EventTime && at >= cleanup_at {
             trigger.clear(
                 &window,
-                &mut ctx_for_clear(
+                &mut trigger_ctx(
                     &key,
                     window,
                     *watermark,
-                    *processing_time,
+                    now,
                     &mut slot.trigger,
                     event_timers,
                     processing_timers,
@@ -522,57 +557,6 @@ where
                 }
             }
         }
-        Ok(())
-    }
-
-    fn on_processing_timer<O>(
-        &mut self,
-        at: EventTime,
-        key: K,
-        window: TimeWindow,
-        out: &mut Output<O>,
-    ) -> Result<()>
-    where
-        O: Data,
-        P: ProcessWindowFunction<K, A::Out, O>,
-    {
-        let Self {
-            state,
-            event_timers,
-            processing_timers,
-            agg,
-            trigger,
-            function,
-            watermark,
-            ..
-        } = self;
-        let desc = slots::<A::Acc, Tr::State>();
-        let mut stored = state.value(&desc, &key, &window)?;
-        let Some(slot) = stored.get_mut() else {
-            return Ok(());
-        };
-        let mut ctx = TriggerContext {
-            key: &key,
-            window,
-            watermark: *watermark,
-            processing_time: at.millis(),
-            state: &mut slot.trigger,
-            event_timers,
-            processing_timers,
-        };
-        let decision = trigger.on_processing_time(at.millis(), &window, &mut ctx);
-        let firing = if *watermark >= window.max_timestamp() {
-            Firing::Late
-        } else {
-            Firing::Early
-        };
-        slot.apply(
-            decision,
-            firing,
-            window,
-            &mut Host::new(agg, function, &key),
-            out,
-        )?;
         Ok(())
     }
 }
@@ -647,7 +631,7 @@ where
     }
 }
 
-fn ctx_for_clear<'a, K, S>(
+fn trigger_ctx<'a, K, S>(
     key: &'a K,
     window: TimeWindow,
     watermark: EventTime,
@@ -741,7 +725,7 @@ where
         while let Some((at, key, window)) =
             self.processing_timers.pop_due(EventTime::from_millis(now))
         {
-            self.on_processing_timer(at, key, window, out)?;
+            self.on_window_timer(TimeDomain::ProcessingTime, at, key, window, out)?;
         }
         Ok(())
     }

@@ -25,7 +25,10 @@ mod predicate;
 mod reader;
 mod sink;
 
-pub use sink::{write_csv, CsvSink, JsonLinesSink, ParquetSink, PartitionedParquetSink};
+pub use sink::{
+    write_csv, CsvSink, CsvWriter, FileFormatWriter, FileSink, JsonLinesSink, JsonLinesWriter,
+    ParquetSink, ParquetWriter, PartitionedParquetSink,
+};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -43,19 +43,54 @@ impl<W> Shared<W> {
     }
 }
 
-/// Writes records as CSV rows (header from the record's field names).
-pub struct CsvSink<T> {
-    shared: Arc<Shared<csv::Writer<BufWriter<File>>>>,
+/// How one file format writes records.
+pub trait FileFormatWriter<T>: Send + 'static {
+    /// The sink's name in errors and the job summary.
+    const NAME: &'static str;
+
+    /// Prepares to write the file at `path` (already created).
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    fn open(file: File) -> Result<Self>
+    where
+        Self: Sized;
+
+    /// Writes one batch of records.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    fn write(&mut self, records: &[&T]) -> std::result::Result<(), String>;
+
+    /// Completes the file at `path` (flush, footer).
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    fn close(self, path: &Path) -> std::result::Result<(), String>;
+}
+
+/// Writes records to one file, shared by all subtasks of the sink: records
+/// are appended as they arrive, and the last subtask to finish closes the
+/// file. Use [`CsvSink`], [`JsonLinesSink`] or [`ParquetSink`].
+pub struct FileSink<T, F> {
+    shared: Arc<Shared<F>>,
     _type: std::marker::PhantomData<fn(T)>,
 }
 
-impl<T> std::fmt::Debug for CsvSink<T> {
+/// CSV rows, with a header from the record's field names.
+pub type CsvSink<T> = FileSink<T, CsvWriter>;
+/// JSON lines, one object per record.
+pub type JsonLinesSink<T> = FileSink<T, JsonLinesWriter>;
+/// Parquet, with the schema from the records' serde form.
+pub type ParquetSink<T> = FileSink<T, ParquetWriter>;
+
+impl<T, F> std::fmt::Debug for FileSink<T, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CsvSink({})", self.shared.path.display())
+        write!(f, "FileSink({})", self.shared.path.display())
     }
 }
 
-impl<T> Clone for CsvSink<T> {
+impl<T, F> Clone for FileSink<T, F> {
     /// Each subtask's clone counts as one writer of the file.
     fn clone(&self) -> Self {
         self.shared.open_subtasks.fetch_add(1, Ordering::SeqCst);
@@ -66,14 +101,14 @@ impl<T> Clone for CsvSink<T> {
     }
 }
 
-impl<T> CsvSink<T> {
+impl<T, F: FileFormatWriter<T>> FileSink<T, F> {
     /// A sink writing `path` (created, with parent directories; replaced if it exists).
     ///
     /// # Errors
     /// When the file cannot be created.
     pub fn new(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let writer = csv::Writer::from_writer(BufWriter::new(create(&path)?));
+        let writer = F::open(create(&path)?)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 path,
@@ -83,217 +118,146 @@ impl<T> CsvSink<T> {
             _type: std::marker::PhantomData,
         })
     }
+
+    fn failed(&self, reason: impl std::fmt::Display) -> Error {
+        Error::user(format!("writing {}: {reason}", self.shared.path.display()))
+    }
 }
 
-impl<T: Data + Serialize> Sink<T> for CsvSink<T> {
+impl<T: Data + Serialize, F: FileFormatWriter<T>> Sink<T> for FileSink<T, F> {
     fn name(&self) -> &str {
-        "csv_sink"
+        F::NAME
     }
 
     fn write_batch(&mut self, batch: Vec<Record<T>>) -> Result<()> {
-        let mut guard = self.shared.lock();
-        let writer = guard.as_mut().ok_or_else(|| {
-            Error::Internal(format!(
-                "{} written after close",
-                self.shared.path.display()
-            ))
-        })?;
-        for r in &batch {
-            writer
-                .serialize(&r.value)
-                .map_err(|e| Error::user(format!("writing {}: {e}", self.shared.path.display())))?;
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self) -> Result<()> {
-        if self.shared.finish_one() {
-            if let Some(mut writer) = self.shared.lock().take() {
-                writer.flush().map_err(|e| {
-                    Error::user(format!("writing {}: {e}", self.shared.path.display()))
-                })?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Writes records as JSON lines (one object per line).
-pub struct JsonLinesSink<T> {
-    shared: Arc<Shared<BufWriter<File>>>,
-    _type: std::marker::PhantomData<fn(T)>,
-}
-
-impl<T> std::fmt::Debug for JsonLinesSink<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "JsonLinesSink({})", self.shared.path.display())
-    }
-}
-
-impl<T> Clone for JsonLinesSink<T> {
-    /// Each subtask's clone counts as one writer of the file.
-    fn clone(&self) -> Self {
-        self.shared.open_subtasks.fetch_add(1, Ordering::SeqCst);
-        Self {
-            shared: Arc::clone(&self.shared),
-            _type: std::marker::PhantomData,
-        }
-    }
-}
-
-impl<T> JsonLinesSink<T> {
-    /// A sink writing `path` (created, with parent directories; replaced if it exists).
-    ///
-    /// # Errors
-    /// When the file cannot be created.
-    pub fn new(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let writer = BufWriter::new(create(&path)?);
-        Ok(Self {
-            shared: Arc::new(Shared {
-                path,
-                writer: Mutex::new(Some(writer)),
-                open_subtasks: AtomicUsize::new(0),
-            }),
-            _type: std::marker::PhantomData,
-        })
-    }
-}
-
-impl<T: Data + Serialize> Sink<T> for JsonLinesSink<T> {
-    fn name(&self) -> &str {
-        "jsonl_sink"
-    }
-
-    fn write_batch(&mut self, batch: Vec<Record<T>>) -> Result<()> {
-        use std::io::Write;
-        let path = &self.shared.path;
-        let failed =
-            |e: &dyn std::fmt::Display| Error::user(format!("writing {}: {e}", path.display()));
-        let mut guard = self.shared.lock();
-        let writer = guard
-            .as_mut()
-            .ok_or_else(|| Error::Internal(format!("{} written after close", path.display())))?;
-        for r in &batch {
-            serde_json::to_writer(&mut *writer, &r.value).map_err(|e| failed(&e))?;
-            writer.write_all(b"\n").map_err(|e| failed(&e))?;
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self) -> Result<()> {
-        use std::io::Write;
-        if self.shared.finish_one() {
-            if let Some(mut writer) = self.shared.lock().take() {
-                writer.flush().map_err(|e| {
-                    Error::user(format!("writing {}: {e}", self.shared.path.display()))
-                })?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The Arrow writer (made at the first batch, which gives the schema) and
-/// the record fields it was made for.
-type ParquetState = (Option<ArrowWriter<File>>, Vec<FieldRef>);
-
-/// Writes records to a Parquet file (schema from the records' serde form).
-pub struct ParquetSink<T> {
-    shared: Arc<Shared<ParquetState>>,
-    _type: std::marker::PhantomData<fn(T)>,
-}
-
-impl<T> std::fmt::Debug for ParquetSink<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ParquetSink({})", self.shared.path.display())
-    }
-}
-
-impl<T> Clone for ParquetSink<T> {
-    /// Each subtask's clone counts as one writer of the file.
-    fn clone(&self) -> Self {
-        self.shared.open_subtasks.fetch_add(1, Ordering::SeqCst);
-        Self {
-            shared: Arc::clone(&self.shared),
-            _type: std::marker::PhantomData,
-        }
-    }
-}
-
-impl<T> ParquetSink<T> {
-    /// A sink writing `path` (created, with parent directories; replaced if it exists).
-    ///
-    /// # Errors
-    /// When the file cannot be created.
-    pub fn new(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        // Created now so a bad path fails before the job starts; the Arrow
-        // writer needs the schema, which the first batch gives.
-        create(&path)?;
-        Ok(Self {
-            shared: Arc::new(Shared {
-                path,
-                writer: Mutex::new(Some((None, Vec::new()))),
-                open_subtasks: AtomicUsize::new(0),
-            }),
-            _type: std::marker::PhantomData,
-        })
-    }
-}
-
-impl<T: Data + Serialize> Sink<T> for ParquetSink<T> {
-    fn name(&self) -> &str {
-        "parquet_sink"
-    }
-
-    fn write_batch(&mut self, batch: Vec<Record<T>>) -> Result<()> {
-        use serde_arrow::schema::{SchemaLike, TracingOptions};
         if batch.is_empty() {
             return Ok(());
         }
-        let path = &self.shared.path;
-        let failed =
-            |e: &dyn std::fmt::Display| Error::user(format!("writing {}: {e}", path.display()));
         let values: Vec<&T> = batch.iter().map(|r| &r.value).collect();
         let mut guard = self.shared.lock();
-        let (writer, fields) = guard
+        let writer = guard
             .as_mut()
-            .ok_or_else(|| Error::Internal(format!("{} written after close", path.display())))?;
-        if writer.is_none() {
-            *fields = Vec::<FieldRef>::from_samples(
-                &values,
-                TracingOptions::default().allow_null_fields(true),
-            )
-            .map_err(|e| failed(&e))?;
-            let schema = Arc::new(arrow_schema::Schema::new(fields.clone()));
-            *writer =
-                Some(ArrowWriter::try_new(create(path)?, schema, None).map_err(|e| failed(&e))?);
+            .ok_or_else(|| self.failed("written after close"))?;
+        writer.write(&values).map_err(|e| self.failed(e))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        if self.shared.finish_one() {
+            if let Some(writer) = self.shared.lock().take() {
+                writer
+                    .close(&self.shared.path)
+                    .map_err(|e| self.failed(e))?;
+            }
         }
-        let record_batch = serde_arrow::to_record_batch(fields, &values).map_err(|e| failed(&e))?;
-        if let Some(w) = writer.as_mut() {
-            w.write(&record_batch).map_err(|e| failed(&e))?;
+        Ok(())
+    }
+}
+
+/// The CSV format of [`CsvSink`].
+#[derive(Debug)]
+pub struct CsvWriter(csv::Writer<BufWriter<File>>);
+
+impl<T: Serialize> FileFormatWriter<T> for CsvWriter {
+    const NAME: &'static str = "csv_sink";
+
+    fn open(file: File) -> Result<Self> {
+        Ok(Self(csv::Writer::from_writer(BufWriter::new(file))))
+    }
+
+    fn write(&mut self, records: &[&T]) -> std::result::Result<(), String> {
+        records
+            .iter()
+            .try_for_each(|r| self.0.serialize(r).map_err(|e| e.to_string()))
+    }
+
+    fn close(mut self, _path: &Path) -> std::result::Result<(), String> {
+        self.0.flush().map_err(|e| e.to_string())
+    }
+}
+
+/// The JSON-lines format of [`JsonLinesSink`].
+#[derive(Debug)]
+pub struct JsonLinesWriter(BufWriter<File>);
+
+impl<T: Serialize> FileFormatWriter<T> for JsonLinesWriter {
+    const NAME: &'static str = "jsonl_sink";
+
+    fn open(file: File) -> Result<Self> {
+        Ok(Self(BufWriter::new(file)))
+    }
+
+    fn write(&mut self, records: &[&T]) -> std::result::Result<(), String> {
+        use std::io::Write;
+        for r in records {
+            serde_json::to_writer(&mut self.0, r).map_err(|e| e.to_string())?;
+            self.0.write_all(b"\n").map_err(|e| e.to_string())?;
         }
         Ok(())
     }
 
-    /// The last subtask closes the file. A sink that never got a record has
-    /// no schema to write, so it leaves no file rather than an unreadable one.
-    fn finish(&mut self) -> Result<()> {
-        if self.shared.finish_one() {
-            let path = &self.shared.path;
-            match self.shared.lock().take() {
-                Some((Some(writer), _)) => {
-                    writer
-                        .close()
-                        .map_err(|e| Error::user(format!("writing {}: {e}", path.display())))?;
-                }
-                _ => {
-                    let _ = std::fs::remove_file(path);
-                }
+    fn close(mut self, _path: &Path) -> std::result::Result<(), String> {
+        use std::io::Write;
+        self.0.flush().map_err(|e| e.to_string())
+    }
+}
+
+/// The Parquet format of [`ParquetSink`]: the Arrow writer is made at the
+/// first batch, whose records give the schema.
+pub struct ParquetWriter {
+    file: Option<File>,
+    writer: Option<ArrowWriter<File>>,
+    fields: Vec<FieldRef>,
+}
+
+impl std::fmt::Debug for ParquetWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ParquetWriter({} fields)", self.fields.len())
+    }
+}
+
+impl<T: Serialize> FileFormatWriter<T> for ParquetWriter {
+    const NAME: &'static str = "parquet_sink";
+
+    fn open(file: File) -> Result<Self> {
+        Ok(Self {
+            file: Some(file),
+            writer: None,
+            fields: Vec::new(),
+        })
+    }
+
+    fn write(&mut self, records: &[&T]) -> std::result::Result<(), String> {
+        use serde_arrow::schema::{SchemaLike, TracingOptions};
+        if self.writer.is_none() {
+            self.fields = Vec::<FieldRef>::from_samples(
+                records,
+                TracingOptions::default().allow_null_fields(true),
+            )
+            .map_err(|e| e.to_string())?;
+            let schema = Arc::new(arrow_schema::Schema::new(self.fields.clone()));
+            let file = self.file.take().ok_or("the Parquet file is gone")?;
+            self.writer =
+                Some(ArrowWriter::try_new(file, schema, None).map_err(|e| e.to_string())?);
+        }
+        let batch =
+            serde_arrow::to_record_batch(&self.fields, &records).map_err(|e| e.to_string())?;
+        match self.writer.as_mut() {
+            Some(w) => w.write(&batch).map_err(|e| e.to_string()),
+            None => Err("no Parquet writer".into()),
+        }
+    }
+
+    /// A sink that never got a record has no schema to write, so it leaves
+    /// no file rather than an unreadable one.
+    fn close(self, path: &Path) -> std::result::Result<(), String> {
+        match self.writer {
+            Some(writer) => writer.close().map(|_| ()).map_err(|e| e.to_string()),
+            None => {
+                drop(self.file);
+                let _ = std::fs::remove_file(path);
+                Ok(())
             }
         }
-        Ok(())
     }
 }
 
