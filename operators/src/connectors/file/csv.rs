@@ -57,10 +57,17 @@ impl<T: Data + DeserializeOwned> CsvRows<T> {
         columns.check_present(path, &available)?;
         let mut fields: StringRecord = header
             .iter()
-            .map(|c| columns.field_of(c).unwrap_or(c))
+            .map(|c| columns.record_name(c))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|c| c.as_ref())
             .collect();
         let mut partition = Vec::new();
         for (field, value) in columns.partition_fields() {
+            // A column the file has wins over its folder name.
+            if fields.iter().any(|f| f == field) {
+                continue;
+            }
             fields.push_field(field);
             partition.push(value.to_string());
         }

@@ -140,6 +140,19 @@ impl Columns {
             .any(|(f, _, t)| f == field && t.as_ref().is_some_and(|t| t.is_integer()))
     }
 
+    /// The name a file column gets in records: the field it fills; or, for a
+    /// column whose name is a field filled from another column, a name no
+    /// field has (so the two do not collide); or its own name.
+    pub(crate) fn record_name<'a>(&'a self, column: &'a str) -> std::borrow::Cow<'a, str> {
+        match self.field_of(column) {
+            Some(field) => std::borrow::Cow::Borrowed(field),
+            None if self.fields.iter().any(|(f, _, _)| f == column) => {
+                std::borrow::Cow::Owned(format!("__unused_{column}"))
+            }
+            None => std::borrow::Cow::Borrowed(column),
+        }
+    }
+
     /// The partition columns that fill record fields: `(field, value)`.
     pub(crate) fn partition_fields(&self) -> impl Iterator<Item = (&str, &str)> {
         self.partition
@@ -549,6 +562,14 @@ impl<T: Data + Serialize + DeserializeOwned + Sync> FileSource<T> {
                 prune,
             )?;
             files.push(rows);
+        }
+        if let Some((field, start, end)) = &self.range {
+            if start >= end {
+                return Err(Error::config(
+                    "file_source.time_range",
+                    format!("[{start}, {end}) of field '{field}' is empty"),
+                ));
+            }
         }
         if self.range.is_some() && self.event_time.is_none() {
             return Err(Error::config(

@@ -37,7 +37,9 @@ pub(crate) struct ParquetRows<T> {
     columns: Columns,
     /// Rows taken from the reader and converted (records or dead letters).
     row: u64,
-    pending: VecDeque<T>,
+    /// Converted rows not emitted yet, in file order: records, or dead
+    /// letters `(reason, where)`; each is one input row, so the offset is exact.
+    pending: VecDeque<std::result::Result<T, (String, String)>>,
     /// Rows read but not converted yet (the rest of a batch after a skip).
     unread: Option<RecordBatch>,
 }
@@ -160,8 +162,12 @@ impl<T: Data + DeserializeOwned> ParquetRows<T> {
                 }
             }
         }
-        let mask =
-            ProjectionMask::columns(builder.parquet_schema(), needed.iter().map(String::as_str));
+        // A record type that could not be traced reads every column.
+        let mask = if columns.fields.is_empty() {
+            ProjectionMask::all()
+        } else {
+            ProjectionMask::columns(builder.parquet_schema(), needed.iter().map(String::as_str))
+        };
         let (row_groups, _) = prunable(&builder, prune);
         let reader = builder
             .with_row_groups(row_groups)
@@ -194,11 +200,15 @@ impl<T: Data + DeserializeOwned> ParquetRows<T> {
                     .fields()
                     .iter()
                     .map(|f| {
-                        let name = self.columns.field_of(f.name()).unwrap_or(f.name());
-                        Field::new(name, f.data_type().clone(), f.is_nullable())
+                        let name = self.columns.record_name(f.name());
+                        Field::new(name.as_ref(), f.data_type().clone(), f.is_nullable())
                     })
                     .collect();
                 for (field, value) in self.columns.partition_fields() {
+                    // A column the file has wins over its folder name.
+                    if fields.iter().any(|f| f.name() == field) {
+                        continue;
+                    }
                     let data_type = match value.parse::<i64>() {
                         Ok(_) if self.columns.is_integer(field) => arrow_schema::DataType::Int64,
                         _ => arrow_schema::DataType::Utf8,
@@ -211,7 +221,17 @@ impl<T: Data + DeserializeOwned> ParquetRows<T> {
             }
         };
         let mut arrays = batch.columns().to_vec();
+        let file_columns = batch.num_columns();
         for (field, value) in self.columns.partition_fields() {
+            if batch
+                .schema()
+                .fields()
+                .iter()
+                .take(file_columns)
+                .any(|f| self.columns.record_name(f.name()) == field)
+            {
+                continue;
+            }
             let n = batch.num_rows();
             let array: arrow_array::ArrayRef = match value.parse::<i64>() {
                 Ok(v) if self.columns.is_integer(field) => {
@@ -230,9 +250,16 @@ impl<T: Data + DeserializeOwned> ParquetRows<T> {
 impl<T: Data + DeserializeOwned> FileRows<T> for ParquetRows<T> {
     fn read(&mut self, out: &mut SourceOutput<T>) -> Result<bool> {
         while out.remaining() > 0 {
-            if let Some(value) = self.pending.pop_front() {
-                out.push(Record::untimed(value));
-                continue;
+            match self.pending.pop_front() {
+                Some(Ok(value)) => {
+                    out.push(Record::untimed(value));
+                    continue;
+                }
+                Some(Err((reason, at))) => {
+                    out.dead_letter(reason, at);
+                    continue;
+                }
+                None => {}
             }
             let batch = match self.unread.take().map(Ok).or_else(|| self.reader.next()) {
                 None => return Ok(false),
@@ -245,17 +272,17 @@ impl<T: Data + DeserializeOwned> FileRows<T> for ParquetRows<T> {
             let first_row = self.row + 1;
             self.row += batch.num_rows() as u64;
             match serde_arrow::from_record_batch::<Vec<T>>(&batch) {
-                Ok(rows) => self.pending.extend(rows),
+                Ok(rows) => self.pending.extend(rows.into_iter().map(Ok)),
                 // Some row cannot become a record (a null in a required
                 // field, say): convert row by row to reject just those.
                 Err(_) => {
                     for i in 0..batch.num_rows() {
                         match serde_arrow::from_record_batch::<Vec<T>>(&batch.slice(i, 1)) {
-                            Ok(rows) => self.pending.extend(rows),
-                            Err(e) => out.dead_letter(
-                                e,
+                            Ok(rows) => self.pending.extend(rows.into_iter().map(Ok)),
+                            Err(e) => self.pending.push_back(Err((
+                                e.to_string(),
                                 format!("{} (row)", location(&self.path, first_row + i as u64)),
-                            ),
+                            ))),
                         }
                     }
                 }

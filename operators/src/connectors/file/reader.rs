@@ -154,6 +154,8 @@ pub(crate) struct FileReader<T> {
     /// Event-time order: records emitted so far, and how many to skip first when resuming.
     emitted: u64,
     skip_sorted: u64,
+    /// Resumed after the sort had run: its dead letters already went out.
+    rejects_sent: bool,
 }
 
 impl<T: Data + Serialize + DeserializeOwned> FileReader<T> {
@@ -164,6 +166,7 @@ impl<T: Data + Serialize + DeserializeOwned> FileReader<T> {
             sorted: None,
             emitted: 0,
             skip_sorted: 0,
+            rejects_sent: false,
         }
     }
 
@@ -171,8 +174,9 @@ impl<T: Data + Serialize + DeserializeOwned> FileReader<T> {
     pub(crate) fn resume(&mut self, offset: &SourceOffset) -> Result<()> {
         match (offset.0.as_slice(), self.sort.is_some()) {
             ([0, file, row], false) => self.files.seek(*file, *row),
-            ([1, emitted], true) => {
+            ([1, emitted, sorted], true) => {
                 self.skip_sorted = *emitted;
+                self.rejects_sent = *sorted == 1;
                 Ok(())
             }
             _ => Err(Error::config(
@@ -310,7 +314,14 @@ impl<T: Data + Serialize + DeserializeOwned> SourceReader<T> for FileReader<T> {
             return self.files.read(out);
         };
         if self.sorted.is_none() {
-            self.sorted = Some(self.sort_all(&key, budget, out)?);
+            // Dead letters go out while sorting, unless an earlier reader sent them.
+            let mut already_sent = SourceOutput::new(1);
+            let rejects = if self.rejects_sent {
+                &mut already_sent
+            } else {
+                &mut *out
+            };
+            self.sorted = Some(self.sort_all(&key, budget, rejects)?);
             // Resuming: these records went out before the offset was taken.
             while self.emitted < self.skip_sorted {
                 let left = usize::try_from(self.skip_sorted - self.emitted)
@@ -332,7 +343,11 @@ impl<T: Data + Serialize + DeserializeOwned> SourceReader<T> for FileReader<T> {
                 let (file, row) = self.files.position();
                 SourceOffset(vec![0, file, row])
             }
-            Some(_) => SourceOffset(vec![1, self.emitted]),
+            Some(_) => SourceOffset(vec![
+                1,
+                self.emitted,
+                u64::from(self.sorted.is_some() || self.rejects_sent),
+            ]),
         })
     }
 }

@@ -39,8 +39,19 @@ impl<W> Shared<W> {
 
     /// Whether this was the last open subtask.
     fn finish_one(&self) -> bool {
-        self.open_subtasks.fetch_sub(1, Ordering::SeqCst) == 1
+        finish_one(&self.open_subtasks)
     }
+}
+
+/// Counts one writer out; `true` for the last. Never goes below zero, so a
+/// sink used without clones (made per subtask by a factory) still closes.
+fn finish_one(open: &AtomicUsize) -> bool {
+    let previous = open
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            Some(n.saturating_sub(1))
+        })
+        .unwrap_or(0);
+    previous <= 1
 }
 
 /// How one file format writes records.
@@ -369,10 +380,17 @@ impl<T: Data + Serialize> Sink<T> for PartitionedParquetSink<T> {
     }
 
     fn finish(&mut self) -> Result<()> {
-        if self.open_subtasks.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if finish_one(&self.open_subtasks) {
             let mut writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
+            // Close every partition even if one fails; report the first failure.
+            let mut first_error = None;
             for (_, mut writer) in std::mem::take(&mut *writers) {
-                writer.finish()?;
+                if let Err(e) = writer.finish() {
+                    first_error.get_or_insert(e);
+                }
+            }
+            if let Some(e) = first_error {
+                return Err(e);
             }
         }
         Ok(())
