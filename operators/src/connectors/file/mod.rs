@@ -386,7 +386,9 @@ impl<T: Data + DeserializeOwned> FileSource<T> {
 
     /// Keeps only records whose event time (field `field`, milliseconds) is
     /// in `[start, end)`. Parquet row groups whose statistics show no row in
-    /// the range are not read at all. Needs [`FileSource::event_time`].
+    /// the range are not read at all, so `field` must hold exactly what
+    /// [`FileSource::event_time`] returns (epoch milliseconds), which is also
+    /// required. An empty range is a configuration error.
     pub fn time_range(mut self, field: &str, start: i64, end: i64) -> Self {
         self.range = Some((field.to_string(), start, end));
         self
