@@ -2,10 +2,10 @@
 //! dead letters with file and line, bad files rejected before the job starts,
 //! arrival and event-time order.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 use tideline::connectors::file::{FileSource, ReplayOrder};
+
+use super::{write_parquet, write_parquet_groups};
 use tideline::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -13,19 +13,6 @@ struct Row {
     key: i64,
     value: i64,
     ts: i64,
-}
-
-fn write_parquet<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
-    use serde_arrow::schema::{SchemaLike, TracingOptions};
-    let fields = Vec::<arrow_schema::FieldRef>::from_samples(rows, TracingOptions::default())
-        .map_err(Error::user)?;
-    let batch = serde_arrow::to_record_batch(&fields, &rows).map_err(Error::user)?;
-    let file = std::fs::File::create(path).map_err(Error::user)?;
-    let mut writer =
-        parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).map_err(Error::user)?;
-    writer.write(&batch).map_err(Error::user)?;
-    writer.close().map_err(Error::user)?;
-    Ok(())
 }
 
 fn rows(n: i64, offset: i64) -> Vec<Row> {
@@ -319,25 +306,6 @@ fn arrival_order_is_file_order_and_event_time_order_sorts_across_files() -> Resu
     assert_eq!(by_time, expected);
     let glob = format!("{}/*/*.parquet", dir.path().display());
     assert_eq!(FileSource::<Row>::new(&glob)?.files().len(), 1);
-    Ok(())
-}
-
-fn write_parquet_groups(path: &Path, rows: &[Row], group_rows: usize) -> Result<()> {
-    use serde_arrow::schema::{SchemaLike, TracingOptions};
-    let fields = Vec::<arrow_schema::FieldRef>::from_samples(rows, TracingOptions::default())
-        .map_err(Error::user)?;
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_max_row_group_row_count(Some(group_rows))
-        .build();
-    let file = std::fs::File::create(path).map_err(Error::user)?;
-    let schema = std::sync::Arc::new(arrow_schema::Schema::new(fields.clone()));
-    let mut writer =
-        parquet::arrow::ArrowWriter::try_new(file, schema, Some(props)).map_err(Error::user)?;
-    for chunk in rows.chunks(group_rows) {
-        let batch = serde_arrow::to_record_batch(&fields, &chunk).map_err(Error::user)?;
-        writer.write(&batch).map_err(Error::user)?;
-    }
-    writer.close().map_err(Error::user)?;
     Ok(())
 }
 

@@ -1,5 +1,40 @@
-//! Replay from files: formats, bad input, orders.
+//! Replay from files: formats, bad input, orders, offsets.
 
 mod files;
 mod offsets;
 mod same_logic;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tideline::prelude::*;
+
+/// Writes `rows` to a Parquet file in row groups of `group_rows`.
+pub(crate) fn write_parquet_groups<T: Serialize>(
+    path: &Path,
+    rows: &[T],
+    group_rows: usize,
+) -> Result<()> {
+    use serde_arrow::schema::{SchemaLike, TracingOptions};
+    let fields = Vec::<arrow_schema::FieldRef>::from_samples(rows, TracingOptions::default())
+        .map_err(Error::user)?;
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(group_rows.max(1)))
+        .build();
+    let file = std::fs::File::create(path).map_err(Error::user)?;
+    let schema = Arc::new(arrow_schema::Schema::new(fields.clone()));
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(file, schema, Some(props)).map_err(Error::user)?;
+    for chunk in rows.chunks(group_rows.max(1)) {
+        let batch = serde_arrow::to_record_batch(&fields, &chunk).map_err(Error::user)?;
+        writer.write(&batch).map_err(Error::user)?;
+    }
+    writer.close().map_err(Error::user)?;
+    Ok(())
+}
+
+/// Writes `rows` to a Parquet file in one row group.
+pub(crate) fn write_parquet<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+    write_parquet_groups(path, rows, rows.len())
+}

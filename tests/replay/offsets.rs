@@ -86,23 +86,7 @@ fn file_sources_resume_at_their_offsets() -> Result<()> {
             .collect::<String>(),
     )
     .map_err(Error::user)?;
-    {
-        use serde_arrow::schema::{SchemaLike, TracingOptions};
-        let fields = Vec::<arrow_schema::FieldRef>::from_samples(&rows, TracingOptions::default())
-            .map_err(Error::user)?;
-        let file = std::fs::File::create(dir.path().join("c.parquet")).map_err(Error::user)?;
-        let mut w = parquet::arrow::ArrowWriter::try_new(
-            file,
-            Arc::new(arrow_schema::Schema::new(fields.clone())),
-            None,
-        )
-        .map_err(Error::user)?;
-        for chunk in rows.chunks(40) {
-            w.write(&serde_arrow::to_record_batch(&fields, &chunk).map_err(Error::user)?)
-                .map_err(Error::user)?;
-        }
-        w.close().map_err(Error::user)?;
-    }
+    super::write_parquet_groups(&dir.path().join("c.parquet"), &rows, 40)?;
     let pattern = dir.path().to_str().unwrap_or_default().to_string();
     // Arrival order across the three files (cuts inside each file and at boundaries).
     check_resume(
@@ -170,28 +154,14 @@ fn resuming_past_bad_rows_neither_loses_nor_repeats() -> Result<()> {
     }
     let dir = tempfile::tempdir().map_err(Error::user)?;
     let path = dir.path().join("m.parquet");
-    {
-        use serde_arrow::schema::{SchemaLike, TracingOptions};
-        let data: Vec<Maybe> = (0..60)
-            .map(|i| Maybe {
-                key: 0,
-                value: i,
-                ts: (i % 7 != 3).then_some(i),
-            })
-            .collect();
-        let fields = Vec::<arrow_schema::FieldRef>::from_samples(&data, TracingOptions::default())
-            .map_err(Error::user)?;
-        let file = std::fs::File::create(&path).map_err(Error::user)?;
-        let mut w = parquet::arrow::ArrowWriter::try_new(
-            file,
-            Arc::new(arrow_schema::Schema::new(fields.clone())),
-            None,
-        )
-        .map_err(Error::user)?;
-        w.write(&serde_arrow::to_record_batch(&fields, &data).map_err(Error::user)?)
-            .map_err(Error::user)?;
-        w.close().map_err(Error::user)?;
-    }
+    let data: Vec<Maybe> = (0..60)
+        .map(|i| Maybe {
+            key: 0,
+            value: i,
+            ts: (i % 7 != 3).then_some(i),
+        })
+        .collect();
+    super::write_parquet(&path, &data)?;
     let p = path.to_str().unwrap_or_default().to_string();
     for event_time in [false, true] {
         let make = || -> Result<FileSource<Row>> {
