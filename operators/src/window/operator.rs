@@ -319,7 +319,6 @@ where
             Some(b) => b,
             None => fresh.insert(PaneBuffer::new(&grid, *watermark)),
         };
-        buffer.catch_up(&grid, *watermark);
         let (acc, created) = buffer.pane_mut(start, || agg.create());
         agg.add(acc, value);
         if created {
@@ -328,7 +327,14 @@ where
         // Windows of the pane that already fired on time fire again (the
         // pane's first window ending at or before the watermark says so).
         let first_end = grid.first_end_of_pane(start);
-        if EventTime::from_millis(first_end - 1) <= *watermark {
+        let refires = EventTime::from_millis(first_end - 1) <= *watermark;
+        // Only a new pane or a late re-firing can leave the buffer's record of
+        // fired windows behind the watermark; a record in a pane whose windows
+        // are all ahead of it need not pay for the check.
+        if created || refires {
+            buffer.catch_up(&grid, *watermark);
+        }
+        if refires {
             let mut host = Host::new(agg, function, key);
             buffer.fire_late(&mut host, &grid, start, created, *watermark, out)?;
         }
