@@ -5,15 +5,8 @@
 use serde::{Deserialize, Serialize};
 use tideline::connectors::file::{FileSource, ReplayOrder};
 
-use super::{write_parquet, write_parquet_groups};
+use super::{with_null_timestamps, write_parquet, write_parquet_groups, Row};
 use tideline::prelude::*;
-
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-struct Row {
-    key: i64,
-    value: i64,
-    ts: i64,
-}
 
 fn rows(n: i64, offset: i64) -> Vec<Row> {
     (0..n)
@@ -154,21 +147,9 @@ fn parquet_round_trip_with_projection_and_rename() -> Result<()> {
 
 #[test]
 fn parquet_null_timestamps_are_rejected_row_by_row() -> Result<()> {
-    #[derive(Serialize)]
-    struct Maybe {
-        key: i64,
-        value: i64,
-        ts: Option<i64>,
-    }
     let dir = tempfile::tempdir().map_err(Error::user)?;
     let path = dir.path().join("n.parquet");
-    let data: Vec<Maybe> = (0..10)
-        .map(|i| Maybe {
-            key: 0,
-            value: i,
-            ts: (i % 4 != 1).then_some(i),
-        })
-        .collect();
+    let data = with_null_timestamps(10, 4, 1);
     write_parquet(&path, &data)?;
     let (got, dead) = read(FileSource::new(path.to_str().unwrap_or_default())?)?;
     assert_eq!(

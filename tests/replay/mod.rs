@@ -7,8 +7,35 @@ mod same_logic;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tideline::prelude::*;
+
+/// The record the replay tests read: three int64 columns.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub(crate) struct Row {
+    pub(crate) key: i64,
+    pub(crate) value: i64,
+    pub(crate) ts: i64,
+}
+
+/// A row whose timestamp may be null, to write files with bad rows.
+#[derive(Serialize)]
+pub(crate) struct Maybe {
+    pub(crate) key: i64,
+    pub(crate) value: i64,
+    pub(crate) ts: Option<i64>,
+}
+
+/// `n` rows of key 0 and values `0..n`; every row `i` with `i % every == at` has a null timestamp.
+pub(crate) fn with_null_timestamps(n: i64, every: i64, at: i64) -> Vec<Maybe> {
+    (0..n)
+        .map(|i| Maybe {
+            key: 0,
+            value: i,
+            ts: (i % every != at).then_some(i),
+        })
+        .collect()
+}
 
 /// Writes `rows` to a Parquet file in row groups of `group_rows`.
 pub(crate) fn write_parquet_groups<T: Serialize>(

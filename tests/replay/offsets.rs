@@ -3,17 +3,11 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use tideline::connectors::file::{FileSource, ReplayOrder};
 use tideline::prelude::*;
-use tideline::{Data, ReaderContext, SourceOffset, SourceOutput, SourceReader, SourceStatus};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Row {
-    key: i64,
-    value: i64,
-    ts: i64,
-}
+use super::{with_null_timestamps, Row};
+use tideline::{Data, ReaderContext, SourceOffset, SourceOutput, SourceReader, SourceStatus};
 
 fn ctx() -> ReaderContext {
     ReaderContext {
@@ -146,21 +140,9 @@ fn drain_both<T>(
 /// dead letter.
 #[test]
 fn resuming_past_bad_rows_neither_loses_nor_repeats() -> Result<()> {
-    #[derive(Serialize)]
-    struct Maybe {
-        key: i64,
-        value: i64,
-        ts: Option<i64>,
-    }
     let dir = tempfile::tempdir().map_err(Error::user)?;
     let path = dir.path().join("m.parquet");
-    let data: Vec<Maybe> = (0..60)
-        .map(|i| Maybe {
-            key: 0,
-            value: i,
-            ts: (i % 7 != 3).then_some(i),
-        })
-        .collect();
+    let data = with_null_timestamps(60, 7, 3);
     super::write_parquet(&path, &data)?;
     let p = path.to_str().unwrap_or_default().to_string();
     for event_time in [false, true] {

@@ -12,6 +12,29 @@ fn run(
     parallelism: usize,
     windows: impl Into<tideline::window::WindowKind<Event>>,
 ) -> Result<Table> {
+    run_with(events, parallelism, windows, |windowed| {
+        (
+            windowed.live_windows(),
+            windowed.aggregate(count_sum_min_max()),
+        )
+    })
+}
+
+/// Runs sorted `events` through `windows`, finished by `finish` (which
+/// returns the live-window gauge and the results), and checks nothing was
+/// late and no state is left.
+#[allow(clippy::type_complexity)]
+fn run_with(
+    events: &[Event],
+    parallelism: usize,
+    windows: impl Into<tideline::window::WindowKind<Event>>,
+    finish: impl FnOnce(
+        tideline::window::WindowedStream<u64, Event>,
+    ) -> (
+        tideline::window::LiveWindows,
+        Stream<WindowResult<u64, (u64, i64, i64, i64)>>,
+    ),
+) -> Result<Table> {
     let mut sorted = events.to_vec();
     sorted.sort_by_key(|e| e.1);
     let job = Job::new()
@@ -27,8 +50,8 @@ fn run(
         )
         .key_by(|e: &Event| e.0)
         .window(windows);
-    let live = windowed.live_windows();
-    windowed.aggregate(count_sum_min_max()).sink(out.clone());
+    let (live, results) = finish(windowed);
+    results.sink(out.clone());
     let summary = job.run()?;
     assert_eq!(summary.late_records, 0, "sorted input has no late records");
     assert_eq!(live.get(), 0, "all window state is cleaned up");
@@ -148,26 +171,17 @@ fn session_matches_reference() -> Result<()> {
 }
 
 fn run_generic_sessions(events: &[Event], parallelism: usize, gap: u64) -> Result<Table> {
-    let mut sorted = events.to_vec();
-    sorted.sort_by_key(|e| e.1);
-    let job = Job::new()
-        .parallelism(parallelism)
-        .batch_size(64)
-        .mode(ExecutionMode::Bounded);
-    let out = CollectSink::new();
-    let windowed = job
-        .source(
-            VecSource::new(sorted),
-            WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(100))
-                .with_timestamps(|e: &Event| e.1),
-        )
-        .key_by(|e: &Event| e.0)
-        .window(Session::with_gap(Duration::from_millis(gap)))
-        // Never fires early: only the on-time results remain.
-        .trigger(EarlyFiring::every_records(u64::MAX));
-    let live = windowed.live_windows();
-    windowed.aggregate(count_sum_min_max()).sink(out.clone());
-    job.run()?;
-    assert_eq!(live.get(), 0, "all window state is cleaned up");
-    Ok(to_table(out.values()))
+    run_with(
+        events,
+        parallelism,
+        Session::with_gap(Duration::from_millis(gap)),
+        |windowed| {
+            // Never fires early: only the on-time results remain.
+            let windowed = windowed.trigger(EarlyFiring::every_records(u64::MAX));
+            (
+                windowed.live_windows(),
+                windowed.aggregate(count_sum_min_max()),
+            )
+        },
+    )
 }
