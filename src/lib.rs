@@ -31,10 +31,12 @@
 
 pub use tideline_engine as engine;
 pub use tideline_engine::{
-    time, Data, DeadLetter, Error, ErrorDomain, EventTime, ExecutionMode, FailurePolicy, Job,
-    JobConfig, JobHandle, JobSummary, KeyedStream, LocalRun, Operator, OperatorContext,
-    OperatorSummary, Output, OutputTag, ReaderContext, Record, Result, Sink, Source, SourceOffset,
-    SourceOutput, SourceReader, SourceStatus, Stream, SubtaskInfo, Watermark,
+    time, CheckpointConfig, CheckpointStats, Committer, Data, DeadLetter, Error, ErrorDomain,
+    EventTime, ExecutionMode, FailurePolicy, Job, JobConfig, JobHandle, JobSummary, KeyedStream,
+    LocalRun, Operator, OperatorContext, OperatorSummary, Output, OutputTag, ReaderContext, Record,
+    RestoreContext, RestoreFrom, Result, RocksDbOptions, Sink, SnapshotWriter, Source,
+    SourceOffset, SourceOutput, SourceReader, SourceStatus, StateBackend, Stream, SubtaskInfo,
+    Watermark,
 };
 pub use tideline_operators as operators;
 pub use tideline_operators::{connectors, join, process, stateless, testing, window};

@@ -8,6 +8,7 @@ mod windows;
 #[path = "../examples/quickstart.rs"]
 mod quickstart;
 
+mod checkpoint;
 mod replay;
 
 #[test]

@@ -3,6 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tideline_state::StateBackend;
+
+use crate::checkpoint::{CheckpointConfig, RestoreFrom};
 use crate::error::{Error, Result};
 use crate::time::{duration_millis, Clock, SystemClock};
 
@@ -46,6 +49,12 @@ pub struct JobConfig {
     pub clock: Arc<dyn Clock>,
     /// What to do with records user code rejects.
     pub failure_policy: FailurePolicy,
+    /// Where keyed state lives (default: memory).
+    pub state_backend: StateBackend,
+    /// Periodic checkpoints (default: none).
+    pub checkpointing: Option<CheckpointConfig>,
+    /// The checkpoint to restart from (default: start from the beginning).
+    pub restore: Option<RestoreFrom>,
 }
 
 impl Default for JobConfig {
@@ -59,6 +68,9 @@ impl Default for JobConfig {
             key_groups: tideline_state::key_group::DEFAULT_KEY_GROUPS,
             clock: Arc::new(SystemClock),
             failure_policy: FailurePolicy::DeadLetter,
+            state_backend: StateBackend::Memory,
+            checkpointing: None,
+            restore: None,
         }
     }
 }
@@ -86,6 +98,20 @@ impl JobConfig {
                     self.parallelism, self.key_groups
                 ),
             ));
+        }
+        if let Some(cp) = &self.checkpointing {
+            if cp.interval.is_zero() {
+                return Err(Error::config(
+                    "checkpointing.interval",
+                    "must be at least 1 ms",
+                ));
+            }
+            if cp.retain == 0 {
+                return Err(Error::config(
+                    "checkpointing.retain",
+                    "must keep at least 1 checkpoint",
+                ));
+            }
         }
         if self.flush_interval.is_zero() || duration_millis(self.flush_interval).is_none() {
             return Err(Error::config(

@@ -71,6 +71,15 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// A checkpoint could not be written or read: missing, truncated or
+    /// altered files, or a file-system error.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The file or directory concerned.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The job was cancelled because another task failed; never the root cause.
     #[error("cancelled because another task of the job failed")]
     Cancelled,
@@ -124,6 +133,7 @@ impl Error {
             | Error::Panic { .. }
             | Error::State(_) => ErrorDomain::User,
             Error::Operator { source, .. } => source.domain(),
+            Error::Checkpoint { .. } => ErrorDomain::External,
             Error::Cancelled | Error::Internal(_) => ErrorDomain::Internal,
         }
     }

@@ -18,6 +18,7 @@
 //! - the first failure of any task stops the whole job and is what
 //!   [`Job::run`] returns, naming the operator.
 
+pub mod checkpoint;
 mod config;
 mod error;
 mod graph;
@@ -28,6 +29,9 @@ mod sink;
 mod source;
 pub mod time;
 
+pub use checkpoint::{
+    CheckpointConfig, CheckpointStats, RestoreContext, RestoreFrom, SnapshotWriter,
+};
 pub use config::{ExecutionMode, FailurePolicy, JobConfig};
 pub use error::{BoxError, Error, ErrorDomain, Result};
 pub use graph::{Job, KeySelector, KeyedStream, Stream};
@@ -35,6 +39,7 @@ pub use operator::{DeadLetter, Operator, OperatorContext, Output, OutputTag};
 pub use record::{Data, Record};
 pub use runtime::executor::{JobHandle, LocalRun};
 pub use runtime::metrics::{JobSummary, OperatorSummary};
-pub use sink::{Sink, SubtaskInfo};
+pub use sink::{Committer, Sink, SubtaskInfo};
 pub use source::{ReaderContext, Source, SourceOffset, SourceOutput, SourceReader, SourceStatus};
+pub use tideline_state::{RocksDbOptions, StateBackend};
 pub use time::{EventTime, Watermark};

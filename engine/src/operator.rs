@@ -11,6 +11,8 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::checkpoint::snapshot::BarrierCtx;
+use crate::checkpoint::{RestoreContext, SnapshotWriter};
 use crate::config::{FailurePolicy, JobConfig};
 use crate::error::{guarded, Error, Result};
 use crate::record::{Data, Record};
@@ -58,6 +60,29 @@ pub trait Operator<I, O>: Send + 'static {
         let _ = out;
         Ok(())
     }
+
+    /// A checkpoint barrier passed: write everything needed to continue
+    /// from exactly here (keyed state, timers) into `snapshot`. Called
+    /// between batches. Stateless operators keep this default.
+    ///
+    /// # Errors
+    /// Any error stops the job (the checkpoint never completes).
+    fn snapshot_state(&mut self, snapshot: &mut SnapshotWriter<'_>) -> Result<()> {
+        let _ = snapshot;
+        Ok(())
+    }
+
+    /// The job restarts from a checkpoint: load what
+    /// [`Operator::snapshot_state`] wrote, keeping only the keys this subtask
+    /// owns now ([`RestoreContext::owns_key`]). Called once, right after the
+    /// operator is made and before any input.
+    ///
+    /// # Errors
+    /// The job does not start.
+    fn restore_state(&mut self, restore: &RestoreContext) -> Result<()> {
+        let _ = restore;
+        Ok(())
+    }
 }
 
 /// Where an operator instance runs.
@@ -71,6 +96,40 @@ pub struct OperatorContext {
     pub parallelism: usize,
     /// The job's configuration (clock, key groups, batch size...).
     pub config: JobConfig,
+}
+
+impl OperatorContext {
+    /// The key groups this subtask owns (contiguous, as in Flink).
+    pub fn key_group_range(&self) -> std::ops::Range<u16> {
+        let groups = self.config.key_groups;
+        let owned = |g: u16| {
+            tideline_state::key_group::subtask_for_key_group(g, groups, self.parallelism)
+                == self.subtask
+        };
+        let start = (0..groups).find(|g| owned(*g)).unwrap_or(groups);
+        let end = (start..groups).find(|g| !owned(*g)).unwrap_or(groups);
+        start..end
+    }
+
+    /// Keyed state for this subtask, in the job's state backend
+    /// ([`JobConfig::state_backend`]).
+    ///
+    /// # Errors
+    /// When the backend cannot be opened (RocksDB directory, options).
+    pub fn keyed_state<K: tideline_state::StateKey>(
+        &self,
+    ) -> Result<tideline_state::KeyedState<K>> {
+        let scope = tideline_state::StateScope {
+            operator: self.name.to_string(),
+            subtask: self.subtask,
+            key_groups: self.config.key_groups,
+            key_group_range: self.key_group_range(),
+        };
+        Ok(tideline_state::KeyedState::open(
+            &self.config.state_backend,
+            scope,
+        )?)
+    }
 }
 
 static NEXT_TAG: AtomicU64 = AtomicU64::new(1);
@@ -156,7 +215,8 @@ pub(crate) trait SideChannel: Send {
     fn flush(&mut self) -> Result<()>;
     fn push_watermark(&mut self, watermark: Watermark) -> Result<()>;
     fn on_tick(&mut self, now: i64) -> Result<()>;
-    fn finish(&mut self) -> Result<()>;
+    fn push_barrier(&mut self, barrier: &mut BarrierCtx) -> Result<()>;
+    fn finish(&mut self, last: Option<&mut BarrierCtx>) -> Result<()>;
     fn flush_downstream(&mut self) -> Result<()>;
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
@@ -193,8 +253,12 @@ impl<T: Data> SideChannel for SideBuffer<T> {
     fn on_tick(&mut self, now: i64) -> Result<()> {
         self.next.on_tick(now)
     }
-    fn finish(&mut self) -> Result<()> {
-        self.next.finish()
+    fn push_barrier(&mut self, barrier: &mut BarrierCtx) -> Result<()> {
+        self.flush()?;
+        self.next.push_barrier(barrier)
+    }
+    fn finish(&mut self, last: Option<&mut BarrierCtx>) -> Result<()> {
+        self.next.finish(last)
     }
     fn flush_downstream(&mut self) -> Result<()> {
         self.next.flush()
@@ -352,6 +416,8 @@ pub(crate) fn reject(
 /// names errors, and passes on what the operator wrote.
 pub(crate) struct OperatorPush<I, O, Op> {
     name: Arc<str>,
+    subtask: usize,
+    parallelism: usize,
     op: Op,
     out: Output<O>,
     next: BoxPush<O>,
@@ -364,9 +430,17 @@ pub(crate) struct OperatorPush<I, O, Op> {
 }
 
 impl<I: Data, O: Data, Op: Operator<I, O>> OperatorPush<I, O, Op> {
-    pub(crate) fn new(op: Op, out: Output<O>, next: BoxPush<O>, counters: Arc<OpCounters>) -> Self {
+    pub(crate) fn new(
+        op: Op,
+        ctx: &OperatorContext,
+        out: Output<O>,
+        next: BoxPush<O>,
+        counters: Arc<OpCounters>,
+    ) -> Self {
         Self {
             name: Arc::clone(&out.operator),
+            subtask: ctx.subtask,
+            parallelism: ctx.parallelism,
             op,
             out,
             next,
@@ -390,6 +464,12 @@ impl<I: Data, O: Data, Op: Operator<I, O>> OperatorPush<I, O, Op> {
             self.forward_watermark(wm)?;
         }
         Ok(())
+    }
+
+    fn snapshot(&mut self, barrier: &mut BarrierCtx) -> Result<()> {
+        let mut writer = barrier.writer(&self.name, self.subtask, self.parallelism);
+        let op = &mut self.op;
+        guarded(&self.name, || op.snapshot_state(&mut writer))
     }
 
     fn forward_watermark(&mut self, wm: EventTime) -> Result<()> {
@@ -448,13 +528,26 @@ impl<I: Data, O: Data, Op: Operator<I, O>> Push<I> for OperatorPush<I, O, Op> {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<()> {
+    fn push_barrier(&mut self, barrier: &mut BarrierCtx) -> Result<()> {
+        self.flush()?;
+        self.snapshot(barrier)?;
+        self.next.push_barrier(barrier)?;
+        for side in &mut self.out.sides {
+            side.push_barrier(barrier)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, mut last: Option<&mut BarrierCtx>) -> Result<()> {
         let (op, out) = (&mut self.op, &mut self.out);
         guarded(&self.name, || op.finish(out))?;
         self.flush()?;
-        self.next.finish()?;
+        if let Some(barrier) = last.as_deref_mut() {
+            self.snapshot(barrier)?;
+        }
+        self.next.finish(last.as_deref_mut())?;
         for side in &mut self.out.sides {
-            side.finish()?;
+            side.finish(last.as_deref_mut())?;
         }
         Ok(())
     }

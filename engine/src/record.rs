@@ -1,8 +1,8 @@
 //! Records and the messages that carry them between tasks.
 //!
 //! Invariant: on every channel, records, watermarks and end-of-input travel in
-//! one ordered sequence; a watermark is sent only after every record that
-//! preceded it has been sent, and `End` is the last message.
+//! one ordered sequence; a watermark or barrier is sent only after every
+//! record that preceded it has been sent, and `End` is the last message.
 
 use crate::time::{EventTime, Watermark};
 
@@ -51,6 +51,8 @@ impl<T> Record<T> {
 pub(crate) enum Message<T> {
     Batch(Vec<Record<T>>),
     Watermark(Watermark),
+    /// Checkpoint barrier `n`: everything before it belongs to checkpoint `n`.
+    Barrier(u64),
     End,
 }
 

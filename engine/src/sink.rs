@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::checkpoint::snapshot::BarrierCtx;
 use crate::error::{guarded, Result};
 use crate::record::{Data, Record};
 use crate::runtime::metrics::OpCounters;
@@ -40,6 +41,57 @@ pub trait Sink<T>: Send + 'static {
     fn finish(&mut self) -> Result<()> {
         Ok(())
     }
+
+    /// Two-phase commit, phase one. The barrier of checkpoint `checkpoint`
+    /// reached this subtask, or its input ended (then `checkpoint` is the
+    /// final one, called just before [`Sink::finish`]). Make everything
+    /// written since the last call durable but not yet visible, and describe
+    /// it: the returned transaction is stored in the checkpoint and handed to
+    /// [`Committer::commit`] once the checkpoint is complete. `None`: nothing
+    /// to commit. Sinks that are not exactly-once keep this default.
+    ///
+    /// # Errors
+    /// Any error stops the job (and the checkpoint never completes).
+    fn pre_commit(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
+        let _ = checkpoint;
+        Ok(None)
+    }
+
+    /// The committer of an exactly-once sink: one object serving every
+    /// subtask of the sink, called by the checkpoint coordinator (not by the
+    /// subtask). `None` for sinks that are not exactly-once.
+    fn committer(&self) -> Option<Arc<dyn Committer>> {
+        None
+    }
+}
+
+/// Phase two of an exactly-once sink's two-phase commit.
+///
+/// Invariants the engine keeps: a transaction is committed only after the
+/// checkpoint that holds it is complete (its metadata written); after a
+/// crash, the transactions of the checkpoint restored from are committed
+/// again (so [`Committer::commit`] must be idempotent) and everything else
+/// the sink left behind is aborted. Without checkpointing, each subtask's
+/// transaction is committed at the end of its input.
+pub trait Committer: Send + Sync + 'static {
+    /// Makes a pre-committed transaction visible (e.g. an atomic rename).
+    /// Committing a transaction that is already committed does nothing.
+    ///
+    /// # Errors
+    /// When the transaction cannot be committed; the job stops.
+    fn commit(&self, transaction: &[u8]) -> Result<()>;
+
+    /// Called once before a restored job starts: `keep` are the transactions
+    /// of checkpoint `restored`, the one restored from (they are committed
+    /// right after). Removes whatever else was written but never committed
+    /// (in-progress and pre-committed files of the run that failed), and
+    /// rolls back what was committed for checkpoints after `restored` — a
+    /// restore from an older checkpoint (the newest one was corrupt)
+    /// replays their records, so keeping them would show them twice.
+    ///
+    /// # Errors
+    /// When leftovers cannot be removed; the job does not start.
+    fn abort_uncommitted(&self, restored: u64, keep: &[Vec<u8>]) -> Result<()>;
 }
 
 /// Which subtask a sink or source reader instance serves.
@@ -55,14 +107,26 @@ pub(crate) struct SinkPush<S> {
     name: Arc<str>,
     sink: S,
     counters: Arc<OpCounters>,
+    subtask: usize,
+    /// Without checkpoints, an exactly-once sink's committer commits the
+    /// subtask's transaction at the end of its input.
+    commit_at_end: Option<Arc<dyn Committer>>,
 }
 
 impl<S> SinkPush<S> {
-    pub(crate) fn new(name: Arc<str>, sink: S, counters: Arc<OpCounters>) -> Self {
+    pub(crate) fn new(
+        name: Arc<str>,
+        sink: S,
+        counters: Arc<OpCounters>,
+        subtask: usize,
+        commit_at_end: Option<Arc<dyn Committer>>,
+    ) -> Self {
         Self {
             name,
             sink,
             counters,
+            subtask,
+            commit_at_end,
         }
     }
 }
@@ -92,8 +156,39 @@ impl<T: Data, S: Sink<T>> Push<T> for SinkPush<S> {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<()> {
+    fn push_barrier(&mut self, barrier: &mut BarrierCtx) -> Result<()> {
+        self.pre_commit::<T>(barrier)
+    }
+
+    fn finish(&mut self, last: Option<&mut BarrierCtx>) -> Result<()> {
+        match last {
+            Some(barrier) => self.pre_commit::<T>(barrier)?,
+            None => {
+                if let Some(committer) = &self.commit_at_end {
+                    let sink = &mut self.sink;
+                    if let Some(txn) = guarded(&self.name, || sink.pre_commit(0))? {
+                        guarded(&self.name, || committer.commit(&txn))?;
+                    }
+                }
+            }
+        }
         let sink = &mut self.sink;
         guarded(&self.name, || sink.finish())
+    }
+}
+
+impl<S> SinkPush<S> {
+    fn pre_commit<T: Data>(&mut self, barrier: &mut BarrierCtx) -> Result<()>
+    where
+        S: Sink<T>,
+    {
+        let (sink, id) = (&mut self.sink, barrier.id);
+        if let Some(txn) = guarded(&self.name, || sink.pre_commit(id))? {
+            barrier
+                .snapshot
+                .transactions
+                .push((self.name.to_string(), self.subtask, txn));
+        }
+        Ok(())
     }
 }

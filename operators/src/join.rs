@@ -22,16 +22,18 @@ use std::sync::Arc;
 
 use tideline_engine::time::TimerService;
 use tideline_engine::{
-    Data, Error, EventTime, KeySelector, KeyedStream, Operator, Output, OutputTag, Record, Result,
-    Stream,
+    Data, Error, EventTime, KeySelector, KeyedStream, Operator, Output, OutputTag, Record,
+    RestoreContext, Result, SnapshotWriter, Stream,
 };
-use tideline_state::{MemoryKeyedState, StateKey, ValueStateDescriptor};
+use tideline_state::{KeyedState, StateKey, StateValue, ValueStateDescriptor};
 
 use crate::stateless::StreamExt;
 use crate::window::{Span, WindowCollector, WindowExt, WindowInfo, WindowKind, WindowedStream};
 
 /// A record of one of two inputs.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Either<A, B> {
     /// From the left (first) input.
     Left(A),
@@ -113,9 +115,9 @@ pub struct WindowJoin<K, A, B> {
 
 impl<K, A, B> WindowJoin<K, A, B>
 where
-    K: Hash + Eq + Clone + Send + 'static,
-    A: Data,
-    B: Data,
+    K: StateKey,
+    A: Data + StateValue,
+    B: Data + StateValue,
 {
     /// See `WindowedStream::allowed_lateness` (a late firing emits the window's pairs again).
     pub fn allowed_lateness(self, lateness: impl Into<Span>) -> Self {
@@ -174,9 +176,9 @@ pub struct IntervalJoin<K, A, B> {
 
 impl<K, A, B> IntervalJoin<K, A, B>
 where
-    K: Hash + Eq + Clone + Send + 'static,
-    A: Data,
-    B: Data,
+    K: StateKey,
+    A: Data + StateValue,
+    B: Data + StateValue,
 {
     /// Records of either side behind the watermark go to `tag`.
     pub fn side_output_late_data(mut self, tag: &OutputTag<Either<A, B>>) -> Self {
@@ -189,14 +191,14 @@ where
         let (lower, upper, late_tag) = (self.lower, self.upper, self.late_tag);
         let f = Arc::new(f);
         self.input
-            .transform("interval_join", move |_, key| {
+            .transform("interval_join", move |ctx, key| {
                 Ok(IntervalJoinOperator {
                     key,
                     lower,
                     upper,
                     f: Arc::clone(&f),
                     late_tag: late_tag.clone(),
-                    state: MemoryKeyedState::new(),
+                    state: ctx.keyed_state()?,
                     timers: TimerService::new(),
                     watermark: EventTime::MIN,
                 })
@@ -238,7 +240,7 @@ struct IntervalJoinOperator<K, A, B, F> {
     upper: i64,
     f: Arc<F>,
     late_tag: Option<OutputTag<Either<A, B>>>,
-    state: MemoryKeyedState<K>,
+    state: KeyedState<K>,
     timers: TimerService<K, u8>,
     watermark: EventTime,
 }
@@ -264,8 +266,8 @@ fn probe<P: Clone, R>(
 impl<K, A, B, O, F> Operator<Either<A, B>, O> for IntervalJoinOperator<K, A, B, F>
 where
     K: StateKey,
-    A: Data,
-    B: Data,
+    A: Data + StateValue,
+    B: Data + StateValue,
     O: Data,
     F: Fn(&A, &B) -> O + Send + Sync + 'static,
 {
@@ -331,7 +333,16 @@ where
         Ok(())
     }
 
+    fn snapshot_state(&mut self, snapshot: &mut SnapshotWriter<'_>) -> Result<()> {
+        crate::keyed_snapshot::snapshot_keyed(&mut self.state, &[&self.timers], snapshot)
+    }
+
+    fn restore_state(&mut self, restore: &RestoreContext) -> Result<()> {
+        crate::keyed_snapshot::restore_keyed(&mut self.state, &mut [&mut self.timers], restore)
+    }
+
     fn on_watermark(&mut self, watermark: EventTime, _out: &mut Output<O>) -> Result<()> {
+        let watermark = watermark.max(self.watermark);
         self.watermark = watermark;
         while let Some((at, key, side)) = self.timers.pop_due(watermark) {
             // Drop entries whose expiry (ts + upper, or ts - lower) is <= `at`.

@@ -8,6 +8,7 @@
 
 pub mod connectors;
 pub mod join;
+mod keyed_snapshot;
 pub mod process;
 pub mod stateless;
 pub mod testing;

@@ -7,15 +7,14 @@
 //! reaches its timestamp, in timestamp order; output emitted from a timer
 //! carries the timer's timestamp.
 
-use std::hash::Hash;
-
 use tideline_engine::time::TimerService;
 use tideline_engine::{
-    Data, EventTime, KeySelector, KeyedStream, Operator, Output, OutputTag, Record, Result, Stream,
+    Data, EventTime, KeySelector, KeyedStream, Operator, Output, OutputTag, Record, RestoreContext,
+    Result, SnapshotWriter, Stream,
 };
 use tideline_state::{
-    ListState, ListStateDescriptor, MapState, MapStateDescriptor, MemoryKeyedState, StateKey,
-    StateValue, ValueState, ValueStateDescriptor,
+    KeyedState, ListState, ListStateDescriptor, MapState, MapStateDescriptor, StateKey, StateValue,
+    ValueState, ValueStateDescriptor,
 };
 
 /// Which clock a timer was set on.
@@ -90,17 +89,18 @@ pub struct ProcessContext<'a, K, O> {
 /// The keyed state and timers of one process-function subtask.
 #[derive(Debug)]
 pub struct KeyedRuntime<K> {
-    state: MemoryKeyedState<K>,
+    state: KeyedState<K>,
     event_timers: TimerService<K, ()>,
     processing_timers: TimerService<K, ()>,
     watermark: EventTime,
     processing_time: i64,
 }
 
-impl<K: StateKey> Default for KeyedRuntime<K> {
-    fn default() -> Self {
+impl<K: StateKey> KeyedRuntime<K> {
+    /// Keyed state in `state`, no timers, event and processing time at `-inf`.
+    pub fn new(state: KeyedState<K>) -> Self {
         Self {
-            state: MemoryKeyedState::new(),
+            state,
             event_timers: TimerService::new(),
             processing_timers: TimerService::new(),
             watermark: EventTime::MIN,
@@ -239,12 +239,13 @@ impl<K, I> std::fmt::Debug for KeySelectorDebug<K, I> {
 }
 
 impl<K: StateKey, I, F> KeyedProcessOperator<K, I, F> {
-    /// An operator running `function`, keying records with `key`.
-    pub fn new(function: F, key: KeySelector<K, I>) -> Self {
+    /// An operator running `function`, keying records with `key`, its keyed
+    /// state in `state`.
+    pub fn new(function: F, key: KeySelector<K, I>, state: KeyedState<K>) -> Self {
         Self {
             function,
             key: KeySelectorDebug(key),
-            keyed: KeyedRuntime::default(),
+            keyed: KeyedRuntime::new(state),
         }
     }
 }
@@ -314,8 +315,27 @@ where
     }
 
     fn on_watermark(&mut self, watermark: EventTime, out: &mut Output<O>) -> Result<()> {
+        let watermark = watermark.max(self.keyed.watermark);
         self.keyed.watermark = watermark;
         self.fire(TimeDomain::EventTime, watermark, out)
+    }
+
+    fn snapshot_state(&mut self, snapshot: &mut SnapshotWriter<'_>) -> Result<()> {
+        let keyed = &mut self.keyed;
+        crate::keyed_snapshot::snapshot_keyed(
+            &mut keyed.state,
+            &[&keyed.event_timers, &keyed.processing_timers],
+            snapshot,
+        )
+    }
+
+    fn restore_state(&mut self, restore: &RestoreContext) -> Result<()> {
+        let keyed = &mut self.keyed;
+        crate::keyed_snapshot::restore_keyed(
+            &mut keyed.state,
+            &mut [&mut keyed.event_timers, &mut keyed.processing_timers],
+            restore,
+        )
     }
 
     fn on_processing_time(&mut self, now: i64, out: &mut Output<O>) -> Result<()> {
@@ -336,7 +356,7 @@ pub trait KeyedProcessExt<K, T> {
 
 impl<K, T> KeyedProcessExt<K, T> for KeyedStream<K, T>
 where
-    K: Hash + Eq + Clone + Send + 'static,
+    K: StateKey,
     T: Data,
 {
     fn process<O, F>(&self, function: F) -> Stream<O>
@@ -344,8 +364,12 @@ where
         O: Data,
         F: KeyedProcessFunction<K, T, O> + Clone,
     {
-        self.transform("process", move |_, key| {
-            Ok(KeyedProcessOperator::new(function.clone(), key))
+        self.transform("process", move |ctx, key| {
+            Ok(KeyedProcessOperator::new(
+                function.clone(),
+                key,
+                ctx.keyed_state()?,
+            ))
         })
     }
 }

@@ -204,7 +204,7 @@ impl<I: Data, O: Data> KeyedProcessHarness<I, O> {
     /// A harness keying input by `key` and running `function`.
     pub fn new<K, KF, F>(key: KF, function: F) -> Self
     where
-        K: std::hash::Hash + Eq + Clone + Send + 'static,
+        K: tideline_state::StateKey,
         KF: Fn(&I) -> K + Send + Sync + 'static,
         F: KeyedProcessFunction<K, I, O> + Clone,
     {

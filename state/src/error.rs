@@ -12,6 +12,42 @@ pub enum StateError {
         /// The type the caller asked for.
         requested: &'static str,
     },
+    /// A key, namespace or value could not be encoded or decoded.
+    #[error("state '{name}': cannot {action} a {what}: {reason}")]
+    Codec {
+        /// The state's name.
+        name: String,
+        /// `encode` or `decode`.
+        action: &'static str,
+        /// `key` or `value`.
+        what: &'static str,
+        /// The codec's message.
+        reason: String,
+    },
+    /// RocksDB reported an error.
+    #[error("RocksDB state backend at {path}: {reason}")]
+    RocksDb {
+        /// The database directory.
+        path: String,
+        /// RocksDB's message.
+        reason: String,
+    },
+    /// A state snapshot is malformed (truncated or from another format).
+    #[error("state snapshot {path}: {reason}")]
+    Snapshot {
+        /// The snapshot file or directory.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file-system operation on state files failed.
+    #[error("state files at {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
 }
 
 impl StateError {
@@ -19,6 +55,20 @@ impl StateError {
         StateError::TypeMismatch {
             name: name.to_string(),
             requested: type_name::<T>(),
+        }
+    }
+
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        StateError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    pub(crate) fn snapshot(path: &std::path::Path, reason: impl Into<String>) -> Self {
+        StateError::Snapshot {
+            path: path.display().to_string(),
+            reason: reason.into(),
         }
     }
 }

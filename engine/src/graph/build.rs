@@ -3,6 +3,9 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::checkpoint::coordinator::Coordinator;
+use crate::checkpoint::restore::Restored;
+use crate::checkpoint::{CheckpointStorage, RestoreFrom, SkippedCheckpoint};
 use crate::config::{ExecutionMode, JobConfig};
 use crate::error::{Error, Result};
 use crate::graph::port::{Port, SideRegistry};
@@ -16,8 +19,10 @@ use crate::runtime::input_task::InputTask;
 use crate::runtime::metrics::{JobCounters, OpCounters};
 use crate::runtime::push::BoxPush;
 use crate::runtime::source_task::{Partition, SourceTask};
-use crate::runtime::task::{ChainHead, Task};
-use crate::source::{ReaderContext, Source};
+use crate::runtime::task::{ChainHead, Task, TaskCheckpoint};
+use crate::sink::Committer;
+use crate::source::{ReaderContext, Source, SourceOffset};
+use crate::time::EventTime;
 use crate::time::WatermarkStrategy;
 
 /// Where an input edge lands in its node's channel numbering.
@@ -55,6 +60,12 @@ pub(crate) struct BuildCtx<'a> {
     pub(crate) shared: &'a Arc<Shared>,
     pub(crate) node: NodeId,
     pub(crate) subtask: usize,
+    /// This task's index among all tasks of the job.
+    pub(crate) task: usize,
+    pub(crate) coordinator: Option<&'a Arc<Coordinator>>,
+    pub(crate) restored: Option<&'a Restored>,
+    /// Committers of exactly-once sinks, by sink name.
+    pub(crate) committers: &'a mut Vec<(String, Arc<dyn Committer>)>,
 }
 
 impl BuildCtx<'_> {
@@ -79,6 +90,14 @@ impl BuildCtx<'_> {
         }
     }
 
+    /// Registers the committer of an exactly-once sink (once per sink).
+    pub(crate) fn register_committer(&mut self, sink: &str, committer: &Arc<dyn Committer>) {
+        if !self.committers.iter().any(|(n, _)| n == sink) {
+            self.committers
+                .push((sink.to_string(), Arc::clone(committer)));
+        }
+    }
+
     /// The head of a task whose chain starts at `port`, with `inputs`
     /// watermark inputs; the task is named after `op` and the subtask.
     fn chain_head<T: Data>(
@@ -88,13 +107,26 @@ impl BuildCtx<'_> {
         inputs: usize,
     ) -> Result<ChainHead<T>> {
         let push = port.build(self)?;
-        Ok(ChainHead::new(
-            Arc::from(format!("{}[{}]", self.op_names[op], self.subtask)),
+        let node_name = self.op_names[op].to_string();
+        let mut head = ChainHead::new(
+            Arc::from(format!("{node_name}[{}]", self.subtask)),
             push,
             inputs,
             Arc::clone(&self.config.clock),
             Arc::clone(&self.shared.cancel),
-        ))
+        );
+        if let Some(restored) = self.restored {
+            head.restored_watermark = restored
+                .watermark(&node_name, self.subtask, self.parallelism())
+                .map(EventTime::from_millis);
+        }
+        head.checkpoint = self.coordinator.map(|c| TaskCheckpoint {
+            coordinator: Arc::clone(c),
+            task: self.task,
+            node: node_name,
+            subtask: self.subtask,
+        });
+        Ok(head)
     }
 }
 
@@ -157,14 +189,25 @@ impl<T: Data> TaskFactory for SourceFactory<T> {
         let partitions = (ctx.subtask..total)
             .step_by(ctx.parallelism())
             .map(|p| {
-                let reader = self
-                    .source
-                    .create_reader(p, &reader_ctx)
-                    .map_err(|e| e.in_operator(&name))?;
+                let restored = ctx.restored.and_then(|r| r.partition(&name, p));
+                let mut generator = self.strategy.generator();
+                let reader = match restored {
+                    Some(state) => {
+                        generator.restore(
+                            EventTime::from_millis(state.max_timestamp),
+                            EventTime::from_millis(state.explicit_watermark),
+                        );
+                        let offset = SourceOffset(state.offset.clone());
+                        self.source.create_reader_at(p, &reader_ctx, &offset)
+                    }
+                    None => self.source.create_reader(p, &reader_ctx),
+                }
+                .map_err(|e| e.in_operator(&name))?;
                 Ok(Partition {
+                    index: p,
                     reader,
-                    generator: self.strategy.generator(),
-                    finished: false,
+                    generator,
+                    finished: restored.is_some_and(|s| s.finished),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -181,6 +224,7 @@ impl<T: Data> TaskFactory for SourceFactory<T> {
             job: Arc::clone(ctx.job_counters),
             failure_policy: ctx.config.failure_policy,
             operator: ctx.op_name(self.op),
+            last_barrier: 0,
         }))
     }
 }
@@ -198,11 +242,46 @@ impl<T: Data> TaskFactory for InputFactory<T> {
             .channels
             .receiver::<T>(ctx.node, parallelism, ctx.subtask)?;
         let head = ctx.chain_head(self.op, &self.head, channels)?;
-        Ok(Box::new(InputTask { head, receiver }))
+        Ok(Box::new(InputTask::new(head, receiver, channels)))
     }
 }
 
 impl Graph {
+    /// The checkpoint to restore from, and newer ones passed over.
+    fn resolve_restore(&self) -> Result<(Option<Restored>, Vec<SkippedCheckpoint>)> {
+        match &self.config.restore {
+            None => Ok((None, Vec::new())),
+            Some(RestoreFrom::Path(dir)) => Ok((
+                Some(Restored::new(CheckpointStorage::open_dir(dir)?)),
+                Vec::new(),
+            )),
+            Some(RestoreFrom::Latest) => {
+                let Some(cp) = &self.config.checkpointing else {
+                    return Err(Error::config(
+                        "restore",
+                        "RestoreFrom::Latest needs a checkpoint directory: call job.checkpointing(...) first",
+                    ));
+                };
+                let storage = CheckpointStorage::new(&cp.dir)?;
+                let (latest, skipped) = storage.latest()?;
+                if latest.is_none() && !skipped.is_empty() {
+                    let reasons: Vec<String> = skipped
+                        .iter()
+                        .map(|s| format!("checkpoint {}: {}", s.id, s.reason))
+                        .collect();
+                    return Err(Error::Checkpoint {
+                        path: cp.dir.display().to_string(),
+                        reason: format!(
+                            "no checkpoint verifies, refusing to start over: {}",
+                            reasons.join("; ")
+                        ),
+                    });
+                }
+                Ok((latest.map(Restored::new), skipped))
+            }
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         self.config.validate()?;
         if !self.ops.iter().any(|o| o.kind == OpKind::Sink) {
@@ -293,6 +372,20 @@ impl Graph {
             self.ops.iter().map(|o| Arc::clone(&o.counters)).collect();
         let job_counters = Arc::new(JobCounters::default());
         let shared = Arc::new(Shared::default());
+        let (restored, skipped_checkpoints) = self.resolve_restore()?;
+        let task_count: usize = layout.iter().map(|l| l.parallelism).sum();
+        let coordinator = match &self.config.checkpointing {
+            Some(cp) => Some(Coordinator::start(
+                CheckpointStorage::new(&cp.dir)?,
+                cp.retain,
+                cp.interval,
+                Arc::clone(&self.config.clock),
+                task_count,
+                Arc::clone(&shared),
+            )?),
+            None => None,
+        };
+        let mut committers = Vec::new();
         let mut channels = Channels::new(capacity);
         let mut tasks = Vec::new();
         for (node_id, node) in self.nodes.iter().enumerate() {
@@ -307,8 +400,31 @@ impl Graph {
                     shared: &shared,
                     node: node_id,
                     subtask,
+                    task: tasks.len(),
+                    coordinator: coordinator.as_ref(),
+                    restored: restored.as_ref(),
+                    committers: &mut committers,
                 };
                 tasks.push(node.factory.build(&mut ctx)?);
+            }
+        }
+        if let Some(restored) = &restored {
+            restored.clean_up();
+            // Sinks' leftovers go, the restored checkpoint's transactions are
+            // committed (again): its output is visible, nothing after it.
+            for (sink, committer) in &committers {
+                let keep = restored.transactions(sink);
+                committer
+                    .abort_uncommitted(restored.checkpoint.id(), keep)
+                    .map_err(|e| e.in_operator(sink))?;
+                for txn in keep {
+                    committer.commit(txn).map_err(|e| e.in_operator(sink))?;
+                }
+            }
+        }
+        if let Some(c) = &coordinator {
+            for (sink, committer) in &committers {
+                c.register_committer(sink, Arc::clone(committer));
             }
         }
         // Dropping the registry drops the original senders: a receiver then
@@ -328,6 +444,9 @@ impl Graph {
                 })
                 .collect(),
             counters: job_counters,
+            coordinator,
+            restored_from: restored.as_ref().map(|r| r.checkpoint.id()),
+            skipped_checkpoints,
         };
         Ok((tasks, shared, report))
     }

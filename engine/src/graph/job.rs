@@ -4,6 +4,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
+use tideline_state::StateBackend;
+
+use crate::checkpoint::{CheckpointConfig, RestoreFrom};
 use crate::config::{ExecutionMode, FailurePolicy, JobConfig};
 use crate::error::Result;
 use crate::graph::build::SourceFactory;
@@ -105,6 +110,46 @@ impl Job {
     /// What happens to records user code rejects (default: dead letters).
     pub fn failure_policy(self, policy: FailurePolicy) -> Self {
         self.configure(|c| c.failure_policy = policy)
+    }
+
+    /// Where keyed state lives: in memory (default) or in RocksDB on local
+    /// disk, for state larger than memory.
+    pub fn state_backend(self, backend: StateBackend) -> Self {
+        self.configure(|c| c.state_backend = backend)
+    }
+
+    /// Takes a checkpoint every `interval` (of the job's clock) into `dir`,
+    /// keeping the newest 3 (see [`Job::checkpoint_retention`]). Every
+    /// source must report offsets and every exactly-once sink commits when
+    /// a checkpoint completes.
+    pub fn checkpointing(self, interval: Duration, dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
+        self.configure(|c| {
+            c.checkpointing = Some(CheckpointConfig {
+                interval,
+                dir,
+                retain: 3,
+            })
+        })
+    }
+
+    /// How many complete checkpoints to keep (default 3); older ones, and
+    /// shared files only they reference, are deleted.
+    pub fn checkpoint_retention(self, retain: usize) -> Self {
+        self.configure(|c| {
+            if let Some(cp) = &mut c.checkpointing {
+                cp.retain = retain;
+            }
+        })
+    }
+
+    /// Restarts from a checkpoint: keyed state and timers restored (also at
+    /// another parallelism: key groups are redistributed), sources resume
+    /// at their offsets, every task at its watermark, and exactly-once sinks
+    /// drop what the failed run never committed. The job graph must be the
+    /// same one (operators are matched by name).
+    pub fn restore(self, from: RestoreFrom) -> Self {
+        self.configure(|c| c.restore = Some(from))
     }
 
     /// The configuration as it stands.

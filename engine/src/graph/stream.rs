@@ -104,7 +104,20 @@ impl<T: Data> Stream<T> {
             let next = next_port.build(ctx)?;
             let side_channels = side_ports.build(ctx)?;
             let op_ctx = ctx.operator_context(op);
-            let operator = factory(&op_ctx).map_err(|e| e.in_operator(&op_ctx.name))?;
+            let mut operator = factory(&op_ctx).map_err(|e| e.in_operator(&op_ctx.name))?;
+            if let Some(restored) = ctx.restored {
+                let restore = restored.operator(
+                    &op_ctx.name,
+                    op_ctx.subtask,
+                    op_ctx.parallelism,
+                    ctx.config.key_groups,
+                )?;
+                if let Some(restore) = restore {
+                    operator
+                        .restore_state(&restore)
+                        .map_err(|e| e.in_operator(&op_ctx.name))?;
+                }
+            }
             let output = Output::new(
                 Arc::clone(&op_ctx.name),
                 side_channels,
@@ -113,6 +126,7 @@ impl<T: Data> Stream<T> {
             );
             Ok(Box::new(OperatorPush::new(
                 operator,
+                &op_ctx,
                 output,
                 next,
                 ctx.op_counters(op),
@@ -233,7 +247,18 @@ impl<T: Data> Stream<T> {
             };
             let name = ctx.op_name(op);
             let sink = factory(info).map_err(|e| e.in_operator(&name))?;
-            Ok(Box::new(SinkPush::new(name, sink, ctx.op_counters(op))) as BoxPush<T>)
+            let committer = sink.committer();
+            if let Some(c) = &committer {
+                ctx.register_committer(&name, c);
+            }
+            let commit_at_end = committer.filter(|_| ctx.coordinator.is_none());
+            Ok(Box::new(SinkPush::new(
+                name,
+                sink,
+                ctx.op_counters(op),
+                ctx.subtask,
+                commit_at_end,
+            )) as BoxPush<T>)
         }));
     }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 use tideline_state::key_group::subtask_for_key_group;
 
+use crate::checkpoint::snapshot::BarrierCtx;
 use crate::error::{Error, Result};
 use crate::record::{Data, Envelope, Message, Record};
 use crate::runtime::push::Push;
@@ -155,7 +156,13 @@ impl<T: Data> Push<T> for ExchangeWriter<T> {
         self.flush_all()
     }
 
-    fn finish(&mut self) -> Result<()> {
+    fn push_barrier(&mut self, barrier: &mut BarrierCtx) -> Result<()> {
+        self.flush_all()?;
+        let id = barrier.id;
+        (0..self.senders.len()).try_for_each(|t| self.send(t, Message::Barrier(id)))
+    }
+
+    fn finish(&mut self, _last: Option<&mut BarrierCtx>) -> Result<()> {
         self.flush_all()?;
         (0..self.senders.len()).try_for_each(|t| self.send(t, Message::End))
     }

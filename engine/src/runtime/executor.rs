@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::checkpoint::coordinator::Coordinator;
+use crate::checkpoint::SkippedCheckpoint;
 use crate::error::{Error, Result};
 use crate::runtime::metrics::{JobCounters, JobSummary, OpCounters, OperatorSummary};
 use crate::runtime::task::{Step, Task};
@@ -25,7 +27,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn fail(&self, error: Error) {
+    pub(crate) fn fail(&self, error: Error) {
         if !matches!(error, Error::Cancelled) {
             if let Ok(mut slot) = self.error.lock() {
                 slot.get_or_insert(error);
@@ -51,9 +53,25 @@ impl Shared {
 pub(crate) struct JobReport {
     pub(crate) operators: Vec<(String, usize, Arc<OpCounters>)>,
     pub(crate) counters: Arc<JobCounters>,
+    pub(crate) coordinator: Option<Arc<Coordinator>>,
+    pub(crate) restored_from: Option<u64>,
+    pub(crate) skipped_checkpoints: Vec<SkippedCheckpoint>,
+}
+
+impl Drop for JobReport {
+    fn drop(&mut self) {
+        self.finish_checkpoints();
+    }
 }
 
 impl JobReport {
+    /// Waits for the checkpoints the job completed to be written and committed.
+    fn finish_checkpoints(&self) {
+        if let Some(c) = &self.coordinator {
+            c.shutdown();
+        }
+    }
+
     fn summary(&self, elapsed: Duration) -> JobSummary {
         JobSummary {
             elapsed,
@@ -72,6 +90,13 @@ impl JobReport {
                 .collect(),
             late_records: self.counters.late_records.load(Ordering::Relaxed),
             dead_letters: self.counters.dead_letters.load(Ordering::Relaxed),
+            checkpoints: self
+                .coordinator
+                .as_ref()
+                .map(|c| c.stats())
+                .unwrap_or_default(),
+            restored_from: self.restored_from,
+            skipped_checkpoints: self.skipped_checkpoints.clone(),
         }
     }
 }
@@ -172,6 +197,7 @@ impl JobHandle {
                 ));
             }
         }
+        self.report.finish_checkpoints();
         match self.shared.take_error() {
             Some(e) => Err(e),
             None => Ok(self.report.summary(self.started.elapsed())),
@@ -299,6 +325,10 @@ impl LocalRun {
             return Err(Error::Internal(
                 "tasks did not finish after end of input".into(),
             ));
+        }
+        self.report.finish_checkpoints();
+        if let Some(e) = self.shared.take_error() {
+            return Err(e);
         }
         Ok(self.report.summary(self.started.elapsed()))
     }

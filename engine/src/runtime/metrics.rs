@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::checkpoint::{CheckpointStats, SkippedCheckpoint};
+
 #[derive(Debug, Default)]
 pub(crate) struct OpCounters {
     records_in: AtomicU64,
@@ -56,6 +58,12 @@ pub struct JobSummary {
     pub late_records: u64,
     /// Records rejected into the dead-letter output.
     pub dead_letters: u64,
+    /// The checkpoints completed, in order (empty without checkpointing).
+    pub checkpoints: Vec<CheckpointStats>,
+    /// The checkpoint the job restarted from, if any.
+    pub restored_from: Option<u64>,
+    /// Newer checkpoints passed over on restore because they did not verify.
+    pub skipped_checkpoints: Vec<SkippedCheckpoint>,
 }
 
 impl JobSummary {

@@ -2,6 +2,7 @@
 //! One call per batch, never per record; the last push of a chain is an
 //! exchange writer (into channels) or a sink.
 
+use crate::checkpoint::snapshot::BarrierCtx;
 use crate::error::Result;
 use crate::record::{Data, Record};
 use crate::time::Watermark;
@@ -11,8 +12,13 @@ pub(crate) trait Push<T>: Send {
     fn push_watermark(&mut self, watermark: Watermark) -> Result<()>;
     /// Processing time moved on: flush what waited for the flush interval.
     fn on_tick(&mut self, now: i64) -> Result<()>;
-    /// End of input (after the final `+inf` watermark).
-    fn finish(&mut self) -> Result<()>;
+    /// Checkpoint barrier: snapshot what lies below and pass the barrier on
+    /// (after everything that preceded it).
+    fn push_barrier(&mut self, barrier: &mut BarrierCtx) -> Result<()>;
+    /// End of input (after the final `+inf` watermark). With checkpointing,
+    /// `last` collects the final snapshot, taken after each operator's
+    /// `finish` (sinks pre-commit their last transaction into it).
+    fn finish(&mut self, last: Option<&mut BarrierCtx>) -> Result<()>;
     /// Send partially filled batches now (the task has nothing else to do).
     fn flush(&mut self) -> Result<()>;
 }
@@ -43,8 +49,14 @@ impl<T: Data> Push<T> for FanOut<T> {
         self.0.iter_mut().try_for_each(|p| p.on_tick(now))
     }
 
-    fn finish(&mut self) -> Result<()> {
-        self.0.iter_mut().try_for_each(|p| p.finish())
+    fn push_barrier(&mut self, barrier: &mut BarrierCtx) -> Result<()> {
+        self.0.iter_mut().try_for_each(|p| p.push_barrier(barrier))
+    }
+
+    fn finish(&mut self, mut last: Option<&mut BarrierCtx>) -> Result<()> {
+        self.0
+            .iter_mut()
+            .try_for_each(|p| p.finish(last.as_deref_mut()))
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -66,7 +78,10 @@ impl<T: Data> Push<T> for Discard {
     fn on_tick(&mut self, _now: i64) -> Result<()> {
         Ok(())
     }
-    fn finish(&mut self) -> Result<()> {
+    fn push_barrier(&mut self, _barrier: &mut BarrierCtx) -> Result<()> {
+        Ok(())
+    }
+    fn finish(&mut self, _last: Option<&mut BarrierCtx>) -> Result<()> {
         Ok(())
     }
     fn flush(&mut self) -> Result<()> {

@@ -5,8 +5,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::checkpoint::storage::PartitionState;
 use crate::config::FailurePolicy;
-use crate::error::{guarded, Result};
+use crate::error::{guarded, Error, Result};
 use crate::operator::reject;
 use crate::record::Data;
 use crate::runtime::metrics::{JobCounters, OpCounters};
@@ -15,6 +16,8 @@ use crate::source::{SourceOutput, SourceReader, SourceStatus};
 use crate::time::{TimestampFn, WatermarkGenerator};
 
 pub(crate) struct Partition<T> {
+    /// The partition's number in its source.
+    pub(crate) index: usize,
     pub(crate) reader: Box<dyn SourceReader<T>>,
     pub(crate) generator: WatermarkGenerator,
     pub(crate) finished: bool,
@@ -32,9 +35,47 @@ pub(crate) struct SourceTask<T> {
     pub(crate) failure_policy: FailurePolicy,
     /// The source operator's name (dead letters name it; the task name adds the subtask).
     pub(crate) operator: Arc<str>,
+    /// The last checkpoint barrier emitted.
+    pub(crate) last_barrier: u64,
 }
 
 impl<T: Data> SourceTask<T> {
+    /// Where every partition stands, for a checkpoint.
+    fn partition_states(&self) -> Result<Vec<(String, usize, PartitionState)>> {
+        self.partitions
+            .iter()
+            .map(|p| {
+                let offset = p.reader.offset().ok_or_else(|| {
+                    Error::config(
+                        format!("source '{}'", self.operator),
+                        "checkpointing needs sources that report offsets \
+                         (SourceReader::offset) and resume from them (Source::create_reader_at)",
+                    )
+                })?;
+                let (max_timestamp, explicit) = p.generator.state();
+                Ok((
+                    self.operator.to_string(),
+                    p.index,
+                    PartitionState {
+                        offset: offset.0,
+                        max_timestamp: max_timestamp.millis(),
+                        explicit_watermark: explicit.millis(),
+                        finished: p.finished,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    fn finish(&mut self) -> Result<Step> {
+        let sources = if self.head.checkpoint.is_some() {
+            self.partition_states()?
+        } else {
+            Vec::new()
+        };
+        self.head.finish(sources)
+    }
+
     fn poll_partition(&mut self, index: usize, now: i64) -> Result<bool> {
         let mut out = SourceOutput::new(self.batch_size);
         let partition = &mut self.partitions[index];
@@ -126,8 +167,16 @@ impl<T: Data> Task for SourceTask<T> {
         if let Some(step) = self.head.check()? {
             return Ok(step);
         }
+        self.head.start()?;
         if self.stop.load(Ordering::Relaxed) {
-            return self.head.finish();
+            return self.finish();
+        }
+        if let Some(cp) = &self.head.checkpoint {
+            if let Some(id) = cp.coordinator.poll_barrier(self.last_barrier) {
+                self.last_barrier = id;
+                let sources = self.partition_states()?;
+                self.head.barrier(id, sources)?;
+            }
         }
         let now = self.head.clock.now_millis();
         let mut progressed = false;
@@ -137,7 +186,7 @@ impl<T: Data> Task for SourceTask<T> {
             }
         }
         if self.partitions.iter().all(|p| p.finished) {
-            return self.head.finish();
+            return self.finish();
         }
         self.head.tick(now)?;
         Ok(if progressed {

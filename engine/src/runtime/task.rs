@@ -1,6 +1,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::checkpoint::coordinator::Coordinator;
+use crate::checkpoint::storage::PartitionState;
 use crate::error::{Error, Result};
 use crate::operator::SideChannel;
 use crate::record::Data;
@@ -27,6 +29,16 @@ pub(crate) trait Task: Send {
     fn flush(&mut self) -> Result<()>;
 }
 
+/// How a task takes part in checkpoints.
+pub(crate) struct TaskCheckpoint {
+    pub(crate) coordinator: Arc<Coordinator>,
+    /// The task's index among all tasks of the job.
+    pub(crate) task: usize,
+    /// The name of the node's head operator (the node's identity in checkpoints).
+    pub(crate) node: String,
+    pub(crate) subtask: usize,
+}
+
 /// What every task keeps in front of its chain: the chain, the watermark
 /// tracker over the task's inputs (partitions or channels), the clock that
 /// drives ticks, and the job's cancel flag.
@@ -42,6 +54,9 @@ pub(crate) struct ChainHead<T> {
     /// Processing time of the last tick; the chain is ticked whenever the clock moves.
     last_tick: i64,
     done: bool,
+    pub(crate) checkpoint: Option<TaskCheckpoint>,
+    /// Watermark restored from a checkpoint, passed down before any input.
+    pub(crate) restored_watermark: Option<EventTime>,
 }
 
 impl<T: Data> ChainHead<T> {
@@ -61,7 +76,46 @@ impl<T: Data> ChainHead<T> {
             sides: Vec::new(),
             last_tick: i64::MIN,
             done: false,
+            checkpoint: None,
+            restored_watermark: None,
         }
+    }
+
+    /// Passes the restored watermark (if any) down the chain, once, before
+    /// any input: restored operators continue at the event time they had.
+    pub(crate) fn start(&mut self) -> Result<()> {
+        if let Some(w) = self.restored_watermark.take() {
+            self.tracker.restore(w);
+            if w.is_set() {
+                self.emit(Some(Watermark::EventTime(w)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checkpoint barrier `id`: snapshots the chain (sources' partition
+    /// states in `sources`), passes the barrier on, and acknowledges.
+    pub(crate) fn barrier(
+        &mut self,
+        id: u64,
+        sources: Vec<(String, usize, PartitionState)>,
+    ) -> Result<()> {
+        let Some(cp) = &self.checkpoint else {
+            return Err(Error::Internal(format!(
+                "barrier {id} reached '{}', which takes no checkpoints",
+                self.name
+            )));
+        };
+        let mut ctx = cp.coordinator.barrier_ctx(id, &cp.node, cp.subtask);
+        ctx.snapshot.watermark = self.tracker.current().millis();
+        ctx.snapshot.sources = sources;
+        for side in &mut self.sides {
+            side.flush()?;
+            side.push_barrier(&mut ctx)?;
+        }
+        self.push.push_barrier(&mut ctx)?;
+        cp.coordinator.acknowledge(id, cp.task, ctx.snapshot);
+        Ok(())
     }
 
     /// `Some(Done)` once finished; an error once the job is cancelled.
@@ -116,15 +170,28 @@ impl<T: Data> ChainHead<T> {
 
     /// End of input: the watermark becomes `+inf` (if it is not already),
     /// then the chain finishes.
-    pub(crate) fn finish(&mut self) -> Result<Step> {
+    ///
+    /// With checkpoints, the task's final snapshot (taken after every
+    /// operator finished, with `sources`' partition states) is handed to
+    /// the coordinator, which stands it in for the task from now on.
+    pub(crate) fn finish(&mut self, sources: Vec<(String, usize, PartitionState)>) -> Result<Step> {
         if self.tracker.current() != EventTime::MAX {
             self.emit(Some(Watermark::EventTime(EventTime::MAX)))?;
         }
+        let mut last = self.checkpoint.as_ref().map(|cp| {
+            let mut ctx = cp.coordinator.final_ctx(cp.task, &cp.node, cp.subtask);
+            ctx.snapshot.watermark = EventTime::MAX.millis();
+            ctx.snapshot.sources = sources;
+            ctx
+        });
         for side in &mut self.sides {
             side.flush()?;
-            side.finish()?;
+            side.finish(last.as_mut())?;
         }
-        self.push.finish()?;
+        self.push.finish(last.as_mut())?;
+        if let (Some(cp), Some(ctx)) = (&self.checkpoint, last) {
+            cp.coordinator.finished(cp.task, ctx.snapshot);
+        }
         self.done = true;
         Ok(Step::Done)
     }

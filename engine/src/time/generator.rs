@@ -50,6 +50,18 @@ impl WatermarkGenerator {
         generated.max(self.explicit)
     }
 
+    /// `(largest timestamp seen, explicit watermark)`: what a checkpoint
+    /// keeps so a restored partition's watermarks continue exactly.
+    pub(crate) fn state(&self) -> (EventTime, EventTime) {
+        (self.max_timestamp, self.explicit)
+    }
+
+    /// Continues from a [`WatermarkGenerator::state`].
+    pub(crate) fn restore(&mut self, max_timestamp: EventTime, explicit: EventTime) {
+        self.max_timestamp = self.max_timestamp.max(max_timestamp);
+        self.explicit = self.explicit.max(explicit);
+    }
+
     /// Whether the partition has gone `idle_timeout` without data at `now`.
     /// A partition that has never produced counts from `started_at`.
     pub(crate) fn is_idle(&self, now: i64, started_at: i64) -> bool {

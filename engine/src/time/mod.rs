@@ -27,7 +27,19 @@ use std::time::Duration;
 /// [`EventTime::MIN`] doubles as "no timestamp" for records that were never
 /// given one and as the watermark of an input that has said nothing yet;
 /// [`EventTime::MAX`] is the watermark of a finished input (`+inf`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct EventTime(i64);
 
 impl EventTime {

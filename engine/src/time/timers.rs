@@ -117,6 +117,28 @@ impl<K: Hash + Eq + Clone, N: Hash + Eq + Clone> TimerService<K, N> {
         None
     }
 
+    /// Every registered timer, in firing order (timestamp, then
+    /// registration): what a checkpoint keeps.
+    pub fn snapshot(&self) -> Vec<(EventTime, K, N)> {
+        let mut timers = Vec::with_capacity(self.live.len());
+        for (&at, bucket) in &self.buckets {
+            for (key, namespace, generation) in bucket {
+                let id = (key.clone(), namespace.clone(), at);
+                if self.live.get(&id) == Some(generation) {
+                    timers.push((at, id.0, id.1));
+                }
+            }
+        }
+        timers
+    }
+
+    /// Registers timers taken from [`TimerService::snapshot`]s, in order.
+    pub fn restore(&mut self, timers: impl IntoIterator<Item = (EventTime, K, N)>) {
+        for (at, key, namespace) in timers {
+            self.register(&key, &namespace, at);
+        }
+    }
+
     /// The generation the next registration will get.
     pub fn generation(&self) -> u64 {
         self.next_generation
@@ -154,6 +176,27 @@ mod tests {
         assert_eq!(t.pop_due(ms(25)), Some((ms(20), "c", ())));
         assert_eq!(t.pop_due(EventTime::MAX), None);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn snapshot_restores_live_timers_in_firing_order() {
+        let mut t = TimerService::<&str, u8>::new();
+        let ms = EventTime::from_millis;
+        t.register(&"b", &1, ms(20));
+        t.register(&"a", &1, ms(10));
+        t.register(&"c", &2, ms(20));
+        t.register(&"d", &2, ms(30));
+        t.delete(&"d", &2, ms(30));
+        let snap = t.snapshot();
+        assert_eq!(
+            snap,
+            vec![(ms(10), "a", 1), (ms(20), "b", 1), (ms(20), "c", 2)]
+        );
+        let mut restored = TimerService::new();
+        restored.restore(snap.into_iter().filter(|(_, k, _)| *k != "a"));
+        assert_eq!(restored.pop_due(ms(25)), Some((ms(20), "b", 1)));
+        assert_eq!(restored.pop_due(ms(25)), Some((ms(20), "c", 2)));
+        assert_eq!(restored.pop_due(EventTime::MAX), None);
     }
 
     #[test]

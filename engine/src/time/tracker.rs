@@ -61,6 +61,12 @@ impl WatermarkTracker {
         self.current
     }
 
+    /// Starts from watermark `watermark` (restored from a checkpoint):
+    /// nothing at or below it is emitted again.
+    pub fn restore(&mut self, watermark: EventTime) {
+        self.current = self.current.max(watermark);
+    }
+
     /// Whether every input has finished.
     pub fn all_finished(&self) -> bool {
         self.inputs.iter().all(|i| i.status == Status::Finished)

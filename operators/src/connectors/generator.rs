@@ -116,6 +116,7 @@ where
             reader.next_index += reader.stride;
         }
         reader.produced = produced;
+        reader.resumed_at = produced;
         Ok(Box::new(reader))
     }
 
@@ -158,6 +159,7 @@ impl<F> GeneratorSource<F> {
             rate_per_ms: self.rate.map(|r| r / self.partitions as f64 / 1000.0),
             clock: Arc::clone(&ctx.clock),
             started_at: None,
+            resumed_at: 0,
         })
     }
 }
@@ -172,6 +174,8 @@ struct GeneratorReader<F> {
     rate_per_ms: Option<f64>,
     clock: Arc<dyn Clock>,
     started_at: Option<i64>,
+    /// Records produced before this reader started (the rate counts from there).
+    resumed_at: u64,
 }
 
 impl<T, F> SourceReader<T> for GeneratorReader<F>
@@ -188,7 +192,7 @@ where
             let now = self.clock.now_millis();
             let start = *self.started_at.get_or_insert(now);
             let allowed = ((now - start) as f64 * rate) as u64 + 1;
-            budget = budget.min(allowed.saturating_sub(self.produced));
+            budget = budget.min(allowed.saturating_sub(self.produced - self.resumed_at));
         }
         for _ in 0..budget {
             let value = (self.f)(self.next_index, &mut self.rng);

@@ -13,6 +13,7 @@ pub mod file;
 mod generator;
 mod print;
 mod push;
+mod upsert;
 mod vec;
 
 pub use channel::ChannelSink;
@@ -20,6 +21,7 @@ pub use collect::CollectSink;
 pub use generator::GeneratorSource;
 pub use print::PrintSink;
 pub use push::{PushSource, SourceHandle};
+pub use upsert::UpsertSink;
 pub use vec::VecSource;
 
 /// The random generator a [`GeneratorSource`] hands its function, and the trait to draw from it.

@@ -1,12 +1,14 @@
 use std::sync::Mutex;
 
 use tideline_engine::{
-    Data, Error, EventTime, ReaderContext, Record, Result, Source, SourceOutput, SourceReader,
-    SourceStatus,
+    Data, Error, EventTime, ReaderContext, Record, Result, Source, SourceOffset, SourceOutput,
+    SourceReader, SourceStatus,
 };
 
 /// A bounded source over records held in memory, split into contiguous
-/// partitions. Each partition can be read once per job run.
+/// partitions. Each partition can be read once per job run. Its offset is
+/// the number of records a partition has emitted, so a job restored from a
+/// checkpoint over a `VecSource` holding the same records continues after them.
 #[derive(Debug)]
 pub struct VecSource<T> {
     partitions: Vec<Mutex<Option<Vec<Record<T>>>>>,
@@ -59,6 +61,21 @@ impl<T: Data> VecSource<T> {
     }
 }
 
+impl<T: Data> VecSource<T> {
+    /// Takes partition `partition`'s records (once).
+    fn take(&self, partition: usize) -> Result<Vec<Record<T>>> {
+        self.partitions
+            .get(partition)
+            .and_then(|p| p.lock().ok().and_then(|mut g| g.take()))
+            .ok_or_else(|| {
+                Error::config(
+                    format!("vec_source.partition[{partition}]"),
+                    "does not exist or was already read (a VecSource serves one run)",
+                )
+            })
+    }
+}
+
 impl<T: Data + Sync> Source<T> for VecSource<T> {
     fn name(&self) -> &str {
         "vec_source"
@@ -77,35 +94,50 @@ impl<T: Data + Sync> Source<T> for VecSource<T> {
         partition: usize,
         _ctx: &ReaderContext,
     ) -> Result<Box<dyn SourceReader<T>>> {
-        let records = self
-            .partitions
-            .get(partition)
-            .and_then(|p| p.lock().ok().and_then(|mut g| g.take()))
-            .ok_or_else(|| {
-                Error::config(
-                    format!("vec_source.partition[{partition}]"),
-                    "does not exist or was already read (a VecSource serves one run)",
-                )
-            })?;
         Ok(Box::new(VecReader {
-            records: records.into_iter(),
+            records: self.take(partition)?.into_iter(),
+            emitted: 0,
         }))
+    }
+
+    fn create_reader_at(
+        &self,
+        partition: usize,
+        _ctx: &ReaderContext,
+        offset: &SourceOffset,
+    ) -> Result<Box<dyn SourceReader<T>>> {
+        let &[emitted] = offset.0.as_slice() else {
+            return Err(Error::config(
+                "vec_source.offset",
+                format!("{offset:?} is not a vec_source offset (one count)"),
+            ));
+        };
+        let mut records = self.take(partition)?.into_iter();
+        let skip = usize::try_from(emitted).unwrap_or(usize::MAX);
+        records.by_ref().take(skip).for_each(drop);
+        Ok(Box::new(VecReader { records, emitted }))
     }
 }
 
 struct VecReader<T> {
     records: std::vec::IntoIter<Record<T>>,
+    emitted: u64,
 }
 
 impl<T: Data> SourceReader<T> for VecReader<T> {
     fn poll(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus> {
         for r in self.records.by_ref().take(out.remaining()) {
             out.push(r);
+            self.emitted += 1;
         }
         Ok(if self.records.len() == 0 {
             SourceStatus::Finished
         } else {
             SourceStatus::Ready
         })
+    }
+
+    fn offset(&self) -> Option<SourceOffset> {
+        Some(SourceOffset(vec![self.emitted]))
     }
 }

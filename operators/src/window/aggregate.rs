@@ -11,8 +11,9 @@ use tideline_engine::Data;
 
 /// An incremental aggregation over records `T`.
 pub trait AggregateFunction<T>: Clone + Send + Sync + 'static {
-    /// The running state of one window.
-    type Acc: Clone + Send + 'static;
+    /// The running state of one window (kept in keyed state, so it is
+    /// checkpointed: it must be serde-serializable).
+    type Acc: tideline_state::StateValue;
     /// What the window emits.
     type Out: Data;
 
@@ -28,7 +29,15 @@ pub trait AggregateFunction<T>: Clone + Send + Sync + 'static {
 
 /// Numbers the built-in aggregates work on.
 pub trait Numeric:
-    Copy + PartialOrd + Add<Output = Self> + Default + Send + Sync + 'static
+    Copy
+    + PartialOrd
+    + Add<Output = Self>
+    + Default
+    + Send
+    + Sync
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + 'static
 {
     /// As a float, for averages.
     fn as_f64(self) -> f64;
@@ -249,7 +258,9 @@ impl<T, F> Reduce<T, F> {
     }
 }
 
-impl<T: Data, F: Fn(T, T) -> T + Send + Sync + 'static> AggregateFunction<T> for Reduce<T, F> {
+impl<T: Data + tideline_state::StateValue, F: Fn(T, T) -> T + Send + Sync + 'static>
+    AggregateFunction<T> for Reduce<T, F>
+{
     type Acc = Option<T>;
     type Out = T;
     fn create(&self) -> Option<T> {
@@ -300,7 +311,7 @@ impl<T> CollectAll<T> {
     }
 }
 
-impl<T: Data> AggregateFunction<T> for CollectAll<T> {
+impl<T: Data + tideline_state::StateValue> AggregateFunction<T> for CollectAll<T> {
     type Acc = Vec<T>;
     type Out = Vec<T>;
     fn create(&self) -> Vec<T> {

@@ -16,7 +16,9 @@ use std::time::Duration;
 use tideline_engine::{Error, EventTime, Result};
 
 /// A time interval `[start, end)` in event-time milliseconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct TimeWindow {
     /// First millisecond in the window.
     pub start: i64,

@@ -43,7 +43,7 @@ use std::sync::Arc;
 
 use tideline_engine::time::TimerService;
 use tideline_engine::{Data, Error, EventTime, KeyedStream, Output, OutputTag, Result, Stream};
-use tideline_state::MemoryKeyedState;
+use tideline_state::{StateKey, StateValue};
 
 pub use aggregate::{AggregateFunction, Avg, CollectAll, Count, Max, Min, Numeric, Reduce, Sum};
 pub use assigner::{Gap, GlobalWindows, Session, Sliding, Span, TimeWindow, Tumbling, WindowKind};
@@ -52,7 +52,7 @@ pub use trigger::{
     TriggerResult,
 };
 
-use operator::WindowOperator;
+use operator::{LiveCount, WindowOperator};
 use panes::Grid;
 
 /// Why a window emitted.
@@ -211,7 +211,7 @@ impl<K: Hash + Eq + Clone + Send + 'static, T: Data> WindowExt<K, T> for KeyedSt
 
 impl<K, T, Tr> WindowedStream<K, T, Tr>
 where
-    K: Hash + Eq + Clone + Send + 'static,
+    K: StateKey,
     T: Data,
     Tr: Trigger<T>,
 {
@@ -262,6 +262,7 @@ where
     ) -> Stream<WindowResult<K, T>>
     where
         K: Data,
+        T: StateValue,
     {
         self.build("window_reduce", Reduce::new(f), || ToResult)
     }
@@ -271,6 +272,7 @@ where
     pub fn process<O, P>(self, function: P) -> Stream<O>
     where
         O: Data,
+        T: StateValue,
         P: ProcessWindowFunction<K, Vec<T>, O> + Clone,
     {
         self.build("window_process", CollectAll::new(), move || {
@@ -304,7 +306,7 @@ where
         );
         let check_kind = kind.clone();
         self.keyed
-            .transform(name, move |_, key| {
+            .transform(name, move |ctx, key| {
                 Ok(WindowOperator {
                     key,
                     kind: kind.clone(),
@@ -313,12 +315,15 @@ where
                     agg: agg.clone(),
                     trigger: trigger.clone(),
                     function: function(),
-                    state: MemoryKeyedState::new(),
+                    state: ctx.keyed_state()?,
                     event_timers: TimerService::new(),
                     processing_timers: TimerService::new(),
                     watermark: EventTime::MIN,
                     processing_time: i64::MIN,
-                    live: Arc::clone(&live.0),
+                    live: LiveCount {
+                        shared: Arc::clone(&live.0),
+                        local: 0,
+                    },
                     grid: match kind {
                         WindowKind::Sliding { size, slide, offset } => Some(Grid::new(size, slide, offset, lateness)),
                         _ => None,

@@ -20,8 +20,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use tideline_engine::time::TimerService;
-use tideline_engine::{Data, EventTime, KeySelector, Operator, Output, OutputTag, Record, Result};
-use tideline_state::{MemoryKeyedState, StateKey, ValueStateDescriptor};
+use tideline_engine::{
+    Data, EventTime, KeySelector, Operator, Output, OutputTag, Record, RestoreContext, Result,
+    SnapshotWriter,
+};
+use tideline_state::{KeyedState, StateKey, ValueStateDescriptor};
 
 use super::aggregate::AggregateFunction;
 use super::assigner::{TimeWindow, WindowKind};
@@ -32,7 +35,7 @@ use super::{Firing, ProcessWindowFunction, WindowCollector, WindowInfo};
 use crate::process::TimeDomain;
 
 /// The contents of one window (or pane).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Slot<Acc, S> {
     acc: Acc,
     trigger: S,
@@ -70,6 +73,23 @@ impl<Acc: Clone, S> Slot<Acc, S> {
     }
 }
 
+/// The live-window gauge shared by an operator's subtasks, and this
+/// subtask's share of it (what a checkpoint keeps).
+#[derive(Debug)]
+pub(crate) struct LiveCount {
+    pub(crate) shared: Arc<AtomicI64>,
+    pub(crate) local: i64,
+}
+
+impl LiveCount {
+    fn add(&mut self, delta: i64) {
+        self.local += delta;
+        self.shared.fetch_add(delta, Ordering::Relaxed);
+    }
+}
+
+const LIVE: &str = "live-windows";
+
 const fn slots<Acc, S>() -> ValueStateDescriptor<Slot<Acc, S>> {
     ValueStateDescriptor::new("window-contents")
 }
@@ -85,12 +105,12 @@ pub(crate) struct WindowOperator<K, T, A: AggregateFunction<T>, Tr: Trigger<T>, 
     pub(crate) agg: A,
     pub(crate) trigger: Tr,
     pub(crate) function: P,
-    pub(crate) state: MemoryKeyedState<K>,
+    pub(crate) state: KeyedState<K>,
     pub(crate) event_timers: TimerService<K, TimeWindow>,
     pub(crate) processing_timers: TimerService<K, TimeWindow>,
     pub(crate) watermark: EventTime,
     pub(crate) processing_time: i64,
-    pub(crate) live: Arc<AtomicI64>,
+    pub(crate) live: LiveCount,
     /// Sliding windows' geometry, computed once.
     pub(crate) grid: Option<Grid>,
 }
@@ -156,7 +176,7 @@ where
             }
         };
         if is_new {
-            live.fetch_add(1, Ordering::Relaxed);
+            live.add(1);
             event_timers.register(key, &window, cleanup_at);
         }
         let mut ctx = TriggerContext {
@@ -244,7 +264,7 @@ where
             let Some(mut old) = self.state.value(&desc, key, w)?.take() else {
                 continue;
             };
-            self.live.fetch_add(-1, Ordering::Relaxed);
+            self.live.add(-1);
             self.agg.merge(&mut combined.acc, &old.acc);
             combined.has_data |= old.has_data;
             combined.firings = combined.firings.max(old.firings);
@@ -274,7 +294,7 @@ where
             processing_timers: &mut self.processing_timers,
         };
         self.trigger.on_merge(&merged, &mut ctx);
-        self.live.fetch_add(1, Ordering::Relaxed);
+        self.live.add(1);
         self.state.value(&desc, key, &merged)?.set(combined);
         Ok(())
     }
@@ -322,7 +342,7 @@ where
         let (acc, created) = buffer.pane_mut(start, || agg.create());
         agg.add(acc, value);
         if created {
-            live.fetch_add(1, Ordering::Relaxed);
+            live.add(1);
         }
         // Windows of the pane that already fired on time fire again (the
         // pane's first window ending at or before the watermark says so).
@@ -387,7 +407,7 @@ where
         agg.add(&mut single, value);
         let mut host = Host::new(agg, function, key);
         let added = buffer.add(&mut host, window, single, *lateness, *watermark, out)?;
-        live.fetch_add(added.live_delta, Ordering::Relaxed);
+        live.add(added.live_delta);
         if let Some(at) = added.timer {
             event_timers.register(key, &TimeWindow::GLOBAL, EventTime::from_millis(at));
         }
@@ -443,7 +463,7 @@ where
                 (dropped, next, empty)
             }
         };
-        live.fetch_add(-(dropped as i64), Ordering::Relaxed);
+        live.add(-(dropped as i64));
         if let (Some(next), false) = (next, empty) {
             event_timers.register(&key, &TimeWindow::GLOBAL, EventTime::from_millis(next));
         }
@@ -552,7 +572,7 @@ where
                 ),
             );
             stored.take();
-            live.fetch_add(-1, Ordering::Relaxed);
+            live.add(-1);
             if matches!(self.kind, WindowKind::Session(_)) {
                 let mut sessions = self.state.value(&SESSIONS, &key, &())?;
                 if let Some(list) = sessions.get_mut() {
@@ -718,7 +738,33 @@ where
         Ok(())
     }
 
+    fn snapshot_state(&mut self, snapshot: &mut SnapshotWriter<'_>) -> Result<()> {
+        crate::keyed_snapshot::snapshot_keyed(
+            &mut self.state,
+            &[&self.event_timers, &self.processing_timers],
+            snapshot,
+        )?;
+        snapshot.put(LIVE, &self.live.local)
+    }
+
+    fn restore_state(&mut self, restore: &RestoreContext) -> Result<()> {
+        crate::keyed_snapshot::restore_keyed(
+            &mut self.state,
+            &mut [&mut self.event_timers, &mut self.processing_timers],
+            restore,
+        )?;
+        // The gauge counts every subtask's windows: the first subtask takes
+        // over the old total, whichever subtasks now hold them.
+        if restore.subtask() == 0 {
+            let total: i64 = restore.read_all::<i64>(LIVE)?.into_iter().sum();
+            self.live.add(total);
+        }
+        Ok(())
+    }
+
     fn on_watermark(&mut self, watermark: EventTime, out: &mut Output<O>) -> Result<()> {
+        // A restored task replays its watermark; it never goes backwards.
+        let watermark = watermark.max(self.watermark);
         self.watermark = watermark;
         while let Some((at, key, window)) = self.event_timers.pop_due(watermark) {
             self.on_event_timer(at, key, window, out)?;

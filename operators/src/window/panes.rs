@@ -17,7 +17,7 @@ use super::assigner::{floor_mod_diff, TimeWindow};
 use super::Firing;
 
 /// The panes of one key, and where its on-time firings have got to.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PaneBuffer<Acc> {
     /// `(pane start, accumulator)`, sorted by start.
     panes: VecDeque<(i64, Acc)>,

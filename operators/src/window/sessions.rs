@@ -17,7 +17,7 @@ use super::assigner::TimeWindow;
 use super::panes::PaneHost;
 use super::Firing;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Open<Acc> {
     window: TimeWindow,
     acc: Acc,
@@ -28,7 +28,7 @@ struct Open<Acc> {
 
 /// The open sessions of one key: usually one or two, kept inline in the
 /// state entry so a record costs one memory access, not two.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SessionBuffer<Acc> {
     sessions: SmallVec<[Open<Acc>; 2]>,
     timer_at: Option<i64>,

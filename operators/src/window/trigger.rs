@@ -89,7 +89,7 @@ impl<K: std::hash::Hash + Eq + Clone, S> TriggerContext<'_, K, S> {
 /// Decides when windows emit.
 pub trait Trigger<T>: Clone + Send + Sync + 'static {
     /// Per-window state (use `()` when none).
-    type State: Default + Clone + Send + 'static;
+    type State: Default + tideline_state::StateValue;
 
     /// Whether this is the plain event-time trigger (the only one sliding
     /// windows support, since they are computed from shared panes).
@@ -194,7 +194,7 @@ pub struct EarlyFiring {
 }
 
 /// Per-window state of [`EarlyFiring`]: records since the last early firing.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct EarlyFiringState {
     since_fire: u64,
     timer_at: Option<i64>,

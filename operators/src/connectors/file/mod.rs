@@ -19,12 +19,17 @@
 //!   sorts all rows by event time (in memory: the input must fit).
 
 mod csv;
+mod exactly_once;
 mod jsonl;
 mod parquet;
 mod predicate;
 mod reader;
 mod sink;
 
+pub use exactly_once::{
+    committed_files, read_committed, ExactlyOnceCsvSink, ExactlyOnceFileSink,
+    ExactlyOnceJsonLinesSink, ExactlyOnceParquetSink, PartExtension,
+};
 pub use sink::{
     write_csv, CsvSink, CsvWriter, FileFormatWriter, FileSink, JsonLinesSink, JsonLinesWriter,
     ParquetSink, ParquetWriter, PartitionedParquetSink,
@@ -609,8 +614,7 @@ impl<T: Data + Serialize + DeserializeOwned + Sync> FileSource<T> {
         Ok(reader::FileReader::new(files, sort))
     }
 
-    /// Wraps `reader` in the configured pacing. A paced reader holds records
-    /// back, so it reports no offset.
+    /// Wraps `reader` in the configured pacing.
     fn paced(
         &self,
         reader: reader::FileReader<T>,
@@ -624,6 +628,8 @@ impl<T: Data + Serialize + DeserializeOwned + Sync> FileSource<T> {
                 event_time: self.event_time.clone(),
                 clock: Arc::clone(&ctx.clock),
                 held: std::collections::VecDeque::new(),
+                held_rejects: Vec::new(),
+                held_from: None,
                 finished: false,
                 started: None,
                 emitted: 0,

@@ -352,60 +352,97 @@ impl<T: Data + Serialize + DeserializeOwned> SourceReader<T> for FileReader<T> {
     }
 }
 
-/// Holds records back until the pacing allows them.
+/// Holds records back until the pacing allows them, a whole chunk at a
+/// time: chunk boundaries (and so where watermarks fall) are a function of
+/// the input and the configuration only, and a held chunk is never half
+/// emitted, so the reader's offset is exact at every poll.
 pub(crate) struct Paced<R, T> {
     pub(crate) inner: R,
     pub(crate) pacing: Pacing,
     pub(crate) event_time: Option<SortKey<T>>,
     pub(crate) clock: Arc<dyn Clock>,
+    /// The chunk waiting for its time, with its rejected rows.
     pub(crate) held: VecDeque<Record<T>>,
+    pub(crate) held_rejects: Vec<(String, String)>,
+    /// The inner reader's offset before the held chunk.
+    pub(crate) held_from: Option<SourceOffset>,
     pub(crate) finished: bool,
     /// `(processing time, first event time)` when the first record went out.
     pub(crate) started: Option<(i64, i64)>,
     pub(crate) emitted: u64,
 }
 
+impl<R: SourceReader<T>, T: Data> Paced<R, T> {
+    /// Records per chunk: a batch, or about 50 ms of records at a fixed rate.
+    fn chunk_size(&self, remaining: usize) -> usize {
+        match self.pacing {
+            Pacing::RecordsPerSecond(rate) => ((rate / 20.0) as usize).clamp(1, remaining.max(1)),
+            _ => remaining.max(1),
+        }
+    }
+}
+
 impl<R: SourceReader<T>, T: Data> SourceReader<T> for Paced<R, T> {
     fn poll(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus> {
-        if self.held.is_empty() && !self.finished {
-            let mut chunk = SourceOutput::new(out.remaining().max(1));
-            self.finished = self.inner.poll(&mut chunk)? == SourceStatus::Finished;
+        if self.held.is_empty() && self.held_rejects.is_empty() {
+            if self.finished {
+                return Ok(SourceStatus::Finished);
+            }
+            self.held_from = self.inner.offset();
+            let mut chunk = SourceOutput::new(self.chunk_size(out.remaining()));
+            let status = self.inner.poll(&mut chunk)?;
+            self.finished = status == SourceStatus::Finished;
             self.held.extend(chunk.take_records());
-            for (reason, record) in chunk.take_rejected() {
-                out.dead_letter(reason, record);
+            self.held_rejects = chunk.take_rejected();
+            if self.held.is_empty() && self.held_rejects.is_empty() {
+                self.held_from = None;
+                return Ok(status);
             }
         }
         let now = self.clock.now_millis();
-        while out.remaining() > 0 {
-            let Some(next) = self.held.front() else {
-                break;
-            };
-            let event = self.event_time.as_ref().map_or(0, |f| f(&next.value));
-            let (start, first_event) = *self.started.get_or_insert((now, event));
-            let allowed = match self.pacing {
-                Pacing::RecordsPerSecond(rate) => {
-                    ((now - start) as f64 * rate / 1000.0) as u64 + 1 > self.emitted
+        let release = match self.held.back() {
+            None => true,
+            Some(last) => {
+                let first_event = self
+                    .held
+                    .front()
+                    .map_or(0, |r| self.event_time.as_ref().map_or(0, |f| f(&r.value)));
+                let (start, first) = *self.started.get_or_insert((now, first_event));
+                match self.pacing {
+                    Pacing::RecordsPerSecond(rate) => {
+                        ((now - start) as f64 * rate / 1000.0) as u64 + 1
+                            >= self.emitted + self.held.len() as u64
+                    }
+                    Pacing::Speed(factor) => {
+                        let event = self.event_time.as_ref().map_or(0, |f| f(&last.value));
+                        ((event - first) as f64 / factor) as i64 <= now - start
+                    }
+                    Pacing::AsFastAsPossible => true,
                 }
-                Pacing::Speed(factor) => {
-                    ((event - first_event) as f64 / factor) as i64 <= now - start
-                }
-                Pacing::AsFastAsPossible => true,
-            };
-            if !allowed {
-                break;
             }
-            if let Some(record) = self.held.pop_front() {
-                out.push(record);
-                self.emitted += 1;
-            }
+        };
+        if !release || self.held.len() > out.remaining() {
+            return Ok(SourceStatus::Pending);
         }
-        Ok(
-            match (self.finished && self.held.is_empty(), out.remaining() == 0) {
-                (true, _) => SourceStatus::Finished,
-                (false, true) => SourceStatus::Ready,
-                // Nothing more is allowed yet.
-                (false, false) => SourceStatus::Pending,
-            },
-        )
+        for (reason, record) in self.held_rejects.drain(..) {
+            out.dead_letter(reason, record);
+        }
+        self.emitted += self.held.len() as u64;
+        for record in self.held.drain(..) {
+            out.push(record);
+        }
+        self.held_from = None;
+        Ok(if self.finished {
+            SourceStatus::Finished
+        } else {
+            SourceStatus::Ready
+        })
+    }
+
+    fn offset(&self) -> Option<SourceOffset> {
+        match &self.held_from {
+            Some(before) => Some(before.clone()),
+            None => self.inner.offset(),
+        }
     }
 }

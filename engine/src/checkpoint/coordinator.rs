@@ -1,0 +1,381 @@
+//! The checkpoint coordinator: decides when checkpoint `n` starts, collects
+//! every task's acknowledgement, and completes it on a background thread.
+//!
+//! Protocol (asynchronous barrier snapshots, as in Flink):
+//! 1. when the interval has passed and no checkpoint is in progress, the
+//!    next id is published; each source task, at its next step, records its
+//!    partitions' offsets, snapshots its chain and sends barrier `n` down;
+//! 2. a task with several input channels aligns: it holds back a channel
+//!    that delivered barrier `n` until every unfinished channel has, then
+//!    snapshots its chain, forwards the barrier and acknowledges;
+//! 3. once every task has acknowledged `n` — or finished, in which case its
+//!    final snapshot stands in — the background thread makes the staged
+//!    files durable (shared files moved once, checksums, fsync), writes the
+//!    metadata last, prunes old checkpoints and commits the sinks'
+//!    transactions. Tasks never wait for any of that.
+//!
+//! When every task has finished, a final checkpoint is completed from their
+//! final snapshots, so a bounded job's last output is committed too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::checkpoint::snapshot::{BarrierCtx, TaskSnapshot};
+use crate::checkpoint::storage::{
+    checkpoint_dir_name, checksum, fsync, io_err, CheckpointStorage, FileSum, Metadata,
+};
+use crate::checkpoint::CheckpointStats;
+use crate::error::{Error, Result};
+use crate::runtime::executor::Shared;
+use crate::sink::Committer;
+use crate::time::Clock;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct Progress {
+    /// The largest id used so far.
+    last_id: u64,
+    in_progress: Option<(u64, Instant)>,
+    acks: Vec<Option<Arc<TaskSnapshot>>>,
+    finished: Vec<Option<Arc<TaskSnapshot>>>,
+    all_done: bool,
+}
+
+struct Completion {
+    id: u64,
+    is_final: bool,
+    started: Instant,
+    parts: Vec<Arc<TaskSnapshot>>,
+}
+
+/// Coordinates the checkpoints of one running job.
+pub(crate) struct Coordinator {
+    storage: CheckpointStorage,
+    retain: usize,
+    interval: i64,
+    clock: Arc<dyn Clock>,
+    /// Directory (root-relative) of this run's final snapshots.
+    run_dir: String,
+    /// The id sources should emit a barrier for (0: none yet).
+    trigger: AtomicU64,
+    next_due: AtomicI64,
+    progress: Mutex<Progress>,
+    committers: Mutex<Vec<(String, Arc<dyn Committer>)>>,
+    io: Mutex<Option<Sender<Completion>>>,
+    io_thread: Mutex<Option<JoinHandle<()>>>,
+    stats: Arc<Mutex<Vec<CheckpointStats>>>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("root", &self.storage.root())
+            .finish()
+    }
+}
+
+impl Coordinator {
+    /// A coordinator for `tasks` tasks over `storage`, first checkpoint after
+    /// `interval` of `clock` time; ids continue after every id in `storage`.
+    pub(crate) fn start(
+        storage: CheckpointStorage,
+        retain: usize,
+        interval: Duration,
+        clock: Arc<dyn Clock>,
+        tasks: usize,
+        shared: Arc<Shared>,
+    ) -> Result<Arc<Self>> {
+        storage.remove_incomplete()?;
+        let last_id = storage.max_id()?;
+        let interval = i64::try_from(interval.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let nonce = format!(
+            "final-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let coordinator = Arc::new(Self {
+            storage,
+            retain,
+            interval,
+            next_due: AtomicI64::new(clock.now_millis().saturating_add(interval)),
+            clock,
+            run_dir: nonce,
+            trigger: AtomicU64::new(0),
+            progress: Mutex::new(Progress {
+                last_id,
+                in_progress: None,
+                acks: vec![None; tasks],
+                finished: vec![None; tasks],
+                all_done: tasks == 0,
+            }),
+            committers: Mutex::new(Vec::new()),
+            io: Mutex::new(Some(sender)),
+            io_thread: Mutex::new(None),
+            stats: Arc::default(),
+        });
+        let worker = Arc::clone(&coordinator);
+        let thread = std::thread::Builder::new()
+            .name("tideline:checkpoints".into())
+            .spawn(move || worker.io_loop(&receiver, &shared))
+            .map_err(|e| Error::Internal(format!("cannot start the checkpoint thread: {e}")))?;
+        *lock(&coordinator.io_thread) = Some(thread);
+        Ok(coordinator)
+    }
+
+    pub(crate) fn root(&self) -> PathBuf {
+        self.storage.root().to_path_buf()
+    }
+
+    /// Registers the committer of sink `name` (once per sink).
+    pub(crate) fn register_committer(&self, name: &str, committer: Arc<dyn Committer>) {
+        let mut committers = lock(&self.committers);
+        if !committers.iter().any(|(n, _)| n == name) {
+            committers.push((name.to_string(), committer));
+        }
+    }
+
+    /// Called by source tasks at every step: the id of the checkpoint they
+    /// should emit a barrier for, if it is newer than `emitted`.
+    pub(crate) fn poll_barrier(&self, emitted: u64) -> Option<u64> {
+        if self.clock.now_millis() >= self.next_due.load(Ordering::Relaxed) {
+            let mut progress = lock(&self.progress);
+            if progress.in_progress.is_none() && !progress.all_done {
+                progress.last_id += 1;
+                progress.in_progress = Some((progress.last_id, Instant::now()));
+                progress.acks.iter_mut().for_each(|a| *a = None);
+                self.trigger.store(progress.last_id, Ordering::SeqCst);
+            }
+            // Not due again until this one completes.
+            self.next_due.store(i64::MAX, Ordering::Relaxed);
+        }
+        let id = self.trigger.load(Ordering::SeqCst);
+        (id > emitted).then_some(id)
+    }
+
+    /// A context to collect task `task`'s snapshot for checkpoint `id`.
+    pub(crate) fn barrier_ctx(&self, id: u64, node: &str, subtask: usize) -> BarrierCtx {
+        BarrierCtx {
+            id,
+            root: self.root(),
+            stage: checkpoint_dir_name(id),
+            snapshot: TaskSnapshot {
+                node: node.to_string(),
+                subtask,
+                ..TaskSnapshot::default()
+            },
+        }
+    }
+
+    /// A context for a task's final snapshot (its input ended).
+    pub(crate) fn final_ctx(&self, task: usize, node: &str, subtask: usize) -> BarrierCtx {
+        let id = lock(&self.progress).last_id + 1;
+        BarrierCtx {
+            id,
+            root: self.root(),
+            stage: format!("{}/task-{task}", self.run_dir),
+            snapshot: TaskSnapshot {
+                node: node.to_string(),
+                subtask,
+                ..TaskSnapshot::default()
+            },
+        }
+    }
+
+    /// Task `task` has snapshotted checkpoint `id`.
+    pub(crate) fn acknowledge(&self, id: u64, task: usize, snapshot: TaskSnapshot) {
+        let mut progress = lock(&self.progress);
+        if progress.in_progress.map(|(i, _)| i) != Some(id) {
+            return;
+        }
+        if let Some(slot) = progress.acks.get_mut(task) {
+            *slot = Some(Arc::new(snapshot));
+        }
+        self.check_complete(&mut progress);
+    }
+
+    /// Task `task` has finished; `snapshot` stands in for it from now on.
+    pub(crate) fn finished(&self, task: usize, snapshot: TaskSnapshot) {
+        let mut progress = lock(&self.progress);
+        if let Some(slot) = progress.finished.get_mut(task) {
+            *slot = Some(Arc::new(snapshot));
+        }
+        self.check_complete(&mut progress);
+        if !progress.all_done && progress.finished.iter().all(Option::is_some) {
+            progress.all_done = true;
+            progress.last_id += 1;
+            let parts = progress.finished.iter().flatten().cloned().collect();
+            let completion = Completion {
+                id: progress.last_id,
+                is_final: true,
+                started: Instant::now(),
+                parts,
+            };
+            self.send(completion);
+        }
+    }
+
+    fn check_complete(&self, progress: &mut Progress) {
+        let Some((id, started)) = progress.in_progress else {
+            return;
+        };
+        let parts: Option<Vec<Arc<TaskSnapshot>>> = progress
+            .acks
+            .iter()
+            .zip(&progress.finished)
+            .map(|(ack, fin)| ack.clone().or_else(|| fin.clone()))
+            .collect();
+        if let Some(parts) = parts {
+            progress.in_progress = None;
+            self.next_due.store(
+                self.clock.now_millis().saturating_add(self.interval),
+                Ordering::Relaxed,
+            );
+            self.send(Completion {
+                id,
+                is_final: false,
+                started,
+                parts,
+            });
+        }
+    }
+
+    fn send(&self, completion: Completion) {
+        if let Some(sender) = lock(&self.io).as_ref() {
+            // The receiver lives as long as the I/O thread, which ends only
+            // after the sender is dropped.
+            let _ = sender.send(completion);
+        }
+    }
+
+    /// Waits for every completed checkpoint to be written and committed.
+    pub(crate) fn shutdown(&self) {
+        lock(&self.io).take();
+        if let Some(thread) = lock(&self.io_thread).take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Statistics of the checkpoints completed so far.
+    pub(crate) fn stats(&self) -> Vec<CheckpointStats> {
+        lock(&self.stats).clone()
+    }
+
+    fn io_loop(&self, receiver: &Receiver<Completion>, shared: &Shared) {
+        let mut sums: HashMap<String, FileSum> = HashMap::new();
+        for completion in receiver {
+            if let Err(e) = self.complete(completion, &mut sums) {
+                shared.fail(e);
+                return;
+            }
+        }
+    }
+
+    /// The slow half of a checkpoint, off the tasks' threads.
+    fn complete(&self, c: Completion, sums: &mut HashMap<String, FileSum>) -> Result<()> {
+        let root = self.storage.root().to_path_buf();
+        let mut meta = Metadata {
+            format: 1,
+            id: c.id,
+            is_final: c.is_final,
+            ..Metadata::default()
+        };
+        let mut new_bytes = 0u64;
+        let mut transactions: BTreeMap<String, Vec<(usize, Vec<u8>)>> = BTreeMap::new();
+        for part in &c.parts {
+            meta.watermarks
+                .entry(part.node.clone())
+                .or_default()
+                .insert(part.subtask, part.watermark);
+            for (source, partition, state) in &part.sources {
+                meta.sources
+                    .entry(source.clone())
+                    .or_default()
+                    .insert(*partition, state.clone());
+            }
+            for (sink, subtask, txn) in &part.transactions {
+                transactions
+                    .entry(sink.clone())
+                    .or_default()
+                    .push((*subtask, txn.clone()));
+            }
+            for op in &part.operators {
+                let entry = meta.operators.entry(op.operator.clone()).or_default();
+                entry.parallelism = op.parallelism;
+                let files = entry.subtasks.entry(op.subtask).or_default();
+                for (stored, staged) in &op.files {
+                    let sum = match sums.get(&staged.stored) {
+                        Some(sum) => *sum,
+                        None => {
+                            let sum = self.persist(&root, &staged.staged, &staged.stored)?;
+                            new_bytes += sum.len;
+                            sums.insert(staged.stored.clone(), sum);
+                            sum
+                        }
+                    };
+                    if staged.staged != staged.stored {
+                        // An earlier checkpoint already holds this shared file.
+                        let _ = std::fs::remove_file(root.join(&staged.staged));
+                    }
+                    meta.files.insert(staged.stored.clone(), sum);
+                    files.push(stored.clone());
+                }
+            }
+        }
+        for (sink, mut txns) in transactions {
+            txns.sort_by_key(|(subtask, _)| *subtask);
+            meta.transactions
+                .insert(sink, txns.into_iter().map(|(_, t)| t).collect());
+        }
+        self.storage.write_metadata(&meta)?;
+        // Private files of checkpoints still referenced stay in `sums`; drop
+        // the ones pruning may delete so a reused path is checksummed anew.
+        self.storage.prune(self.retain, &self.run_dir)?;
+        sums.retain(|path, _| root.join(path).exists());
+        let committers = lock(&self.committers).clone();
+        for (sink, txns) in &meta.transactions {
+            if let Some((_, committer)) = committers.iter().find(|(n, _)| n == sink) {
+                for txn in txns {
+                    committer.commit(txn).map_err(|e| e.in_operator(sink))?;
+                }
+            }
+        }
+        lock(&self.stats).push(CheckpointStats {
+            id: c.id,
+            is_final: c.is_final,
+            duration: c.started.elapsed(),
+            size_bytes: meta.files.values().map(|f| f.len).sum(),
+            new_bytes,
+        });
+        Ok(())
+    }
+
+    /// Makes one staged file durable where the checkpoint keeps it.
+    fn persist(&self, root: &std::path::Path, staged: &str, stored: &str) -> Result<FileSum> {
+        let target = root.join(stored);
+        if staged != stored && !target.exists() {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+            }
+            let source = root.join(staged);
+            std::fs::rename(&source, &target).map_err(|e| io_err(&source, e))?;
+        }
+        fsync(&target)?;
+        if let Some(parent) = target.parent() {
+            fsync(parent)?;
+        }
+        checksum(&target)
+    }
+}

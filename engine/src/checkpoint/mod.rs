@@ -1,0 +1,67 @@
+//! Checkpoints and recovery: asynchronous barrier snapshots (Chandy–Lamport,
+//! as in Flink), stored so that a checkpoint is either complete and
+//! verifiable or ignored, and restored at any parallelism.
+//!
+//! Turn them on with [`Job::checkpointing`](crate::Job::checkpointing) and
+//! restart from one with [`Job::restore`](crate::Job::restore). See
+//! [`coordinator`] for the protocol and [`storage`] for the layout on disk.
+//!
+//! Invariants:
+//! - checkpoint `n` holds, for every task, its state after exactly the
+//!   records that preceded barrier `n` on each of its inputs, and every
+//!   source partition's offset at the moment it emitted the barrier: a
+//!   restore reprocesses exactly the records after it;
+//! - a sink's transaction is committed only once the checkpoint that holds
+//!   it is complete, and again on restore (commits are idempotent), so an
+//!   exactly-once sink shows every record's effect once;
+//! - each restored task starts at the watermark it had at the barrier, so
+//!   records are late or not exactly as in an uninterrupted run.
+
+pub(crate) mod coordinator;
+pub(crate) mod restore;
+pub(crate) mod snapshot;
+pub mod storage;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use snapshot::{RestoreContext, SnapshotFile, SnapshotWriter};
+pub use storage::{CheckpointStorage, CompletedCheckpoint, SkippedCheckpoint};
+
+/// How a job takes checkpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointConfig {
+    /// Time (of the job's clock) between the end of one checkpoint and the
+    /// start of the next.
+    pub interval: Duration,
+    /// Where checkpoints are written.
+    pub dir: PathBuf,
+    /// How many complete checkpoints are kept (the newest ones).
+    pub retain: usize,
+}
+
+/// Which checkpoint a job restarts from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreFrom {
+    /// The newest checkpoint in the job's checkpoint directory that
+    /// verifies; newer ones that do not are reported and passed over. With
+    /// no checkpoint at all the job starts from the beginning.
+    Latest,
+    /// The checkpoint in this `chk-N` directory; it must verify.
+    Path(PathBuf),
+}
+
+/// One completed checkpoint, as the job summary reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointStats {
+    /// Its id.
+    pub id: u64,
+    /// Taken when every task had finished (the end of a bounded job).
+    pub is_final: bool,
+    /// From the trigger to the metadata being durable.
+    pub duration: Duration,
+    /// Bytes of every file it references (shared ones included).
+    pub size_bytes: u64,
+    /// Bytes written for it (the rest was already held by earlier ones).
+    pub new_bytes: u64,
+}

@@ -1,0 +1,310 @@
+//! The RocksDB store under the RocksDB backend: one database per operator
+//! subtask, one column family per state, keys laid out as
+//! `key group | postcard((key, namespace))` (see [`crate::codec`]), so the
+//! entries of a key-group range are one contiguous run of every column family.
+//!
+//! Invariants:
+//! - a working database is scratch space: it is created empty (whatever was
+//!   at its path is removed) and deleted when the store is dropped; the
+//!   write-ahead log is off, because a working database is never recovered
+//!   after a crash — checkpoints are;
+//! - every write goes through the pending [`WriteBatch`]; [`RocksStore::write`]
+//!   applies it atomically;
+//! - before a checkpoint the pending batch is written and every memtable is
+//!   flushed, so a checkpoint is a set of immutable SST files (hard links, not
+//!   copies) plus small metadata files.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use rocksdb::checkpoint::Checkpoint;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, DBCompressionType, DBPinnableSlice, Options,
+    ReadOptions, WriteBatch, WriteOptions, DB,
+};
+
+use crate::backend::RocksDbOptions;
+use crate::{Result, StateError};
+
+/// Bytes of pending writes after which a restore writes its batch.
+const RESTORE_BATCH_BYTES: usize = 8 << 20;
+
+/// One working RocksDB database.
+pub(crate) struct RocksStore {
+    db: DB,
+    path: PathBuf,
+    cf_options: Options,
+    write_options: WriteOptions,
+    /// Writes not yet applied to the database.
+    batch: WriteBatch,
+    /// Last field: removes the directory after the database is closed.
+    _scratch: Scratch,
+}
+
+/// Removes a working directory when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // The working directory is scratch space; checkpoints hold what matters.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn rocks_err(path: &Path, e: impl std::fmt::Display) -> StateError {
+    StateError::RocksDb {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn snapshot_err(path: &Path, e: impl std::fmt::Display) -> StateError {
+    StateError::snapshot(path, format!("cannot read the RocksDB checkpoint: {e}"))
+}
+
+impl RocksStore {
+    /// Opens a fresh, empty database at `path` (whatever was there is removed:
+    /// a working directory holds nothing durable).
+    pub(crate) fn open_fresh(path: PathBuf, options: &RocksDbOptions) -> Result<Self> {
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|e| StateError::io(&path, e))?;
+        }
+        std::fs::create_dir_all(&path).map_err(|e| StateError::io(&path, e))?;
+        // From here on the directory is removed again if opening fails.
+        let scratch = Scratch(path.clone());
+        let cache = Cache::new_lru_cache(options.block_cache_bytes.max(1 << 20));
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        let mut cf_options = Options::default();
+        cf_options.set_block_based_table_factory(&table);
+        cf_options.set_compression_type(DBCompressionType::Lz4);
+        cf_options.set_write_buffer_size((options.write_buffer_bytes / 4).max(1 << 20));
+        cf_options.set_max_write_buffer_number(2);
+        let mut db_options = cf_options.clone();
+        db_options.create_if_missing(true);
+        db_options.set_db_write_buffer_size(options.write_buffer_bytes.max(1 << 20));
+        db_options.set_max_open_files(512);
+        db_options.set_keep_log_file_num(2);
+        let db = DB::open(&db_options, &path).map_err(|e| rocks_err(&path, e))?;
+        let mut write_options = WriteOptions::default();
+        write_options.disable_wal(true);
+        Ok(Self {
+            db,
+            path,
+            cf_options,
+            write_options,
+            batch: WriteBatch::default(),
+            _scratch: scratch,
+        })
+    }
+
+    /// The working directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates the column family of state `name` if it does not exist yet.
+    pub(crate) fn ensure_cf(&mut self, name: &str) -> Result<()> {
+        if self.db.cf_handle(name).is_none() {
+            self.db
+                .create_cf(name, &self.cf_options)
+                .map_err(|e| rocks_err(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    fn handle(&self, cf: &str) -> Result<&ColumnFamily> {
+        self.db
+            .cf_handle(cf)
+            .ok_or_else(|| rocks_err(&self.path, format!("no column family '{cf}'")))
+    }
+
+    /// Reads one stored value (pending batch writes are not visible).
+    pub(crate) fn get(&self, cf: &str, key: &[u8]) -> Result<Option<DBPinnableSlice<'_>>> {
+        let handle = self.handle(cf)?;
+        self.db
+            .get_pinned_cf(handle, key)
+            .map_err(|e| rocks_err(&self.path, e))
+    }
+
+    /// Adds a put to the pending batch.
+    pub(crate) fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        let handle = self
+            .db
+            .cf_handle(cf)
+            .ok_or_else(|| rocks_err(&self.path, format!("no column family '{cf}'")))?;
+        self.batch.put_cf(handle, key, value);
+        Ok(())
+    }
+
+    /// Adds a delete to the pending batch.
+    pub(crate) fn delete(&mut self, cf: &str, key: &[u8]) -> Result<()> {
+        let handle = self
+            .db
+            .cf_handle(cf)
+            .ok_or_else(|| rocks_err(&self.path, format!("no column family '{cf}'")))?;
+        self.batch.delete_cf(handle, key);
+        Ok(())
+    }
+
+    /// Applies the pending batch atomically.
+    pub(crate) fn write(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.db
+            .write_opt(batch, &self.write_options)
+            .map_err(|e| rocks_err(&self.path, e))
+    }
+
+    /// The state names (column families other than `default`).
+    pub(crate) fn state_names(&self) -> Result<Vec<String>> {
+        let mut names =
+            DB::list_cf(&Options::default(), &self.path).map_err(|e| rocks_err(&self.path, e))?;
+        names.retain(|n| n != "default");
+        Ok(names)
+    }
+
+    /// The database's identity (a UUID RocksDB creates with the database).
+    pub(crate) fn identity(&self) -> Result<String> {
+        let bytes = self
+            .db
+            .get_db_identity()
+            .map_err(|e| rocks_err(&self.path, e))?;
+        let identity: String = String::from_utf8_lossy(&bytes)
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        if identity.is_empty() {
+            return Err(rocks_err(&self.path, "the database has no identity"));
+        }
+        Ok(identity)
+    }
+
+    /// Applies the pending batch, flushes every memtable and creates a
+    /// checkpoint (hard links to the SST files) in `target`, which must not exist.
+    pub(crate) fn checkpoint(&mut self, target: &Path) -> Result<()> {
+        self.write()?;
+        for name in self.state_names()? {
+            let handle = self.handle(&name)?;
+            self.db
+                .flush_cf(handle)
+                .map_err(|e| rocks_err(&self.path, e))?;
+        }
+        self.db.flush().map_err(|e| rocks_err(&self.path, e))?;
+        Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(target))
+            .map_err(|e| rocks_err(target, e))
+    }
+
+    /// Copies every entry of the checkpointed database at `dir` whose key
+    /// group lies in `groups` into this one, in batches; returns the number of
+    /// entries copied.
+    pub(crate) fn ingest(&mut self, dir: &Path, groups: Range<u16>) -> Result<u64> {
+        let mut copied = 0u64;
+        let log_dir = self.path.clone();
+        scan_checkpoint(dir, &log_dir, groups, |name, key, value| {
+            if self.db.cf_handle(name).is_none() {
+                self.write()?;
+                self.ensure_cf(name)?;
+            }
+            self.put(name, key, value)?;
+            copied += 1;
+            if self.batch.size_in_bytes() >= RESTORE_BATCH_BYTES {
+                self.write()?;
+            }
+            Ok(())
+        })?;
+        self.write()?;
+        Ok(copied)
+    }
+
+    /// The exact number of entries of all states (a full scan of the keys).
+    pub(crate) fn count(&self) -> Result<u64> {
+        let mut total = 0u64;
+        for name in self.state_names()? {
+            let handle = self.handle(&name)?;
+            let mut read = ReadOptions::default();
+            read.fill_cache(false);
+            let mut iter = self.db.raw_iterator_cf_opt(handle, read);
+            iter.seek_to_first();
+            while iter.valid() {
+                total += 1;
+                iter.next();
+            }
+            iter.status().map_err(|e| rocks_err(&self.path, e))?;
+        }
+        Ok(total)
+    }
+
+    /// Bytes of all files of the working database on disk.
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        dir_bytes(&self.path)
+    }
+}
+
+/// Total size of the regular files under `dir` (0 for what cannot be read).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Calls `f(state, stored key, stored value)` for every entry of the
+/// checkpointed database at `dir` whose key group lies in `groups`, state by
+/// state. The checkpoint is opened read-only; RocksDB's info log goes to
+/// `log_dir`, so nothing is written into the snapshot.
+pub(crate) fn scan_checkpoint(
+    dir: &Path,
+    log_dir: &Path,
+    groups: Range<u16>,
+    mut f: impl FnMut(&str, &[u8], &[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut options = Options::default();
+    options.set_db_log_dir(log_dir);
+    options.set_paranoid_checks(true);
+    let names = DB::list_cf(&options, dir).map_err(|e| snapshot_err(dir, e))?;
+    let source = DB::open_cf_for_read_only(&options, dir, &names, false)
+        .map_err(|e| snapshot_err(dir, e))?;
+    if groups.is_empty() {
+        return Ok(());
+    }
+    for name in names.iter().filter(|n| n.as_str() != "default") {
+        let handle = source
+            .cf_handle(name)
+            .ok_or_else(|| snapshot_err(dir, format!("no column family '{name}'")))?;
+        let mut read = ReadOptions::default();
+        read.fill_cache(false);
+        read.set_verify_checksums(true);
+        read.set_readahead_size(2 << 20);
+        read.set_iterate_upper_bound(groups.end.to_be_bytes().to_vec());
+        let mut iter = source.raw_iterator_cf_opt(handle, read);
+        iter.seek(groups.start.to_be_bytes());
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            f(name, key, value)?;
+            iter.next();
+        }
+        iter.status().map_err(|e| snapshot_err(dir, e))?;
+    }
+    Ok(())
+}
