@@ -240,6 +240,12 @@ impl<K: StateKey, N: StateKey, T: Send + Serialize + DeserializeOwned + 'static>
     }
 }
 
+/// Called with each stored `(key, value)` pair, encoded.
+type EntryVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
+
+/// One stored entry, encoded: `(key, value)`.
+type EncodedEntry = (Box<[u8]>, Box<[u8]>);
+
 /// What [`KeyedState`] needs from a table without knowing its types.
 trait ErasedTable: Send {
     fn as_any_mut(&mut self) -> &mut dyn Any;
@@ -248,12 +254,8 @@ trait ErasedTable: Send {
     /// Entries held in memory.
     fn len(&self) -> usize;
     /// Calls `f(stored key, stored value)` for every entry held in memory.
-    fn for_each_encoded(
-        &self,
-        name: &str,
-        key_groups: u16,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<()>;
+    fn for_each_encoded(&self, name: &str, key_groups: u16, f: &mut EntryVisitor<'_>)
+        -> Result<()>;
     /// Adds one encoded entry (a restore).
     fn restore_entry(&mut self, name: &str, key: &[u8], value: &[u8]) -> Result<()>;
     /// Writes cached entries and tombstones to RocksDB; empties the cache if `evict`.
@@ -285,7 +287,7 @@ impl<K: StateKey, N: StateKey, T: Send + Serialize + DeserializeOwned + 'static>
         &self,
         name: &str,
         key_groups: u16,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
+        f: &mut EntryVisitor<'_>,
     ) -> Result<()> {
         let (mut key_buf, mut value_buf) = (Vec::new(), Vec::new());
         for ((key, namespace), value) in &self.entries {
@@ -315,7 +317,7 @@ impl<K: StateKey, N: StateKey, T: Send + Serialize + DeserializeOwned + 'static>
 /// Restored entries of a state not accessed since (their types are unknown).
 #[derive(Default)]
 struct RawTable {
-    entries: Vec<(Box<[u8]>, Box<[u8]>)>,
+    entries: Vec<EncodedEntry>,
 }
 
 impl ErasedTable for RawTable {
@@ -335,7 +337,7 @@ impl ErasedTable for RawTable {
         &self,
         _name: &str,
         _key_groups: u16,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
+        f: &mut EntryVisitor<'_>,
     ) -> Result<()> {
         self.entries.iter().try_for_each(|(k, v)| f(k, v))
     }

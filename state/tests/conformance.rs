@@ -492,7 +492,10 @@ fn truncated_memory_snapshot_is_an_error() -> Result<()> {
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
     let mut s = whole::<u64>(&StateBackend::Memory)?;
-    assert_snapshot_error(s.restore_from(&[dir.clone()]), "memory-state.bin");
+    assert_snapshot_error(
+        s.restore_from(std::slice::from_ref(&dir)),
+        "memory-state.bin",
+    );
     std::fs::write(&file, &bytes[..10]).unwrap();
     assert_snapshot_error(s.restore_from(&[dir]), "memory-state.bin");
     Ok(())

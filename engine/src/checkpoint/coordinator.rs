@@ -319,8 +319,11 @@ impl Coordinator {
                     let sum = match sums.get(&staged.stored) {
                         Some(sum) => *sum,
                         None => {
-                            let sum = self.persist(&root, &staged.staged, &staged.stored)?;
-                            new_bytes += sum.len;
+                            let (sum, written) =
+                                self.persist(&root, &staged.staged, &staged.stored)?;
+                            if written {
+                                new_bytes += sum.len;
+                            }
                             sums.insert(staged.stored.clone(), sum);
                             sum
                         }
@@ -362,20 +365,30 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Makes one staged file durable where the checkpoint keeps it.
-    fn persist(&self, root: &std::path::Path, staged: &str, stored: &str) -> Result<FileSum> {
+    /// Makes one staged file durable where the checkpoint keeps it, and
+    /// says whether it was written for this checkpoint (a shared file an
+    /// earlier checkpoint, or an earlier run, stored already was not).
+    fn persist(
+        &self,
+        root: &std::path::Path,
+        staged: &str,
+        stored: &str,
+    ) -> Result<(FileSum, bool)> {
         let target = root.join(stored);
-        if staged != stored && !target.exists() {
+        let shared_before = staged != stored && target.exists();
+        if staged != stored && !shared_before {
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
             }
             let source = root.join(staged);
             std::fs::rename(&source, &target).map_err(|e| io_err(&source, e))?;
         }
-        fsync(&target)?;
-        if let Some(parent) = target.parent() {
-            fsync(parent)?;
+        if !shared_before {
+            fsync(&target)?;
+            if let Some(parent) = target.parent() {
+                fsync(parent)?;
+            }
         }
-        checksum(&target)
+        Ok((checksum(&target)?, !shared_before))
     }
 }

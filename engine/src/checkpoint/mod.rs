@@ -3,8 +3,9 @@
 //! verifiable or ignored, and restored at any parallelism.
 //!
 //! Turn them on with [`Job::checkpointing`](crate::Job::checkpointing) and
-//! restart from one with [`Job::restore`](crate::Job::restore). See
-//! [`coordinator`] for the protocol and [`storage`] for the layout on disk.
+//! restart from one with [`Job::restore`](crate::Job::restore). The
+//! coordinator module documents the protocol and [`storage`] the layout on
+//! disk.
 //!
 //! Invariants:
 //! - checkpoint `n` holds, for every task, its state after exactly the

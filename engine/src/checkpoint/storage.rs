@@ -377,8 +377,13 @@ impl CheckpointStorage {
         for entry in std::fs::read_dir(&self.root).map_err(|e| io_err(&self.root, e))? {
             let entry = entry.map_err(|e| io_err(&self.root, e))?;
             let name = entry.file_name().to_string_lossy().to_string();
-            if name == "shared" || (name.starts_with("final-") && name != own_final) {
+            if name == "shared" {
                 remove_unreferenced(&self.root, &entry.path(), &referenced)?;
+            } else if name.starts_with("final-")
+                && name != own_final
+                && remove_unreferenced(&self.root, &entry.path(), &referenced)?
+            {
+                std::fs::remove_dir(entry.path()).map_err(|e| io_err(&entry.path(), e))?;
             }
         }
         Ok(())

@@ -12,7 +12,7 @@
 //!     VecSource::timestamped(vec![(1_000, ("a", 1)), (4_000, ("a", 2)), (12_000, ("a", 5))]),
 //!     WatermarkStrategy::monotonous(),
 //! )
-//! .key_by(|(k, _)| *k)
+//! .key_by(|(k, _)| k.to_string())
 //! .window(Tumbling::of(Duration::from_secs(10)))
 //! .aggregate((Count, Sum::of(|(_, v): &(&str, i64)| *v)))
 //! .sink(out.clone());

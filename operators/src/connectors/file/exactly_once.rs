@@ -1,41 +1,6 @@
 //! Exactly-once file output: part files committed with checkpoints.
 //!
-//! An [`ExactlyOnceFileSink`] writes a **directory** of part files with the
-//! engine's two-phase commit (DESIGN.md, "State and checkpoints"):
-//!
-//! 1. Each writer (one per subtask) appends records to a hidden in-progress
-//!    file, `.part-<writer>.inprogress`.
-//! 2. When the barrier of checkpoint `n` reaches the subtask
-//!    ([`Sink::pre_commit`]), the writer completes the file (footer, flush),
-//!    syncs it to disk, renames it to the hidden pending name
-//!    `.part-<n>-<writer>.pending`, syncs the directory and returns the
-//!    transaction (the pending and the final names, stored in the checkpoint).
-//!    Nothing written since the last checkpoint: no transaction, no file.
-//! 3. Once checkpoint `n` is complete, the [`Committer`] renames the pending
-//!    file to its visible name `part-<n>-<writer>.<ext>` (`n` zero-padded to
-//!    ten digits, so name order is checkpoint order). Committing again (after
-//!    a restore) finds the visible file and does nothing.
-//! 4. Before a restored job starts, [`Committer::abort_uncommitted`] deletes
-//!    every in-progress file and every pending file the restored checkpoint
-//!    does not hold: what the failed run wrote after its last complete
-//!    checkpoint disappears, and the sources replay it.
-//!
-//! So the visible `part-*` files hold every record's effect exactly once;
-//! [`read_committed`] reads them back in name order and [`committed_files`]
-//! lists them. Hidden files (`.` prefix) are never visible output.
-//!
-//! **Writers.** Attach the sink with `stream.sink(sink.clone())`: each
-//! subtask gets a clone, and a clone claims a writer id from a process-wide
-//! counter when it first writes, so writers never share a file. Writer ids
-//! are not subtask indices and may differ between runs; committed names stay
-//! unique across a restore because they carry the checkpoint id, and
-//! checkpoint ids only grow across restores.
-//!
-//! **One job per directory.** Use one sink object (and its clones) per
-//! directory. A new job (one that is not restored from a checkpoint) refuses
-//! to write into a directory that already holds committed parts, instead of
-//! mixing two runs' output; it deletes hidden leftovers of an earlier run
-//! that never completed a checkpoint.
+//! See [`ExactlyOnceFileSink`] for how parts are written and committed.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -270,15 +235,21 @@ impl Parts {
 
     /// Deletes every in-progress file and every pending file not in `keep`.
     fn remove_uncommitted(&self, keep: &HashSet<String>) -> Result<()> {
+        self.remove_files(|name| {
+            name.starts_with(HIDDEN_PREFIX)
+                && (name.ends_with(IN_PROGRESS_SUFFIX)
+                    || (name.ends_with(PENDING_SUFFIX) && !keep.contains(name)))
+        })
+    }
+
+    /// Deletes the files of the directory `doomed` picks, then syncs it.
+    fn remove_files(&self, doomed: impl Fn(&str) -> bool) -> Result<()> {
         if !exists(&self.dir)? {
             return Ok(());
         }
         let mut removed = false;
         for name in file_names(&self.dir)? {
-            let uncommitted = name.starts_with(HIDDEN_PREFIX)
-                && (name.ends_with(IN_PROGRESS_SUFFIX)
-                    || (name.ends_with(PENDING_SUFFIX) && !keep.contains(&name)));
-            if uncommitted {
+            if doomed(&name) {
                 let path = self.dir.join(&name);
                 std::fs::remove_file(&path).map_err(|e| io_error("delete", &path, e))?;
                 removed = true;
@@ -326,27 +297,54 @@ impl Committer for Parts {
         self.remove_uncommitted(&pending)?;
         // Parts committed for checkpoints after the restored one are replayed.
         let committed: HashSet<&str> = keep.iter().map(|t| t.committed.as_str()).collect();
-        let mut removed = false;
-        if exists(&self.dir)? {
-            for name in file_names(&self.dir)? {
-                let later = committed_checkpoint(&name).is_some_and(|c| c > restored);
-                if later && !committed.contains(name.as_str()) {
-                    let path = self.dir.join(&name);
-                    std::fs::remove_file(&path).map_err(|e| io_error("delete", &path, e))?;
-                    removed = true;
-                }
-            }
-        }
-        if removed {
-            sync_dir(&self.dir)?;
-        }
-        Ok(())
+        self.remove_files(|name| {
+            committed_checkpoint(name).is_some_and(|c| c > restored) && !committed.contains(name)
+        })
     }
 }
 
 /// Writes records into a directory of part files, exactly once with
-/// checkpoints; see the [module docs](self). Use [`ExactlyOnceCsvSink`],
-/// [`ExactlyOnceJsonLinesSink`] or [`ExactlyOnceParquetSink`].
+/// checkpoints. Use [`ExactlyOnceCsvSink`], [`ExactlyOnceJsonLinesSink`] or
+/// [`ExactlyOnceParquetSink`].
+///
+/// An [`ExactlyOnceFileSink`] writes a **directory** of part files with the
+/// engine's two-phase commit (DESIGN.md, "State and checkpoints"):
+///
+/// 1. Each writer (one per subtask) appends records to a hidden in-progress
+///    file, `.part-<writer>.inprogress`.
+/// 2. When the barrier of checkpoint `n` reaches the subtask
+///    ([`Sink::pre_commit`]), the writer completes the file (footer, flush),
+///    syncs it to disk, renames it to the hidden pending name
+///    `.part-<n>-<writer>.pending`, syncs the directory and returns the
+///    transaction (the pending and the final names, stored in the checkpoint).
+///    Nothing written since the last checkpoint: no transaction, no file.
+/// 3. Once checkpoint `n` is complete, the [`Committer`] renames the pending
+///    file to its visible name `part-<n>-<writer>.<ext>` (`n` zero-padded to
+///    ten digits, so name order is checkpoint order). Committing again (after
+///    a restore) finds the visible file and does nothing.
+/// 4. Before a restored job starts, [`Committer::abort_uncommitted`] deletes
+///    every in-progress file and every pending file the restored checkpoint
+///    does not hold: what the failed run wrote after its last complete
+///    checkpoint disappears, and the sources replay it. Parts committed for
+///    checkpoints after the restored one (when the newest checkpoint was
+///    corrupt and an older one is restored) are rolled back too.
+///
+/// So the visible `part-*` files hold every record's effect exactly once;
+/// [`read_committed`] reads them back in name order and [`committed_files`]
+/// lists them. Hidden files (`.` prefix) are never visible output.
+///
+/// **Writers.** Attach the sink with `stream.sink(sink.clone())`: each
+/// subtask gets a clone, and a clone claims a writer id from a process-wide
+/// counter when it first writes, so writers never share a file. Writer ids
+/// are not subtask indices and may differ between runs; committed names stay
+/// unique across a restore because they carry the checkpoint id, and
+/// checkpoint ids only grow across restores.
+///
+/// **One job per directory.** Use one sink object (and its clones) per
+/// directory. A new job (one that is not restored from a checkpoint) refuses
+/// to write into a directory that already holds committed parts, instead of
+/// mixing two runs' output; it deletes hidden leftovers of an earlier run
+/// that never completed a checkpoint.
 ///
 /// ```no_run
 /// use serde::{Deserialize, Serialize};

@@ -373,11 +373,13 @@ pub(crate) struct Paced<R, T> {
 }
 
 impl<R: SourceReader<T>, T: Data> Paced<R, T> {
-    /// Records per chunk: a batch, or about 50 ms of records at a fixed rate.
+    /// Records per chunk: about 50 ms of records at a fixed rate; one
+    /// record when replaying event time at a speed (each goes at its time).
     fn chunk_size(&self, remaining: usize) -> usize {
         match self.pacing {
             Pacing::RecordsPerSecond(rate) => ((rate / 20.0) as usize).clamp(1, remaining.max(1)),
-            _ => remaining.max(1),
+            Pacing::Speed(_) => 1,
+            Pacing::AsFastAsPossible => remaining.max(1),
         }
     }
 }
@@ -400,21 +402,17 @@ impl<R: SourceReader<T>, T: Data> SourceReader<T> for Paced<R, T> {
             }
         }
         let now = self.clock.now_millis();
-        let release = match self.held.back() {
+        // A chunk goes when its first record's time has come.
+        let release = match self.held.front() {
             None => true,
-            Some(last) => {
-                let first_event = self
-                    .held
-                    .front()
-                    .map_or(0, |r| self.event_time.as_ref().map_or(0, |f| f(&r.value)));
-                let (start, first) = *self.started.get_or_insert((now, first_event));
+            Some(next) => {
+                let event = self.event_time.as_ref().map_or(0, |f| f(&next.value));
+                let (start, first) = *self.started.get_or_insert((now, event));
                 match self.pacing {
                     Pacing::RecordsPerSecond(rate) => {
-                        ((now - start) as f64 * rate / 1000.0) as u64 + 1
-                            >= self.emitted + self.held.len() as u64
+                        ((now - start) as f64 * rate / 1000.0) as u64 + 1 > self.emitted
                     }
                     Pacing::Speed(factor) => {
-                        let event = self.event_time.as_ref().map_or(0, |f| f(&last.value));
                         ((event - first) as f64 / factor) as i64 <= now - start
                     }
                     Pacing::AsFastAsPossible => true,
