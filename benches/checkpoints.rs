@@ -122,7 +122,12 @@ fn size(keys: u64) -> Result<()> {
             println!(
                 "size backend={backend:?} keys={keys} checkpoint={} kind={} duration_ms={} size_mb={:.1} new_mb={:.1}",
                 c.id,
-                if i == 0 { "full" } else { "incremental" },
+                // In-memory snapshots are complete each time.
+                if i == 0 || backend == Backend::Memory {
+                    "full"
+                } else {
+                    "incremental"
+                },
                 c.duration.as_millis(),
                 c.size_bytes as f64 / 1e6,
                 c.new_bytes as f64 / 1e6,
