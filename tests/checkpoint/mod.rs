@@ -4,6 +4,7 @@
 //! parallelism change, and in a child process killed with SIGKILL.
 
 mod crash;
+mod joins;
 mod restore;
 mod storage;
 
