@@ -96,12 +96,31 @@ fn child(args: &[String]) -> Result<std::process::Child> {
         .map_err(Error::user)
 }
 
-/// Kills the child after `after`, unless it ended first; `true` if killed.
-fn kill_after(mut child: std::process::Child, after: Duration) -> Result<bool> {
-    let deadline = Instant::now() + after;
-    while Instant::now() < deadline {
+/// The newest complete checkpoint in `dir` (0 if none): retention keeps
+/// only a few, so progress shows in the id, not the count.
+fn complete_checkpoints(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|e| e.path().join("_metadata").exists())
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("chk-")?.parse().ok())
+            .max()
+            .unwrap_or(0)
+    })
+}
+
+/// Kills the child `after` its run has completed a new checkpoint (so
+/// every restart makes progress, however slow the machine), unless it
+/// ended first; `true` if killed.
+fn kill_after(mut child: std::process::Child, checkpoints: &Path, after: Duration) -> Result<bool> {
+    let before = complete_checkpoints(checkpoints);
+    let mut deadline = None;
+    while deadline.is_none_or(|d| Instant::now() < d) {
         if child.try_wait().map_err(Error::user)?.is_some() {
             return Ok(false);
+        }
+        if deadline.is_none() && complete_checkpoints(checkpoints) > before {
+            deadline = Some(Instant::now() + after);
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -138,13 +157,14 @@ fn crash_and_recover(state: &str) -> Result<()> {
         ],
     );
     // 24,000 rows at 8,000/s: about 3 s uninterrupted. Kill at seeded
-    // moments; each restart resumes from the latest checkpoint.
+    // moments after a new checkpoint completed (mid-way through the next
+    // one, or in between); each restart resumes from the latest checkpoint.
     let mut rng = SmallRng::seed_from_u64(7);
     let mut kills = 0;
     let started = Instant::now();
     while kills < 5 {
-        let after = Duration::from_millis(rng.gen_range(350..1_100));
-        if kill_after(child(&checkpointed)?, after)? {
+        let after = Duration::from_millis(rng.gen_range(0..400));
+        if kill_after(child(&checkpointed)?, &dir.path().join("chk"), after)? {
             kills += 1;
         }
         assert!(
