@@ -101,14 +101,16 @@ pub struct OperatorContext {
 impl OperatorContext {
     /// The key groups this subtask owns (contiguous, as in Flink).
     pub fn key_group_range(&self) -> std::ops::Range<u16> {
-        let groups = self.config.key_groups;
-        let owned = |g: u16| {
-            tideline_state::key_group::subtask_for_key_group(g, groups, self.parallelism)
-                == self.subtask
-        };
-        let start = (0..groups).find(|g| owned(*g)).unwrap_or(groups);
-        let end = (start..groups).find(|g| !owned(*g)).unwrap_or(groups);
-        start..end
+        self.state_scope().key_group_range
+    }
+
+    fn state_scope(&self) -> tideline_state::StateScope {
+        tideline_state::StateScope::for_subtask(
+            self.name.to_string(),
+            self.subtask,
+            self.parallelism,
+            self.config.key_groups,
+        )
     }
 
     /// Keyed state for this subtask, in the job's state backend
@@ -119,15 +121,9 @@ impl OperatorContext {
     pub fn keyed_state<K: tideline_state::StateKey>(
         &self,
     ) -> Result<tideline_state::KeyedState<K>> {
-        let scope = tideline_state::StateScope {
-            operator: self.name.to_string(),
-            subtask: self.subtask,
-            key_groups: self.config.key_groups,
-            key_group_range: self.key_group_range(),
-        };
         Ok(tideline_state::KeyedState::open(
             &self.config.state_backend,
-            scope,
+            self.state_scope(),
         )?)
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
-use tideline_state::key_group::subtask_for_key_group;
+use tideline_state::StateScope;
 
 use crate::checkpoint::storage::{io_err, safe_name, CompletedCheckpoint, PartitionState};
 use crate::checkpoint::RestoreContext;
@@ -87,13 +87,8 @@ impl Restored {
             .iter()
             .map(|(old, files)| self.lay_out(operator, *old, files))
             .collect::<Result<Vec<_>>>()?;
-        let owned: Vec<u16> = (0..key_groups)
-            .filter(|g| subtask_for_key_group(*g, key_groups, parallelism) == subtask)
-            .collect();
-        let range = match (owned.first(), owned.last()) {
-            (Some(first), Some(last)) => *first..last + 1,
-            _ => 0..0,
-        };
+        let range =
+            StateScope::for_subtask(operator, subtask, parallelism, key_groups).key_group_range;
         Ok(Some(RestoreContext {
             dirs,
             key_groups,
