@@ -1,0 +1,176 @@
+//! The Nexmark benchmark driver.
+//!
+//! ```sh
+//! cargo run --release --example nexmark -- --query q5 --events 10000000 --parallelism 1 \
+//!     [--state memory|rocksdb] [--checkpoint-interval 1s] [--rate 1000000] [--live]
+//! ```
+//!
+//! Events are generated into memory first (unless `--live`), so the run
+//! measures the job, not the generator; the generator's own speed is printed
+//! on a line of its own. The last line of stdout is
+//! `query=q5 events=N seconds=S events_per_s=R peak_rss_mb=M`, and with
+//! `--rate` also `latency_p50_ms=… latency_p99_ms=…`: processing time from
+//! when the source emitted the input that completed a result to when the
+//! result reached the sink.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tideline::prelude::*;
+use tideline::{RocksDbOptions, StateBackend};
+use tideline_nexmark::{BenchSink, LatencyProbe, NexmarkConfig, NexmarkSource, Query};
+
+#[derive(Parser, Debug)]
+#[command(about = "Runs one Nexmark query and prints its throughput")]
+struct Args {
+    /// q0, q1, q2, q3, q5, q7, q8, q11, w1 or w2.
+    #[arg(long)]
+    query: Query,
+    /// Events in the run.
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+    /// Parallelism of every operator (and source partitions).
+    #[arg(long, default_value_t = 1)]
+    parallelism: usize,
+    /// Keyed state backend: memory or rocksdb.
+    #[arg(long, default_value = "memory", value_parser = ["memory", "rocksdb"])]
+    state: String,
+    /// Take checkpoints this often (e.g. 1s, 500ms); off when absent.
+    #[arg(long, value_parser = parse_duration)]
+    checkpoint_interval: Option<Duration>,
+    /// Where checkpoints and RocksDB files go (default: a temporary directory, removed after).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Emit events at this rate (events per second, all partitions) and report latency.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Generate events while the job runs instead of before it.
+    #[arg(long)]
+    live: bool,
+}
+
+/// `250ms`, `1s`, `2m`, or plain milliseconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration like 1s or 500ms"))?;
+    let ms = match unit {
+        "" | "ms" => n,
+        "s" => n.saturating_mul(1_000),
+        "m" => n.saturating_mul(60_000),
+        _ => return Err(format!("'{text}': unknown unit '{unit}' (use ms, s or m)")),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+/// The process's peak resident set (VmHWM), in MiB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.parallelism == 0 {
+        return Err(Error::config("--parallelism", "must be at least 1"));
+    }
+    let mut config = NexmarkConfig::default();
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate >= 1.0) {
+            return Err(Error::config(
+                "--rate",
+                format!("{rate} is not a rate of at least 1 event per second"),
+            ));
+        }
+        // Event time then advances with processing time.
+        config.events_per_second = rate as u64;
+    }
+
+    let mut source = if args.live {
+        NexmarkSource::live(config.clone()).with_count(args.events)
+    } else {
+        let started = Instant::now();
+        let events = config.generate(args.events)?;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "generator events={} seconds={secs:.3} events_per_s={:.0}",
+            args.events,
+            args.events as f64 / secs.max(f64::EPSILON)
+        );
+        NexmarkSource::replay(events)
+    }
+    .with_partitions(args.parallelism);
+    if let Some(rate) = args.rate {
+        source = source.with_rate(rate);
+    }
+
+    let scratch = tempdir_or(&args.work_dir)?;
+    let mut job = Job::new()
+        .parallelism(args.parallelism)
+        .mode(ExecutionMode::Bounded);
+    if args.state == "rocksdb" {
+        job = job.state_backend(StateBackend::RocksDb(RocksDbOptions::new(
+            scratch.join("rocksdb"),
+        )));
+    }
+    if let Some(interval) = args.checkpoint_interval {
+        job = job.checkpointing(interval, scratch.join("checkpoints"));
+    }
+    let sink = match args.rate {
+        Some(rate) => {
+            BenchSink::with_latency(LatencyProbe::new(source.pacing_start(), &config, rate))
+        }
+        None => BenchSink::new(),
+    };
+    let events = job.source(source, WatermarkStrategy::monotonous());
+    args.query.build(&events, sink.clone());
+    let summary = job.run()?;
+    if args.work_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+
+    let secs = summary.elapsed.as_secs_f64();
+    println!(
+        "results={} checkpoints={} state={}",
+        sink.count(),
+        summary.checkpoints.len(),
+        args.state
+    );
+    let mut last = format!(
+        "query={} events={} seconds={secs:.3} events_per_s={:.0} peak_rss_mb={:.0}",
+        args.query,
+        args.events,
+        args.events as f64 / secs.max(f64::EPSILON),
+        peak_rss_mb()
+    );
+    if args.rate.is_some() {
+        let p = |q| sink.latency_quantile_ms(q).unwrap_or(f64::NAN);
+        last.push_str(&format!(
+            " latency_p50_ms={:.1} latency_p99_ms={:.1}",
+            p(0.5),
+            p(0.99)
+        ));
+    }
+    println!("{last}");
+    Ok(())
+}
+
+/// `dir`, or a fresh directory under the system's temporary directory.
+fn tempdir_or(dir: &Option<PathBuf>) -> Result<PathBuf> {
+    let path = dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("tideline-nexmark-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&path)
+        .map_err(|e| Error::user(format!("cannot create {}: {e}", path.display())))?;
+    Ok(path)
+}

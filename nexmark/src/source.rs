@@ -1,0 +1,346 @@
+//! The Nexmark source: live generation or replay of pre-generated events.
+//!
+//! Event `i` of a run is a pure function of `i` and the [`NexmarkConfig`]
+//! (the `nexmark` crate seeds each event's generator from its id), so the
+//! same configuration gives the same events at any parallelism, after any
+//! restart. Partition `p` of `P` emits events `p, p + P, p + 2P, …`; within a
+//! partition timestamps never decrease, so `WatermarkStrategy::monotonous()`
+//! loses no event. Records carry their event time, so no timestamp
+//! assigner is needed.
+//!
+//! Offsets are "events emitted by this partition": a checkpointed run
+//! resumes exactly after the last event it had emitted.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use nexmark::EventGenerator;
+use tideline::engine::time::Clock;
+use tideline::{
+    Error, ReaderContext, Record, Result, Source, SourceOffset, SourceOutput, SourceReader,
+    SourceStatus,
+};
+
+use crate::event::Event;
+
+/// The generator's settings (a subset of the `nexmark` crate's, with
+/// Nexmark's defaults otherwise: 1 person : 3 auctions : 46 bids, 1,000
+/// active people, 100 auctions in flight, 5 categories).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NexmarkConfig {
+    /// Events per second of event time (the spacing of timestamps).
+    pub events_per_second: u64,
+    /// Timestamp of the first event, epoch milliseconds.
+    pub base_time: i64,
+}
+
+impl Default for NexmarkConfig {
+    /// 10,000 events per event-time second (Nexmark's default) from
+    /// 2015-07-15T00:00:00Z: fixed, so runs are repeatable.
+    fn default() -> Self {
+        Self {
+            events_per_second: 10_000,
+            base_time: 1_436_918_400_000,
+        }
+    }
+}
+
+impl NexmarkConfig {
+    fn generator(&self, first: u64, step: u64) -> Result<EventGenerator> {
+        if self.events_per_second == 0 {
+            return Err(Error::config(
+                "nexmark.events_per_second",
+                "must be at least 1",
+            ));
+        }
+        let base_time = u64::try_from(self.base_time).map_err(|_| {
+            Error::config(
+                "nexmark.base_time",
+                format!("{} is before 1970", self.base_time),
+            )
+        })?;
+        let rate = usize::try_from(self.events_per_second).unwrap_or(usize::MAX);
+        let config = nexmark::config::NexmarkConfig {
+            first_rate: rate,
+            next_rate: rate,
+            base_time,
+            ..Default::default()
+        };
+        Ok(EventGenerator::new(config)
+            .with_offset(first)
+            .with_step(step.max(1)))
+    }
+
+    /// Generates events `0..count` into memory, in order.
+    ///
+    /// # Errors
+    /// When the configuration is invalid.
+    pub fn generate(&self, count: u64) -> Result<Vec<Event>> {
+        let generator = self.generator(0, 1)?;
+        Ok(generator.take(count as usize).map(Event::from).collect())
+    }
+}
+
+/// Where events come from.
+#[derive(Clone, Debug)]
+enum Origin {
+    /// Generated as they are read.
+    Live(NexmarkConfig),
+    /// Cloned from memory (cheap: text fields are shared).
+    Replay(Arc<[Event]>),
+}
+
+/// A partitioned Nexmark event source (see the module docs).
+///
+/// ```
+/// use tideline::prelude::*;
+/// use tideline_nexmark::{NexmarkConfig, NexmarkSource};
+///
+/// let job = Job::new().mode(ExecutionMode::Bounded);
+/// let out = CollectSink::new();
+/// job.source(
+///     NexmarkSource::live(NexmarkConfig::default()).with_count(100),
+///     WatermarkStrategy::monotonous(),
+/// )
+/// .sink(out.clone());
+/// job.run()?;
+/// assert_eq!(out.len(), 100);
+/// # Ok::<(), tideline::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct NexmarkSource {
+    origin: Origin,
+    count: Option<u64>,
+    partitions: usize,
+    rate: Option<f64>,
+    pacing_start: PacingStart,
+}
+
+/// When a paced source started (processing time, the job clock's
+/// milliseconds): all partitions pace from the first reader's start, so
+/// event `i` is due at `start + i / rate`.
+#[derive(Clone, Debug)]
+pub struct PacingStart(Arc<AtomicI64>);
+
+impl Default for PacingStart {
+    fn default() -> Self {
+        Self(Arc::new(AtomicI64::new(i64::MIN)))
+    }
+}
+
+impl PacingStart {
+    /// The start, once the first reader has polled.
+    pub fn millis(&self) -> Option<i64> {
+        match self.0.load(Ordering::Acquire) {
+            i64::MIN => None,
+            start => Some(start),
+        }
+    }
+
+    /// The start, set to `now` if no reader has started yet.
+    fn get_or_start(&self, now: i64) -> i64 {
+        match self
+            .0
+            .compare_exchange(i64::MIN, now, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => now,
+            Err(start) => start,
+        }
+    }
+}
+
+impl NexmarkSource {
+    /// Generates events as they are read; unbounded until [`Self::with_count`].
+    pub fn live(config: NexmarkConfig) -> Self {
+        Self {
+            origin: Origin::Live(config),
+            count: None,
+            partitions: 1,
+            rate: None,
+            pacing_start: PacingStart::default(),
+        }
+    }
+
+    /// Replays `events` (from [`NexmarkConfig::generate`]): bounded by their number.
+    pub fn replay(events: impl Into<Arc<[Event]>>) -> Self {
+        let events = events.into();
+        let count = events.len() as u64;
+        Self {
+            origin: Origin::Replay(events),
+            count: Some(count),
+            partitions: 1,
+            rate: None,
+            pacing_start: PacingStart::default(),
+        }
+    }
+
+    /// Ends after `count` events in total (at most the replayed ones).
+    pub fn with_count(mut self, count: u64) -> Self {
+        self.count = Some(match (&self.origin, self.count) {
+            (Origin::Replay(_), Some(max)) => count.min(max),
+            _ => count,
+        });
+        self
+    }
+
+    /// Reads in `n` partitions.
+    pub fn with_partitions(mut self, n: usize) -> Self {
+        self.partitions = n;
+        self
+    }
+
+    /// Paces all partitions together to `events_per_second` of wall time
+    /// (by the job's clock); without it, they run as fast as they are read.
+    pub fn with_rate(mut self, events_per_second: f64) -> Self {
+        self.rate = Some(events_per_second);
+        self
+    }
+
+    /// The wall-clock start of pacing (for latency measurements).
+    pub fn pacing_start(&self) -> PacingStart {
+        self.pacing_start.clone()
+    }
+
+    fn reader(&self, partition: usize, ctx: &ReaderContext, emitted: u64) -> Result<NexmarkReader> {
+        if let Some(rate) = self.rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(Error::config(
+                    "nexmark.rate",
+                    format!("{rate} is not a positive number of events per second"),
+                ));
+            }
+        }
+        let stride = self.partitions.max(1) as u64;
+        let first = partition as u64;
+        let next = first + emitted * stride;
+        let generator = match &self.origin {
+            Origin::Live(config) => Some(config.generator(next, stride)?),
+            Origin::Replay(_) => None,
+        };
+        let limit = self.count.map(|c| c.saturating_sub(first).div_ceil(stride));
+        Ok(NexmarkReader {
+            generator,
+            replay: match &self.origin {
+                Origin::Replay(events) => Some(Arc::clone(events)),
+                Origin::Live(_) => None,
+            },
+            next: next as usize,
+            stride: stride as usize,
+            emitted,
+            limit,
+            rate_per_ms: self.rate.map(|r| r / stride as f64 / 1000.0),
+            clock: Arc::clone(&ctx.clock),
+            pacing_start: self.pacing_start.clone(),
+            started: None,
+            resumed_at: emitted,
+        })
+    }
+}
+
+impl Source<Event> for NexmarkSource {
+    fn name(&self) -> &str {
+        "nexmark"
+    }
+
+    fn partitions(&self) -> usize {
+        self.partitions
+    }
+
+    fn is_bounded(&self) -> bool {
+        self.count.is_some()
+    }
+
+    fn create_reader(
+        &self,
+        partition: usize,
+        ctx: &ReaderContext,
+    ) -> Result<Box<dyn SourceReader<Event>>> {
+        Ok(Box::new(self.reader(partition, ctx, 0)?))
+    }
+
+    fn create_reader_at(
+        &self,
+        partition: usize,
+        ctx: &ReaderContext,
+        offset: &SourceOffset,
+    ) -> Result<Box<dyn SourceReader<Event>>> {
+        match offset.0.as_slice() {
+            [emitted] => Ok(Box::new(self.reader(partition, ctx, *emitted)?)),
+            _ => Err(Error::config(
+                "nexmark.offset",
+                format!("{offset:?} is not a Nexmark offset"),
+            )),
+        }
+    }
+}
+
+struct NexmarkReader {
+    generator: Option<EventGenerator>,
+    replay: Option<Arc<[Event]>>,
+    /// Index of the next event.
+    next: usize,
+    stride: usize,
+    emitted: u64,
+    limit: Option<u64>,
+    rate_per_ms: Option<f64>,
+    clock: Arc<dyn Clock>,
+    pacing_start: PacingStart,
+    started: Option<i64>,
+    /// Events emitted before this reader started (pacing counts from there).
+    resumed_at: u64,
+}
+
+impl SourceReader<Event> for NexmarkReader {
+    fn poll(&mut self, out: &mut SourceOutput<Event>) -> Result<SourceStatus> {
+        let mut budget = out.remaining() as u64;
+        if let Some(limit) = self.limit {
+            budget = budget.min(limit.saturating_sub(self.emitted));
+        }
+        if let Some(rate) = self.rate_per_ms {
+            let now = self.clock.now_millis();
+            let shared = &self.pacing_start;
+            let start = *self.started.get_or_insert_with(|| shared.get_or_start(now));
+            let due = ((now - start) as f64 * rate) as u64 + 1;
+            budget = budget.min(due.saturating_sub(self.emitted - self.resumed_at));
+        }
+        if let Some(events) = &self.replay {
+            for _ in 0..budget {
+                let Some(event) = events.get(self.next) else {
+                    break;
+                };
+                out.push(Record::new(event.date_time(), event.clone()));
+                self.next += self.stride;
+                self.emitted += 1;
+            }
+        } else if let Some(generator) = &mut self.generator {
+            for event in generator.by_ref().take(budget as usize) {
+                let event = Event::from(event);
+                out.push(Record::new(event.date_time(), event));
+            }
+            self.next += self.stride * budget as usize;
+            self.emitted += budget;
+        }
+        Ok(match self.limit {
+            Some(limit) if self.emitted >= limit => SourceStatus::Finished,
+            _ if budget == 0 => SourceStatus::Pending,
+            _ => SourceStatus::Ready,
+        })
+    }
+
+    fn offset(&self) -> Option<SourceOffset> {
+        Some(SourceOffset(vec![self.emitted]))
+    }
+}
+
+/// How fast the generator alone produces events (for the benchmark report).
+///
+/// # Errors
+/// When the configuration is invalid.
+pub fn generator_rate(config: &NexmarkConfig, count: u64) -> Result<f64> {
+    let started = Instant::now();
+    let events = config.generate(count)?;
+    let secs = started.elapsed().as_secs_f64();
+    drop(events);
+    Ok(count as f64 / secs.max(f64::EPSILON))
+}
