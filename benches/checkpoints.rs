@@ -245,7 +245,9 @@ fn large(keys: u64) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick" || a == "--test");
+    // `cargo bench` passes `--bench`; without it (`cargo test`) runs are small.
+    let quick = std::env::args().all(|a| a != "--bench")
+        || std::env::args().any(|a| a == "--quick" || a == "--test");
     let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
     if wanted("throughput") {

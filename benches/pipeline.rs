@@ -172,7 +172,9 @@ fn backpressure(seconds: u64) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick" || a == "--test");
+    // `cargo bench` passes `--bench`; without it (`cargo test`) runs are small.
+    let quick = std::env::args().all(|a| a != "--bench")
+        || std::env::args().any(|a| a == "--quick" || a == "--test");
     let (n, secs) = if quick {
         (200_000, 1)
     } else {

@@ -61,7 +61,9 @@ fn write_input(path: &std::path::Path, rows: usize) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick" || a == "--test");
+    // `cargo bench` passes `--bench`; without it (`cargo test`) runs are small.
+    let quick = std::env::args().all(|a| a != "--bench")
+        || std::env::args().any(|a| a == "--quick" || a == "--test");
     let rows = if quick { 200_000 } else { 5_000_000 };
     let dir = tempfile::tempdir().map_err(Error::user)?;
     let input = dir.path().join("events.parquet");

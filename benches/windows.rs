@@ -48,7 +48,9 @@ where
 }
 
 fn main() -> Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick" || a == "--test");
+    // `cargo bench` passes `--bench`; without it (`cargo test`) runs are small.
+    let quick = std::env::args().all(|a| a != "--bench")
+        || std::env::args().any(|a| a == "--quick" || a == "--test");
     let n = if quick { 200_000 } else { 20_000_000 };
     // `-- sliding` (or tumbling, session) runs one scenario.
     let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
