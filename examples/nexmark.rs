@@ -21,9 +21,10 @@ use tideline::prelude::*;
 use tideline::{RocksDbOptions, StateBackend};
 use tideline_nexmark::{BenchSink, LatencyProbe, NexmarkConfig, NexmarkSource, Query};
 
+/// The driver's command line.
 #[derive(Parser, Debug)]
 #[command(about = "Runs one Nexmark query and prints its throughput")]
-struct Args {
+pub(crate) struct Args {
     /// q0, q1, q2, q3, q5, q7, q8, q11, w1 or w2.
     #[arg(long)]
     query: Query,
@@ -80,7 +81,14 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let last = run(&Args::parse())?;
+    println!("{last}");
+    Ok(())
+}
+
+/// Runs the job `args` describe, prints progress lines and returns the
+/// summary line (`query=… events=… seconds=… events_per_s=… peak_rss_mb=…`).
+pub(crate) fn run(args: &Args) -> Result<String> {
     if args.parallelism == 0 {
         return Err(Error::config("--parallelism", "must be at least 1"));
     }
@@ -161,8 +169,7 @@ fn main() -> Result<()> {
             p(0.99)
         ));
     }
-    println!("{last}");
-    Ok(())
+    Ok(last)
 }
 
 /// `dir`, or a fresh directory under the system's temporary directory.

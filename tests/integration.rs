@@ -76,3 +76,70 @@ fn example_window_file_runs() -> tideline::Result<()> {
     );
     Ok(())
 }
+
+#[allow(dead_code)]
+#[path = "../examples/nexmark.rs"]
+mod nexmark;
+
+/// The driver's last line, for a small run of `args`.
+fn nexmark_line(args: &[&str]) -> tideline::Result<String> {
+    use clap::Parser;
+    let args =
+        nexmark::Args::try_parse_from(std::iter::once("nexmark").chain(args.iter().copied()))
+            .map_err(|e| tideline::Error::user(e.to_string()))?;
+    nexmark::run(&args)
+}
+
+#[test]
+fn example_nexmark_prints_the_summary_line() -> tideline::Result<()> {
+    let line = nexmark_line(&["--query", "q5", "--events", "20000", "--parallelism", "2"])?;
+    assert!(line.starts_with("query=q5 events=20000 seconds="), "{line}");
+    for field in ["events_per_s=", "peak_rss_mb="] {
+        assert!(line.contains(field), "{line}");
+    }
+    assert!(!line.contains("latency"), "{line}");
+    Ok(())
+}
+
+#[test]
+fn example_nexmark_checkpoints_on_rocksdb_and_reports_latency_when_paced() -> tideline::Result<()> {
+    let dir = tempfile::tempdir().map_err(|e| tideline::Error::user(e.to_string()))?;
+    let work = dir.path().to_string_lossy().to_string();
+    let line = nexmark_line(&[
+        "--query",
+        "q7",
+        "--events",
+        "4000",
+        "--state",
+        "rocksdb",
+        "--checkpoint-interval",
+        "50ms",
+        "--rate",
+        "40000",
+        "--live",
+        "--work-dir",
+        &work,
+    ])?;
+    assert!(line.starts_with("query=q7 events=4000 "), "{line}");
+    assert!(
+        line.contains(" latency_p50_ms=") && line.contains(" latency_p99_ms="),
+        "{line}"
+    );
+    assert!(
+        !line.contains("NaN"),
+        "q7 emitted results, so latencies exist: {line}"
+    );
+    Ok(())
+}
+
+#[test]
+fn example_nexmark_refuses_an_unknown_query() {
+    let err = nexmark_line(&["--query", "q4"])
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        err.as_deref()
+            .is_some_and(|e| e.contains("unknown query 'q4'")),
+        "{err:?}"
+    );
+}
