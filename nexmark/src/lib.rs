@@ -44,7 +44,7 @@ use tideline::Stream;
 
 pub use event::{Auction, Bid, Event, Person, Text};
 pub use sink::{BenchSink, LatencyProbe};
-pub use source::{generator_rate, NexmarkConfig, NexmarkSource, PacingStart};
+pub use source::{NexmarkConfig, NexmarkSource};
 
 /// A query by name, for drivers that pick one at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -13,9 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use tideline::connectors::PacingStart;
 use tideline::{Data, Record, Result, Sink};
 
-use crate::source::{NexmarkConfig, PacingStart};
+use crate::source::NexmarkConfig;
 
 /// Maps an event time to when a paced source emitted it.
 #[derive(Clone, Debug)]

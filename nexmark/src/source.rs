@@ -11,12 +11,10 @@
 //! Offsets are "events emitted by this partition": a checkpointed run
 //! resumes exactly after the last event it had emitted.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use nexmark::EventGenerator;
-use tideline::engine::time::Clock;
+use tideline::connectors::{partition_len, PacingStart, RateLimit};
 use tideline::{
     Error, ReaderContext, Record, Result, Source, SourceOffset, SourceOutput, SourceReader,
     SourceStatus,
@@ -117,39 +115,6 @@ pub struct NexmarkSource {
     pacing_start: PacingStart,
 }
 
-/// When a paced source started (processing time, the job clock's
-/// milliseconds): all partitions pace from the first reader's start, so
-/// event `i` is due at `start + i / rate`.
-#[derive(Clone, Debug)]
-pub struct PacingStart(Arc<AtomicI64>);
-
-impl Default for PacingStart {
-    fn default() -> Self {
-        Self(Arc::new(AtomicI64::new(i64::MIN)))
-    }
-}
-
-impl PacingStart {
-    /// The start, once the first reader has polled.
-    pub fn millis(&self) -> Option<i64> {
-        match self.0.load(Ordering::Acquire) {
-            i64::MIN => None,
-            start => Some(start),
-        }
-    }
-
-    /// The start, set to `now` if no reader has started yet.
-    fn get_or_start(&self, now: i64) -> i64 {
-        match self
-            .0
-            .compare_exchange(i64::MIN, now, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => now,
-            Err(start) => start,
-        }
-    }
-}
-
 impl NexmarkSource {
     /// Generates events as they are read; unbounded until [`Self::with_count`].
     pub fn live(config: NexmarkConfig) -> Self {
@@ -203,37 +168,35 @@ impl NexmarkSource {
     }
 
     fn reader(&self, partition: usize, ctx: &ReaderContext, emitted: u64) -> Result<NexmarkReader> {
-        if let Some(rate) = self.rate {
-            if !(rate.is_finite() && rate > 0.0) {
-                return Err(Error::config(
+        let pacing = self
+            .rate
+            .map(|rate| {
+                RateLimit::new(
                     "nexmark.rate",
-                    format!("{rate} is not a positive number of events per second"),
-                ));
-            }
-        }
-        let stride = self.partitions.max(1) as u64;
-        let first = partition as u64;
-        let next = first + emitted * stride;
-        let generator = match &self.origin {
-            Origin::Live(config) => Some(config.generator(next, stride)?),
-            Origin::Replay(_) => None,
+                    rate,
+                    self.partitions,
+                    Arc::clone(&ctx.clock),
+                    emitted,
+                )
+                .map(|limit| limit.with_start(self.pacing_start.clone()))
+            })
+            .transpose()?;
+        let stride = self.partitions.max(1);
+        let next = partition + emitted as usize * stride;
+        let (generator, replay) = match &self.origin {
+            Origin::Live(config) => (Some(config.generator(next as u64, stride as u64)?), None),
+            Origin::Replay(events) => (None, Some(Arc::clone(events))),
         };
-        let limit = self.count.map(|c| c.saturating_sub(first).div_ceil(stride));
         Ok(NexmarkReader {
             generator,
-            replay: match &self.origin {
-                Origin::Replay(events) => Some(Arc::clone(events)),
-                Origin::Live(_) => None,
-            },
-            next: next as usize,
-            stride: stride as usize,
+            replay,
+            next,
+            stride,
             emitted,
-            limit,
-            rate_per_ms: self.rate.map(|r| r / stride as f64 / 1000.0),
-            clock: Arc::clone(&ctx.clock),
-            pacing_start: self.pacing_start.clone(),
-            started: None,
-            resumed_at: emitted,
+            limit: self
+                .count
+                .map(|c| partition_len(c, partition, self.partitions)),
+            pacing,
         })
     }
 }
@@ -283,12 +246,7 @@ struct NexmarkReader {
     stride: usize,
     emitted: u64,
     limit: Option<u64>,
-    rate_per_ms: Option<f64>,
-    clock: Arc<dyn Clock>,
-    pacing_start: PacingStart,
-    started: Option<i64>,
-    /// Events emitted before this reader started (pacing counts from there).
-    resumed_at: u64,
+    pacing: Option<RateLimit>,
 }
 
 impl SourceReader<Event> for NexmarkReader {
@@ -297,12 +255,8 @@ impl SourceReader<Event> for NexmarkReader {
         if let Some(limit) = self.limit {
             budget = budget.min(limit.saturating_sub(self.emitted));
         }
-        if let Some(rate) = self.rate_per_ms {
-            let now = self.clock.now_millis();
-            let shared = &self.pacing_start;
-            let start = *self.started.get_or_insert_with(|| shared.get_or_start(now));
-            let due = ((now - start) as f64 * rate) as u64 + 1;
-            budget = budget.min(due.saturating_sub(self.emitted - self.resumed_at));
+        if let Some(pacing) = &mut self.pacing {
+            budget = budget.min(pacing.allowed(self.emitted));
         }
         if let Some(events) = &self.replay {
             for _ in 0..budget {
@@ -331,16 +285,4 @@ impl SourceReader<Event> for NexmarkReader {
     fn offset(&self) -> Option<SourceOffset> {
         Some(SourceOffset(vec![self.emitted]))
     }
-}
-
-/// How fast the generator alone produces events (for the benchmark report).
-///
-/// # Errors
-/// When the configuration is invalid.
-pub fn generator_rate(config: &NexmarkConfig, count: u64) -> Result<f64> {
-    let started = Instant::now();
-    let events = config.generate(count)?;
-    let secs = started.elapsed().as_secs_f64();
-    drop(events);
-    Ok(count as f64 / secs.max(f64::EPSILON))
 }

@@ -2,7 +2,8 @@ use std::sync::Arc;
 
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use tideline_engine::time::Clock;
+
+use super::{partition_len, RateLimit};
 use tideline_engine::{
     Data, Error, ReaderContext, Record, Result, Source, SourceOffset, SourceOutput, SourceReader,
     SourceStatus,
@@ -109,14 +110,13 @@ where
                 ))
             }
         };
-        let mut reader = self.reader(partition, ctx)?;
+        let mut reader = self.reader(partition, ctx, produced)?;
         // The random sequence is replayed to the same point.
         for _ in 0..produced {
             let _ = (reader.f)(reader.next_index, &mut reader.rng);
             reader.next_index += reader.stride;
         }
         reader.produced = produced;
-        reader.resumed_at = produced;
         Ok(Box::new(reader))
     }
 
@@ -125,41 +125,41 @@ where
         partition: usize,
         ctx: &ReaderContext,
     ) -> Result<Box<dyn SourceReader<T>>> {
-        Ok(Box::new(self.reader(partition, ctx)?))
+        Ok(Box::new(self.reader(partition, ctx, 0)?))
     }
 }
 
 impl<F> GeneratorSource<F> {
-    fn reader(&self, partition: usize, ctx: &ReaderContext) -> Result<GeneratorReader<F>> {
-        if let Some(rate) = self.rate {
-            if !(rate.is_finite() && rate > 0.0) {
-                return Err(Error::config(
+    fn reader(
+        &self,
+        partition: usize,
+        ctx: &ReaderContext,
+        produced: u64,
+    ) -> Result<GeneratorReader<F>> {
+        let pacing = self
+            .rate
+            .map(|rate| {
+                RateLimit::new(
                     "generator.rate",
-                    format!("{rate} is not a positive number"),
-                ));
-            }
-        }
+                    rate,
+                    self.partitions,
+                    Arc::clone(&ctx.clock),
+                    produced,
+                )
+            })
+            .transpose()?;
         let stride = self.partitions as u64;
         let first = partition as u64;
-        // Records of this partition: indices first, first + stride, ... < count.
-        let limit = self.count.map(|c| {
-            if c > first {
-                (c - first).div_ceil(stride)
-            } else {
-                0
-            }
-        });
         Ok(GeneratorReader {
             f: Arc::clone(&self.f),
             rng: SmallRng::seed_from_u64(self.seed ^ (first.wrapping_mul(0x9E37_79B9_7F4A_7C15))),
             next_index: first,
             stride,
             produced: 0,
-            limit,
-            rate_per_ms: self.rate.map(|r| r / self.partitions as f64 / 1000.0),
-            clock: Arc::clone(&ctx.clock),
-            started_at: None,
-            resumed_at: 0,
+            limit: self
+                .count
+                .map(|c| partition_len(c, partition, self.partitions)),
+            pacing,
         })
     }
 }
@@ -171,11 +171,7 @@ struct GeneratorReader<F> {
     stride: u64,
     produced: u64,
     limit: Option<u64>,
-    rate_per_ms: Option<f64>,
-    clock: Arc<dyn Clock>,
-    started_at: Option<i64>,
-    /// Records produced before this reader started (the rate counts from there).
-    resumed_at: u64,
+    pacing: Option<RateLimit>,
 }
 
 impl<T, F> SourceReader<T> for GeneratorReader<F>
@@ -188,11 +184,8 @@ where
         if let Some(limit) = self.limit {
             budget = budget.min(limit - self.produced);
         }
-        if let Some(rate) = self.rate_per_ms {
-            let now = self.clock.now_millis();
-            let start = *self.started_at.get_or_insert(now);
-            let allowed = ((now - start) as f64 * rate) as u64 + 1;
-            budget = budget.min(allowed.saturating_sub(self.produced - self.resumed_at));
+        if let Some(pacing) = &mut self.pacing {
+            budget = budget.min(pacing.allowed(self.produced));
         }
         for _ in 0..budget {
             let value = (self.f)(self.next_index, &mut self.rng);
