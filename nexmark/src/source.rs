@@ -70,13 +70,40 @@ impl NexmarkConfig {
             .with_step(step.max(1)))
     }
 
-    /// Generates events `0..count` into memory, in order.
+    /// Generates events `0..count` into memory, in order, on every core
+    /// (each event depends only on its index, so chunks are independent).
     ///
     /// # Errors
     /// When the configuration is invalid.
     pub fn generate(&self, count: u64) -> Result<Vec<Event>> {
-        let generator = self.generator(0, 1)?;
-        Ok(generator.take(count as usize).map(Event::from).collect())
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let chunk = count.div_ceil(threads.max(1)).max(1);
+        let generators = (0..count.div_ceil(chunk))
+            .map(|i| {
+                let first = i * chunk;
+                Ok((self.generator(first, 1)?, (count - first).min(chunk)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let chunks: Vec<Vec<Event>> = std::thread::scope(|scope| {
+            let running: Vec<_> = generators
+                .into_iter()
+                .map(|(generator, n)| {
+                    scope.spawn(move || generator.take(n as usize).map(Event::from).collect())
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|t| {
+                    t.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        let mut events = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+        for mut chunk in chunks {
+            events.append(&mut chunk);
+        }
+        Ok(events)
     }
 }
 
