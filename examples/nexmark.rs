@@ -14,12 +14,13 @@
 //! result reached the sink.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use tideline::prelude::*;
 use tideline::{RocksDbOptions, StateBackend};
-use tideline_nexmark::{BenchSink, LatencyProbe, NexmarkConfig, NexmarkSource, Query};
+use tideline_nexmark::{BenchSink, Event, LatencyProbe, NexmarkConfig, NexmarkSource, Query};
 
 /// The driver's command line.
 #[derive(Parser, Debug)]
@@ -104,11 +105,15 @@ pub(crate) fn run(args: &Args) -> Result<String> {
         config.events_per_second = rate as u64;
     }
 
+    // The pre-generated events, kept here so that freeing them happens
+    // after the measurement, not in the job's last task.
+    let mut pregenerated: Option<Arc<[Event]>> = None;
     let mut source = if args.live {
         NexmarkSource::live(config.clone()).with_count(args.events)
     } else {
         let started = Instant::now();
-        let events = config.generate(args.events)?;
+        let events: Arc<[Event]> = config.generate(args.events)?.into();
+        pregenerated = Some(Arc::clone(&events));
         let secs = started.elapsed().as_secs_f64();
         println!(
             "generator events={} seconds={secs:.3} events_per_s={:.0}",
@@ -143,6 +148,7 @@ pub(crate) fn run(args: &Args) -> Result<String> {
     let events = job.source(source, WatermarkStrategy::monotonous());
     args.query.build(&events, sink.clone());
     let summary = job.run()?;
+    drop(pregenerated);
     if args.work_dir.is_none() {
         let _ = std::fs::remove_dir_all(&scratch);
     }

@@ -2,9 +2,12 @@
 //!
 //! The fields are those of the `nexmark` crate (and of Flink's Nexmark
 //! tables); timestamps are epoch milliseconds as `i64`, ids and prices `u64`.
-//! Text fields are [`Text`], a shared immutable string: copying an event
-//! through the pipeline (a source replaying pre-generated events, a window
-//! keeping a bid) bumps a reference count instead of copying bytes.
+//! An event's text fields (names, URLs, the `extra` padding) sit together in
+//! one shared allocation ([`Shared`]), read through accessors such as
+//! [`Bid::channel`]: copying an event through the pipeline (a source
+//! replaying pre-generated events, a window keeping a bid) bumps one
+//! reference count instead of copying strings, and records stay small
+//! (a [`Bid`] is 40 bytes), so a core moves more of them per second.
 
 use std::fmt;
 use std::ops::Deref;
@@ -66,25 +69,113 @@ impl<'de> Deserialize<'de> for Text {
     }
 }
 
+/// An immutable value shared by reference count (serialized as the value).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Shared<T>(Arc<T>);
+
+impl<T> Shared<T> {
+    /// Shares `value`.
+    pub fn new(value: T) -> Self {
+        Self(Arc::new(value))
+    }
+
+    /// Asks the CPU to bring the shared value (and its reference count)
+    /// into the cache. A clone's atomic increment waits for its cache miss
+    /// and keeps later loads from overtaking it, so replaying readers
+    /// prefetch values a few records ahead of cloning them.
+    fn prefetch(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let value = Arc::as_ptr(&self.0).cast::<i8>();
+            // SAFETY: a prefetch is a hint that never dereferences nor
+            // faults, and SSE is in x86_64's baseline. The counts sit just
+            // before the value.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(value.wrapping_sub(16));
+                _mm_prefetch::<_MM_HINT_T0>(value);
+            }
+        }
+    }
+}
+
+impl<T> Deref for Shared<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl<T: Serialize> Serialize for Shared<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Shared<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::deserialize(d).map(Self::new)
+    }
+}
+
+/// A person's text fields.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PersonText {
+    /// Full name.
+    pub name: String,
+    /// E-mail address.
+    pub email_address: String,
+    /// Credit card number.
+    pub credit_card: String,
+    /// US city (lower case).
+    pub city: String,
+    /// US state, two lower-case letters.
+    pub state: String,
+    /// Padding to the configured average size.
+    pub extra: String,
+}
+
 /// A person registering (a seller or bidder).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Person {
     /// Unique person id.
     pub id: u64,
-    /// Full name.
-    pub name: Text,
-    /// E-mail address.
-    pub email_address: Text,
-    /// Credit card number.
-    pub credit_card: Text,
-    /// US city (lower case).
-    pub city: Text,
-    /// US state, two lower-case letters.
-    pub state: Text,
     /// Event time, epoch milliseconds.
     pub date_time: i64,
+    /// Name, address, card, padding.
+    pub text: Shared<PersonText>,
+}
+
+impl Person {
+    /// Full name.
+    pub fn name(&self) -> &str {
+        &self.text.name
+    }
+    /// US city (lower case).
+    pub fn city(&self) -> &str {
+        &self.text.city
+    }
+    /// US state, two lower-case letters.
+    pub fn state(&self) -> &str {
+        &self.text.state
+    }
+}
+
+/// An auction's text fields.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AuctionText {
+    /// Item name.
+    pub item_name: String,
+    /// Item description.
+    pub description: String,
     /// Padding to the configured average size.
-    pub extra: Text,
+    pub extra: String,
 }
 
 /// An item put up for auction.
@@ -92,10 +183,6 @@ pub struct Person {
 pub struct Auction {
     /// Unique auction id.
     pub id: u64,
-    /// Item name.
-    pub item_name: Text,
-    /// Item description.
-    pub description: Text,
     /// Initial bid, in cents.
     pub initial_bid: u64,
     /// Reserve price, in cents.
@@ -108,8 +195,19 @@ pub struct Auction {
     pub seller: u64,
     /// Category id.
     pub category: u64,
+    /// Item name, description, padding.
+    pub text: Shared<AuctionText>,
+}
+
+/// A bid's text fields.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BidText {
+    /// Channel the bid came through.
+    pub channel: String,
+    /// URL the bid came from.
+    pub url: String,
     /// Padding to the configured average size.
-    pub extra: Text,
+    pub extra: String,
 }
 
 /// A bid on an auction.
@@ -121,14 +219,21 @@ pub struct Bid {
     pub bidder: u64,
     /// Price, in cents.
     pub price: u64,
-    /// Channel the bid came through.
-    pub channel: Text,
-    /// URL the bid came from.
-    pub url: Text,
     /// Event time, epoch milliseconds.
     pub date_time: i64,
-    /// Padding to the configured average size.
-    pub extra: Text,
+    /// Channel, URL, padding.
+    pub text: Shared<BidText>,
+}
+
+impl Bid {
+    /// Channel the bid came through.
+    pub fn channel(&self) -> &str {
+        &self.text.channel
+    }
+    /// URL the bid came from.
+    pub fn url(&self) -> &str {
+        &self.text.url
+    }
 }
 
 /// One Nexmark event.
@@ -143,6 +248,15 @@ pub enum Event {
 }
 
 impl Event {
+    /// Starts bringing the event's shared text into the cache, ahead of a clone.
+    pub(crate) fn prefetch(&self) {
+        match self {
+            Event::Person(p) => p.text.prefetch(),
+            Event::Auction(a) => a.text.prefetch(),
+            Event::Bid(b) => b.text.prefetch(),
+        }
+    }
+
     /// Event time, epoch milliseconds.
     pub fn date_time(&self) -> i64 {
         match self {
@@ -191,34 +305,40 @@ impl From<nexmark::event::Event> for Event {
         match e {
             nexmark::event::Event::Person(p) => Event::Person(Person {
                 id: id(p.id),
-                name: p.name.into(),
-                email_address: p.email_address.into(),
-                credit_card: p.credit_card.into(),
-                city: p.city.into(),
-                state: p.state.into(),
                 date_time: int(p.date_time),
-                extra: p.extra.into(),
+                text: Shared::new(PersonText {
+                    name: p.name,
+                    email_address: p.email_address,
+                    credit_card: p.credit_card,
+                    city: p.city,
+                    state: p.state,
+                    extra: p.extra,
+                }),
             }),
             nexmark::event::Event::Auction(a) => Event::Auction(Auction {
                 id: id(a.id),
-                item_name: a.item_name.into(),
-                description: a.description.into(),
                 initial_bid: id(a.initial_bid),
                 reserve: id(a.reserve),
                 date_time: int(a.date_time),
                 expires: int(a.expires),
                 seller: id(a.seller),
                 category: id(a.category),
-                extra: a.extra.into(),
+                text: Shared::new(AuctionText {
+                    item_name: a.item_name,
+                    description: a.description,
+                    extra: a.extra,
+                }),
             }),
             nexmark::event::Event::Bid(b) => Event::Bid(Bid {
                 auction: id(b.auction),
                 bidder: id(b.bidder),
                 price: id(b.price),
-                channel: b.channel.into(),
-                url: b.url.into(),
                 date_time: int(b.date_time),
-                extra: b.extra.into(),
+                text: Shared::new(BidText {
+                    channel: b.channel,
+                    url: b.url,
+                    extra: b.extra,
+                }),
             }),
         }
     }

@@ -42,7 +42,7 @@ use std::str::FromStr;
 
 use tideline::Stream;
 
-pub use event::{Auction, Bid, Event, Person, Text};
+pub use event::{Auction, AuctionText, Bid, BidText, Event, Person, PersonText, Shared, Text};
 pub use sink::{BenchSink, LatencyProbe};
 pub use source::{NexmarkConfig, NexmarkSource};
 

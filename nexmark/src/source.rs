@@ -265,6 +265,10 @@ impl Source<Event> for NexmarkSource {
     }
 }
 
+/// How many events ahead of the one it clones a replaying reader prefetches
+/// (see `Shared::prefetch`): enough to keep several cache misses in flight.
+const WARM_AHEAD: usize = 16;
+
 struct NexmarkReader {
     generator: Option<EventGenerator>,
     replay: Option<Arc<[Event]>>,
@@ -287,6 +291,9 @@ impl SourceReader<Event> for NexmarkReader {
         }
         if let Some(events) = &self.replay {
             for _ in 0..budget {
+                if let Some(ahead) = events.get(self.next + WARM_AHEAD * self.stride) {
+                    ahead.prefetch();
+                }
                 let Some(event) = events.get(self.next) else {
                     break;
                 };

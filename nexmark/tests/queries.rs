@@ -127,7 +127,7 @@ fn q3_joins_sellers_with_their_auctions() {
     let sellers: HashMap<u64, &Person> = events
         .iter()
         .filter_map(Event::as_person)
-        .filter(|p| ["or", "id", "ca"].contains(&p.state.as_str()))
+        .filter(|p| ["or", "id", "ca"].contains(&p.state()))
         .map(|p| (p.id, p))
         .collect();
     let expected: Vec<SellerAuction> = events
@@ -136,9 +136,9 @@ fn q3_joins_sellers_with_their_auctions() {
         .filter(|a| a.category == 10)
         .filter_map(|a| {
             sellers.get(&a.seller).map(|p| SellerAuction {
-                name: p.name.clone(),
-                city: p.city.clone(),
-                state: p.state.clone(),
+                name: p.name().into(),
+                city: p.city().into(),
+                state: p.state().into(),
                 auction: a.id,
             })
         })
@@ -226,7 +226,7 @@ fn q8_finds_persons_who_sell_in_their_first_window() {
         .filter(|(p, start)| sold.contains(&(p.id, *start)))
         .map(|(p, start)| NewUser {
             id: p.id,
-            name: p.name.clone(),
+            name: p.name().into(),
             window_start: start,
         })
         .collect();

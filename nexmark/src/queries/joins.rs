@@ -48,9 +48,9 @@ impl KeyedProcessFunction<u64, Either<Person, Auction>, SellerAuction> for Incre
         match value {
             Either::Left(p) => {
                 let seller = Seller {
-                    name: p.name,
-                    city: p.city,
-                    state: p.state,
+                    name: p.name().into(),
+                    city: p.city().into(),
+                    state: p.state().into(),
                 };
                 let waiting = ctx.list_state(&WAITING)?.take();
                 for auction in waiting {
@@ -85,7 +85,7 @@ fn joined(seller: &Seller, auction: u64) -> SellerAuction {
 /// the whole run, as in Flink's q3.
 pub fn q3(events: &Stream<Event>) -> Stream<SellerAuction> {
     let sellers = persons(events)
-        .filter(|p| matches!(p.state.as_str(), "or" | "id" | "ca"))
+        .filter(|p| matches!(p.state(), "or" | "id" | "ca"))
         .map(Either::<Person, Auction>::Left);
     let items = auctions(events)
         .filter(|a| a.category == 10)
@@ -125,7 +125,7 @@ impl AggregateFunction<Either<Person, Auction>> for PersonAndAuction {
 
     fn add(&self, acc: &mut Self::Acc, value: Either<Person, Auction>) {
         match value {
-            Either::Left(p) => acc.0 = Some(p.name),
+            Either::Left(p) => acc.0 = Some(p.name().into()),
             Either::Right(_) => acc.1 = true,
         }
     }
