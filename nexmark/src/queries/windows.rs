@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tideline::prelude::*;
 use tideline::window::WindowCollector;
+use tideline::Output;
 
 use super::bids;
 use crate::event::{Bid, Event};
@@ -122,11 +123,48 @@ pub struct HighestBid {
     pub bid: Bid,
 }
 
+/// Drops, before the exchange, the bids that cannot be their window's
+/// highest: those priced below the highest this subtask already saw in the
+/// same window. Every dropped bid is beaten by a kept one, so the maxima
+/// downstream do not change: this is the local half of a local-global
+/// maximum (as Flink's planner splits `MAX`). It remembers the latest window
+/// only (input is in event-time order; an older window's bid passes), and
+/// starts empty after a restore, which only lets more bids through.
+#[derive(Debug, Default)]
+struct LocalMaxFilter {
+    window: Option<(i64, u64)>,
+}
+
+impl Operator<Bid, Bid> for LocalMaxFilter {
+    fn process_batch(&mut self, mut batch: Vec<Record<Bid>>, out: &mut Output<Bid>) -> Result<()> {
+        batch.retain(|r| {
+            let start = r.timestamp.millis().div_euclid(10_000) * 10_000;
+            let price = r.value.price;
+            match &mut self.window {
+                Some((window, max)) if *window == start => {
+                    let keep = price >= *max;
+                    *max = (*max).max(price);
+                    keep
+                }
+                Some((window, _)) if *window > start => true,
+                _ => {
+                    self.window = Some((start, price));
+                    true
+                }
+            }
+        });
+        out.push_batch(batch);
+        Ok(())
+    }
+}
+
 /// q7, highest bid: for each tumbling 10 s window, the bids with the
-/// highest price. The maximum is taken per auction first (in parallel),
-/// then per window over those.
+/// highest price. Bids below a price already seen in their window are
+/// dropped where they are read; the maximum is then taken per auction (in
+/// parallel), then per window over those.
 pub fn q7(events: &Stream<Event>) -> Stream<HighestBid> {
     bids(events)
+        .transform("q7_local_max", |_| Ok(LocalMaxFilter::default()))
         .key_by(|b| b.auction)
         .window(Tumbling::of(TEN_SECONDS))
         .aggregate(max_by(|b: &Bid| b.price))
