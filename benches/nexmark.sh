@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every Nexmark query through the driver at parallelism 1 and 2, with
-# in-memory state (checkpoints off) and RocksDB state (checkpoints every 1 s),
-# and prints the driver's last line for each run. Usage:
+# in-memory and RocksDB state, checkpoints off and every 1 s, and prints the
+# driver's last line for each run. Usage:
 #   bash benches/nexmark.sh [EVENTS] [QUERIES...]
 # e.g. `bash benches/nexmark.sh 10000000 q0 q5`. Builds the example once.
 set -euo pipefail
@@ -12,12 +12,19 @@ queries=("$@")
 if [ ${#queries[@]} -eq 0 ]; then
   queries=(q0 q1 q2 q3 q5 q7 q8 q11 w1 w2)
 fi
-cargo build --release --example nexmark --quiet
+# `PROFILE=bench` reuses a `cargo bench` build (the same settings as release).
+cargo build --profile "${PROFILE:-release}" --example nexmark --quiet
 driver="${CARGO_TARGET_DIR:-target}/release/examples/nexmark"
 for q in "${queries[@]}"; do
   for p in 1 2; do
-    "$driver" --query "$q" --events "$events" --parallelism "$p" | tail -n 1 | sed "s/^/p=$p state=memory checkpoints=off /"
-    "$driver" --query "$q" --events "$events" --parallelism "$p" --state rocksdb --checkpoint-interval 1s \
-      | tail -n 1 | sed "s/^/p=$p state=rocksdb checkpoints=1s /"
+    for state in memory rocksdb; do
+      for checkpoints in off 1s; do
+        flags=(--query "$q" --events "$events" --parallelism "$p" --state "$state")
+        if [ "$checkpoints" != off ]; then
+          flags+=(--checkpoint-interval "$checkpoints")
+        fi
+        "$driver" "${flags[@]}" | tail -n 1 | sed "s/^/p=$p state=$state checkpoints=$checkpoints /"
+      done
+    done
   done
 done
