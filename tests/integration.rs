@@ -107,7 +107,7 @@ fn example_nexmark_checkpoints_on_rocksdb_and_reports_latency_when_paced() -> ti
     let work = dir.path().to_string_lossy().to_string();
     let line = nexmark_line(&[
         "--query",
-        "q7",
+        "q0",
         "--events",
         "4000",
         "--state",
