@@ -11,6 +11,8 @@ use super::bids;
 use crate::event::{Bid, Event};
 
 const TEN_SECONDS: Duration = Duration::from_secs(10);
+/// [`TEN_SECONDS`] in milliseconds, for window arithmetic on timestamps.
+const TEN_SECONDS_MS: i64 = 10_000;
 const TWO_SECONDS: Duration = Duration::from_secs(2);
 
 /// q5's result: one of the auctions with the most bids in a sliding window.
@@ -148,7 +150,7 @@ struct LocalMaxFilter {
 impl Operator<Bid, Bid> for LocalMaxFilter {
     fn process_batch(&mut self, mut batch: Vec<Record<Bid>>, out: &mut Output<Bid>) -> Result<()> {
         batch.retain(|r| {
-            let start = r.timestamp.millis().div_euclid(10_000) * 10_000;
+            let start = r.timestamp.millis().div_euclid(TEN_SECONDS_MS) * TEN_SECONDS_MS;
             let price = r.value.price;
             match &mut self.window {
                 Some((window, max)) if *window == start => {
@@ -181,7 +183,7 @@ pub fn q7(events: &Stream<Event>) -> Stream<HighestBid> {
         .flat_map(|r| r.value)
         // Each bid is re-stamped with its window's last millisecond; its own
         // date_time is in the same window, which keys the second stage.
-        .key_by(|b| b.date_time.div_euclid(10_000))
+        .key_by(|b| b.date_time.div_euclid(TEN_SECONDS_MS))
         .window(Tumbling::of(TEN_SECONDS))
         .aggregate_with(
             max_by(|b: &Bid| b.price),
