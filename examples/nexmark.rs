@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use tideline::prelude::*;
+use tideline::window::{ParseSpanError, Span};
 use tideline::{RocksDbOptions, StateBackend};
 use tideline_nexmark::{BenchSink, Event, LatencyProbe, NexmarkConfig, NexmarkSource, Query};
 
@@ -52,22 +53,11 @@ pub(crate) struct Args {
     live: bool,
 }
 
-/// `250ms`, `1s`, `2m`, or plain milliseconds.
+/// `250ms`, `1s`, `2m`, `1h`, or plain milliseconds (see `Span`'s `FromStr`).
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration like 1s or 500ms"))?;
-    let ms = match unit {
-        "" | "ms" => n,
-        "s" => n.saturating_mul(1_000),
-        "m" => n.saturating_mul(60_000),
-        _ => return Err(format!("'{text}': unknown unit '{unit}' (use ms, s or m)")),
-    };
-    Ok(Duration::from_millis(ms))
+    let span: Span = text.parse().map_err(|e: ParseSpanError| e.to_string())?;
+    // A parsed span is never negative: it has no sign.
+    Ok(Duration::from_millis(span.as_millis().unsigned_abs()))
 }
 
 /// The process's peak resident set (VmHWM), in MiB.

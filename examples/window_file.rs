@@ -212,29 +212,11 @@ enum WindowSpec {
     Session(i64),
 }
 
-/// `250ms`, `10s`, `5m`, `1h`, or plain milliseconds.
+/// `250ms`, `10s`, `5m`, `1h`, or plain milliseconds (see `Span`'s `FromStr`).
 fn parse_millis(text: &str) -> Result<i64, String> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: i64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration like 10s, 500ms or 2m"))?;
-    let factor = match unit {
-        "" | "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => {
-            return Err(format!(
-                "'{text}': unknown unit '{unit}' (use ms, s, m or h)"
-            ))
-        }
-    };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("'{text}' is too large"))
+    text.parse::<Span>()
+        .map(Span::as_millis)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_window(text: &str) -> Result<WindowSpec, String> {

@@ -127,8 +127,14 @@ impl fmt::Display for Query {
 
 /// A query name that is not one of [`Query::ALL`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown query '{0}': expected one of q0, q1, q2, q3, q5, q7, q8, q11, w1, w2")]
+#[error("unknown query '{0}': expected one of {names}", names = query_names())]
 pub struct UnknownQuery(pub String);
+
+/// The names of [`Query::ALL`], comma-separated.
+fn query_names() -> String {
+    let names: Vec<&str> = Query::ALL.iter().map(|q| q.name()).collect();
+    names.join(", ")
+}
 
 impl FromStr for Query {
     type Err = UnknownQuery;

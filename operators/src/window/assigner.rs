@@ -94,6 +94,42 @@ impl From<chrono::TimeDelta> for Span {
     }
 }
 
+/// A duration text that is not a [`Span`]; the message names the text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseSpanError(String);
+
+impl std::str::FromStr for Span {
+    type Err = ParseSpanError;
+
+    /// `250ms`, `10s`, `5m`, `1h`, or plain milliseconds (surrounding
+    /// whitespace is ignored).
+    fn from_str(text: &str) -> std::result::Result<Self, Self::Err> {
+        let text = text.trim();
+        let (number, unit) = text.split_at(
+            text.find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(text.len()),
+        );
+        let n: i64 = number.parse().map_err(|_| {
+            ParseSpanError(format!("'{text}' is not a duration like 10s, 500ms or 2m"))
+        })?;
+        let factor = match unit {
+            "" | "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => {
+                return Err(ParseSpanError(format!(
+                    "'{text}': unknown unit '{unit}' (use ms, s, m or h)"
+                )))
+            }
+        };
+        n.checked_mul(factor)
+            .map(Span)
+            .ok_or_else(|| ParseSpanError(format!("'{text}' is too large")))
+    }
+}
+
 /// Tumbling windows: fixed size, no overlap.
 #[derive(Clone, Copy, Debug)]
 pub struct Tumbling {
@@ -411,6 +447,25 @@ impl<T> WindowKind<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_parse_with_units_and_name_bad_text() {
+        let ms = |t: &str| t.parse::<Span>().map(Span::as_millis);
+        assert_eq!(ms("250ms"), Ok(250));
+        assert_eq!(ms(" 10s "), Ok(10_000));
+        assert_eq!(ms("2m"), Ok(120_000));
+        assert_eq!(ms("1h"), Ok(3_600_000));
+        assert_eq!(ms("15"), Ok(15));
+        let err = |t: &str| ms(t).map_err(|e| e.to_string()).err().unwrap_or_default();
+        assert!(err("10x").contains("unknown unit 'x'"), "{}", err("10x"));
+        assert!(err("s").contains("'s' is not a duration"), "{}", err("s"));
+        assert!(
+            err("-5s").contains("'-5s' is not a duration"),
+            "{}",
+            err("-5s")
+        );
+        assert!(err("9999999999999999h").contains("too large"));
+    }
     use proptest::prelude::*;
 
     fn assign(kind: &WindowKind<()>, ts: i64) -> Vec<TimeWindow> {

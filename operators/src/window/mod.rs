@@ -46,7 +46,9 @@ use tideline_engine::{Data, Error, EventTime, KeyedStream, Output, OutputTag, Re
 use tideline_state::{StateKey, StateValue};
 
 pub use aggregate::{AggregateFunction, Avg, CollectAll, Count, Max, Min, Numeric, Reduce, Sum};
-pub use assigner::{Gap, GlobalWindows, Session, Sliding, Span, TimeWindow, Tumbling, WindowKind};
+pub use assigner::{
+    Gap, GlobalWindows, ParseSpanError, Session, Sliding, Span, TimeWindow, Tumbling, WindowKind,
+};
 pub use trigger::{
     CountTrigger, EarlyFiring, EarlyFiringState, EventTimeTrigger, Trigger, TriggerContext,
     TriggerResult,
