@@ -3,6 +3,10 @@
 //! 1, end to end (decode included), in arrival order and in event-time order
 //! (the file is unsorted: 1 row in 10 is up to a minute late).
 //!
+//! Then parallel reading: the same rows split into 2 files (alternate rows)
+//! read with `--partition-per-file` at parallelism 2, against the one file
+//! at parallelism 1, in arrival order; the ratio is printed (target ≥ 1.6).
+//!
 //! `cargo bench --bench replay` (`-- --quick` for 200 k rows).
 
 #[allow(dead_code)]
@@ -15,26 +19,30 @@ use arrow_array::{Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use tideline::prelude::*;
 
-fn write_input(path: &std::path::Path, rows: usize) -> Result<()> {
+/// Writes `rows` seeded rows, row `i` to file `i % paths.len()`.
+fn write_input(paths: &[std::path::PathBuf], rows: usize) -> Result<()> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("key", DataType::Int64, false),
         Field::new("value", DataType::Int64, false),
         Field::new("ts", DataType::Int64, false),
     ]));
-    let file = std::fs::File::create(path).map_err(Error::user)?;
-    let mut writer = parquet::arrow::ArrowWriter::try_new(file, Arc::clone(&schema), None)
-        .map_err(Error::user)?;
+    let mut writers = Vec::new();
+    for path in paths {
+        let file = std::fs::File::create(path).map_err(Error::user)?;
+        writers.push(
+            parquet::arrow::ArrowWriter::try_new(file, Arc::clone(&schema), None)
+                .map_err(Error::user)?,
+        );
+    }
+    let files = writers.len();
     let mut rng = SmallRng::seed_from_u64(5);
     let chunk = 1 << 16;
     let mut written = 0;
     while written < rows {
         let n = chunk.min(rows - written);
-        let (mut keys, mut values, mut ts) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
+        let mut columns: Vec<[Vec<i64>; 3]> = (0..files).map(|_| Default::default()).collect();
         for i in written..written + n {
+            let [keys, values, ts] = &mut columns[i % files];
             keys.push(rng.gen_range(0..10_000i64));
             values.push(rng.gen_range(0..1_000i64));
             let late = if rng.gen_ratio(1, 10) {
@@ -44,19 +52,23 @@ fn write_input(path: &std::path::Path, rows: usize) -> Result<()> {
             };
             ts.push(i as i64 / 10 - late);
         }
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![
-                Arc::new(Int64Array::from(keys)),
-                Arc::new(Int64Array::from(values)),
-                Arc::new(Int64Array::from(ts)),
-            ],
-        )
-        .map_err(Error::user)?;
-        writer.write(&batch).map_err(Error::user)?;
+        for (writer, [keys, values, ts]) in writers.iter_mut().zip(columns) {
+            let batch = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(Int64Array::from(keys)),
+                    Arc::new(Int64Array::from(values)),
+                    Arc::new(Int64Array::from(ts)),
+                ],
+            )
+            .map_err(Error::user)?;
+            writer.write(&batch).map_err(Error::user)?;
+        }
         written += n;
     }
-    writer.close().map_err(Error::user)?;
+    for writer in writers {
+        writer.close().map_err(Error::user)?;
+    }
     Ok(())
 }
 
@@ -66,8 +78,15 @@ fn main() -> Result<()> {
         || std::env::args().any(|a| a == "--quick" || a == "--test");
     let rows = if quick { 200_000 } else { 5_000_000 };
     let dir = tempfile::tempdir().map_err(Error::user)?;
-    let input = dir.path().join("events.parquet");
-    write_input(&input, rows)?;
+    write_input(&[dir.path().join("events.parquet")], rows)?;
+    std::fs::create_dir_all(dir.path().join("split")).map_err(Error::user)?;
+    write_input(
+        &[
+            dir.path().join("split/events-0.parquet"),
+            dir.path().join("split/events-1.parquet"),
+        ],
+        rows,
+    )?;
     let path = |name: &str| {
         dir.path()
             .join(name)
@@ -75,10 +94,16 @@ fn main() -> Result<()> {
             .unwrap_or_default()
             .to_string()
     };
-    for order in ["arrival", "event-time"] {
-        let args = [
+    let mut rates = Vec::new();
+    for (order, input, parallelism, split) in [
+        ("arrival", "events.parquet", "1", false),
+        ("event-time", "events.parquet", "1", false),
+        ("arrival", "split", "2", true),
+    ] {
+        let (input, out, late) = (path(input), path("out.csv"), path("late.csv"));
+        let mut args = vec![
             "--input",
-            &path("events.parquet"),
+            &input,
             "--key-column",
             "key",
             "--value-column",
@@ -90,16 +115,38 @@ fn main() -> Result<()> {
             "--out-of-orderness",
             "2s",
             "--parallelism",
-            "1",
+            parallelism,
             "--order",
             order,
             "--output",
-            &path("out.csv"),
+            &out,
             "--late-output",
-            &path("late.csv"),
+            &late,
         ];
+        if split {
+            args.push("--partition-per-file");
+        }
         let summary = window_file::run(&args)?;
-        println!("replay {order:<10} rows={rows} {summary}");
+        let label = if split { "2 files p=2" } else { "1 file p=1" };
+        println!("replay {order:<10} {label} rows={rows} {summary}");
+        if order == "arrival" {
+            rates.push(records_per_s(&summary));
+        }
+    }
+    if let [one, two] = rates[..] {
+        println!(
+            "parallel reading: 2 files at p=2 / 1 file at p=1 = {:.2}x",
+            two / one
+        );
     }
     Ok(())
+}
+
+/// The `records_per_s=` figure of a `window_file` summary line.
+fn records_per_s(summary: &str) -> f64 {
+    summary
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("records_per_s="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
 }

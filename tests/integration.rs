@@ -17,6 +17,15 @@ fn example_quickstart_runs() -> tideline::Result<()> {
 }
 
 #[allow(dead_code)]
+#[path = "../examples/process_function.rs"]
+mod process_function;
+
+#[test]
+fn example_process_function_runs() -> tideline::Result<()> {
+    process_function::main()
+}
+
+#[allow(dead_code)]
 #[path = "../examples/windowed_counts.rs"]
 mod windowed_counts;
 
@@ -62,17 +71,19 @@ fn example_window_file_runs() -> tideline::Result<()> {
     ];
     let summary = window_file::run(&args)?;
     assert!(
-        summary.starts_with("records=4 late=0 dead_letter=1 windows=3 "),
+        summary.starts_with("records=4 late=1 dead_letter=1 windows=3 "),
         "{summary}"
     );
     let written = std::fs::read_to_string(&out).map_err(tideline::Error::user)?;
     assert_eq!(
         written,
-        "key,window_start,window_end,count,sum,min,max\n1,0,10000,2,13,3,10\n1,10000,20000,1,7,7,7\n2,0,10000,1,5,5,5\n"
+        "key,window_start,window_end,count,sum,min,max\n1,0,10000,1,10,10,10\n1,10000,20000,1,7,7,7\n2,0,10000,1,5,5,5\n"
     );
+    // 500 comes after 12000 in the file, whose watermark is then 11999:
+    // late for [0, 10000), by the rule, whatever the batch size.
     assert_eq!(
         std::fs::read_to_string(&late).map_err(tideline::Error::user)?,
-        "key,ts,value\n"
+        "key,ts,value\n1,500,3\n"
     );
     Ok(())
 }

@@ -7,7 +7,7 @@ use tideline_state::StateBackend;
 
 use crate::checkpoint::{CheckpointConfig, RestoreFrom};
 use crate::error::{Error, Result};
-use crate::time::{duration_millis, Clock, SystemClock};
+use crate::time::{duration_millis, Clock, LatenessRule, SystemClock};
 
 /// How a job runs (DESIGN.md: the same job code runs both ways).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -55,6 +55,9 @@ pub struct JobConfig {
     pub checkpointing: Option<CheckpointConfig>,
     /// The checkpoint to restart from (default: start from the beginning).
     pub restore: Option<RestoreFrom>,
+    /// How operators decide that a record is late (default: per source
+    /// partition, deterministic).
+    pub lateness_rule: LatenessRule,
 }
 
 impl Default for JobConfig {
@@ -71,6 +74,7 @@ impl Default for JobConfig {
             state_backend: StateBackend::Memory,
             checkpointing: None,
             restore: None,
+            lateness_rule: LatenessRule::PartitionLocal,
         }
     }
 }

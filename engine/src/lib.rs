@@ -13,6 +13,9 @@
 //!   bounded, so a slow consumer slows its producers (backpressure);
 //! - an operator's watermark is the minimum over its input channels (idle
 //!   ones left out, finished ones at `+inf`), and never goes backwards;
+//! - lateness is judged per source partition: every record carries its
+//!   partition's watermark just before it ([`Record::lateness_watermark`]),
+//!   kept through chains and exchanges (see [`time::LatenessRule`]);
 //! - at the end of input the watermark becomes `+inf` before the end is
 //!   signalled, so every timer fires;
 //! - the first failure of any task stops the whole job and is what

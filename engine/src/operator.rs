@@ -303,7 +303,7 @@ impl<O: Data> Output<O> {
 
     /// Emits `value` at `timestamp` on the main output.
     pub fn emit(&mut self, timestamp: EventTime, value: O) {
-        self.records.push(Record { timestamp, value });
+        self.records.push(Record::new(timestamp, value));
     }
 
     /// Emits a record on the main output.
@@ -325,7 +325,13 @@ impl<O: Data> Output<O> {
     /// the record is dropped (count it with [`Output::count_late`] or a dead
     /// letter if it must not vanish).
     pub fn emit_to<T: Data>(&mut self, tag: &OutputTag<T>, timestamp: EventTime, value: T) {
-        emit_side(&mut self.sides, tag.id(), Record { timestamp, value });
+        emit_side(&mut self.sides, tag.id(), Record::new(timestamp, value));
+    }
+
+    /// Emits `record` (timestamp and lateness watermark kept) on the side
+    /// output `tag`.
+    pub fn push_to<T: Data>(&mut self, tag: &OutputTag<T>, record: Record<T>) {
+        emit_side(&mut self.sides, tag.id(), record);
     }
 
     /// Emits a watermark after this call's records (watermark-generating operators).
@@ -359,6 +365,16 @@ impl<O: Data> Output<O> {
     /// Adds `n` to the job's count of late records.
     pub fn count_late(&mut self, n: u64) {
         self.job.late_records.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to the job's count of late records, late for `reason`.
+    pub fn count_late_for(&mut self, reason: crate::time::LateReason, n: u64) {
+        self.count_late(n);
+        if reason == crate::time::LateReason::OperatorWatermark {
+            self.job
+                .late_by_operator_watermark
+                .fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// The operator's name.
@@ -397,14 +413,7 @@ pub(crate) fn reject(
         reason,
         record,
     };
-    emit_side(
-        sides,
-        DEAD_LETTER_TAG,
-        Record {
-            timestamp,
-            value: letter,
-        },
-    );
+    emit_side(sides, DEAD_LETTER_TAG, Record::new(timestamp, letter));
     Ok(())
 }
 

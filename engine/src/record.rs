@@ -11,13 +11,21 @@ use crate::time::{EventTime, Watermark};
 pub trait Data: Clone + Send + 'static {}
 impl<T: Clone + Send + 'static> Data for T {}
 
-/// A value with its event time ([`EventTime::MIN`] when it has none).
+/// A value with its event time ([`EventTime::MIN`] when it has none) and
+/// its lateness watermark.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Record<T> {
     /// Event time of the record.
     pub timestamp: EventTime,
     /// The record itself.
     pub value: T,
+    /// The watermark of the record's source partition just before it (the
+    /// partition-local lateness rule, see [`LatenessRule`](crate::time::LatenessRule)):
+    /// sources set it, operators that pass a record on (or derive records
+    /// from it while handling it) keep it, and records made later (window
+    /// results, timer output) have [`EventTime::MIN`], "unknown", which
+    /// leaves the judgement to the operator's watermark.
+    pub lateness_watermark: EventTime,
 }
 
 impl<T> Record<T> {
@@ -26,22 +34,38 @@ impl<T> Record<T> {
         Self {
             timestamp: timestamp.into(),
             value,
+            lateness_watermark: EventTime::MIN,
         }
     }
 
     /// A record without a timestamp.
     pub fn untimed(value: T) -> Self {
-        Self {
-            timestamp: EventTime::MIN,
-            value,
-        }
+        Self::new(EventTime::MIN, value)
     }
 
-    /// Maps the value, keeping the timestamp.
+    /// This record's lateness watermark set to `watermark`.
+    pub fn with_lateness_watermark(mut self, watermark: EventTime) -> Self {
+        self.lateness_watermark = watermark;
+        self
+    }
+
+    /// Maps the value, keeping the timestamp and the lateness watermark.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Record<U> {
         Record {
             timestamp: self.timestamp,
             value: f(self.value),
+            lateness_watermark: self.lateness_watermark,
+        }
+    }
+
+    /// A record derived from this one while handling it (`flat_map`,
+    /// `try_map`, a process function's output): `value` at `timestamp`,
+    /// keeping this record's lateness watermark.
+    pub fn derive<U>(&self, timestamp: EventTime, value: U) -> Record<U> {
+        Record {
+            timestamp,
+            value,
+            lateness_watermark: self.lateness_watermark,
         }
     }
 }

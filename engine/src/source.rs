@@ -131,6 +131,21 @@ impl<T> SourceOutput<T> {
             .collect()
     }
 
+    /// The records appended so far.
+    pub fn records(&self) -> &[Record<T>] {
+        &self.records
+    }
+
+    /// How many records were appended so far.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no record was appended yet.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
     /// How many more records fit in this batch.
     pub fn remaining(&self) -> usize {
         self.capacity.saturating_sub(self.records.len())

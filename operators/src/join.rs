@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use tideline_engine::time::TimerService;
+use tideline_engine::time::{LatenessRule, TimerService};
 use tideline_engine::{
     Data, Error, EventTime, KeySelector, KeyedStream, Operator, Output, OutputTag, Record,
     RestoreContext, Result, SnapshotWriter, Stream,
@@ -201,6 +201,7 @@ where
                     state: ctx.keyed_state()?,
                     timers: TimerService::new(),
                     watermark: EventTime::MIN,
+                    rule: ctx.config.lateness_rule,
                 })
             })
             .validate_with(move || {
@@ -243,6 +244,7 @@ struct IntervalJoinOperator<K, A, B, F> {
     state: KeyedState<K>,
     timers: TimerService<K, u8>,
     watermark: EventTime,
+    rule: LatenessRule,
 }
 
 /// Emits a match for every buffered partner with timestamp in `[from, to]`.
@@ -276,14 +278,21 @@ where
         batch: Vec<Record<Either<A, B>>>,
         out: &mut Output<O>,
     ) -> Result<()> {
-        for Record { timestamp, value } in batch {
-            if !timestamp.is_set() || timestamp <= self.watermark {
-                out.count_late(1);
+        for record in batch {
+            let Record {
+                timestamp,
+                lateness_watermark: mark,
+                ..
+            } = record;
+            let judge = self.rule.judge(mark, self.watermark);
+            if !timestamp.is_set() || timestamp <= judge {
+                out.count_late_for(self.rule.reason(mark, timestamp), 1);
                 if let Some(tag) = &self.late_tag {
-                    out.emit_to(tag, timestamp, value);
+                    out.push_to(tag, record);
                 }
                 continue;
             }
+            let value = record.value;
             let key = (self.key)(&value);
             let ts = timestamp.millis();
             let f = &self.f;
@@ -294,7 +303,10 @@ where
                         partners.get(),
                         ts.saturating_add(self.lower),
                         ts.saturating_add(self.upper),
-                        |bts, b| out.emit(EventTime::from_millis(ts.max(bts)), f(&a, b)),
+                        |bts, b| {
+                            let at = EventTime::from_millis(ts.max(bts));
+                            out.push(Record::new(at, f(&a, b)).with_lateness_watermark(mark))
+                        },
                     );
                     self.state
                         .value(&left_buffer::<A>(), &key, &())?
@@ -314,7 +326,10 @@ where
                         partners.get(),
                         ts.saturating_sub(self.upper),
                         ts.saturating_sub(self.lower),
-                        |ats, a| out.emit(EventTime::from_millis(ts.max(ats)), f(a, &b)),
+                        |ats, a| {
+                            let at = EventTime::from_millis(ts.max(ats));
+                            out.push(Record::new(at, f(a, &b)).with_lateness_watermark(mark))
+                        },
                     );
                     self.state
                         .value(&right_buffer::<B>(), &key, &())?

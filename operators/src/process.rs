@@ -7,7 +7,7 @@
 //! reaches its timestamp, in timestamp order; output emitted from a timer
 //! carries the timer's timestamp.
 
-use tideline_engine::time::TimerService;
+use tideline_engine::time::{LatenessRule, TimerService};
 use tideline_engine::{
     Data, EventTime, KeySelector, KeyedStream, Operator, Output, OutputTag, Record, RestoreContext,
     Result, SnapshotWriter, Stream,
@@ -81,6 +81,8 @@ pub trait KeyedProcessFunction<K, I, O>: Send + 'static {
 pub struct ProcessContext<'a, K, O> {
     key: &'a K,
     timestamp: EventTime,
+    /// The lateness watermark of the record being handled (`MIN` in timers).
+    lateness_watermark: EventTime,
     domain: Option<TimeDomain>,
     keyed: &'a mut KeyedRuntime<K>,
     out: &'a mut Output<O>,
@@ -94,6 +96,7 @@ pub struct KeyedRuntime<K> {
     processing_timers: TimerService<K, ()>,
     watermark: EventTime,
     processing_time: i64,
+    rule: LatenessRule,
 }
 
 impl<K: StateKey> KeyedRuntime<K> {
@@ -105,6 +108,7 @@ impl<K: StateKey> KeyedRuntime<K> {
             processing_timers: TimerService::new(),
             watermark: EventTime::MIN,
             processing_time: i64::MIN,
+            rule: LatenessRule::PartitionLocal,
         }
     }
 }
@@ -128,6 +132,19 @@ impl<K: StateKey, O: Data> ProcessContext<'_, K, O> {
     /// The operator's current watermark.
     pub fn current_watermark(&self) -> EventTime {
         self.keyed.watermark
+    }
+
+    /// The watermark to judge the current record's lateness by: under the
+    /// job's default rule, the larger of its source partition's watermark
+    /// just before it and the operator's watermark
+    /// ([`LatenessRule::judge`]). A record with `timestamp <=
+    /// lateness_watermark()` is behind; deciding by this rather than
+    /// [`ProcessContext::current_watermark`] gives the same answer in every
+    /// run. In `on_timer` it is the operator's watermark.
+    pub fn lateness_watermark(&self) -> EventTime {
+        self.keyed
+            .rule
+            .judge(self.lateness_watermark, self.keyed.watermark)
     }
 
     /// The job clock's time as last seen by the operator (ms).
@@ -193,19 +210,26 @@ impl<K: StateKey, O: Data> ProcessContext<'_, K, O> {
         Ok(self.keyed.state.list(descriptor, self.key, &())?)
     }
 
-    /// Emits `value` at the current timestamp.
+    /// Emits `value` at the current timestamp (keeping the current
+    /// record's lateness watermark).
     pub fn collect(&mut self, value: O) {
-        self.out.emit(self.timestamp, value);
+        self.collect_at(self.timestamp, value);
     }
 
-    /// Emits `value` at `timestamp`.
+    /// Emits `value` at `timestamp` (keeping the current record's lateness
+    /// watermark).
     pub fn collect_at(&mut self, timestamp: impl Into<EventTime>, value: O) {
-        self.out.emit(timestamp.into(), value);
+        self.out.push(
+            Record::new(timestamp.into(), value).with_lateness_watermark(self.lateness_watermark),
+        );
     }
 
     /// Emits `value` on side output `tag`, at the current timestamp.
     pub fn output<T: Data>(&mut self, tag: &OutputTag<T>, value: T) {
-        self.out.emit_to(tag, self.timestamp, value);
+        self.out.push_to(
+            tag,
+            Record::new(self.timestamp, value).with_lateness_watermark(self.lateness_watermark),
+        );
     }
 
     /// Rejects the current record into the dead-letter output.
@@ -283,6 +307,7 @@ impl<K: StateKey, I: Data, F> KeyedProcessOperator<K, I, F> {
             let mut ctx = ProcessContext {
                 key: &key,
                 timestamp: at,
+                lateness_watermark: EventTime::MIN,
                 domain: Some(domain),
                 keyed: &mut self.keyed,
                 out,
@@ -305,6 +330,7 @@ where
             let mut ctx = ProcessContext {
                 key: &key,
                 timestamp: record.timestamp,
+                lateness_watermark: record.lateness_watermark,
                 domain: None,
                 keyed: &mut self.keyed,
                 out,
@@ -365,11 +391,9 @@ where
         F: KeyedProcessFunction<K, T, O> + Clone,
     {
         self.transform("process", move |ctx, key| {
-            Ok(KeyedProcessOperator::new(
-                function.clone(),
-                key,
-                ctx.keyed_state()?,
-            ))
+            let mut op = KeyedProcessOperator::new(function.clone(), key, ctx.keyed_state()?);
+            op.keyed.rule = ctx.config.lateness_rule;
+            Ok(op)
         })
     }
 }

@@ -73,9 +73,13 @@ fn vec_source_partitions_read_in_parallel() -> Result<()> {
     assert_eq!(stream.parallelism(), 2);
     stream.sink(out.clone());
     let summary = job.run()?;
-    let mut v = out.records();
+    let mut v: Vec<(i64, i64)> = out
+        .records()
+        .into_iter()
+        .map(|r| (r.timestamp.millis(), r.value))
+        .collect();
     v.sort();
-    assert_eq!(v, (0..100).map(|i| Record::new(i, i)).collect::<Vec<_>>());
+    assert_eq!(v, (0..100).map(|i| (i, i)).collect::<Vec<_>>());
     assert_eq!(summary.operator("collect").map(|o| o.parallelism), Some(2));
     Ok(())
 }

@@ -46,15 +46,16 @@ fn assign_timestamps_replaces_upstream_watermarks() -> Result<()> {
     run.step()?;
     input.send((120, 'c'))?;
     run.step()?;
+    let ms = EventTime::from_millis;
+    // Stamped here, with this subtask's watermark just before each record.
     assert_eq!(
         out.records(),
         vec![
             Record::new(100, (100, 'a')),
-            Record::new(90, (90, 'b')),
-            Record::new(120, (120, 'c'))
+            Record::new(90, (90, 'b')).with_lateness_watermark(ms(94)),
+            Record::new(120, (120, 'c')).with_lateness_watermark(ms(94))
         ]
     );
-    let ms = EventTime::from_millis;
     assert_eq!(out.watermarks(), vec![ms(94), ms(114)]);
     run.finish()?;
     assert_eq!(out.watermarks().last(), Some(&EventTime::MAX));

@@ -3,6 +3,7 @@
 mod differential;
 mod joins;
 mod lateness;
+mod partition_local;
 mod sessions;
 mod triggers;
 

@@ -107,6 +107,14 @@ impl Job {
         self.configure(|c| c.clock = clock)
     }
 
+    /// How operators decide that a record is late (default:
+    /// [`LatenessRule::PartitionLocal`](crate::time::LatenessRule::PartitionLocal), by the watermark of the record's own
+    /// source partition, which makes late data deterministic; see
+    /// [`crate::time::LatenessRule`]).
+    pub fn lateness_rule(self, rule: crate::time::LatenessRule) -> Self {
+        self.configure(|c| c.lateness_rule = rule)
+    }
+
     /// What happens to records user code rejects (default: dead letters).
     pub fn failure_policy(self, policy: FailurePolicy) -> Self {
         self.configure(|c| c.failure_policy = policy)

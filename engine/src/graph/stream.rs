@@ -361,12 +361,7 @@ impl<T: Data> Operator<T, T> for TimestampAssigner<T> {
         mut batch: Vec<crate::Record<T>>,
         out: &mut Output<T>,
     ) -> Result<()> {
-        for r in &mut batch {
-            if let Some(f) = &self.timestamps {
-                r.timestamp = f(&r.value);
-            }
-            self.generator.on_timestamp(r.timestamp);
-        }
+        self.generator.stamp(&mut batch, self.timestamps.as_ref());
         out.push_batch(batch);
         let wm = self.generator.current();
         if wm.is_set() {

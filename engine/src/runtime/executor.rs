@@ -89,6 +89,10 @@ impl JobReport {
                 })
                 .collect(),
             late_records: self.counters.late_records.load(Ordering::Relaxed),
+            late_by_operator_watermark: self
+                .counters
+                .late_by_operator_watermark
+                .load(Ordering::Relaxed),
             dead_letters: self.counters.dead_letters.load(Ordering::Relaxed),
             checkpoints: self
                 .coordinator

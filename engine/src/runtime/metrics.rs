@@ -31,6 +31,7 @@ impl OpCounters {
 #[derive(Debug, Default)]
 pub(crate) struct JobCounters {
     pub(crate) late_records: AtomicU64,
+    pub(crate) late_by_operator_watermark: AtomicU64,
     pub(crate) dead_letters: AtomicU64,
 }
 
@@ -56,6 +57,10 @@ pub struct JobSummary {
     pub operators: Vec<OperatorSummary>,
     /// Records that arrived too late for every window they belonged to.
     pub late_records: u64,
+    /// Of those, the records the operator's watermark made late though their
+    /// source partition's had not passed (a partition resuming after being
+    /// idle; records made downstream; or [`LatenessRule::OperatorWatermark`](crate::time::LatenessRule)).
+    pub late_by_operator_watermark: u64,
     /// Records rejected into the dead-letter output.
     pub dead_letters: u64,
     /// The checkpoints completed, in order (empty without checkpointing).
@@ -87,6 +92,14 @@ impl fmt::Display for JobSummary {
             f,
             "  late={} dead_letter={}",
             self.late_records, self.dead_letters
-        )
+        )?;
+        if self.late_by_operator_watermark > 0 {
+            write!(
+                f,
+                " (late by the operator's watermark: {})",
+                self.late_by_operator_watermark
+            )?;
+        }
+        Ok(())
     }
 }

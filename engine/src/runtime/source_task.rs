@@ -1,5 +1,6 @@
 //! A source subtask: reads its partitions round-robin, one batch each,
-//! stamps records, and emits the minimum watermark over its partitions after
+//! stamps records (event time, and the partition's watermark just before
+//! each one: the partition-local lateness rule), and emits the minimum watermark over its partitions after
 //! every batch (idle partitions left out, finished ones at `+inf`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -101,18 +102,7 @@ impl<T: Data> SourceTask<T> {
             progressed = true;
             let generator = &mut partition.generator;
             generator.on_data(now);
-            match &self.timestamps {
-                Some(f) => {
-                    for r in &mut out.records {
-                        r.timestamp = f(&r.value);
-                        generator.on_timestamp(r.timestamp);
-                    }
-                }
-                None => out
-                    .records
-                    .iter()
-                    .for_each(|r| generator.on_timestamp(r.timestamp)),
-            }
+            generator.stamp(&mut out.records, self.timestamps.as_ref());
             self.counters.add_out(out.records.len());
             self.head.push.push_batch(out.records)?;
             let reactivated = self.head.tracker.on_data(index);

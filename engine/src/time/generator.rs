@@ -1,4 +1,5 @@
-use super::EventTime;
+use super::{EventTime, TimestampFn};
+use crate::record::Record;
 
 /// The watermark generator of one source partition (or one subtask of an
 /// `assign_timestamps` operator): tracks the largest timestamp seen and when
@@ -26,6 +27,23 @@ impl WatermarkGenerator {
     pub(crate) fn on_timestamp(&mut self, ts: EventTime) {
         if ts > self.max_timestamp {
             self.max_timestamp = ts;
+        }
+    }
+
+    /// Stamps a batch read from this generator's partition, in order: each
+    /// record's event time (from `timestamps`, or as the source set it) and
+    /// its lateness watermark, the watermark just before it.
+    pub(crate) fn stamp<T>(
+        &mut self,
+        records: &mut [Record<T>],
+        timestamps: Option<&TimestampFn<T>>,
+    ) {
+        for r in records {
+            if let Some(f) = timestamps {
+                r.timestamp = f(&r.value);
+            }
+            r.lateness_watermark = self.current();
+            self.on_timestamp(r.timestamp);
         }
     }
 
@@ -85,6 +103,22 @@ mod tests {
         assert_eq!(g.current(), EventTime::from_millis(7_999));
         g.on_explicit(EventTime::from_millis(9_500));
         assert_eq!(g.current(), EventTime::from_millis(9_500));
+    }
+
+    #[test]
+    fn stamps_each_record_with_the_watermark_just_before_it() {
+        let mut g = WatermarkGenerator::new(Some(1_000), None);
+        let mut batch: Vec<Record<i64>> = [5_000, 7_000, 4_000, 9_000]
+            .into_iter()
+            .map(|ts| Record::new(ts, ts))
+            .collect();
+        g.stamp(&mut batch, None);
+        let marks: Vec<i64> = batch
+            .iter()
+            .map(|r| r.lateness_watermark.millis())
+            .collect();
+        assert_eq!(marks, vec![i64::MIN, 3_999, 5_999, 5_999]);
+        assert_eq!(g.current(), EventTime::from_millis(7_999));
     }
 
     #[test]

@@ -5,16 +5,19 @@
 //! - a watermark `W` asserts that no more records with timestamp `<= W` are expected;
 //! - with bounded out-of-orderness `d`, after a maximum timestamp `M` the watermark is `M - d - 1`;
 //! - watermarks never go backwards: every [`WatermarkTracker`] only ever emits increasing values;
+//! - lateness is judged per source partition ([`LatenessRule`], module `lateness`);
 //! - processing time never comes from the system directly but from a [`Clock`], so tests drive it.
 
 mod clock;
 mod generator;
+mod lateness;
 mod strategy;
 mod timers;
 mod tracker;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub(crate) use generator::WatermarkGenerator;
+pub use lateness::{LateReason, LatenessRule};
 pub use strategy::{TimestampFn, WatermarkStrategy};
 pub use timers::TimerService;
 pub use tracker::WatermarkTracker;

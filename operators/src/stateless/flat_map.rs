@@ -22,8 +22,9 @@ where
 {
     fn process_batch(&mut self, batch: Vec<Record<T>>, out: &mut Output<O>) -> Result<()> {
         for r in batch {
+            let (timestamp, mark) = (r.timestamp, r.lateness_watermark);
             for value in (self.0)(r.value) {
-                out.emit(r.timestamp, value);
+                out.push(Record::new(timestamp, value).with_lateness_watermark(mark));
             }
         }
         Ok(())

@@ -24,7 +24,7 @@ where
     fn process_batch(&mut self, batch: Vec<Record<I>>, out: &mut Output<O>) -> Result<()> {
         for r in batch {
             match (self.0)(&r.value) {
-                Ok(v) => out.emit(r.timestamp, v),
+                Ok(v) => out.push(r.derive(r.timestamp, v)),
                 Err(e) => out.dead_letter(r.timestamp, e, &r.value)?,
             }
         }

@@ -330,6 +330,7 @@ where
                         WindowKind::Sliding { size, slide, offset } => Some(Grid::new(size, slide, offset, lateness)),
                         _ => None,
                     },
+                    rule: ctx.config.lateness_rule,
                 })
             })
             .validate_with(move || {

@@ -9,8 +9,16 @@
 //! not per record.
 //!
 //! Invariants:
-//! - a record late for every window it belongs to (`max_timestamp + L <= W`)
-//!   goes to the late output and the late count, and touches no state;
+//! - lateness is judged by the record's judge watermark `J`: the larger of
+//!   its source partition's watermark just before it and the operator's
+//!   watermark (`tideline_engine::time::LatenessRule`; the partition-local
+//!   rule makes the late set deterministic);
+//! - a record late for every window it belongs to (`max_timestamp + L <= J`)
+//!   goes to the late output and the late count, and touches no state; one
+//!   late for only some of its sliding windows counts in the others only (a
+//!   partial pane); a session record is late when its own window
+//!   `[ts, ts + gap)` is (Flink's rule instead lets it merge into a live
+//!   session; under it, and only then, such a record is kept);
 //! - a window fires on time when the watermark reaches `max_timestamp`, and
 //!   again for each record arriving before `W >= max_timestamp + L`;
 //! - every window's (or pane's) state and timers are gone once the watermark
@@ -19,7 +27,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use tideline_engine::time::TimerService;
+use tideline_engine::time::{LateReason, LatenessRule, TimerService};
 use tideline_engine::{
     Data, EventTime, KeySelector, Operator, Output, OutputTag, Record, RestoreContext, Result,
     SnapshotWriter,
@@ -28,7 +36,7 @@ use tideline_state::{KeyedState, StateKey, ValueStateDescriptor};
 
 use super::aggregate::AggregateFunction;
 use super::assigner::{TimeWindow, WindowKind};
-use super::panes::{pane_buffers, Grid, PaneBuffer, PaneHost};
+use super::panes::{pane_buffers, Grid, PaneBuffer, PaneHost, FULL};
 use super::sessions::{session_buffers, SessionBuffer};
 use super::trigger::{Trigger, TriggerContext, TriggerResult};
 use super::{Firing, ProcessWindowFunction, WindowCollector, WindowInfo};
@@ -113,6 +121,15 @@ pub(crate) struct WindowOperator<K, T, A: AggregateFunction<T>, Tr: Trigger<T>, 
     pub(crate) live: LiveCount,
     /// Sliding windows' geometry, computed once.
     pub(crate) grid: Option<Grid>,
+    pub(crate) rule: LatenessRule,
+}
+
+/// How a record is judged for lateness: by `judge`, the watermark the rule
+/// picks; `mark` is its own lateness watermark (which names the reason).
+#[derive(Clone, Copy, Debug)]
+struct Arrival {
+    judge: EventTime,
+    mark: EventTime,
 }
 
 impl<K, T, A, Tr, P> WindowOperator<K, T, A, Tr, P>
@@ -126,12 +143,14 @@ where
         window.max_timestamp().saturating_add_millis(self.lateness)
     }
 
-    fn is_late(&self, window: &TimeWindow) -> bool {
-        self.cleanup_time(window) <= self.watermark
+    /// Why a record that arrived as `arrival` is late for `window`, if it is.
+    fn late_for(&self, window: &TimeWindow, arrival: Arrival) -> Option<LateReason> {
+        let cleanup = self.cleanup_time(window);
+        (cleanup <= arrival.judge).then(|| self.rule.reason(arrival.mark, cleanup))
     }
 
-    fn late<O: Data>(&self, timestamp: EventTime, value: T, out: &mut Output<O>) {
-        emit_late(&self.late_tag, timestamp, value, out);
+    fn late<O: Data>(&self, reason: LateReason, record: Record<T>, out: &mut Output<O>) {
+        emit_late(&self.late_tag, reason, record, out);
     }
 
     /// Adds a record to a (non-sliding) window and applies the trigger.
@@ -215,14 +234,20 @@ where
         &mut self,
         key: &K,
         window: TimeWindow,
-        timestamp: EventTime,
-        value: T,
+        record: Record<T>,
+        arrival: Arrival,
         out: &mut Output<O>,
     ) -> Result<()>
     where
         O: Data,
         P: ProcessWindowFunction<K, A::Out, O>,
     {
+        if self.rule == LatenessRule::PartitionLocal {
+            if let Some(reason) = self.late_for(&window, arrival) {
+                self.late(reason, record, out);
+                return Ok(());
+            }
+        }
         let mut sessions = self
             .state
             .value(&SESSIONS, key, &())?
@@ -232,19 +257,21 @@ where
             .drain(..)
             .partition(|w| w.overlaps_or_touches(&window));
         let merged = merging.iter().fold(window, |acc, w| acc.cover(w));
-        if merging.is_empty() && self.is_late(&merged) {
-            if !keep.is_empty() {
-                self.state.value(&SESSIONS, key, &())?.set(keep);
+        if merging.is_empty() {
+            if let Some(reason) = self.late_for(&merged, arrival) {
+                if !keep.is_empty() {
+                    self.state.value(&SESSIONS, key, &())?.set(keep);
+                }
+                self.late(reason, record, out);
+                return Ok(());
             }
-            self.late(timestamp, value, out);
-            return Ok(());
         }
         if !(merging.is_empty() || merging.len() == 1 && merging[0] == merged) {
             self.merge_sessions(key, &merging, merged)?;
         }
         keep.push(merged);
         self.state.value(&SESSIONS, key, &())?.set(keep);
-        self.add_to_window(key, merged, timestamp, value, out)
+        self.add_to_window(key, merged, record.timestamp, record.value, out)
     }
 
     fn merge_sessions(
@@ -308,16 +335,16 @@ where
         &mut self,
         grid: Grid,
         key: &K,
-        timestamp: EventTime,
-        value: T,
+        record: Record<T>,
+        arrival: Arrival,
         out: &mut Output<O>,
     ) -> Result<()>
     where
         O: Data,
         P: ProcessWindowFunction<K, A::Out, O>,
     {
-        let start = grid.pane_start(timestamp.millis());
-        let last_end = grid.last_end_of_pane(start);
+        let start = grid.pane_start(record.timestamp.millis());
+        let rule = self.rule;
         let Self {
             state,
             event_timers,
@@ -329,9 +356,16 @@ where
             ..
         } = self;
         // Late for every window it belongs to: the pane's last window expired.
-        if EventTime::from_millis(last_end - 1).saturating_add_millis(grid.lateness) <= *watermark {
-            emit_late(late_tag, timestamp, value, out);
+        let Some(mut from_end) = grid.first_live_end(start, arrival.judge) else {
+            let last_end = grid.last_end_of_pane(start);
+            let cleanup = EventTime::from_millis(last_end - 1).saturating_add_millis(grid.lateness);
+            emit_late(late_tag, rule.reason(arrival.mark, cleanup), record, out);
             return Ok(());
+        };
+        // Windows the operator's watermark has expired never fire again, so a
+        // record judged by that watermark needs no partial pane.
+        if arrival.judge <= *watermark {
+            from_end = FULL;
         }
         let mut stored = state.value(&pane_buffers::<A::Acc>(), key, &())?;
         let mut fresh = None;
@@ -339,14 +373,14 @@ where
             Some(b) => b,
             None => fresh.insert(PaneBuffer::new(&grid, *watermark)),
         };
-        let (acc, created) = buffer.pane_mut(start, || agg.create());
-        agg.add(acc, value);
+        let (acc, created) = buffer.pane_mut(start, from_end, || agg.create());
+        agg.add(acc, record.value);
         if created {
             live.add(1);
         }
         // Windows of the pane that already fired on time fire again (the
         // pane's first window ending at or before the watermark says so).
-        let first_end = grid.first_end_of_pane(start);
+        let first_end = grid.first_end_of_pane(start).max(from_end);
         let refires = EventTime::from_millis(first_end - 1) <= *watermark;
         // Only a new pane or a late re-firing can leave the buffer's record of
         // fired windows behind the watermark; a record in a pane whose windows
@@ -356,7 +390,7 @@ where
         }
         if refires {
             let mut host = Host::new(agg, function, key);
-            buffer.fire_late(&mut host, &grid, start, created, *watermark, out)?;
+            buffer.fire_late(&mut host, &grid, start, from_end, created, *watermark, out)?;
         }
         // A new pane may need the key's timer earlier; an existing one is covered.
         if created {
@@ -374,8 +408,8 @@ where
         &mut self,
         key: &K,
         window: TimeWindow,
-        timestamp: EventTime,
-        value: T,
+        record: Record<T>,
+        arrival: Arrival,
         out: &mut Output<O>,
     ) -> Result<()>
     where
@@ -391,6 +425,7 @@ where
             live,
             late_tag,
             lateness,
+            rule,
             ..
         } = self;
         let mut stored = state.value(&session_buffers::<A::Acc>(), key, &())?;
@@ -399,12 +434,14 @@ where
             Some(b) => b,
             None => fresh.insert(SessionBuffer::new()),
         };
-        if buffer.is_late(&window, *lateness, *watermark) {
-            emit_late(late_tag, timestamp, value, out);
+        let alone_only = *rule == LatenessRule::OperatorWatermark;
+        if buffer.is_late(&window, *lateness, arrival.judge, alone_only) {
+            let cleanup = window.max_timestamp().saturating_add_millis(*lateness);
+            emit_late(late_tag, rule.reason(arrival.mark, cleanup), record, out);
             return Ok(());
         }
         let mut single = agg.create();
-        agg.add(&mut single, value);
+        agg.add(&mut single, record.value);
         let mut host = Host::new(agg, function, key);
         let added = buffer.add(&mut host, window, single, *lateness, *watermark, out)?;
         live.add(added.live_delta);
@@ -590,13 +627,13 @@ where
 /// Counts a late record and sends it to the late output, if there is one.
 fn emit_late<T: Data, O: Data>(
     tag: &Option<OutputTag<T>>,
-    timestamp: EventTime,
-    value: T,
+    reason: LateReason,
+    record: Record<T>,
     out: &mut Output<O>,
 ) {
-    out.count_late(1);
+    out.count_late_for(reason, 1);
     if let Some(tag) = tag {
-        out.emit_to(tag, timestamp, value);
+        out.push_to(tag, record);
     }
 }
 
@@ -687,7 +724,8 @@ where
     P: ProcessWindowFunction<K, A::Out, O>,
 {
     fn process_batch(&mut self, batch: Vec<Record<T>>, out: &mut Output<O>) -> Result<()> {
-        for Record { timestamp, value } in batch {
+        for record in batch {
+            let timestamp = record.timestamp;
             if !timestamp.is_set() {
                 out.dead_letter(
                     timestamp,
@@ -696,27 +734,30 @@ where
                 )?;
                 continue;
             }
-            let key = (self.key)(&value);
+            let key = (self.key)(&record.value);
+            let arrival = Arrival {
+                judge: self.rule.judge(record.lateness_watermark, self.watermark),
+                mark: record.lateness_watermark,
+            };
             match &self.kind {
                 WindowKind::Tumbling { size, offset } => {
                     let window =
                         WindowKind::<T>::tumbling_window(*size, *offset, timestamp.millis());
-                    if self.is_late(&window) {
-                        self.late(timestamp, value, out);
-                    } else {
-                        self.add_to_window(&key, window, timestamp, value, out)?;
+                    match self.late_for(&window, arrival) {
+                        Some(reason) => self.late(reason, record, out),
+                        None => self.add_to_window(&key, window, timestamp, record.value, out)?,
                     }
                 }
                 WindowKind::Global => {
-                    self.add_to_window(&key, TimeWindow::GLOBAL, timestamp, value, out)?
+                    self.add_to_window(&key, TimeWindow::GLOBAL, timestamp, record.value, out)?
                 }
                 WindowKind::Sliding { .. } => {
                     if let Some(grid) = self.grid {
-                        self.add_to_panes(grid, &key, timestamp, value, out)?;
+                        self.add_to_panes(grid, &key, record, arrival, out)?;
                     }
                 }
                 WindowKind::Session(gap) => {
-                    let gap = self.kind.gap_of(gap, &value);
+                    let gap = self.kind.gap_of(gap, &record.value);
                     if gap <= 0 {
                         out.dead_letter(
                             timestamp,
@@ -728,9 +769,9 @@ where
                     let window =
                         TimeWindow::new(timestamp.millis(), timestamp.millis().saturating_add(gap));
                     if self.buffered_sessions() {
-                        self.add_to_session_buffer(&key, window, timestamp, value, out)?;
+                        self.add_to_session_buffer(&key, window, record, arrival, out)?;
                     } else {
-                        self.add_to_session(&key, window, timestamp, value, out)?;
+                        self.add_to_session(&key, window, record, arrival, out)?;
                     }
                 }
             }

@@ -7,6 +7,14 @@
 //! `()`), with one timer at a time: the next window end to fire, or the next
 //! pane to expire, whichever comes first. So a record costs one state lookup,
 //! and firing a window costs one lookup and one timer, whatever `size/slide` is.
+//!
+//! A record can be late for some of its pane's windows and not for the
+//! others (the partition-local lateness rule judges by the record's own
+//! partition's watermark, which may be ahead of the operator's, so those
+//! windows have not fired yet). Such a record goes to a *partial pane*: the
+//! same slice, counted only in windows ending at or after its `from_end`.
+//! Partial panes sit in the same sorted buffer, after the full pane of their
+//! slice, and fire and expire like it.
 
 use std::collections::VecDeque;
 
@@ -16,11 +24,23 @@ use tideline_state::ValueStateDescriptor;
 use super::assigner::{floor_mod_diff, TimeWindow};
 use super::Firing;
 
+/// One slice of a key's records: all of them (`from_end == FULL`), or a
+/// partial pane counted only in windows ending at or after `from_end`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Pane<Acc> {
+    start: i64,
+    from_end: i64,
+    acc: Acc,
+}
+
+/// The `from_end` of a full pane: it counts in every window holding its slice.
+pub(crate) const FULL: i64 = i64::MIN;
+
 /// The panes of one key, and where its on-time firings have got to.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PaneBuffer<Acc> {
-    /// `(pane start, accumulator)`, sorted by start.
-    panes: VecDeque<(i64, Acc)>,
+    /// Sorted by `(start, from_end)`.
+    panes: VecDeque<Pane<Acc>>,
     /// The pending timer of this key, if any.
     timer_at: Option<i64>,
     /// Every window ending at or before this has had its on-time firing.
@@ -81,6 +101,35 @@ impl Grid {
     /// The ends of the first and last windows holding the pane at `start`.
     pub(crate) fn ends_of_pane(&self, start: i64) -> (i64, i64) {
         (self.first_end_of_pane(start), self.last_end_of_pane(start))
+    }
+
+    /// The first window end of the pane at `start` that a record judged by
+    /// watermark `judge` is not late for (`end - 1 + L > judge`): [`FULL`]
+    /// when it is late for none, `None` when it is late for all.
+    pub(crate) fn first_live_end(&self, start: i64, judge: EventTime) -> Option<i64> {
+        let (first, last) = self.ends_of_pane(start);
+        let expired = |end: i64| {
+            EventTime::from_millis(end.saturating_sub(1)).saturating_add_millis(self.lateness)
+                <= judge
+        };
+        if expired(last) {
+            return None;
+        }
+        if !expired(first) {
+            return Some(FULL);
+        }
+        // The smallest end on the grid with `end >= judge - L + 2`.
+        let bound = judge
+            .millis()
+            .saturating_sub(self.lateness)
+            .saturating_add(2);
+        Some(self.end_at_or_after(bound).max(first))
+    }
+
+    /// The ends of the first and last windows a pane entry counts in.
+    fn ends_of(&self, start: i64, from_end: i64) -> (i64, i64) {
+        let (first, last) = self.ends_of_pane(start);
+        (first.max(from_end), last)
     }
 
     /// When the pane at `start` can be dropped: its last window is past the lateness.
@@ -145,66 +194,83 @@ impl<Acc: Clone> PaneBuffer<Acc> {
         self.fired_through = self.fired_through.max(grid.last_end_due(watermark));
     }
 
-    /// The accumulator of the pane at `start`, created if missing; `true` if created.
+    /// The accumulator of the pane at `start` counting from window end
+    /// `from_end` ([`FULL`] for all its windows), created if missing; `true`
+    /// if created.
     pub(crate) fn pane_mut(
         &mut self,
         start: i64,
+        from_end: i64,
         create: impl FnOnce() -> Acc,
     ) -> (&mut Acc, bool) {
         // Records mostly go to the newest pane: search from the back.
-        let pos = self.panes.iter().rposition(|(s, _)| *s <= start);
+        let pos = self
+            .panes
+            .iter()
+            .rposition(|p| (p.start, p.from_end) <= (start, from_end));
+        let fresh = |acc| Pane {
+            start,
+            from_end,
+            acc,
+        };
         let (index, created) = match pos {
-            Some(i) if self.panes[i].0 == start => (i, false),
+            Some(i) if self.panes[i].start == start && self.panes[i].from_end == from_end => {
+                (i, false)
+            }
             Some(i) => {
-                self.panes.insert(i + 1, (start, create()));
+                self.panes.insert(i + 1, fresh(create()));
                 (i + 1, true)
             }
             None => {
-                self.panes.push_front((start, create()));
+                self.panes.push_front(fresh(create()));
                 (0, true)
             }
         };
-        (&mut self.panes[index].1, created)
+        (&mut self.panes[index].acc, created)
     }
 
     /// The merged accumulator of the window ending at `end`, and whether a
-    /// pane other than `except` contributed.
+    /// pane entry other than `except` (`(start, from_end)`) contributed.
     fn window_acc<O, H: PaneHost<Acc, O>>(
         &self,
         host: &H,
         grid: &Grid,
         end: i64,
-        except: Option<i64>,
+        except: Option<(i64, i64)>,
     ) -> Option<(Acc, bool)> {
         let start = end.saturating_sub(grid.size);
         let mut acc: Option<Acc> = None;
         let mut others = false;
-        for (s, pane) in self.panes.iter().filter(|(s, _)| *s >= start && *s < end) {
-            others |= Some(*s) != except;
+        let counted = |p: &&Pane<Acc>| p.start >= start && p.start < end && p.from_end <= end;
+        for pane in self.panes.iter().filter(counted) {
+            others |= Some((pane.start, pane.from_end)) != except;
             match &mut acc {
-                Some(a) => host.merge(a, pane),
-                None => acc = Some(pane.clone()),
+                Some(a) => host.merge(a, &pane.acc),
+                None => acc = Some(pane.acc.clone()),
             }
         }
         acc.map(|a| (a, others))
     }
 
-    /// Re-fires windows holding pane `start` that already fired but are
-    /// within the allowed lateness (a late record just landed there).
+    /// Re-fires the windows the pane entry `(start, from_end)` counts in
+    /// that already fired but are within the allowed lateness (a late record
+    /// just landed there).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn fire_late<O, H: PaneHost<Acc, O>>(
         &self,
         host: &mut H,
         grid: &Grid,
         start: i64,
+        from_end: i64,
         created: bool,
         watermark: EventTime,
         out: &mut Output<O>,
     ) -> Result<()> {
-        let (first, last) = grid.ends_of_pane(start);
+        let (first, last) = grid.ends_of(start, from_end);
         let mut end = first;
         while end <= last && EventTime::from_millis(end - 1) <= watermark {
             if EventTime::from_millis(end - 1).saturating_add_millis(grid.lateness) > watermark {
-                let except = created.then_some(start);
+                let except = created.then_some((start, from_end));
                 if let Some((acc, others)) = self.window_acc(host, grid, end, except) {
                     host.emit(grid.window(end), acc, Firing::Late, others, out)?;
                 }
@@ -214,17 +280,30 @@ impl<Acc: Clone> PaneBuffer<Acc> {
         Ok(())
     }
 
+    /// The earliest window end at or after `from` that some pane entry
+    /// counts in.
+    fn next_end_from(&self, grid: &Grid, from: i64) -> Option<i64> {
+        let mut best: Option<i64> = None;
+        for p in &self.panes {
+            let (first, last) = grid.ends_of_pane(p.start);
+            // Entries are sorted by start, so `first` only grows from here.
+            if best.is_some_and(|b| first.max(from) >= b) {
+                break;
+            }
+            if last >= from {
+                let end = first.max(p.from_end).max(from);
+                best = Some(best.map_or(end, |b| b.min(end)));
+            }
+        }
+        best
+    }
+
     /// The next time this key needs its timer: the next on-time window end
     /// holding data, or the next pane expiry.
     fn next_due(&self, grid: &Grid) -> Option<i64> {
-        let (front, _) = self.panes.front()?;
-        let expiry = grid.expiry(*front);
-        let next_end = self
-            .panes
-            .iter()
-            .map(|(s, _)| grid.ends_of_pane(*s))
-            .find(|(_, last)| *last > self.fired_through)
-            .map(|(first, _)| first.max(self.fired_through.saturating_add(grid.slide)));
+        let front = self.panes.front()?;
+        let expiry = grid.expiry(front.start);
+        let next_end = self.next_end_from(grid, self.fired_through.saturating_add(grid.slide));
         Some(next_end.map_or(expiry, |e| (e - 1).min(expiry)))
     }
 
@@ -256,12 +335,7 @@ impl<Acc: Clone> PaneBuffer<Acc> {
         let wm = watermark.millis();
         // Windows ending at `e` with `e - 1 <= wm`, in order, skipping gaps.
         let last_due = wm.saturating_add(1);
-        let mut candidate = self
-            .panes
-            .iter()
-            .map(|(s, _)| grid.ends_of_pane(*s))
-            .find(|(_, last)| *last > self.fired_through)
-            .map(|(first, _)| first.max(self.fired_through.saturating_add(grid.slide)));
+        let mut candidate = self.next_end_from(grid, self.fired_through.saturating_add(grid.slide));
         while let Some(end) = candidate {
             if end > last_due {
                 break;
@@ -272,12 +346,7 @@ impl<Acc: Clone> PaneBuffer<Acc> {
             self.fired_through = end;
             let next = end.saturating_add(grid.slide);
             // Jump over windows without panes.
-            candidate = self
-                .panes
-                .iter()
-                .map(|(s, _)| grid.ends_of_pane(*s))
-                .find(|(_, last)| *last >= next)
-                .map(|(first, _)| first.max(next));
+            candidate = self.next_end_from(grid, next);
         }
         // Everything due is done, whether it had data or not.
         self.fired_through = self.fired_through.max(grid.last_end_due(watermark));
@@ -285,7 +354,7 @@ impl<Acc: Clone> PaneBuffer<Acc> {
         while self
             .panes
             .front()
-            .is_some_and(|(s, _)| EventTime::from_millis(grid.expiry(*s)) <= watermark)
+            .is_some_and(|p| EventTime::from_millis(grid.expiry(p.start)) <= watermark)
         {
             self.panes.pop_front();
         }

@@ -80,13 +80,21 @@ impl<Acc: Clone> SessionBuffer<Acc> {
         None
     }
 
-    /// Whether `window` merges with nothing and is already past the lateness.
-    pub(crate) fn is_late(&self, window: &TimeWindow, lateness: i64, watermark: EventTime) -> bool {
-        window.max_timestamp().saturating_add_millis(lateness) <= watermark
-            && !self
-                .sessions
-                .iter()
-                .any(|s| s.window.overlaps_or_touches(window))
+    /// Whether a record's own session `window` is already past the lateness
+    /// by `judge` (and, with `alone_only`, merges with no open session).
+    pub(crate) fn is_late(
+        &self,
+        window: &TimeWindow,
+        lateness: i64,
+        judge: EventTime,
+        alone_only: bool,
+    ) -> bool {
+        window.max_timestamp().saturating_add_millis(lateness) <= judge
+            && !(alone_only
+                && self
+                    .sessions
+                    .iter()
+                    .any(|s| s.window.overlaps_or_touches(window)))
     }
 
     /// Adds a record (already accumulated into `single`, the accumulator of

@@ -17,7 +17,14 @@
 //!   column named.
 //! - [`ReplayOrder::Arrival`] keeps file order. [`ReplayOrder::EventTime`]
 //!   sorts all rows by event time (in memory: the input must fit).
+//! - [`FileSource::partition_per_file`] (or [`FileSource::partition_per_folder`])
+//!   makes each file (each folder) its own source partition, read in its
+//!   own order with its own watermark generator: a directory replays in
+//!   parallel, and, lateness being judged per partition, with the same late
+//!   records at any parallelism. An archive written one file per live
+//!   partition ([`partitioned_archive`]) replays exactly like the live run.
 
+mod archive;
 mod csv;
 mod exactly_once;
 mod jsonl;
@@ -26,6 +33,7 @@ mod predicate;
 mod reader;
 mod sink;
 
+pub use archive::ArchivingSource;
 pub use exactly_once::{
     committed_files, read_committed, ExactlyOnceCsvSink, ExactlyOnceFileSink,
     ExactlyOnceJsonLinesSink, ExactlyOnceParquetSink, PartExtension,
@@ -66,6 +74,25 @@ impl FileFormat {
             _ => None,
         }
     }
+}
+
+/// How a file source's files become source partitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FilePartitioning {
+    /// All files, in name order, are one partition.
+    #[default]
+    Single,
+    /// Each file is a partition.
+    PerFile,
+    /// The files of each folder (e.g. a Hive `name=value` folder), in name
+    /// order, are a partition.
+    PerFolder,
+}
+
+/// The folder layout of a partitioned archive: `partition=<n>` under the
+/// archive's root, zero-padded so that name order is partition order.
+pub fn partitioned_archive(partition: usize) -> String {
+    format!("partition={partition:05}")
 }
 
 /// How fast a file source emits its rows.
@@ -263,6 +290,8 @@ pub struct FileSource<T> {
     sort_memory_rows: usize,
     /// A SQL condition over the record's fields.
     predicate: Option<String>,
+    /// The files of each source partition, in reading order.
+    partitions: Vec<Vec<PathBuf>>,
 }
 
 impl<T> fmt::Debug for FileSource<T> {
@@ -272,6 +301,7 @@ impl<T> fmt::Debug for FileSource<T> {
             .field("files", &self.files.len())
             .field("format", &self.format)
             .field("order", &self.order)
+            .field("partitions", &self.partitions.len())
             .finish()
     }
 }
@@ -344,9 +374,11 @@ impl<T: Data + DeserializeOwned> FileSource<T> {
     /// # Errors
     /// When nothing matches.
     pub fn new(pattern: &str) -> Result<Self> {
+        let files = resolve_files(pattern)?;
         Ok(Self {
             pattern: pattern.to_string(),
-            files: resolve_files(pattern)?,
+            partitions: vec![files.clone()],
+            files,
             format: None,
             mapping: Vec::new(),
             order: ReplayOrder::Arrival,
@@ -362,6 +394,44 @@ impl<T: Data + DeserializeOwned> FileSource<T> {
     /// The files, in the order they are read.
     pub fn files(&self) -> &[PathBuf] {
         &self.files
+    }
+
+    /// Makes each file its own source partition (see [`FilePartitioning`]):
+    /// files are read in parallel (one source subtask per file, up to the
+    /// parallelism), each with its own watermarks. In event-time order each
+    /// partition is sorted on its own.
+    pub fn partition_per_file(self) -> Self {
+        self.partitioning(FilePartitioning::PerFile)
+    }
+
+    /// Makes the files of each folder one source partition (see [`FilePartitioning`]).
+    pub fn partition_per_folder(self) -> Self {
+        self.partitioning(FilePartitioning::PerFolder)
+    }
+
+    /// How files become source partitions (default: all files are one).
+    pub fn partitioning(mut self, partitioning: FilePartitioning) -> Self {
+        self.partitions = match partitioning {
+            FilePartitioning::Single => vec![self.files.clone()],
+            FilePartitioning::PerFile => self.files.iter().map(|f| vec![f.clone()]).collect(),
+            FilePartitioning::PerFolder => {
+                let mut folders: std::collections::BTreeMap<&Path, Vec<PathBuf>> =
+                    std::collections::BTreeMap::new();
+                for f in &self.files {
+                    folders
+                        .entry(f.parent().unwrap_or(Path::new("")))
+                        .or_default()
+                        .push(f.clone());
+                }
+                folders.into_values().collect()
+            }
+        };
+        self
+    }
+
+    /// The files of each source partition, in reading order.
+    pub fn partition_files(&self) -> &[Vec<PathBuf>] {
+        &self.partitions
     }
 
     /// Reads every file as `format` whatever its extension.
@@ -500,7 +570,7 @@ impl<T: Data + Serialize + DeserializeOwned + Sync> Source<T> for FileSource<T> 
     }
 
     fn partitions(&self) -> usize {
-        1
+        self.partitions.len()
     }
 
     fn is_bounded(&self) -> bool {
@@ -509,28 +579,34 @@ impl<T: Data + Serialize + DeserializeOwned + Sync> Source<T> for FileSource<T> 
 
     fn create_reader(
         &self,
-        _partition: usize,
+        partition: usize,
         ctx: &ReaderContext,
     ) -> Result<Box<dyn SourceReader<T>>> {
-        Ok(self.paced(self.open_reader()?, ctx))
+        Ok(self.paced(self.open_reader(partition)?, ctx))
     }
 
     fn create_reader_at(
         &self,
-        _partition: usize,
+        partition: usize,
         ctx: &ReaderContext,
         offset: &SourceOffset,
     ) -> Result<Box<dyn SourceReader<T>>> {
-        let mut reader = self.open_reader()?;
+        let mut reader = self.open_reader(partition)?;
         reader.resume(offset)?;
         Ok(self.paced(reader, ctx))
     }
 }
 
 impl<T: Data + Serialize + DeserializeOwned + Sync> FileSource<T> {
-    /// Opens every file (so bad paths, formats and schemas fail before the
-    /// job starts) behind one reader.
-    fn open_reader(&self) -> Result<reader::FileReader<T>> {
+    /// Opens every file of `partition` (so bad paths, formats and schemas
+    /// fail before the job starts) behind one reader.
+    fn open_reader(&self, partition: usize) -> Result<reader::FileReader<T>> {
+        let partition_files = self.partitions.get(partition).ok_or_else(|| {
+            Error::Internal(format!(
+                "file source has {} partitions, asked for partition {partition}",
+                self.partitions.len()
+            ))
+        })?;
         if self.order == ReplayOrder::EventTime && self.event_time.is_none() {
             return Err(Error::config(
                 "file_source.order",
@@ -554,8 +630,8 @@ impl<T: Data + Serialize + DeserializeOwned + Sync> FileSource<T> {
         }
         let columns = self.columns();
         // Open every file now: bad paths, formats and schemas fail before the job starts.
-        let mut files = Vec::with_capacity(self.files.len());
-        for path in &self.files {
+        let mut files = Vec::with_capacity(partition_files.len());
+        for path in partition_files {
             let format = self.format_of(path)?;
             let prune = self
                 .range

@@ -17,7 +17,7 @@ use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 use tideline_engine::{Data, Error, Record, Result, Sink};
 
-fn create(path: &Path) -> Result<File> {
+pub(crate) fn create(path: &Path) -> Result<File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::user(format!("cannot create {}: {e}", dir.display())))?;

@@ -1,0 +1,154 @@
+//! Archiving a live stream per source partition, for an exact replay.
+//!
+//! [`ArchivingSource`] wraps any source and, as each partition's reader
+//! emits records, appends them to that partition's own Parquet file,
+//! `root/partition=NNNNN/part.parquet` ([`partitioned_archive`]). The
+//! records are the source's, in the order the partition emitted them, so a
+//! [`FileSource`](super::FileSource) over `root` with
+//! [`partition_per_folder`](super::FileSource::partition_per_folder) and the
+//! same watermark strategy gives every partition the same record sequence,
+//! hence the same watermarks and, lateness being judged per partition, the
+//! same late records and windows, at any parallelism.
+//!
+//! Invariants and limits:
+//! - the folder names the partition and the row position is the record's
+//!   position in it (the archive of a source started from its beginning);
+//! - a partition's file is complete when the partition ends, or when its
+//!   reader is dropped (a stopped job); a crash leaves an unreadable file;
+//! - an archiving source does not resume from a checkpoint: a restored job
+//!   would append a second copy of the records after the checkpoint, so it
+//!   refuses with a configuration error. Checkpoints can still be taken.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tideline_engine::{
+    Data, Error, ReaderContext, Result, Source, SourceOffset, SourceOutput, SourceReader,
+    SourceStatus,
+};
+
+use super::partitioned_archive;
+use super::sink::{create, FileFormatWriter, ParquetWriter};
+
+/// A source whose partitions are archived to Parquet as they are read; see
+/// the [module docs](self).
+#[derive(Debug)]
+pub struct ArchivingSource<S> {
+    inner: S,
+    root: PathBuf,
+}
+
+impl<S> ArchivingSource<S> {
+    /// Archives `inner`'s partitions under `root`.
+    pub fn new(inner: S, root: impl AsRef<Path>) -> Self {
+        Self {
+            inner,
+            root: root.as_ref().to_path_buf(),
+        }
+    }
+}
+
+impl<T, S> Source<T> for ArchivingSource<S>
+where
+    T: Data + Serialize + Sync,
+    S: Source<T>,
+{
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn partitions(&self) -> usize {
+        self.inner.partitions()
+    }
+
+    fn is_bounded(&self) -> bool {
+        self.inner.is_bounded()
+    }
+
+    fn create_reader(
+        &self,
+        partition: usize,
+        ctx: &ReaderContext,
+    ) -> Result<Box<dyn SourceReader<T>>> {
+        let path = self
+            .root
+            .join(partitioned_archive(partition))
+            .join("part.parquet");
+        let writer = <ParquetWriter as FileFormatWriter<T>>::open(create(&path)?)?;
+        Ok(Box::new(ArchivingReader {
+            inner: self.inner.create_reader(partition, ctx)?,
+            writer: Some(writer),
+            path,
+        }))
+    }
+
+    fn create_reader_at(
+        &self,
+        _partition: usize,
+        _ctx: &ReaderContext,
+        _offset: &SourceOffset,
+    ) -> Result<Box<dyn SourceReader<T>>> {
+        Err(Error::config(
+            format!("source '{}'.archive", self.inner.name()),
+            "an archived source cannot resume from a checkpoint (the archive would hold the \
+             records after the checkpoint twice); archive with an exactly-once Parquet sink instead",
+        ))
+    }
+}
+
+struct ArchivingReader<T> {
+    inner: Box<dyn SourceReader<T>>,
+    writer: Option<ParquetWriter>,
+    path: PathBuf,
+}
+
+impl<T> ArchivingReader<T> {
+    fn close(&mut self) -> Result<()>
+    where
+        T: Serialize,
+    {
+        match self.writer.take() {
+            Some(w) => <ParquetWriter as FileFormatWriter<T>>::close(w, &self.path)
+                .map_err(|e| Error::user(format!("closing {}: {e}", self.path.display()))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<T: Data + Serialize> SourceReader<T> for ArchivingReader<T> {
+    fn poll(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus> {
+        let before = out.len();
+        let status = self.inner.poll(out)?;
+        if let Some(writer) = &mut self.writer {
+            let new: Vec<&T> = out.records()[before..].iter().map(|r| &r.value).collect();
+            if !new.is_empty() {
+                writer
+                    .write(&new)
+                    .map_err(|e| Error::user(format!("writing {}: {e}", self.path.display())))?;
+            }
+        }
+        if status == SourceStatus::Finished {
+            self.close()?;
+        }
+        Ok(status)
+    }
+
+    fn offset(&self) -> Option<SourceOffset> {
+        self.inner.offset()
+    }
+}
+
+impl<T> Drop for ArchivingReader<T> {
+    fn drop(&mut self) {
+        // A stopped job's partition file is complete up to where it stopped.
+        if let Some(w) = self.writer.take() {
+            let _ = close_untyped(w, &self.path);
+        }
+    }
+}
+
+/// Closes a Parquet file without knowing its record type (the footer does
+/// not depend on it).
+fn close_untyped(writer: ParquetWriter, path: &Path) -> std::result::Result<(), String> {
+    <ParquetWriter as FileFormatWriter<()>>::close(writer, path)
+}
