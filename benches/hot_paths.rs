@@ -8,8 +8,9 @@
 //!   per record), and a keyed exchange through a whole job at parallelism 2
 //!   (per 100,000 records);
 //! - `state/*`: a read-modify-write of a keyed `u64` value in a hot key set,
-//!   on the memory and RocksDB backends (RocksDB with a write-back cache
-//!   smaller than the key set, so it reads from and writes to the database);
+//!   on the memory and (with the `rocksdb` feature) RocksDB backends
+//!   (RocksDB with a write-back cache smaller than the key set, so it reads
+//!   from and writes to the database);
 //! - `panes/*`: combining the five 2 s panes of a 10 s sliding window
 //!   (count + sum + max accumulators).
 
@@ -23,7 +24,9 @@ use tideline::prelude::*;
 use tideline::state::key_group::{key_group_of, subtask_for_key_group};
 use tideline::state::{KeyedState, StateScope};
 use tideline::window::WindowKind;
-use tideline::{RocksDbOptions, StateBackend};
+#[cfg(feature = "rocksdb")]
+use tideline::RocksDbOptions;
+use tideline::StateBackend;
 
 fn window_assign(c: &mut Criterion) {
     let mut group = c.benchmark_group("window_assign");
@@ -104,13 +107,13 @@ fn state(c: &mut Criterion) {
     let mut group = c.benchmark_group("state");
     group.throughput(Throughput::Elements(1));
     let dir = std::env::temp_dir().join(format!("tideline-hot-paths-{}", std::process::id()));
-    let backends = [
-        ("memory", StateBackend::Memory),
-        (
-            "rocksdb",
-            StateBackend::RocksDb(RocksDbOptions::new(&dir).cache_entries(1_000)),
-        ),
-    ];
+    #[allow(unused_mut)]
+    let mut backends = vec![("memory", StateBackend::Memory)];
+    #[cfg(feature = "rocksdb")]
+    backends.push((
+        "rocksdb",
+        StateBackend::RocksDb(RocksDbOptions::new(&dir).cache_entries(1_000)),
+    ));
     for (name, backend) in backends {
         let Ok(mut state) =
             KeyedState::<u64>::open(&backend, StateScope::for_subtask("bench", 0, 1, 128))

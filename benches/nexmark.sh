@@ -13,7 +13,7 @@ if [ ${#queries[@]} -eq 0 ]; then
   queries=(q0 q1 q2 q3 q5 q7 q8 q11 w1 w2)
 fi
 # `PROFILE=bench` reuses a `cargo bench` build (the same settings as release).
-cargo build --profile "${PROFILE:-release}" --example nexmark --quiet
+cargo build --profile "${PROFILE:-release}" --features rocksdb --example nexmark --quiet
 driver="${CARGO_TARGET_DIR:-target}/release/examples/nexmark"
 for q in "${queries[@]}"; do
   for p in 1 2; do

@@ -5,6 +5,8 @@
 //!     [--state memory|rocksdb] [--checkpoint-interval 1s] [--rate 1000000] [--live]
 //! ```
 //!
+//! `--state rocksdb` needs the `rocksdb` feature (`--features rocksdb`).
+//!
 //! Events are generated into memory first (unless `--live`), so the run
 //! measures the job, not the generator; the generator's own speed is printed
 //! on a line of its own. The last line of stdout is
@@ -20,7 +22,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use tideline::prelude::*;
 use tideline::window::{ParseSpanError, Span};
-use tideline::{RocksDbOptions, StateBackend};
+#[cfg(feature = "rocksdb")]
+use tideline::RocksDbOptions;
+use tideline::StateBackend;
 use tideline_nexmark::{BenchSink, Event, LatencyProbe, NexmarkConfig, NexmarkSource, Query};
 
 /// The driver's command line.
@@ -61,6 +65,21 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// The process's peak resident set (VmHWM), in MiB.
+/// The RocksDB backend, working files under `dir`.
+#[cfg(feature = "rocksdb")]
+fn rocksdb_backend(dir: PathBuf) -> Result<StateBackend> {
+    Ok(StateBackend::RocksDb(RocksDbOptions::new(dir)))
+}
+
+/// This build has no RocksDB backend: `--state rocksdb` is a clear error.
+#[cfg(not(feature = "rocksdb"))]
+fn rocksdb_backend(_dir: PathBuf) -> Result<StateBackend> {
+    Err(Error::config(
+        "--state",
+        "built without the `rocksdb` feature; rebuild with --features rocksdb",
+    ))
+}
+
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -122,9 +141,7 @@ pub(crate) fn run(args: &Args) -> Result<String> {
         .parallelism(args.parallelism)
         .mode(ExecutionMode::Bounded);
     if args.state == "rocksdb" {
-        job = job.state_backend(StateBackend::RocksDb(RocksDbOptions::new(
-            scratch.join("rocksdb"),
-        )));
+        job = job.state_backend(rocksdb_backend(scratch.join("rocksdb"))?);
     }
     if let Some(interval) = args.checkpoint_interval {
         job = job.checkpointing(interval, scratch.join("checkpoints"));

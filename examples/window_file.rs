@@ -10,10 +10,10 @@
 //!   --order arrival | event-time
 //!   [--partition-per-file]           # each file its own source partition (parallel, same late data)
 //!   [--rate R]                       # pace to R records/s (default: as fast as possible)
-//!   [--filter SQL]                   # keep rows meeting a SQL condition over key, value, ts
+//!   [--filter SQL]                   # keep rows meeting a SQL condition over key, value, ts (`sql` feature)
 //!   --output out.csv                 # header: key,window_start,window_end,count,sum,min,max
 //!   --late-output late.csv           # header: key,ts,value
-//!   [--state memory|rocksdb]         # where window state lives (default memory)
+//!   [--state memory|rocksdb]         # where window state lives (default memory; rocksdb: `rocksdb` feature)
 //!   [--checkpoint-dir DIR]           # checkpoint there; resume from the latest one
 //!   [--checkpoint-interval 200ms]    # default 1s
 //! ```
@@ -48,7 +48,9 @@ use tideline::connectors::file::{
 use tideline::engine::checkpoint::CheckpointStorage;
 use tideline::prelude::*;
 use tideline::window::{Span, WindowKind};
-use tideline::{RestoreFrom, RocksDbOptions, StateBackend};
+#[cfg(feature = "rocksdb")]
+use tideline::RocksDbOptions;
+use tideline::{RestoreFrom, StateBackend};
 
 /// One input row: the three int64 columns the job reads.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -176,6 +178,36 @@ struct Args {
 enum StateKind {
     Memory,
     RocksDb,
+}
+
+/// The RocksDB backend, working files under `dir`.
+#[cfg(feature = "rocksdb")]
+fn rocksdb_backend(dir: &std::path::Path) -> Result<StateBackend> {
+    Ok(StateBackend::RocksDb(RocksDbOptions::new(dir)))
+}
+
+/// This build has no RocksDB backend: `--state rocksdb` is a clear error.
+#[cfg(not(feature = "rocksdb"))]
+fn rocksdb_backend(_dir: &std::path::Path) -> Result<StateBackend> {
+    Err(Error::config(
+        "--state",
+        "built without the `rocksdb` feature; rebuild with --features rocksdb",
+    ))
+}
+
+/// `source` keeping only the rows meeting the SQL condition `sql`.
+#[cfg(feature = "sql")]
+fn with_filter(source: FileSource<Event>, sql: &str) -> Result<FileSource<Event>> {
+    Ok(source.filter(sql))
+}
+
+/// This build has no SQL predicates: `--filter` is a clear error.
+#[cfg(not(feature = "sql"))]
+fn with_filter(_source: FileSource<Event>, _sql: &str) -> Result<FileSource<Event>> {
+    Err(Error::config(
+        "--filter",
+        "built without the `sql` feature; rebuild with --features sql",
+    ))
 }
 
 fn parse_state(text: &str) -> Result<StateKind, String> {
@@ -326,7 +358,7 @@ pub fn run(args: &[&str]) -> Result<String> {
         source = source.pace(Pacing::RecordsPerSecond(rate));
     }
     if let Some(sql) = &args.filter {
-        source = source.filter(sql);
+        source = with_filter(source, sql)?;
     }
     let total = source.total_rows_hint();
     let mut job = Job::new()
@@ -342,7 +374,7 @@ pub fn run(args: &[&str]) -> Result<String> {
     if args.state == StateKind::RocksDb {
         // Whatever an earlier, killed run left there is of no use.
         let _ = std::fs::remove_dir_all(&scratch);
-        job = job.state_backend(StateBackend::RocksDb(RocksDbOptions::new(&scratch)));
+        job = job.state_backend(rocksdb_backend(&scratch)?);
     }
     let resuming = match &args.checkpoint_dir {
         Some(dir) => {

@@ -28,15 +28,38 @@
 //! Crates behind the facade: [`engine`] (job graph, runtime, time),
 //! [`operators`] (transforms, process functions, connectors, [`testing`]) and
 //! [`state`] (keyed state).
+//!
+//! # Feature flags
+//!
+//! The default build is pure Rust: it needs no C/C++ toolchain and no system
+//! package. It has in-memory keyed state, files read through Arrow/Parquet,
+//! the generator, vector and push sources, and the CSV, JSON-lines and
+//! Parquet sinks. Optional parts are behind Cargo features; an API whose
+//! feature is off is absent (it does not compile), never a runtime error.
+//!
+//! - `rocksdb`: the RocksDB state backend, `StateBackend::RocksDb` with
+//!   `RocksDbOptions`, for state larger than memory. Builds RocksDB from C++
+//!   sources, which needs a C++ compiler and libclang (`libclang-dev clang`
+//!   on Debian/Ubuntu).
+//! - `sql`: SQL predicates of file sources,
+//!   `FileSource::filter("value > 10 AND key <> 3")`, planned and evaluated
+//!   by DataFusion.
+//! - `full`: all of the above.
+//!
+//! ```toml
+//! [dependencies]
+//! tideline = { version = "0.1", features = ["rocksdb"] }
+//! ```
 
 pub use tideline_engine as engine;
+#[cfg(feature = "rocksdb")]
+pub use tideline_engine::RocksDbOptions;
 pub use tideline_engine::{
     time, CheckpointConfig, CheckpointStats, Committer, Data, DeadLetter, Error, ErrorDomain,
     EventTime, ExecutionMode, FailurePolicy, Job, JobConfig, JobHandle, JobSummary, KeyedStream,
     LocalRun, Operator, OperatorContext, OperatorSummary, Output, OutputTag, ReaderContext, Record,
-    RestoreContext, RestoreFrom, Result, RocksDbOptions, Sink, SnapshotWriter, Source,
-    SourceOffset, SourceOutput, SourceReader, SourceStatus, StateBackend, Stream, SubtaskInfo,
-    Watermark,
+    RestoreContext, RestoreFrom, Result, Sink, SnapshotWriter, Source, SourceOffset, SourceOutput,
+    SourceReader, SourceStatus, StateBackend, Stream, SubtaskInfo, Watermark,
 };
 pub use tideline_operators as operators;
 pub use tideline_operators::{connectors, join, process, stateless, testing, window};

@@ -112,6 +112,7 @@ fn example_nexmark_prints_the_summary_line() -> tideline::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "rocksdb")]
 #[test]
 fn example_nexmark_checkpoints_on_rocksdb_and_reports_latency_when_paced() -> tideline::Result<()> {
     let dir = tempfile::tempdir().map_err(|e| tideline::Error::user(e.to_string()))?;
@@ -141,6 +142,19 @@ fn example_nexmark_checkpoints_on_rocksdb_and_reports_latency_when_paced() -> ti
         "every bid is a result with a latency: {line}"
     );
     Ok(())
+}
+
+#[cfg(not(feature = "rocksdb"))]
+#[test]
+fn example_nexmark_names_the_missing_rocksdb_feature() {
+    let err = nexmark_line(&["--query", "q0", "--events", "100", "--state", "rocksdb"])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("built without the `rocksdb` feature; rebuild with --features rocksdb"),
+        "{err}"
+    );
 }
 
 #[test]

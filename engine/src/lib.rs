@@ -44,5 +44,7 @@ pub use runtime::executor::{JobHandle, LocalRun};
 pub use runtime::metrics::{JobSummary, OperatorSummary};
 pub use sink::{Committer, Sink, SubtaskInfo};
 pub use source::{ReaderContext, Source, SourceOffset, SourceOutput, SourceReader, SourceStatus};
-pub use tideline_state::{RocksDbOptions, StateBackend};
+#[cfg(feature = "rocksdb")]
+pub use tideline_state::RocksDbOptions;
+pub use tideline_state::StateBackend;
 pub use time::{EventTime, Watermark};

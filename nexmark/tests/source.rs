@@ -1,14 +1,15 @@
 //! The Nexmark source: live generation equals replay, partitions cover every
 //! event once, a reader resumes exactly at its offset, bad settings are
-//! refused, and queries give the same answer on RocksDB state.
+//! refused, and queries give the same answer on RocksDB state (`rocksdb`
+//! feature).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::sync::Arc;
 
 use tideline::prelude::*;
-use tideline::{ReaderContext, RocksDbOptions, SourceOutput, SourceStatus, StateBackend};
-use tideline_nexmark::{queries, Event, NexmarkConfig, NexmarkSource};
+use tideline::{ReaderContext, SourceOutput, SourceStatus};
+use tideline_nexmark::{Event, NexmarkConfig, NexmarkSource};
 
 fn config() -> NexmarkConfig {
     NexmarkConfig {
@@ -145,50 +146,58 @@ fn a_paced_source_emits_only_what_is_due() {
     assert_eq!(start.millis(), Some(1_000));
 }
 
-/// Runs `query` with `backend` and returns its sorted output.
-fn run_with<T: tideline::Data + Ord>(
-    backend: Option<StateBackend>,
-    events: &[Event],
-    query: impl Fn(&Stream<Event>) -> Stream<T>,
-) -> Vec<T> {
-    let mut job = Job::new().parallelism(2).mode(ExecutionMode::Bounded);
-    if let Some(backend) = backend {
-        job = job.state_backend(backend);
+/// The same queries on RocksDB state (`rocksdb` feature).
+#[cfg(feature = "rocksdb")]
+mod rocksdb {
+    use super::*;
+    use tideline::{RocksDbOptions, StateBackend};
+    use tideline_nexmark::queries;
+
+    /// Runs `query` with `backend` and returns its sorted output.
+    fn run_with<T: tideline::Data + Ord>(
+        backend: Option<StateBackend>,
+        events: &[Event],
+        query: impl Fn(&Stream<Event>) -> Stream<T>,
+    ) -> Vec<T> {
+        let mut job = Job::new().parallelism(2).mode(ExecutionMode::Bounded);
+        if let Some(backend) = backend {
+            job = job.state_backend(backend);
+        }
+        let out = CollectSink::new();
+        query(&job.source(
+            NexmarkSource::replay(events.to_vec()).with_partitions(2),
+            WatermarkStrategy::monotonous(),
+        ))
+        .sink(out.clone());
+        job.run().unwrap();
+        let mut values = out.values();
+        values.sort();
+        values
     }
-    let out = CollectSink::new();
-    query(&job.source(
-        NexmarkSource::replay(events.to_vec()).with_partitions(2),
-        WatermarkStrategy::monotonous(),
-    ))
-    .sink(out.clone());
-    job.run().unwrap();
-    let mut values = out.values();
-    values.sort();
-    values
-}
 
-#[test]
-fn stateful_queries_agree_on_rocksdb_state() {
-    let events = config().generate(30_000).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let rocks = || {
-        Some(StateBackend::RocksDb(RocksDbOptions::new(
-            dir.path().join(format!("{}", next_dir_id())),
-        )))
-    };
-    let memory = run_with(None, &events, queries::q3);
-    assert!(!memory.is_empty());
-    assert!(memory == run_with(rocks(), &events, queries::q3), "q3");
-    let memory = run_with(None, &events, queries::q5);
-    assert!(memory == run_with(rocks(), &events, queries::q5), "q5");
-    let memory = run_with(None, &events, queries::q7);
-    assert!(memory == run_with(rocks(), &events, queries::q7), "q7");
-    let memory = run_with(None, &events, queries::q11);
-    assert!(memory == run_with(rocks(), &events, queries::q11), "q11");
-}
+    #[test]
+    fn stateful_queries_agree_on_rocksdb_state() {
+        let events = config().generate(30_000).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let rocks = || {
+            Some(StateBackend::RocksDb(RocksDbOptions::new(
+                dir.path().join(format!("{}", next_dir_id())),
+            )))
+        };
+        let memory = run_with(None, &events, queries::q3);
+        assert!(!memory.is_empty());
+        assert!(memory == run_with(rocks(), &events, queries::q3), "q3");
+        let memory = run_with(None, &events, queries::q5);
+        assert!(memory == run_with(rocks(), &events, queries::q5), "q5");
+        let memory = run_with(None, &events, queries::q7);
+        assert!(memory == run_with(rocks(), &events, queries::q7), "q7");
+        let memory = run_with(None, &events, queries::q11);
+        assert!(memory == run_with(rocks(), &events, queries::q11), "q11");
+    }
 
-fn next_dir_id() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    fn next_dir_id() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
 }

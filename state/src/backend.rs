@@ -1,21 +1,27 @@
 //! Which backend keeps an operator's keyed state, and how it is sized.
 
+#[cfg(feature = "rocksdb")]
 use std::path::PathBuf;
 
 /// Where keyed state lives.
+///
+/// Non-exhaustive: backends behind Cargo features (`rocksdb`) add variants.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub enum StateBackend {
     /// Typed hash tables on the heap: fastest, bounded by memory.
     #[default]
     Memory,
     /// RocksDB on local disk behind a write-back cache of hot entries: state
-    /// may be far larger than memory.
+    /// may be far larger than memory. Needs the `rocksdb` feature.
+    #[cfg(feature = "rocksdb")]
     RocksDb(RocksDbOptions),
 }
 
 /// Sizing of the RocksDB backend. Memory use per subtask stays under
 /// `block_cache_bytes + write_buffer_bytes` plus the write-back cache
-/// (`cache_entries` decoded entries per state).
+/// (`cache_entries` decoded entries per state). Needs the `rocksdb` feature.
+#[cfg(feature = "rocksdb")]
 #[derive(Clone, Debug)]
 pub struct RocksDbOptions {
     /// Directory for the working databases (one per operator subtask). It
@@ -30,6 +36,7 @@ pub struct RocksDbOptions {
     pub cache_entries: usize,
 }
 
+#[cfg(feature = "rocksdb")]
 impl RocksDbOptions {
     /// Defaults: 64 MiB block cache, 64 MiB of memtables, 100,000 cached entries per state.
     pub fn new(dir: impl Into<PathBuf>) -> Self {

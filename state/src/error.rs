@@ -1,7 +1,10 @@
 use std::any::type_name;
 
 /// Errors of the state layer.
+///
+/// Non-exhaustive: backends behind Cargo features (`rocksdb`) add variants.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StateError {
     /// The same state name was registered twice with different value types.
     /// This is a bug in the job's code (two descriptors share a name).
@@ -24,7 +27,8 @@ pub enum StateError {
         /// The codec's message.
         reason: String,
     },
-    /// RocksDB reported an error.
+    /// RocksDB reported an error (`rocksdb` feature).
+    #[cfg(feature = "rocksdb")]
     #[error("RocksDB state backend at {path}: {reason}")]
     RocksDb {
         /// The database directory.

@@ -32,6 +32,7 @@ use std::any::{Any, TypeId};
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+#[cfg(feature = "rocksdb")]
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hashbrown::{Equivalent, HashMap, HashSet};
@@ -42,6 +43,7 @@ use serde::Serialize;
 use crate::backend::StateBackend;
 use crate::codec::{decode, decode_state_key, encode_into, encode_state_key, group_of_stored_key};
 use crate::key_group::DEFAULT_KEY_GROUPS;
+#[cfg(feature = "rocksdb")]
 use crate::rocks::RocksStore;
 use crate::snapshot::{self, SnapshotKind};
 use crate::{
@@ -186,6 +188,7 @@ impl<K: StateKey, N: StateKey, T: Send + Serialize + DeserializeOwned + 'static>
     }
 
     /// Makes sure the entry of `(key, namespace)` is cached (RocksDB backend).
+    #[cfg(feature = "rocksdb")]
     #[allow(clippy::too_many_arguments)]
     fn load(
         &mut self,
@@ -212,6 +215,7 @@ impl<K: StateKey, N: StateKey, T: Send + Serialize + DeserializeOwned + 'static>
         Ok(())
     }
 
+    #[cfg(feature = "rocksdb")]
     fn write_back(
         &mut self,
         name: &str,
@@ -259,6 +263,7 @@ trait ErasedTable: Send {
     /// Adds one encoded entry (a restore).
     fn restore_entry(&mut self, name: &str, key: &[u8], value: &[u8]) -> Result<()>;
     /// Writes cached entries and tombstones to RocksDB; empties the cache if `evict`.
+    #[cfg(feature = "rocksdb")]
     fn write_back(
         &mut self,
         name: &str,
@@ -303,6 +308,7 @@ impl<K: StateKey, N: StateKey, T: Send + Serialize + DeserializeOwned + 'static>
         self.insert_decoded(name, key, value)
     }
 
+    #[cfg(feature = "rocksdb")]
     fn write_back(
         &mut self,
         name: &str,
@@ -347,6 +353,7 @@ impl ErasedTable for RawTable {
         Ok(())
     }
 
+    #[cfg(feature = "rocksdb")]
     fn write_back(
         &mut self,
         name: &str,
@@ -371,10 +378,16 @@ struct Table {
 }
 
 /// The RocksDB side of a [`KeyedState`].
+#[cfg(feature = "rocksdb")]
 struct Rocks {
     store: RocksStore,
     cache_entries: usize,
 }
+
+/// Without the `rocksdb` feature there is no RocksDB side: a
+/// `KeyedState::rocks` is always `None`.
+#[cfg(not(feature = "rocksdb"))]
+enum Rocks {}
 
 /// Keyed state of one operator subtask, for keys of type `K`, in memory or in
 /// RocksDB (see the module docs for the caching invariants).
@@ -408,9 +421,11 @@ impl<K: StateKey> Default for KeyedState<K> {
 }
 
 /// Distinguishes working directories of states opened in the same process.
+#[cfg(feature = "rocksdb")]
 static OPEN_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A file-name-safe rendering of an operator name.
+#[cfg(feature = "rocksdb")]
 fn sanitize(name: &str) -> String {
     let cleaned: String = name
         .chars()
@@ -440,6 +455,7 @@ fn typed_table<'t, K: StateKey, N: StateKey, T: Send + Serialize + DeserializeOw
     let index = match tables.iter().position(|t| &*t.name == name) {
         Some(i) => i,
         None => {
+            #[cfg(feature = "rocksdb")]
             if let Some(rocks) = rocks {
                 rocks.store.ensure_cf(name)?;
             }
@@ -497,6 +513,7 @@ impl<K: StateKey> KeyedState<K> {
     pub fn open(backend: &StateBackend, scope: StateScope) -> Result<Self> {
         match backend {
             StateBackend::Memory => Ok(Self::with_scope(scope, None)),
+            #[cfg(feature = "rocksdb")]
             StateBackend::RocksDb(options) => {
                 let nanos = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -580,6 +597,7 @@ impl<K: StateKey> KeyedState<K> {
     }
 
     /// The table of `name`, with the entry of `(key, namespace)` cached.
+    #[cfg_attr(not(feature = "rocksdb"), allow(unused_variables))]
     fn cached_table<N: StateKey, T: Send + Serialize + DeserializeOwned + 'static>(
         &mut self,
         name: &'static str,
@@ -594,6 +612,7 @@ impl<K: StateKey> KeyedState<K> {
             ..
         } = self;
         let table = typed_table::<K, N, T>(tables, rocks.as_mut(), name)?;
+        #[cfg(feature = "rocksdb")]
         if let Some(rocks) = rocks {
             table.load(
                 name,
@@ -609,6 +628,7 @@ impl<K: StateKey> KeyedState<K> {
     }
 
     /// Writes every cached entry and tombstone to RocksDB (no-op in memory).
+    #[cfg(feature = "rocksdb")]
     fn write_back_all(&mut self, evict: bool) -> Result<()> {
         if let Some(rocks) = &mut self.rocks {
             for table in &mut self.tables {
@@ -636,6 +656,7 @@ impl<K: StateKey> KeyedState<K> {
     /// # Errors
     /// [`StateError::Io`], [`StateError::Codec`] or [`StateError::RocksDb`].
     pub fn snapshot_to(&mut self, dir: &Path) -> Result<Vec<SnapshotFile>> {
+        #[cfg(feature = "rocksdb")]
         if self.rocks.is_some() {
             return self.snapshot_rocks(dir);
         }
@@ -658,6 +679,7 @@ impl<K: StateKey> KeyedState<K> {
         }])
     }
 
+    #[cfg(feature = "rocksdb")]
     fn snapshot_rocks(&mut self, dir: &Path) -> Result<Vec<SnapshotFile>> {
         self.write_back_all(false)?;
         let Some(rocks) = &mut self.rocks else {
@@ -728,10 +750,12 @@ impl<K: StateKey> KeyedState<K> {
             }
         }
         // Cached entries would shadow restored ones.
+        #[cfg(feature = "rocksdb")]
         self.write_back_all(true)?;
         let range = self.scope.key_group_range.clone();
         for dir in dirs {
             match &mut self.rocks {
+                #[cfg(feature = "rocksdb")]
                 Some(rocks) => {
                     snapshot::read_rocks_meta(dir, self.scope.key_groups)?;
                     rocks
@@ -760,6 +784,8 @@ impl<K: StateKey> KeyedState<K> {
                         table.data.restore_entry(name, key, value)
                     })?;
                 }
+                #[cfg(not(feature = "rocksdb"))]
+                Some(rocks) => match *rocks {},
             }
         }
         Ok(())
@@ -772,23 +798,39 @@ impl<K: StateKey> KeyedState<K> {
     /// # Errors
     /// [`StateError::RocksDb`] or [`StateError::Codec`] (RocksDB backend).
     pub fn approximate_len(&mut self) -> Result<u64> {
+        #[cfg(feature = "rocksdb")]
         if self.rocks.is_some() {
             self.write_back_all(false)?;
         }
         match &self.rocks {
+            #[cfg(feature = "rocksdb")]
             Some(rocks) => rocks.store.count(),
+            #[cfg(not(feature = "rocksdb"))]
+            Some(rocks) => match *rocks {},
             None => Ok(self.tables.iter().map(|t| t.data.len() as u64).sum()),
         }
     }
 
     /// Bytes of the RocksDB working database on disk (0 in memory).
     pub fn disk_bytes(&self) -> u64 {
-        self.rocks.as_ref().map_or(0, |r| r.store.disk_bytes())
+        match &self.rocks {
+            #[cfg(feature = "rocksdb")]
+            Some(rocks) => rocks.store.disk_bytes(),
+            #[cfg(not(feature = "rocksdb"))]
+            Some(rocks) => match *rocks {},
+            None => 0,
+        }
     }
 
     /// The RocksDB working directory, if this state uses RocksDB.
     pub fn working_dir(&self) -> Option<&Path> {
-        self.rocks.as_ref().map(|r| r.store.path())
+        match &self.rocks {
+            #[cfg(feature = "rocksdb")]
+            Some(rocks) => Some(rocks.store.path()),
+            #[cfg(not(feature = "rocksdb"))]
+            Some(rocks) => match *rocks {},
+            None => None,
+        }
     }
 }
 

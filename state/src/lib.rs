@@ -8,10 +8,10 @@
 //! One [`KeyedState`] holds the state of one operator subtask, kept either in
 //! typed hash tables on the heap ([`StateBackend::Memory`]) or in a local
 //! RocksDB database behind a write-back cache of the same tables
-//! ([`StateBackend::RocksDb`]). Both expose the same handles
-//! ([`ValueState`], [`MapState`], [`ListState`]), write snapshots with
-//! [`KeyedState::snapshot_to`] and load them, possibly at another parallelism,
-//! with [`KeyedState::restore_from`].
+//! (`StateBackend::RocksDb`, with the `rocksdb` Cargo feature). Both expose
+//! the same handles ([`ValueState`], [`MapState`], [`ListState`]), write
+//! snapshots with [`KeyedState::snapshot_to`] and load them, possibly at
+//! another parallelism, with [`KeyedState::restore_from`].
 //!
 //! Invariants:
 //! - a state name is bound to exactly one value type per backend; asking for
@@ -29,10 +29,13 @@ mod descriptor;
 mod error;
 pub mod key_group;
 mod keyed;
+#[cfg(feature = "rocksdb")]
 mod rocks;
 mod snapshot;
 
-pub use backend::{RocksDbOptions, StateBackend};
+#[cfg(feature = "rocksdb")]
+pub use backend::RocksDbOptions;
+pub use backend::StateBackend;
 pub use descriptor::{ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor};
 pub use error::StateError;
 pub use keyed::{KeyedState, ListState, MapState, SnapshotFile, StateScope, ValueState};

@@ -25,9 +25,11 @@ pub(crate) const MEMORY_FILE: &str = "memory-state.bin";
 /// The metadata file of a RocksDB-backend snapshot.
 pub(crate) const ROCKS_META_FILE: &str = "rocksdb-state.meta";
 /// The directory of the RocksDB checkpoint inside a snapshot directory.
+#[cfg(feature = "rocksdb")]
 pub(crate) const ROCKS_DIR: &str = "rocksdb";
 
 const MEMORY_MAGIC: &[u8; 8] = b"TDLMEMS\x01";
+#[cfg(feature = "rocksdb")]
 const ROCKS_MAGIC: &[u8; 8] = b"TDLROCK\x01";
 const VERSION: u32 = 1;
 const TAG_END: u8 = 0;
@@ -41,7 +43,8 @@ const FOOTER_LEN: usize = 1 + 8 + 4;
 pub(crate) enum SnapshotKind {
     /// [`MEMORY_FILE`] is present.
     Memory,
-    /// [`ROCKS_META_FILE`] is present.
+    /// [`ROCKS_META_FILE`] is present. Known without the `rocksdb` feature
+    /// too, so restoring such a snapshot is a clear error.
     RocksDb,
 }
 
@@ -49,7 +52,10 @@ impl SnapshotKind {
     pub(crate) fn describe(self) -> &'static str {
         match self {
             SnapshotKind::Memory => "the in-memory state backend",
-            SnapshotKind::RocksDb => "the RocksDB state backend",
+            SnapshotKind::RocksDb if cfg!(feature = "rocksdb") => "the RocksDB state backend",
+            SnapshotKind::RocksDb => {
+                "the RocksDB state backend (not in this build: the `rocksdb` feature is off)"
+            }
         }
     }
 }
@@ -345,6 +351,7 @@ fn check_key_groups(path: &Path, found: u16, expected: u16) -> Result<()> {
 }
 
 /// Writes [`ROCKS_META_FILE`] into `dir`.
+#[cfg(feature = "rocksdb")]
 pub(crate) fn write_rocks_meta(dir: &Path, key_groups: u16) -> Result<()> {
     let path = dir.join(ROCKS_META_FILE);
     let mut bytes = Vec::with_capacity(HEADER_LEN + 4);
@@ -360,6 +367,7 @@ pub(crate) fn write_rocks_meta(dir: &Path, key_groups: u16) -> Result<()> {
 }
 
 /// Reads and checks [`ROCKS_META_FILE`] in `dir`.
+#[cfg(feature = "rocksdb")]
 pub(crate) fn read_rocks_meta(dir: &Path, key_groups: u16) -> Result<()> {
     let path = dir.join(ROCKS_META_FILE);
     let bytes = std::fs::read(&path).map_err(|e| StateError::io(&path, e))?;

@@ -462,7 +462,9 @@ macro_rules! backend_suite {
 }
 
 backend_suite!(memory, memory_backend, 64);
+#[cfg(feature = "rocksdb")]
 backend_suite!(rocksdb, rocks_backend, 16);
+#[cfg(feature = "rocksdb")]
 backend_suite!(rocksdb_tiny_cache, rocks_tiny_backend, 24);
 
 // ---- broken snapshots ----------------------------------------------------
@@ -515,6 +517,7 @@ fn corrupt_memory_snapshot_is_an_error() -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "rocksdb")]
 #[test]
 fn truncated_rocksdb_snapshot_is_an_error() -> Result<()> {
     let env = Env::new();
@@ -542,6 +545,7 @@ fn truncated_rocksdb_snapshot_is_an_error() -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "rocksdb")]
 #[test]
 fn snapshot_of_the_other_backend_is_an_error() -> Result<()> {
     let env = Env::new();
@@ -567,15 +571,34 @@ fn snapshot_of_the_other_backend_is_an_error() -> Result<()> {
     Ok(())
 }
 
+/// A RocksDB snapshot is recognised in every build, so restoring one into
+/// memory (or without the `rocksdb` feature) is an error naming it.
+#[test]
+fn a_rocksdb_snapshot_is_named_when_restored_into_memory() -> Result<()> {
+    let env = Env::new();
+    let dir = env.snapshot_dir("r");
+    std::fs::write(dir.join("rocksdb-state.meta"), b"").map_err(|e| StateError::Io {
+        path: dir.display().to_string(),
+        source: e,
+    })?;
+    let mut s = whole::<u64>(&StateBackend::Memory)?;
+    let err = s.restore_from(&[dir]).err();
+    assert!(
+        matches!(&err, Some(StateError::Snapshot { path, reason })
+            if path.ends_with("r") && reason.contains("RocksDB state backend")),
+        "{err:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn another_number_of_key_groups_is_an_error() -> Result<()> {
     let env = Env::new();
-    for backend in [StateBackend::Memory, rocks_backend(&env)] {
-        let name = if matches!(backend, StateBackend::Memory) {
-            "m"
-        } else {
-            "r"
-        };
+    #[allow(unused_mut)]
+    let mut backends = vec![("m", StateBackend::Memory)];
+    #[cfg(feature = "rocksdb")]
+    backends.push(("r", rocks_backend(&env)));
+    for (name, backend) in backends {
         let dir = snapshot_of(&backend, &env, name)?;
         let mut s = open::<u64>(&backend, StateScope::for_subtask("op", 0, 1, 64))?;
         let err = s.restore_from(&[dir]).err();
@@ -587,6 +610,7 @@ fn another_number_of_key_groups_is_an_error() -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "rocksdb")]
 #[test]
 fn rocksdb_snapshot_lists_shared_sst_files() -> Result<()> {
     let env = Env::new();

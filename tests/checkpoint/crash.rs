@@ -210,6 +210,7 @@ fn sigkilled_run_with_memory_state_recovers_byte_for_byte() -> Result<()> {
     crash_and_recover("memory")
 }
 
+#[cfg(feature = "rocksdb")]
 #[test]
 fn sigkilled_run_with_rocksdb_state_recovers_byte_for_byte() -> Result<()> {
     crash_and_recover("rocksdb")

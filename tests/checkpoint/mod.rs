@@ -15,7 +15,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tideline::connectors::file::{read_committed, ExactlyOnceCsvSink};
 use tideline::prelude::*;
-use tideline::{RestoreFrom, RocksDbOptions, StateBackend};
+use tideline::RestoreFrom;
+#[cfg(feature = "rocksdb")]
+use tideline::{RocksDbOptions, StateBackend};
 
 /// One generated event.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -38,7 +40,18 @@ pub(crate) struct Out {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Backend {
     Memory,
+    /// Needs the `rocksdb` feature.
+    #[cfg(feature = "rocksdb")]
     RocksDb,
+}
+
+/// Every backend of this build.
+pub(crate) fn backends() -> Vec<Backend> {
+    #[allow(unused_mut)]
+    let mut all = vec![Backend::Memory];
+    #[cfg(feature = "rocksdb")]
+    all.push(Backend::RocksDb);
+    all
 }
 
 /// `n` events over `partitions` partitions, event time advancing 1 ms per
@@ -77,10 +90,14 @@ pub(crate) fn windowed_job(
         .parallelism(parallelism)
         .clock(Arc::clone(clock) as Arc<dyn Clock>)
         .batch_size(64);
-    if let Backend::RocksDb = backend {
-        job = job.state_backend(StateBackend::RocksDb(
-            RocksDbOptions::new(dir.join("rocksdb")).cache_entries(16),
-        ));
+    match backend {
+        Backend::Memory => {}
+        #[cfg(feature = "rocksdb")]
+        Backend::RocksDb => {
+            job = job.state_backend(StateBackend::RocksDb(
+                RocksDbOptions::new(dir.join("rocksdb")).cache_entries(16),
+            ));
+        }
     }
     if checkpoints {
         job = job

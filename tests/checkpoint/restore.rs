@@ -70,6 +70,7 @@ fn memory_state_restores_exactly() -> Result<()> {
     check(Backend::Memory, 2, &[2])
 }
 
+#[cfg(feature = "rocksdb")]
 #[test]
 fn rocksdb_state_restores_exactly() -> Result<()> {
     check(Backend::RocksDb, 2, &[2])
@@ -80,6 +81,7 @@ fn restore_at_parallelism_2_from_checkpoints_taken_at_4() -> Result<()> {
     check(Backend::Memory, 4, &[4, 4, 4, 4, 2])
 }
 
+#[cfg(feature = "rocksdb")]
 #[test]
 fn rocksdb_restore_at_another_parallelism() -> Result<()> {
     check(Backend::RocksDb, 4, &[4, 2, 3, 4, 2])

@@ -33,7 +33,7 @@ fn run(
 
 #[test]
 fn retention_keeps_exactly_the_newest_k() -> Result<()> {
-    for backend in [Backend::Memory, Backend::RocksDb] {
+    for backend in super::backends() {
         let dir = tempdir()?;
         let clock = Arc::new(ManualClock::new(0));
         let summary =

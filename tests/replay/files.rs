@@ -444,6 +444,7 @@ fn hive_partition_directories_fill_fields_and_partitioned_sinks_write_them() -> 
     Ok(())
 }
 
+#[cfg(feature = "sql")]
 #[test]
 fn sql_predicate_filters_rows_and_bad_predicates_fail_before_start() -> Result<()> {
     let dir = tempfile::tempdir().map_err(Error::user)?;

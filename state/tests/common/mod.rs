@@ -7,7 +7,9 @@ impl Default for Env {
     }
 }
 
-use tideline_state::{KeyedState, Result, RocksDbOptions, StateBackend, StateKey, StateScope};
+#[cfg(feature = "rocksdb")]
+use tideline_state::RocksDbOptions;
+use tideline_state::{KeyedState, Result, StateBackend, StateKey, StateScope};
 
 /// A scratch directory for RocksDB working databases and snapshots.
 pub struct Env {
@@ -33,6 +35,7 @@ pub fn memory_backend(_env: &Env) -> StateBackend {
     StateBackend::Memory
 }
 
+#[cfg(feature = "rocksdb")]
 pub fn rocks_backend(env: &Env) -> StateBackend {
     StateBackend::RocksDb(
         RocksDbOptions::new(env.dir.path().join("work"))
@@ -43,6 +46,7 @@ pub fn rocks_backend(env: &Env) -> StateBackend {
 
 /// RocksDB with a write-back cache of 4 entries per state: nearly every
 /// access evicts and reloads.
+#[cfg(feature = "rocksdb")]
 pub fn rocks_tiny_backend(env: &Env) -> StateBackend {
     StateBackend::RocksDb(
         RocksDbOptions::new(env.dir.path().join("work"))

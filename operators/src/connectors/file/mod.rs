@@ -29,6 +29,7 @@ mod csv;
 mod exactly_once;
 mod jsonl;
 mod parquet;
+#[cfg(feature = "sql")]
 mod predicate;
 mod reader;
 mod sink;
@@ -289,6 +290,7 @@ pub struct FileSource<T> {
     /// Rows sorted in memory before sorted runs spill to disk.
     sort_memory_rows: usize,
     /// A SQL condition over the record's fields.
+    #[cfg(feature = "sql")]
     predicate: Option<String>,
     /// The files of each source partition, in reading order.
     partitions: Vec<Vec<PathBuf>>,
@@ -387,6 +389,7 @@ impl<T: Data + DeserializeOwned> FileSource<T> {
             batch_rows: 8_192,
             range: None,
             sort_memory_rows: 10_000_000,
+            #[cfg(feature = "sql")]
             predicate: None,
         })
     }
@@ -472,7 +475,9 @@ impl<T: Data + DeserializeOwned> FileSource<T> {
     /// Keeps only records for which the SQL condition `sql` (over the
     /// record's fields, e.g. `"value > 10 AND key <> 3"`) is true. Checked
     /// when the job is built: an unknown field or a non-boolean condition is
-    /// a configuration error naming `file_source.predicate`.
+    /// a configuration error naming `file_source.predicate`. Needs the `sql`
+    /// feature (DataFusion).
+    #[cfg(feature = "sql")]
     pub fn filter(mut self, sql: &str) -> Self {
         self.predicate = Some(sql.to_string());
         self
@@ -660,6 +665,7 @@ impl<T: Data + Serialize + DeserializeOwned + Sync> FileSource<T> {
                 "a time range needs an event-time function",
             ));
         }
+        #[cfg(feature = "sql")]
         let predicate = match &self.predicate {
             Some(sql) => {
                 use serde_arrow::schema::{SchemaLike, TracingOptions};
@@ -673,6 +679,7 @@ impl<T: Data + Serialize + DeserializeOwned + Sync> FileSource<T> {
         };
         let files = reader::Files {
             files: files.into(),
+            #[cfg(feature = "sql")]
             predicate,
             done: 0,
             range: match (&self.range, &self.event_time) {

@@ -14,6 +14,7 @@ use tideline_engine::{
     Data, Error, Record, Result, SourceOffset, SourceOutput, SourceReader, SourceStatus,
 };
 
+#[cfg(feature = "sql")]
 use super::predicate::Predicate;
 use super::{FileRows, Pacing, SortKey};
 
@@ -23,6 +24,7 @@ pub(crate) struct Files<T> {
     /// `[start, end)` in ms, with the record's event time.
     pub(crate) range: Option<(i64, i64, SortKey<T>)>,
     /// A SQL condition records must meet.
+    #[cfg(feature = "sql")]
     pub(crate) predicate: Option<Arc<Predicate>>,
     /// Files finished so far.
     pub(crate) done: u64,
@@ -30,7 +32,10 @@ pub(crate) struct Files<T> {
 
 impl<T: Data + Serialize> Files<T> {
     fn read(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus> {
-        if self.range.is_none() && self.predicate.is_none() {
+        let unfiltered = self.range.is_none();
+        #[cfg(feature = "sql")]
+        let unfiltered = unfiltered && self.predicate.is_none();
+        if unfiltered {
             return self.read_all(out);
         }
         let mut chunk = SourceOutput::new(out.remaining().max(1));
@@ -39,6 +44,7 @@ impl<T: Data + Serialize> Files<T> {
         if let Some((start, end, time)) = &self.range {
             records.retain(|r| (*start..*end).contains(&time(&r.value)));
         }
+        #[cfg(feature = "sql")]
         if let Some(predicate) = &self.predicate {
             records = predicate.retain(records)?;
         }

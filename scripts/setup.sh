@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the system packages the whole test suite (every Cargo feature)
+# needs, when they are missing. Safe to run again: it installs nothing when
+# everything is there. Used by scripts/test.sh and .ci/run.
+#
+# Today: libclang and clang, for the `rocksdb` feature (librocksdb-sys builds
+# RocksDB from C++ sources and runs bindgen, which loads libclang).
+# Later features add their packages here, in one place.
+set -euo pipefail
+
+# apt-get as root, or through sudo when there is one.
+apt_install() {
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
+    sudo="sudo"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+# libclang for bindgen, clang for RocksDB's C++ build.
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ! command -v clang >/dev/null 2>&1; then
+  echo "setup: installing libclang-dev clang (for the rocksdb feature)"
+  apt_install libclang-dev clang
+fi
