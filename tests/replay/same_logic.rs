@@ -38,6 +38,21 @@ fn run(job: Job, events: Stream<Event>) -> Result<(Vec<WindowRow>, Vec<Event>, J
     Ok((rows, late, summary))
 }
 
+/// Live event `i`: 5 ms apart, 1 in 20 up to 3 s out of order, the rest up
+/// to 150 ms; `behind` ms earlier still.
+fn live_event(i: u64, rng: &mut SmallRng, behind: i64) -> Event {
+    let delay = if rng.gen_ratio(1, 20) {
+        rng.gen_range(0..3_000)
+    } else {
+        rng.gen_range(0..150)
+    };
+    Event {
+        key: rng.gen_range(0..7),
+        value: rng.gen_range(-100..100),
+        ts: i as i64 * 5 - delay - behind,
+    }
+}
+
 #[test]
 fn live_run_replayed_from_its_archive_gives_the_same_answers() -> Result<()> {
     let dir = tempfile::tempdir().map_err(Error::user)?;
@@ -47,20 +62,9 @@ fn live_run_replayed_from_its_archive_gives_the_same_answers() -> Result<()> {
     // (a) live: streaming, out-of-order events (1 in 20 up to 3 s late), archived raw.
     let live_job = Job::new().parallelism(2).batch_size(BATCH);
     let live = live_job.source(
-        GeneratorSource::new(|i: u64, rng: &mut SmallRng| {
-            let delay = if rng.gen_ratio(1, 20) {
-                rng.gen_range(0..3_000)
-            } else {
-                rng.gen_range(0..150)
-            };
-            Event {
-                key: rng.gen_range(0..7),
-                value: rng.gen_range(-100..100),
-                ts: i as i64 * 5 - delay,
-            }
-        })
-        .with_count(N)
-        .with_seed(21),
+        GeneratorSource::new(|i: u64, rng: &mut SmallRng| live_event(i, rng, 0))
+            .with_count(N)
+            .with_seed(21),
         strategy(),
     );
     live.sink(ParquetSink::new(&archive)?);
@@ -147,17 +151,7 @@ fn multi_partition_live_run_replays_exactly_from_its_partitioned_archive() -> Re
     let live_job = Job::new().parallelism(2).batch_size(BATCH);
     let generator = GeneratorSource::new(|i: u64, rng: &mut SmallRng| {
         // Partition 4 of 5 runs 2 s behind the others in event time.
-        let behind = if i % 5 == 4 { 2_000 } else { 0 };
-        let delay = if rng.gen_ratio(1, 20) {
-            rng.gen_range(0..3_000)
-        } else {
-            rng.gen_range(0..150)
-        };
-        Event {
-            key: rng.gen_range(0..7),
-            value: rng.gen_range(-100..100),
-            ts: i as i64 * 5 - delay - behind,
-        }
+        live_event(i, rng, if i % 5 == 4 { 2_000 } else { 0 })
     })
     .with_count(N)
     .with_partitions(5)

@@ -5,12 +5,12 @@
 //! - a watermark `W` asserts that no more records with timestamp `<= W` are expected;
 //! - with bounded out-of-orderness `d`, after a maximum timestamp `M` the watermark is `M - d - 1`;
 //! - watermarks never go backwards: every [`WatermarkTracker`] only ever emits increasing values;
-//! - lateness is judged per source partition ([`LatenessRule`], module `lateness`);
+//! - lateness is judged per source partition ([`LatenessRule`]; the argument is in [`lateness`]);
 //! - processing time never comes from the system directly but from a [`Clock`], so tests drive it.
 
 mod clock;
 mod generator;
-mod lateness;
+pub mod lateness;
 mod strategy;
 mod timers;
 mod tracker;

@@ -30,8 +30,18 @@ use tideline_engine::{
 use super::partitioned_archive;
 use super::sink::{create, FileFormatWriter, ParquetWriter};
 
-/// A source whose partitions are archived to Parquet as they are read; see
-/// the [module docs](self).
+/// A source whose partitions are archived to Parquet as they are read:
+/// each partition's records, in the order it emitted them, go to
+/// `root/partition=NNNNN/part.parquet` ([`partitioned_archive`]), so a
+/// [`FileSource`](super::FileSource) over `root` with
+/// [`partition_per_folder`](super::FileSource::partition_per_folder) and the
+/// same watermark strategy replays every partition's sequence exactly: the
+/// same watermarks, late records and windows, at any parallelism.
+///
+/// A partition's file is complete when the partition ends or its reader is
+/// dropped (a stopped job). An archiving source can be checkpointed but does
+/// not resume from a checkpoint (the archive would hold the records after
+/// the checkpoint twice): a restore is refused with a configuration error.
 #[derive(Debug)]
 pub struct ArchivingSource<S> {
     inner: S,
