@@ -356,9 +356,9 @@ where
             ..
         } = self;
         // Late for every window it belongs to: the pane's last window expired.
-        let Some(mut from_end) = grid.first_live_end(start, arrival.judge) else {
-            let last_end = grid.last_end_of_pane(start);
-            let cleanup = EventTime::from_millis(last_end - 1).saturating_add_millis(grid.lateness);
+        let ends = grid.ends_of_pane(start);
+        let Some(mut from_end) = grid.first_live_end(ends, arrival.judge) else {
+            let cleanup = EventTime::from_millis(ends.1 - 1).saturating_add_millis(grid.lateness);
             emit_late(late_tag, rule.reason(arrival.mark, cleanup), record, out);
             return Ok(());
         };
@@ -380,7 +380,7 @@ where
         }
         // Windows of the pane that already fired on time fire again (the
         // pane's first window ending at or before the watermark says so).
-        let first_end = grid.first_end_of_pane(start).max(from_end);
+        let first_end = ends.0.max(from_end);
         let refires = EventTime::from_millis(first_end - 1) <= *watermark;
         // Only a new pane or a late re-firing can leave the buffer's record of
         // fired windows behind the watermark; a record in a pane whose windows

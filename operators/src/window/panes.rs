@@ -13,8 +13,8 @@
 //! partition's watermark, which may be ahead of the operator's, so those
 //! windows have not fired yet). Such a record goes to a *partial pane*: the
 //! same slice, counted only in windows ending at or after its `from_end`.
-//! Partial panes sit in the same sorted buffer, after the full pane of their
-//! slice, and fire and expire like it.
+//! Partial panes are kept apart from the full ones (usually there are none,
+//! and full panes stay as compact as before), and fire and expire like them.
 
 use std::collections::VecDeque;
 
@@ -24,10 +24,10 @@ use tideline_state::ValueStateDescriptor;
 use super::assigner::{floor_mod_diff, TimeWindow};
 use super::Firing;
 
-/// One slice of a key's records: all of them (`from_end == FULL`), or a
-/// partial pane counted only in windows ending at or after `from_end`.
+/// A partial pane: records of the slice at `start` counted only in windows
+/// ending at or after `from_end`.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-struct Pane<Acc> {
+struct Partial<Acc> {
     start: i64,
     from_end: i64,
     acc: Acc,
@@ -39,8 +39,10 @@ pub(crate) const FULL: i64 = i64::MIN;
 /// The panes of one key, and where its on-time firings have got to.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PaneBuffer<Acc> {
-    /// Sorted by `(start, from_end)`.
-    panes: VecDeque<Pane<Acc>>,
+    /// Full panes, `(start, accumulator)`, sorted by start.
+    panes: VecDeque<(i64, Acc)>,
+    /// Partial panes, sorted by `(start, from_end)`; usually empty.
+    partials: Vec<Partial<Acc>>,
     /// The pending timer of this key, if any.
     timer_at: Option<i64>,
     /// Every window ending at or before this has had its on-time firing.
@@ -103,11 +105,14 @@ impl Grid {
         (self.first_end_of_pane(start), self.last_end_of_pane(start))
     }
 
-    /// The first window end of the pane at `start` that a record judged by
-    /// watermark `judge` is not late for (`end - 1 + L > judge`): [`FULL`]
+    /// The first window end of a pane whose windows end at `first..=last`
+    /// that a record judged by watermark `judge` is not late for (`end - 1 + L > judge`): [`FULL`]
     /// when it is late for none, `None` when it is late for all.
-    pub(crate) fn first_live_end(&self, start: i64, judge: EventTime) -> Option<i64> {
-        let (first, last) = self.ends_of_pane(start);
+    pub(crate) fn first_live_end(
+        &self,
+        (first, last): (i64, i64),
+        judge: EventTime,
+    ) -> Option<i64> {
         let expired = |end: i64| {
             EventTime::from_millis(end.saturating_sub(1)).saturating_add_millis(self.lateness)
                 <= judge
@@ -179,13 +184,14 @@ impl<Acc: Clone> PaneBuffer<Acc> {
     pub(crate) fn new(grid: &Grid, watermark: EventTime) -> Self {
         Self {
             panes: VecDeque::new(),
+            partials: Vec::new(),
             timer_at: None,
             fired_through: grid.last_end_due(watermark),
         }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.panes.is_empty()
+        self.panes.is_empty() && self.partials.is_empty()
     }
 
     /// Every window due by `watermark` has had its on-time moment (its timer,
@@ -203,30 +209,51 @@ impl<Acc: Clone> PaneBuffer<Acc> {
         from_end: i64,
         create: impl FnOnce() -> Acc,
     ) -> (&mut Acc, bool) {
+        if from_end != FULL {
+            return self.partial_mut(start, from_end, create);
+        }
         // Records mostly go to the newest pane: search from the back.
-        let pos = self
-            .panes
-            .iter()
-            .rposition(|p| (p.start, p.from_end) <= (start, from_end));
-        let fresh = |acc| Pane {
-            start,
-            from_end,
-            acc,
-        };
+        let pos = self.panes.iter().rposition(|(s, _)| *s <= start);
         let (index, created) = match pos {
-            Some(i) if self.panes[i].start == start && self.panes[i].from_end == from_end => {
-                (i, false)
-            }
+            Some(i) if self.panes[i].0 == start => (i, false),
             Some(i) => {
-                self.panes.insert(i + 1, fresh(create()));
+                self.panes.insert(i + 1, (start, create()));
                 (i + 1, true)
             }
             None => {
-                self.panes.push_front(fresh(create()));
+                self.panes.push_front((start, create()));
                 (0, true)
             }
         };
-        (&mut self.panes[index].acc, created)
+        (&mut self.panes[index].1, created)
+    }
+
+    fn partial_mut(
+        &mut self,
+        start: i64,
+        from_end: i64,
+        create: impl FnOnce() -> Acc,
+    ) -> (&mut Acc, bool) {
+        let key = (start, from_end);
+        let (index, created) = match self
+            .partials
+            .binary_search_by_key(&key, |p| (p.start, p.from_end))
+        {
+            Ok(i) => (i, false),
+            Err(i) => {
+                let acc = create();
+                self.partials.insert(
+                    i,
+                    Partial {
+                        start,
+                        from_end,
+                        acc,
+                    },
+                );
+                (i, true)
+            }
+        };
+        (&mut self.partials[index].acc, created)
     }
 
     /// The merged accumulator of the window ending at `end`, and whether a
@@ -241,12 +268,21 @@ impl<Acc: Clone> PaneBuffer<Acc> {
         let start = end.saturating_sub(grid.size);
         let mut acc: Option<Acc> = None;
         let mut others = false;
-        let counted = |p: &&Pane<Acc>| p.start >= start && p.start < end && p.from_end <= end;
-        for pane in self.panes.iter().filter(counted) {
-            others |= Some((pane.start, pane.from_end)) != except;
+        let full = self
+            .panes
+            .iter()
+            .filter(|(s, _)| *s >= start && *s < end)
+            .map(|(s, a)| ((*s, FULL), a));
+        let partial = self
+            .partials
+            .iter()
+            .filter(|p| p.start >= start && p.start < end && p.from_end <= end)
+            .map(|p| ((p.start, p.from_end), &p.acc));
+        for (id, pane) in full.chain(partial) {
+            others |= Some(id) != except;
             match &mut acc {
-                Some(a) => host.merge(a, &pane.acc),
-                None => acc = Some(pane.acc.clone()),
+                Some(a) => host.merge(a, pane),
+                None => acc = Some(pane.clone()),
             }
         }
         acc.map(|a| (a, others))
@@ -280,29 +316,39 @@ impl<Acc: Clone> PaneBuffer<Acc> {
         Ok(())
     }
 
-    /// The earliest window end at or after `from` that some pane entry
-    /// counts in.
+    /// The earliest window end at or after `from` that some pane counts in.
     fn next_end_from(&self, grid: &Grid, from: i64) -> Option<i64> {
-        let mut best: Option<i64> = None;
-        for p in &self.panes {
-            let (first, last) = grid.ends_of_pane(p.start);
-            // Entries are sorted by start, so `first` only grows from here.
-            if best.is_some_and(|b| first.max(from) >= b) {
-                break;
-            }
-            if last >= from {
-                let end = first.max(p.from_end).max(from);
-                best = Some(best.map_or(end, |b| b.min(end)));
-            }
+        // Full panes' first ends grow with their start: the first that
+        // reaches `from` is the earliest.
+        let full = self
+            .panes
+            .iter()
+            .map(|(s, _)| grid.ends_of_pane(*s))
+            .find(|(_, last)| *last >= from)
+            .map(|(first, _)| first.max(from));
+        let partial = self
+            .partials
+            .iter()
+            .map(|p| grid.ends_of(p.start, p.from_end))
+            .filter(|(_, last)| *last >= from)
+            .map(|(first, _)| first.max(from))
+            .min();
+        match (full, partial) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        best
     }
 
     /// The next time this key needs its timer: the next on-time window end
     /// holding data, or the next pane expiry.
     fn next_due(&self, grid: &Grid) -> Option<i64> {
-        let front = self.panes.front()?;
-        let expiry = grid.expiry(front.start);
+        let oldest = match (self.panes.front(), self.partials.first()) {
+            (Some((a, _)), Some(b)) => (*a).min(b.start),
+            (Some((a, _)), None) => *a,
+            (None, Some(b)) => b.start,
+            (None, None) => return None,
+        };
+        let expiry = grid.expiry(oldest);
         let next_end = self.next_end_from(grid, self.fired_through.saturating_add(grid.slide));
         Some(next_end.map_or(expiry, |e| (e - 1).min(expiry)))
     }
@@ -350,15 +396,15 @@ impl<Acc: Clone> PaneBuffer<Acc> {
         }
         // Everything due is done, whether it had data or not.
         self.fired_through = self.fired_through.max(grid.last_end_due(watermark));
-        let before = self.panes.len();
-        while self
-            .panes
-            .front()
-            .is_some_and(|p| EventTime::from_millis(grid.expiry(p.start)) <= watermark)
-        {
+        let before = self.panes.len() + self.partials.len();
+        let expired = |start: i64| EventTime::from_millis(grid.expiry(start)) <= watermark;
+        while self.panes.front().is_some_and(|(s, _)| expired(*s)) {
             self.panes.pop_front();
         }
-        let dropped = before - self.panes.len();
+        if !self.partials.is_empty() {
+            self.partials.retain(|p| !expired(p.start));
+        }
+        let dropped = before - self.panes.len() - self.partials.len();
         let next = self.next_due(grid);
         if let Some(n) = next {
             if self.timer_at.is_none_or(|t| n < t) {
