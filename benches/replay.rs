@@ -126,9 +126,11 @@ fn main() -> Result<()> {
         if split {
             args.push("--partition-per-file");
         }
+        let (cpu_before, wall) = (cpu_seconds(), std::time::Instant::now());
         let summary = window_file::run(&args)?;
+        let cores = (cpu_seconds() - cpu_before) / wall.elapsed().as_secs_f64();
         let label = if split { "2 files p=2" } else { "1 file p=1" };
-        println!("replay {order:<10} {label} rows={rows} {summary}");
+        println!("replay {order:<10} {label} rows={rows} {summary} cores_busy={cores:.2}");
         if order == "arrival" {
             rates.push(records_per_s(&summary));
         }
@@ -140,6 +142,22 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// CPU seconds (user + system) this process has used, from /proc (Linux;
+/// 0 elsewhere): how many cores a run kept busy.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses: utime is the
+    // 12th, stime the 13th, in clock ticks (100 per second on Linux).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<f64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    fields.iter().sum::<f64>() / 100.0
 }
 
 /// The `records_per_s=` figure of a `window_file` summary line.
