@@ -301,7 +301,10 @@ impl<O: Data> Output<O> {
         }
     }
 
-    /// Emits `value` at `timestamp` on the main output.
+    /// Emits `value` at `timestamp` on the main output, with no lateness
+    /// watermark (downstream judges it by the operator's watermark). An
+    /// operator that passes on or derives from an input record should
+    /// [`Output::push`] [`Record::derive`] instead, which keeps it.
     pub fn emit(&mut self, timestamp: EventTime, value: O) {
         self.records.push(Record::new(timestamp, value));
     }

@@ -25,6 +25,10 @@ pub struct Record<T> {
     /// from it while handling it) keep it, and records made later (window
     /// results, timer output) have [`EventTime::MIN`], "unknown", which
     /// leaves the judgement to the operator's watermark.
+    ///
+    /// Equality, ordering and hashing of records include it: records of the
+    /// same value and time read from differently partitioned inputs can
+    /// differ here. Compare `(timestamp, value)` to ignore it.
     pub lateness_watermark: EventTime,
 }
 

@@ -136,6 +136,11 @@ impl<T> SourceOutput<T> {
         &self.records
     }
 
+    /// Whether the reader asserted an explicit watermark in this call.
+    pub fn has_watermark(&self) -> bool {
+        self.watermark.is_some()
+    }
+
     /// How many records were appended so far.
     pub fn len(&self) -> usize {
         self.records.len()

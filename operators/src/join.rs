@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use tideline_engine::time::{LatenessRule, TimerService};
+use tideline_engine::time::{LateReason, LatenessRule, TimerService};
 use tideline_engine::{
     Data, Error, EventTime, KeySelector, KeyedStream, Operator, Output, OutputTag, Record,
     RestoreContext, Result, SnapshotWriter, Stream,
@@ -223,7 +223,10 @@ where
     }
 }
 
-type Buffer<V> = BTreeMap<i64, Vec<V>>;
+/// Buffered records by timestamp, each with its lateness watermark: a match
+/// carries the larger of its two records' (whichever arrived second), so
+/// downstream lateness does not depend on their arrival order.
+type Buffer<V> = BTreeMap<i64, Vec<(V, EventTime)>>;
 const LEFT: u8 = 0;
 const RIGHT: u8 = 1;
 
@@ -252,13 +255,13 @@ fn probe<P: Clone, R>(
     buffer: Option<&Buffer<P>>,
     from: i64,
     to: i64,
-    mut emit: impl FnMut(i64, &P) -> R,
+    mut emit: impl FnMut(i64, &P, EventTime) -> R,
 ) {
     if let Some(buffer) = buffer {
         if from <= to {
             for (ts, items) in buffer.range(from..=to) {
-                for item in items {
-                    emit(*ts, item);
+                for (item, mark) in items {
+                    emit(*ts, item, *mark);
                 }
             }
         }
@@ -286,7 +289,12 @@ where
             } = record;
             let judge = self.rule.judge(mark, self.watermark);
             if !timestamp.is_set() || timestamp <= judge {
-                out.count_late_for(self.rule.reason(mark, timestamp), 1);
+                let reason = if timestamp.is_set() {
+                    self.rule.reason(mark, timestamp)
+                } else {
+                    LateReason::OperatorWatermark
+                };
+                out.count_late_for(reason, 1);
                 if let Some(tag) = &self.late_tag {
                     out.push_to(tag, record);
                 }
@@ -303,9 +311,10 @@ where
                         partners.get(),
                         ts.saturating_add(self.lower),
                         ts.saturating_add(self.upper),
-                        |bts, b| {
+                        |bts, b, b_mark| {
                             let at = EventTime::from_millis(ts.max(bts));
-                            out.push(Record::new(at, f(&a, b)).with_lateness_watermark(mark))
+                            let joined = Record::new(at, f(&a, b));
+                            out.push(joined.with_lateness_watermark(mark.max(b_mark)))
                         },
                     );
                     self.state
@@ -313,7 +322,7 @@ where
                         .get_or_insert_with(Buffer::new)
                         .entry(ts)
                         .or_default()
-                        .push(a);
+                        .push((a, mark));
                     self.timers.register(
                         &key,
                         &LEFT,
@@ -326,9 +335,10 @@ where
                         partners.get(),
                         ts.saturating_sub(self.upper),
                         ts.saturating_sub(self.lower),
-                        |ats, a| {
+                        |ats, a, a_mark| {
                             let at = EventTime::from_millis(ts.max(ats));
-                            out.push(Record::new(at, f(a, &b)).with_lateness_watermark(mark))
+                            let joined = Record::new(at, f(a, &b));
+                            out.push(joined.with_lateness_watermark(mark.max(a_mark)))
                         },
                     );
                     self.state
@@ -336,7 +346,7 @@ where
                         .get_or_insert_with(Buffer::new)
                         .entry(ts)
                         .or_default()
-                        .push(b);
+                        .push((b, mark));
                     self.timers.register(
                         &key,
                         &RIGHT,

@@ -31,7 +31,10 @@ pub(crate) const ROCKS_DIR: &str = "rocksdb";
 const MEMORY_MAGIC: &[u8; 8] = b"TDLMEMS\x01";
 #[cfg(feature = "rocksdb")]
 const ROCKS_MAGIC: &[u8; 8] = b"TDLROCK\x01";
-const VERSION: u32 = 1;
+/// The snapshot format. 2: operator state changed layout with the
+/// partition-local lateness rule (sliding windows' partial panes), so a
+/// version-1 snapshot is refused with a clear error rather than misread.
+const VERSION: u32 = 2;
 const TAG_END: u8 = 0;
 const TAG_STATE: u8 = 1;
 const TAG_ENTRY: u8 = 2;
@@ -282,7 +285,7 @@ pub(crate) fn read_memory(
     if version != VERSION {
         return Err(StateError::snapshot(
             path,
-            format!("format version {version} is not supported (expected {VERSION})"),
+            format!("format version {version} is not supported (expected {VERSION}): it was written by another version of Tideline"),
         ));
     }
     let file_groups = cursor.u16()?;
@@ -385,7 +388,7 @@ pub(crate) fn read_rocks_meta(dir: &Path, key_groups: u16) -> Result<()> {
     if version != VERSION {
         return Err(StateError::snapshot(
             &path,
-            format!("format version {version} is not supported (expected {VERSION})"),
+            format!("format version {version} is not supported (expected {VERSION}): it was written by another version of Tideline"),
         ));
     }
     check_key_groups(&path, u16::from_le_bytes([body[12], body[13]]), key_groups)

@@ -213,3 +213,45 @@ fn every_format_round_trips_through_our_sink_and_source() -> Result<()> {
     }
     Ok(())
 }
+
+/// What an archive cannot hold is refused, not silently lost: records the
+/// source timestamped itself (only values are archived), and a directory
+/// that already holds a partition (an earlier run's would be replayed too).
+#[test]
+fn archive_refuses_what_a_replay_could_not_reproduce() -> Result<()> {
+    use tideline::connectors::file::ArchivingSource;
+    let event = |ts| Event {
+        key: 1,
+        value: 1,
+        ts,
+    };
+    let dir = tempfile::tempdir().map_err(Error::user)?;
+    let job = Job::new().mode(ExecutionMode::Bounded);
+    job.source(
+        ArchivingSource::new(
+            VecSource::timestamped(vec![(5, event(5)), (6, event(6))]),
+            dir.path().join("a"),
+        ),
+        WatermarkStrategy::<Event>::none(),
+    )
+    .sink(CollectSink::new());
+    let err = job.run().err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("cannot be archived"), "{err}");
+
+    let make = || {
+        let job = Job::new().mode(ExecutionMode::Bounded);
+        job.source(
+            ArchivingSource::new(
+                VecSource::new(vec![event(1), event(2)]),
+                dir.path().join("b"),
+            ),
+            WatermarkStrategy::<Event>::none(),
+        )
+        .sink(CollectSink::new());
+        job.run()
+    };
+    make()?;
+    let err = make().err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("archive into an empty directory"), "{err}");
+    Ok(())
+}

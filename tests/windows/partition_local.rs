@@ -122,7 +122,10 @@ fn reference(
 enum Kind {
     Tumbling,
     Sliding,
+    Session,
 }
+
+const GAP: i64 = 50;
 
 const SIZE: i64 = 200;
 const SLIDE: i64 = 50;
@@ -140,6 +143,8 @@ fn windows_of(kind: Kind, ts: i64) -> Vec<TimeWindow> {
                 .map(|s| TimeWindow::new(s, s + SIZE))
                 .collect()
         }
+        // A session record's own window: what its lateness is judged by.
+        Kind::Session => vec![TimeWindow::new(ts, ts + GAP)],
     }
 }
 
@@ -175,6 +180,7 @@ fn run(
     let windowed = match kind {
         Kind::Tumbling => keyed.window(Tumbling::of(Span::millis(SIZE))),
         Kind::Sliding => keyed.window(Sliding::of(Span::millis(SIZE), Span::millis(SLIDE))),
+        Kind::Session => keyed.window(Session::with_gap(Span::millis(GAP))),
     };
     let results = windowed
         .side_output_late_data(&late_tag)
@@ -246,6 +252,97 @@ proptest! {
         let kind = if sliding { Kind::Sliding } else { Kind::Tumbling };
         check(kind, seed, count, behind).map_err(|e| TestCaseError::fail(e.to_string()))?;
     }
+}
+
+/// With allowed lateness `L`, a record counts in each of its windows with
+/// `end - 1 + L > W_p(r)`: every window's *final* value (its last firing)
+/// follows the rule at any parallelism, partial panes included.
+#[test]
+fn allowed_lateness_final_values_follow_the_rule() -> Result<()> {
+    const L: i64 = 120;
+    let parts = partitions(13, 3, 600, 3_000);
+    let total: usize = parts.iter().map(Vec::len).sum();
+    for kind in [Kind::Tumbling, Kind::Sliding] {
+        // The reference with the cleanup time `end - 1 + L` in place of `end - 1`.
+        let (want, want_late) = reference(&parts, |ts| {
+            windows_of(kind, ts)
+                .into_iter()
+                .map(|w| TimeWindow::new(w.start, w.end + L))
+                .collect()
+        });
+        let want: Table = want
+            .into_iter()
+            .map(|((k, start, end), v)| ((k, start, end - L), v))
+            .collect();
+        for (parallelism, batch) in [(1, 1024), (2, 7), (4, 64)] {
+            let job = Job::new()
+                .parallelism(parallelism)
+                .batch_size(batch)
+                .mode(ExecutionMode::Bounded);
+            let late_tag = OutputTag::<Event>::new("late");
+            let source = SlowFirstPartition {
+                inner: VecSource::partitioned(
+                    parts
+                        .iter()
+                        .map(|p| p.iter().map(|e| Record::new(e.1, *e)).collect())
+                        .collect(),
+                ),
+                every: 5,
+            };
+            let keyed = job
+                .source(
+                    source,
+                    WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(
+                        BOUND as u64,
+                    )),
+                )
+                .key_by(|e: &Event| e.0);
+            let windowed = match kind {
+                Kind::Sliding => keyed.window(Sliding::of(Span::millis(SIZE), Span::millis(SLIDE))),
+                _ => keyed.window(Tumbling::of(Span::millis(SIZE))),
+            };
+            let results = windowed
+                .allowed_lateness(Span::millis(L))
+                .side_output_late_data(&late_tag)
+                .aggregate(count_sum_min_max());
+            let (out, late) = (CollectSink::new(), CollectSink::new());
+            results.sink(out.clone());
+            results.side_output(&late_tag).sink(late.clone());
+            job.run()?;
+            // The last firing of each window is its final value.
+            let mut last = Table::new();
+            for r in out.values() {
+                last.insert((r.key, r.window.start, r.window.end), r.value);
+            }
+            let mut late = late.values();
+            late.sort();
+            assert_eq!(late, want_late, "{kind:?} p={parallelism}: late set");
+            assert_eq!(last, want, "{kind:?} p={parallelism}: final values");
+            if let Kind::Tumbling = kind {
+                let counted: u64 = last.values().map(|v| v.0).sum();
+                assert_eq!(counted as usize + late.len(), total, "conservation");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sessions: the late set follows the rule (a record is late when its own
+/// window `[ts, ts + gap)` is) at every parallelism and batch size, and
+/// every record is counted or late; how sessions merge may differ, so only
+/// the counts' total is compared.
+#[test]
+fn session_late_set_follows_the_rule() -> Result<()> {
+    let parts = partitions(9, 3, 600, 2_000);
+    let (_, want_late) = reference(&parts, |ts| windows_of(Kind::Session, ts));
+    assert!(want_late.len() > 20, "the case must exercise lateness");
+    for (parallelism, batch, flush) in [(1, 1024, 50), (2, 7, 1), (4, 64, 5)] {
+        let (windows, late, _) = run(Kind::Session, &parts, parallelism, batch, flush)?;
+        assert_eq!(late, want_late, "p={parallelism} batch={batch}: late set");
+        let counted: u64 = windows.values().map(|v| v.0).sum();
+        assert_eq!(counted as usize + late.len(), 1_800, "conservation");
+    }
+    Ok(())
 }
 
 /// Flink's rule stays available, and differs: it judges by the operator's

@@ -30,6 +30,17 @@
 //!   final value is deterministic; how many intermediate updates are emitted
 //!   depends on when watermarks arrive.
 //!
+//! This holds for windows that do not change shape: tumbling, sliding and
+//! global windows. Session windows merge with the sessions still open when a
+//! record arrives, and when a session closes follows the operator's
+//! watermark: which records are late is deterministic (a record is late when
+//! its own window `[ts, ts + gap)` is), but how sessions merge can depend on
+//! arrival order. (Example: gap 10; partition q sends 0, then 20; partition p
+//! sends 15, then 10. Reading q first closes `[0, 10)` before 10 arrives:
+//! `[0, 10)` and `[10, 30)`. Reading p first: one session `[0, 30)`.)
+//! Interval-join results carry the larger lateness watermark of their two
+//! records, so windows downstream of a join are judged the same in every run.
+//!
 //! The operator judges with `max(W_p(r), W_op)`
 //! ([`LatenessRule::judge`]). For records from a source the two agree
 //! (`W_op <= W_p(r)`), except in the cases outside the guarantee, where the

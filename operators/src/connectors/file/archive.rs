@@ -13,6 +13,15 @@
 //! Invariants and limits:
 //! - the folder names the partition and the row position is the record's
 //!   position in it (the archive of a source started from its beginning);
+//! - only record values are archived, so event time must come from the
+//!   value (`WatermarkStrategy::with_timestamps`): a record the source
+//!   timestamped itself, or an explicit watermark from the source, stops the
+//!   job with an error rather than archive what a replay cannot reproduce.
+//!   Input the wrapped reader rejects (its dead letters) is not archived;
+//!   archive raw input and parse it in the job (as `examples/quickstart.rs`
+//!   does) to replay those too;
+//! - a partition file that already exists is an error (archive into an
+//!   empty directory), so an earlier run's partitions never mix in;
 //! - a partition's file is complete when the partition ends, or when its
 //!   reader is dropped (a stopped job); a crash leaves an unreadable file;
 //! - an archiving source does not resume from a checkpoint: a restored job
@@ -21,6 +30,7 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tideline_engine::{
     Data, Error, ReaderContext, Result, Source, SourceOffset, SourceOutput, SourceReader,
@@ -60,7 +70,7 @@ impl<S> ArchivingSource<S> {
 
 impl<T, S> Source<T> for ArchivingSource<S>
 where
-    T: Data + Serialize + Sync,
+    T: Data + Serialize + DeserializeOwned + Sync,
     S: Source<T>,
 {
     fn name(&self) -> &str {
@@ -84,11 +94,26 @@ where
             .root
             .join(partitioned_archive(partition))
             .join("part.parquet");
-        let writer = <ParquetWriter as FileFormatWriter<T>>::open(create(&path)?)?;
+        if path.exists() {
+            return Err(Error::config(
+                format!("source '{}'.archive", self.inner.name()),
+                format!(
+                    "{} exists: archive into an empty directory, so that no earlier run's \
+                     partitions are replayed with this one's",
+                    path.display()
+                ),
+            ));
+        }
+        let inner = self.inner.create_reader(partition, ctx)?;
+        let mut writer = <ParquetWriter as FileFormatWriter<T>>::open(create(&path)?)?;
+        // The schema from the type, not from the first records (whose
+        // optional fields may all be empty), where the type allows.
+        writer.use_schema_of::<T>();
         Ok(Box::new(ArchivingReader {
-            inner: self.inner.create_reader(partition, ctx)?,
+            inner,
             writer: Some(writer),
             path,
+            source: self.inner.name().to_string(),
         }))
     }
 
@@ -110,6 +135,8 @@ struct ArchivingReader<T> {
     inner: Box<dyn SourceReader<T>>,
     writer: Option<ParquetWriter>,
     path: PathBuf,
+    /// The wrapped source's name, for errors.
+    source: String,
 }
 
 impl<T> ArchivingReader<T> {
@@ -129,8 +156,25 @@ impl<T: Data + Serialize> SourceReader<T> for ArchivingReader<T> {
     fn poll(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus> {
         let before = out.len();
         let status = self.inner.poll(out)?;
+        let new = out.records().get(before..).unwrap_or_default();
+        let unarchivable = if new.iter().any(|r| r.timestamp.is_set()) {
+            Some("a record timestamped by the source")
+        } else if out.has_watermark() {
+            Some("an explicit watermark from the source")
+        } else {
+            None
+        };
+        if let Some(what) = unarchivable {
+            return Err(Error::config(
+                format!("source '{}'.archive", self.source),
+                format!(
+                    "{what} cannot be archived (only record values are): take event time \
+                     from the value with WatermarkStrategy::with_timestamps"
+                ),
+            ));
+        }
         if let Some(writer) = &mut self.writer {
-            let new: Vec<&T> = out.records()[before..].iter().map(|r| &r.value).collect();
+            let new: Vec<&T> = new.iter().map(|r| &r.value).collect();
             if !new.is_empty() {
                 writer
                     .write(&new)

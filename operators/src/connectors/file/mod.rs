@@ -401,8 +401,11 @@ impl<T: Data + DeserializeOwned> FileSource<T> {
 
     /// Makes each file its own source partition (see [`FilePartitioning`]):
     /// files are read in parallel (one source subtask per file, up to the
-    /// parallelism), each with its own watermarks. In event-time order each
-    /// partition is sorted on its own.
+    /// parallelism), each with its own watermarks. Per partition: in
+    /// event-time order each partition is sorted on its own (with its own
+    /// [`FileSource::sort_memory_rows`] budget), and [`Pacing`] applies to
+    /// each partition (so `RecordsPerSecond(r)` over `n` partitions emits up
+    /// to `n * r` in all).
     pub fn partition_per_file(self) -> Self {
         self.partitioning(FilePartitioning::PerFile)
     }

@@ -226,6 +226,20 @@ impl std::fmt::Debug for ParquetWriter {
     }
 }
 
+impl ParquetWriter {
+    /// Takes the schema from `T`'s serde form rather than from the first
+    /// batch, when `T` can be traced (records with optional fields that the
+    /// first batch leaves empty); otherwise the first batch still decides.
+    pub(crate) fn use_schema_of<T: serde::de::DeserializeOwned>(&mut self) {
+        use serde_arrow::schema::{SchemaLike, TracingOptions};
+        if let Ok(fields) =
+            Vec::<FieldRef>::from_type::<T>(TracingOptions::default().allow_null_fields(true))
+        {
+            self.fields = fields;
+        }
+    }
+}
+
 impl<T: Serialize> FileFormatWriter<T> for ParquetWriter {
     const NAME: &'static str = "parquet_sink";
 
@@ -240,11 +254,13 @@ impl<T: Serialize> FileFormatWriter<T> for ParquetWriter {
     fn write(&mut self, records: &[&T]) -> std::result::Result<(), String> {
         use serde_arrow::schema::{SchemaLike, TracingOptions};
         if self.writer.is_none() {
-            self.fields = Vec::<FieldRef>::from_samples(
-                records,
-                TracingOptions::default().allow_null_fields(true),
-            )
-            .map_err(|e| e.to_string())?;
+            if self.fields.is_empty() {
+                self.fields = Vec::<FieldRef>::from_samples(
+                    records,
+                    TracingOptions::default().allow_null_fields(true),
+                )
+                .map_err(|e| e.to_string())?;
+            }
             let schema = Arc::new(arrow_schema::Schema::new(self.fields.clone()));
             let file = self.file.take().ok_or("the Parquet file is gone")?;
             self.writer =
