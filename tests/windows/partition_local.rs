@@ -148,14 +148,21 @@ fn windows_of(kind: Kind, ts: i64) -> Vec<TimeWindow> {
     }
 }
 
-/// One run: windows and late records.
-fn run(
+/// Every window result in emission order, the late records (sorted), and
+/// the count of records late by the operator's watermark.
+type Outcome = (
+    Vec<WindowResult<u64, (u64, i64, i64, i64)>>,
+    Vec<Event>,
+    u64,
+);
+
+/// One run over `parts` (partition 0 slowed), with allowed lateness `lateness` ms.
+fn run_with(
     kind: Kind,
     parts: &[Vec<Event>],
-    parallelism: usize,
-    batch: usize,
-    flush_ms: u64,
-) -> Result<(Table, Vec<Event>, u64)> {
+    (parallelism, batch, flush_ms): (usize, usize, u64),
+    lateness: i64,
+) -> Result<Outcome> {
     let job = Job::new()
         .parallelism(parallelism)
         .batch_size(batch)
@@ -183,6 +190,7 @@ fn run(
         Kind::Session => keyed.window(Session::with_gap(Span::millis(GAP))),
     };
     let results = windowed
+        .allowed_lateness(Span::millis(lateness))
         .side_output_late_data(&late_tag)
         .aggregate(count_sum_min_max());
     let (out, late) = (CollectSink::new(), CollectSink::new());
@@ -191,11 +199,19 @@ fn run(
     let summary = job.run()?;
     let mut late = late.values();
     late.sort();
-    Ok((
-        to_table(out.values()),
-        late,
-        summary.late_by_operator_watermark,
-    ))
+    Ok((out.values(), late, summary.late_by_operator_watermark))
+}
+
+/// One run without allowed lateness: windows (each fired once) and late records.
+fn run(
+    kind: Kind,
+    parts: &[Vec<Event>],
+    parallelism: usize,
+    batch: usize,
+    flush_ms: u64,
+) -> Result<(Table, Vec<Event>, u64)> {
+    let (results, late, by_operator) = run_with(kind, parts, (parallelism, batch, flush_ms), 0)?;
+    Ok((to_table(results), late, by_operator))
 }
 
 fn check(kind: Kind, seed: u64, count: usize, behind: i64) -> Result<()> {
@@ -274,48 +290,14 @@ fn allowed_lateness_final_values_follow_the_rule() -> Result<()> {
             .into_iter()
             .map(|((k, start, end), v)| ((k, start, end - L), v))
             .collect();
-        for (parallelism, batch) in [(1, 1024), (2, 7), (4, 64)] {
-            let job = Job::new()
-                .parallelism(parallelism)
-                .batch_size(batch)
-                .mode(ExecutionMode::Bounded);
-            let late_tag = OutputTag::<Event>::new("late");
-            let source = SlowFirstPartition {
-                inner: VecSource::partitioned(
-                    parts
-                        .iter()
-                        .map(|p| p.iter().map(|e| Record::new(e.1, *e)).collect())
-                        .collect(),
-                ),
-                every: 5,
-            };
-            let keyed = job
-                .source(
-                    source,
-                    WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(
-                        BOUND as u64,
-                    )),
-                )
-                .key_by(|e: &Event| e.0);
-            let windowed = match kind {
-                Kind::Sliding => keyed.window(Sliding::of(Span::millis(SIZE), Span::millis(SLIDE))),
-                _ => keyed.window(Tumbling::of(Span::millis(SIZE))),
-            };
-            let results = windowed
-                .allowed_lateness(Span::millis(L))
-                .side_output_late_data(&late_tag)
-                .aggregate(count_sum_min_max());
-            let (out, late) = (CollectSink::new(), CollectSink::new());
-            results.sink(out.clone());
-            results.side_output(&late_tag).sink(late.clone());
-            job.run()?;
+        for config in [(1, 1024, 50), (2, 7, 1), (4, 64, 5)] {
+            let parallelism = config.0;
+            let (results, late, _) = run_with(kind, &parts, config, L)?;
             // The last firing of each window is its final value.
             let mut last = Table::new();
-            for r in out.values() {
+            for r in results {
                 last.insert((r.key, r.window.start, r.window.end), r.value);
             }
-            let mut late = late.values();
-            late.sort();
             assert_eq!(late, want_late, "{kind:?} p={parallelism}: late set");
             assert_eq!(last, want, "{kind:?} p={parallelism}: final values");
             if let Kind::Tumbling = kind {
