@@ -5,6 +5,7 @@
 
 mod crash;
 mod joins;
+mod late_data;
 mod restore;
 mod storage;
 
