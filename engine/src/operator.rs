@@ -304,7 +304,8 @@ impl<O: Data> Output<O> {
     /// Emits `value` at `timestamp` on the main output, with no lateness
     /// watermark (downstream judges it by the operator's watermark). An
     /// operator that passes on or derives from an input record should
-    /// [`Output::push`] [`Record::derive`] instead, which keeps it.
+    /// [`Output::push`] a record made with
+    /// [`Record::with_lateness_watermark`] instead, keeping the input's.
     pub fn emit(&mut self, timestamp: EventTime, value: O) {
         self.records.push(Record::new(timestamp, value));
     }

@@ -61,17 +61,6 @@ impl<T> Record<T> {
             lateness_watermark: self.lateness_watermark,
         }
     }
-
-    /// A record derived from this one while handling it (`flat_map`,
-    /// `try_map`, a process function's output): `value` at `timestamp`,
-    /// keeping this record's lateness watermark.
-    pub fn derive<U>(&self, timestamp: EventTime, value: U) -> Record<U> {
-        Record {
-            timestamp,
-            value,
-            lateness_watermark: self.lateness_watermark,
-        }
-    }
 }
 
 /// A message on a channel between tasks.

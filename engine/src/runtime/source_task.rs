@@ -1,7 +1,8 @@
 //! A source subtask: reads its partitions round-robin, one batch each,
 //! stamps records (event time, and the partition's watermark just before
-//! each one: the partition-local lateness rule), and emits the minimum watermark over its partitions after
-//! every batch (idle partitions left out, finished ones at `+inf`).
+//! each one: the partition-local lateness rule), and emits the minimum
+//! watermark over its partitions after every batch (idle partitions left
+//! out, finished ones at `+inf`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -24,7 +24,9 @@ where
     fn process_batch(&mut self, batch: Vec<Record<I>>, out: &mut Output<O>) -> Result<()> {
         for r in batch {
             match (self.0)(&r.value) {
-                Ok(v) => out.push(r.derive(r.timestamp, v)),
+                Ok(v) => out.push(
+                    Record::new(r.timestamp, v).with_lateness_watermark(r.lateness_watermark),
+                ),
                 Err(e) => out.dead_letter(r.timestamp, e, &r.value)?,
             }
         }

@@ -140,12 +140,10 @@ struct ArchivingReader<T> {
 }
 
 impl<T> ArchivingReader<T> {
-    fn close(&mut self) -> Result<()>
-    where
-        T: Serialize,
-    {
+    /// Completes the partition's file, once.
+    fn close(&mut self) -> Result<()> {
         match self.writer.take() {
-            Some(w) => <ParquetWriter as FileFormatWriter<T>>::close(w, &self.path)
+            Some(w) => close_untyped(w, &self.path)
                 .map_err(|e| Error::user(format!("closing {}: {e}", self.path.display()))),
             None => Ok(()),
         }
@@ -195,9 +193,7 @@ impl<T: Data + Serialize> SourceReader<T> for ArchivingReader<T> {
 impl<T> Drop for ArchivingReader<T> {
     fn drop(&mut self) {
         // A stopped job's partition file is complete up to where it stopped.
-        if let Some(w) = self.writer.take() {
-            let _ = close_untyped(w, &self.path);
-        }
+        let _ = self.close();
     }
 }
 

@@ -90,6 +90,15 @@ pub enum FilePartitioning {
     PerFolder,
 }
 
+/// The Arrow fields of record type `T`, traced from its serde form; `None`
+/// for types that cannot be traced (e.g. untagged enums), whose rows are
+/// then checked one by one.
+pub(crate) fn traced_fields<T: DeserializeOwned>() -> Option<Vec<arrow_schema::FieldRef>> {
+    use serde_arrow::schema::{SchemaLike, TracingOptions};
+    Vec::<arrow_schema::FieldRef>::from_type::<T>(TracingOptions::default().allow_null_fields(true))
+        .ok()
+}
+
 /// The folder layout of a partitioned archive: `partition=<n>` under the
 /// archive's root, zero-padded so that name order is partition order.
 pub fn partitioned_archive(partition: usize) -> String {
@@ -534,24 +543,21 @@ impl<T: Data + DeserializeOwned> FileSource<T> {
     }
 
     fn columns(&self) -> Columns {
-        use serde_arrow::schema::{SchemaLike, TracingOptions};
         // Records that cannot be traced (e.g. untagged enums) are checked row by row only.
-        let fields = Vec::<arrow_schema::FieldRef>::from_type::<T>(
-            TracingOptions::default().allow_null_fields(true),
-        )
-        .map(|fields| {
-            fields
-                .iter()
-                .map(|f| {
-                    (
-                        f.name().clone(),
-                        f.is_nullable(),
-                        Some(f.data_type().clone()),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+        let fields = traced_fields::<T>()
+            .map(|fields| {
+                fields
+                    .iter()
+                    .map(|f| {
+                        (
+                            f.name().clone(),
+                            f.is_nullable(),
+                            Some(f.data_type().clone()),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Columns {
             mapping: self.mapping.clone(),
             fields,
@@ -671,11 +677,7 @@ impl<T: Data + Serialize + DeserializeOwned + Sync> FileSource<T> {
         #[cfg(feature = "sql")]
         let predicate = match &self.predicate {
             Some(sql) => {
-                use serde_arrow::schema::{SchemaLike, TracingOptions};
-                let fields = Vec::<arrow_schema::FieldRef>::from_type::<T>(
-                    TracingOptions::default().allow_null_fields(true),
-                )
-                .unwrap_or_default();
+                let fields = traced_fields::<T>().unwrap_or_default();
                 Some(Arc::new(predicate::Predicate::compile(sql, fields)?))
             }
             None => None,

@@ -231,10 +231,7 @@ impl ParquetWriter {
     /// batch, when `T` can be traced (records with optional fields that the
     /// first batch leaves empty); otherwise the first batch still decides.
     pub(crate) fn use_schema_of<T: serde::de::DeserializeOwned>(&mut self) {
-        use serde_arrow::schema::{SchemaLike, TracingOptions};
-        if let Ok(fields) =
-            Vec::<FieldRef>::from_type::<T>(TracingOptions::default().allow_null_fields(true))
-        {
+        if let Some(fields) = super::traced_fields::<T>() {
             self.fields = fields;
         }
     }
