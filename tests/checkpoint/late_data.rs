@@ -12,9 +12,8 @@ use std::time::Duration;
 use tideline::connectors::file::{read_committed, ExactlyOnceCsvSink};
 use tideline::prelude::*;
 use tideline::window::Span;
-use tideline::RestoreFrom;
 
-use super::{drive, tempdir, Ev, Out};
+use super::{drive, sink_windows, stepped_job, tempdir, Ev, Out};
 
 const EVENTS: u64 = 6_000;
 
@@ -22,16 +21,7 @@ const EVENTS: u64 = 6_000;
 /// 10 up to 1.5 s out of order against a 100 ms bound: late, or late for
 /// some of its windows.
 fn job(dir: &Path, clock: &Arc<ManualClock>, parallelism: usize, checkpoints: bool) -> Result<Job> {
-    let mut job = Job::new()
-        .parallelism(parallelism)
-        .clock(Arc::clone(clock) as Arc<dyn Clock>)
-        .batch_size(64);
-    if checkpoints {
-        job = job
-            .checkpointing(Duration::from_millis(100), dir.join("chk"))
-            .checkpoint_retention(2)
-            .restore(RestoreFrom::Latest);
-    }
+    let job = stepped_job(dir, clock, parallelism, checkpoints);
     let source = GeneratorSource::new(|i: u64, rng: &mut SmallRng| {
         let delay = if rng.gen_ratio(1, 10) {
             rng.gen_range(0..1_500)
@@ -60,14 +50,7 @@ fn job(dir: &Path, clock: &Arc<ManualClock>, parallelism: usize, checkpoints: bo
         .window(Sliding::of(Span::millis(500), Span::millis(100)))
         .side_output_late_data(&late)
         .aggregate((Count, Sum::of(|e: &Ev| e.value)));
-    results
-        .map(|r| Out {
-            key: r.key,
-            start: r.window.start,
-            count: r.value.0,
-            sum: r.value.1,
-        })
-        .sink(ExactlyOnceCsvSink::new(dir.join("out"))?);
+    sink_windows(&results, dir)?;
     results
         .side_output(&late)
         .sink(ExactlyOnceCsvSink::new(dir.join("late"))?);

@@ -74,6 +74,44 @@ pub(crate) fn generator(
     .with_rate(rate)
 }
 
+/// A job at `parallelism` on `clock`, batches of 64; with `checkpoints`,
+/// checkpointing every 100 ms into `dir/chk` (keeping 2) and restoring from
+/// the latest one if there is one.
+pub(crate) fn stepped_job(
+    dir: &Path,
+    clock: &Arc<ManualClock>,
+    parallelism: usize,
+    checkpoints: bool,
+) -> Job {
+    let job = Job::new()
+        .parallelism(parallelism)
+        .clock(Arc::clone(clock) as Arc<dyn Clock>)
+        .batch_size(64);
+    if !checkpoints {
+        return job;
+    }
+    job.checkpointing(Duration::from_millis(100), dir.join("chk"))
+        .checkpoint_retention(2)
+        .restore(RestoreFrom::Latest)
+}
+
+/// Writes per-key `(count, sum)` window results as [`Out`] rows through an
+/// exactly-once CSV sink into `dir/out`.
+pub(crate) fn sink_windows(
+    results: &Stream<WindowResult<u32, (u64, i64)>>,
+    dir: &Path,
+) -> Result<()> {
+    results
+        .map(|r| Out {
+            key: r.key,
+            start: r.window.start,
+            count: r.value.0,
+            sum: r.value.1,
+        })
+        .sink(ExactlyOnceCsvSink::new(dir.join("out"))?);
+    Ok(())
+}
+
 /// A job over `generator(n, partitions)` at `parallelism`: per key, tumbling
 /// 500 ms windows of count and sum, written by an exactly-once CSV sink into
 /// `dir/out`; with `checkpoints`, checkpointing every 100 ms into `dir/chk`
@@ -87,25 +125,14 @@ pub(crate) fn windowed_job(
     backend: Backend,
     checkpoints: bool,
 ) -> Result<Job> {
-    let mut job = Job::new()
-        .parallelism(parallelism)
-        .clock(Arc::clone(clock) as Arc<dyn Clock>)
-        .batch_size(64);
-    match backend {
-        Backend::Memory => {}
+    let job = stepped_job(dir, clock, parallelism, checkpoints);
+    let job = match backend {
+        Backend::Memory => job,
         #[cfg(feature = "rocksdb")]
-        Backend::RocksDb => {
-            job = job.state_backend(StateBackend::RocksDb(
-                RocksDbOptions::new(dir.join("rocksdb")).cache_entries(16),
-            ));
-        }
-    }
-    if checkpoints {
-        job = job
-            .checkpointing(Duration::from_millis(100), dir.join("chk"))
-            .checkpoint_retention(2)
-            .restore(RestoreFrom::Latest);
-    }
+        Backend::RocksDb => job.state_backend(StateBackend::RocksDb(
+            RocksDbOptions::new(dir.join("rocksdb")).cache_entries(16),
+        )),
+    };
     let results = job
         .source(
             generator(n, partitions, 20_000.0),
@@ -115,14 +142,7 @@ pub(crate) fn windowed_job(
         .key_by(|e: &Ev| e.key)
         .window(Tumbling::of(Duration::from_millis(500)))
         .aggregate((Count, Sum::of(|e: &Ev| e.value)));
-    results
-        .map(|r| Out {
-            key: r.key,
-            start: r.window.start,
-            count: r.value.0,
-            sum: r.value.1,
-        })
-        .sink(ExactlyOnceCsvSink::new(dir.join("out"))?);
+    sink_windows(&results, dir)?;
     Ok(job)
 }
 
