@@ -160,7 +160,7 @@ fn backpressure(seconds: u64) -> Result<()> {
         let c = sink.0.load(Ordering::Relaxed);
         samples.push((s as f64 / 2.0 + 0.5, rss_mb(), p - c));
     }
-    handle.stop();
+    handle.stop_and_drain();
     handle.join()?;
     for (t, rss, in_flight) in &samples {
         println!("backpressure   t={t:.1}s rss_mb={rss:.1} in_flight_records={in_flight}");

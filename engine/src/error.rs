@@ -80,6 +80,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The job was aborted through its [`StopHandle`](crate::StopHandle).
+    #[error("the job was aborted (StopHandle::abort); nothing after its last completed checkpoint was committed")]
+    Aborted,
     /// The job was cancelled because another task failed; never the root cause.
     #[error("cancelled because another task of the job failed")]
     Cancelled,
@@ -131,7 +134,8 @@ impl Error {
             | Error::UnboundedSource { .. }
             | Error::User(_)
             | Error::Panic { .. }
-            | Error::State(_) => ErrorDomain::User,
+            | Error::State(_)
+            | Error::Aborted => ErrorDomain::User,
             Error::Operator { source, .. } => source.domain(),
             Error::Checkpoint { .. } => ErrorDomain::External,
             Error::Cancelled | Error::Internal(_) => ErrorDomain::Internal,

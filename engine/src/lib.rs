@@ -33,7 +33,8 @@ mod source;
 pub mod time;
 
 pub use checkpoint::{
-    CheckpointConfig, CheckpointStats, RestoreContext, RestoreFrom, SnapshotWriter,
+    AbortedCheckpoint, CheckpointConfig, CheckpointStats, RestoreContext, RestoreFrom,
+    SnapshotWriter,
 };
 pub use config::{ExecutionMode, FailurePolicy, JobConfig};
 pub use error::{BoxError, Error, ErrorDomain, Result};
@@ -42,6 +43,7 @@ pub use operator::{DeadLetter, Operator, OperatorContext, Output, OutputTag};
 pub use record::{Data, Record};
 pub use runtime::executor::{JobHandle, LocalRun};
 pub use runtime::metrics::{JobSummary, OperatorSummary};
+pub use runtime::stop::StopHandle;
 pub use sink::{Committer, Sink, SubtaskInfo};
 pub use source::{ReaderContext, Source, SourceOffset, SourceOutput, SourceReader, SourceStatus};
 #[cfg(feature = "rocksdb")]

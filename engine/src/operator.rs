@@ -213,6 +213,7 @@ pub(crate) trait SideChannel: Send {
     fn on_tick(&mut self, now: i64) -> Result<()>;
     fn push_barrier(&mut self, barrier: &mut BarrierCtx) -> Result<()>;
     fn finish(&mut self, last: Option<&mut BarrierCtx>) -> Result<()>;
+    fn stop(&mut self) -> Result<()>;
     fn flush_downstream(&mut self) -> Result<()>;
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
@@ -255,6 +256,10 @@ impl<T: Data> SideChannel for SideBuffer<T> {
     }
     fn finish(&mut self, last: Option<&mut BarrierCtx>) -> Result<()> {
         self.next.finish(last)
+    }
+    fn stop(&mut self) -> Result<()> {
+        self.flush()?;
+        self.next.stop()
     }
     fn flush_downstream(&mut self) -> Result<()> {
         self.next.flush()
@@ -557,6 +562,17 @@ impl<I: Data, O: Data, Op: Operator<I, O>> Push<I> for OperatorPush<I, O, Op> {
         self.next.finish(last.as_deref_mut())?;
         for side in &mut self.out.sides {
             side.finish(last.as_deref_mut())?;
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        // The operator's `finish` is not called: its state went into the
+        // savepoint and continues after the resume.
+        self.flush()?;
+        self.next.stop()?;
+        for side in &mut self.out.sides {
+            side.stop()?;
         }
         Ok(())
     }

@@ -92,6 +92,17 @@ pub trait Committer: Send + Sync + 'static {
     /// # Errors
     /// When leftovers cannot be removed; the job does not start.
     fn abort_uncommitted(&self, restored: u64, keep: &[Vec<u8>]) -> Result<()>;
+
+    /// Checkpoint `checkpoint` was given up. Its transactions stay
+    /// pre-committed: the next checkpoint that completes holds them and
+    /// commits them. The default does nothing.
+    ///
+    /// # Errors
+    /// Any error fails the job.
+    fn notify_checkpoint_aborted(&self, checkpoint: u64) -> Result<()> {
+        let _ = checkpoint;
+        Ok(())
+    }
 }
 
 /// Which subtask a sink or source reader instance serves.
@@ -172,6 +183,13 @@ impl<T: Data, S: Sink<T>> Push<T> for SinkPush<S> {
                 }
             }
         }
+        let sink = &mut self.sink;
+        guarded(&self.name, || sink.finish())
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        // Everything written was pre-committed at the savepoint barrier;
+        // close what the sink holds open.
         let sink = &mut self.sink;
         guarded(&self.name, || sink.finish())
     }

@@ -52,6 +52,37 @@ pub trait Source<T>: Send + Sync + 'static {
             "this source cannot resume from an offset",
         ))
     }
+
+    /// Checkpoint `checkpoint` is complete and durable; `offsets` are the
+    /// positions it recorded for every partition of this source (finished
+    /// ones included). The moment to commit consumer-group offsets or to
+    /// confirm a replication position upstream: a restore never goes back
+    /// before them. Called on the checkpoint thread, in id order, after the
+    /// sinks committed (see the [`checkpoint`](crate::checkpoint) module for
+    /// the guarantees); also called again, before the job starts, for the
+    /// checkpoint a job restores from, so a crash between completion and
+    /// this call loses nothing. The default does nothing.
+    ///
+    /// # Errors
+    /// Any error fails the job.
+    fn notify_checkpoint_complete(
+        &self,
+        checkpoint: u64,
+        offsets: &[(usize, SourceOffset)],
+    ) -> Result<()> {
+        let _ = (checkpoint, offsets);
+        Ok(())
+    }
+
+    /// Checkpoint `checkpoint` was given up and will never complete. The
+    /// default does nothing.
+    ///
+    /// # Errors
+    /// Any error fails the job.
+    fn notify_checkpoint_aborted(&self, checkpoint: u64) -> Result<()> {
+        let _ = checkpoint;
+        Ok(())
+    }
 }
 
 /// Where a reader stands in its partition: a few integers only its source

@@ -20,7 +20,12 @@ const EVENTS: u64 = 6_000;
 /// 3 partitions; partition 2 runs 1.5 s behind in event time; 1 record in
 /// 10 up to 1.5 s out of order against a 100 ms bound: late, or late for
 /// some of its windows.
-fn job(dir: &Path, clock: &Arc<ManualClock>, parallelism: usize, checkpoints: bool) -> Result<Job> {
+pub(crate) fn job(
+    dir: &Path,
+    clock: &Arc<ManualClock>,
+    parallelism: usize,
+    checkpoints: bool,
+) -> Result<Job> {
     let job = stepped_job(dir, clock, parallelism, checkpoints);
     let source = GeneratorSource::new(|i: u64, rng: &mut SmallRng| {
         let delay = if rng.gen_ratio(1, 10) {
@@ -57,7 +62,8 @@ fn job(dir: &Path, clock: &Arc<ManualClock>, parallelism: usize, checkpoints: bo
     Ok(job)
 }
 
-fn committed(dir: &Path) -> Result<(Vec<Out>, Vec<Ev>)> {
+/// The committed windows and late records in `dir`, sorted.
+pub(crate) fn committed(dir: &Path) -> Result<(Vec<Out>, Vec<Ev>)> {
     let mut rows: Vec<Out> = read_committed(dir.join("out"))?;
     let mut late: Vec<Ev> = read_committed(dir.join("late"))?;
     rows.sort();

@@ -4,9 +4,11 @@
 //! parallelism change, and in a child process killed with SIGKILL.
 
 mod crash;
+mod hooks;
 mod joins;
 mod late_data;
 mod restore;
+mod stop;
 mod storage;
 
 use std::path::Path;

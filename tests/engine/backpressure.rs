@@ -44,7 +44,7 @@ fn queued_records_never_exceed_channel_capacity_times_batch_size() -> Result<()>
             "{in_flight} records in flight, bound {bound}"
         );
     }
-    handle.stop();
+    handle.stop_and_drain();
     // Drain until the job has finished and dropped its sinks.
     let drained = rx.iter().count() as u64;
     let summary = handle.join()?;

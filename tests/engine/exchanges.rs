@@ -78,7 +78,7 @@ fn stopping_an_unbounded_job_drains_everything_in_flight() -> Result<()> {
     rx.recv_timeout(Duration::from_secs(60))
         .map_err(|_| Error::Internal("no record within a minute".into()))?;
     assert!(!handle.is_finished());
-    handle.stop();
+    handle.stop_and_drain();
     let summary = handle.join()?;
     let generated = summary
         .operator("generator")

@@ -18,6 +18,7 @@
 //! final snapshots, so a bounded job's last output is committed too.
 
 use std::collections::{BTreeMap, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -26,14 +27,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::checkpoint::hooks::Hooks;
 use crate::checkpoint::snapshot::{BarrierCtx, TaskSnapshot};
 use crate::checkpoint::storage::{
-    checkpoint_dir_name, checksum, fsync, io_err, CheckpointStorage, FileSum, Metadata,
+    checkpoint_dir_name, checksum, fsync, io_err, CheckpointStorage, FileSum, Metadata, FORMAT,
 };
-use crate::checkpoint::CheckpointStats;
+use crate::checkpoint::{AbortedCheckpoint, CheckpointStats};
 use crate::error::{Error, Result};
-use crate::runtime::executor::Shared;
-use crate::sink::Committer;
+use crate::runtime::shared::Shared;
 use crate::time::Clock;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -46,7 +47,18 @@ struct Progress {
     in_progress: Option<(u64, Instant)>,
     acks: Vec<Option<Arc<TaskSnapshot>>>,
     finished: Vec<Option<Arc<TaskSnapshot>>>,
+    /// Transactions pre-committed for a checkpoint that will never complete
+    /// (acknowledged too late, or aborted): the next checkpoint holds them,
+    /// so they are committed, not lost.
+    carried: Vec<(String, usize, Vec<u8>)>,
     all_done: bool,
+}
+
+/// Work for the checkpoint thread, in checkpoint order.
+enum IoWork {
+    Complete(Completion),
+    /// Checkpoint `id` was given up; tell the hooks.
+    Abort(u64),
 }
 
 struct Completion {
@@ -54,6 +66,10 @@ struct Completion {
     is_final: bool,
     started: Instant,
     parts: Vec<Arc<TaskSnapshot>>,
+    /// Transactions of checkpoints that never completed, older than `parts`'.
+    carried: Vec<(String, usize, Vec<u8>)>,
+    /// The last checkpoint of a job stopped by a drain.
+    drained: bool,
 }
 
 /// Coordinates the checkpoints of one running job.
@@ -68,10 +84,19 @@ pub(crate) struct Coordinator {
     trigger: AtomicU64,
     next_due: AtomicI64,
     progress: Mutex<Progress>,
-    committers: Mutex<Vec<(String, Arc<dyn Committer>)>>,
-    io: Mutex<Option<Sender<Completion>>>,
+    hooks: Mutex<Arc<Hooks>>,
+    io: Mutex<Option<Sender<IoWork>>>,
     io_thread: Mutex<Option<JoinHandle<()>>>,
     stats: Arc<Mutex<Vec<CheckpointStats>>>,
+    aborted: Mutex<Vec<AbortedCheckpoint>>,
+    /// A requested stop with a savepoint into this directory, not yet triggered.
+    savepoint_request: Mutex<Option<PathBuf>>,
+    /// The id of the stop-with-savepoint barrier (0: none), and where it goes.
+    stop_id: AtomicU64,
+    savepoint_dir: Mutex<Option<PathBuf>>,
+    /// The exported savepoint, once complete.
+    savepoint: Mutex<Option<PathBuf>>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -119,17 +144,24 @@ impl Coordinator {
                 in_progress: None,
                 acks: vec![None; tasks],
                 finished: vec![None; tasks],
+                carried: Vec::new(),
                 all_done: tasks == 0,
             }),
-            committers: Mutex::new(Vec::new()),
+            hooks: Mutex::default(),
             io: Mutex::new(Some(sender)),
             io_thread: Mutex::new(None),
             stats: Arc::default(),
+            aborted: Mutex::default(),
+            savepoint_request: Mutex::default(),
+            stop_id: AtomicU64::new(0),
+            savepoint_dir: Mutex::default(),
+            savepoint: Mutex::default(),
+            shared,
         });
         let worker = Arc::clone(&coordinator);
         let thread = std::thread::Builder::new()
             .name("tideline:checkpoints".into())
-            .spawn(move || worker.io_loop(&receiver, &shared))
+            .spawn(move || worker.io_loop(&receiver))
             .map_err(|e| Error::Internal(format!("cannot start the checkpoint thread: {e}")))?;
         *lock(&coordinator.io_thread) = Some(thread);
         Ok(coordinator)
@@ -139,12 +171,46 @@ impl Coordinator {
         self.storage.root().to_path_buf()
     }
 
-    /// Registers the committer of sink `name` (once per sink).
-    pub(crate) fn register_committer(&self, name: &str, committer: Arc<dyn Committer>) {
-        let mut committers = lock(&self.committers);
-        if !committers.iter().any(|(n, _)| n == name) {
-            committers.push((name.to_string(), committer));
+    /// Sets the completion hooks of the job's sources and sinks (once, before
+    /// any task runs).
+    pub(crate) fn set_hooks(&self, hooks: Hooks) {
+        *lock(&self.hooks) = Arc::new(hooks);
+    }
+
+    /// Asks the job to stop with a savepoint exported into `dir`: the next
+    /// barrier (right away, or after the checkpoint in progress) is the last
+    /// one; every task stops after it, without draining.
+    ///
+    /// # Errors
+    /// When `dir` is the checkpoint directory itself or a stop is already
+    /// under way.
+    pub(crate) fn request_savepoint(&self, dir: PathBuf) -> Result<()> {
+        if dir == self.storage.root() {
+            return Err(Error::config(
+                "savepoint directory",
+                "must not be the checkpoint directory (pruning would delete it); give another one",
+            ));
         }
+        let mut request = lock(&self.savepoint_request);
+        if request.is_some() || self.stop_id.load(Ordering::SeqCst) != 0 {
+            return Err(Error::config(
+                "stop_with_savepoint",
+                "a stop with a savepoint is already under way",
+            ));
+        }
+        *request = Some(dir);
+        self.next_due.store(i64::MIN, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether barrier `id` is the stop-with-savepoint barrier.
+    pub(crate) fn is_stop(&self, id: u64) -> bool {
+        id != 0 && self.stop_id.load(Ordering::SeqCst) == id
+    }
+
+    /// The savepoint the job stopped with, once it is complete.
+    pub(crate) fn savepoint(&self) -> Option<PathBuf> {
+        lock(&self.savepoint).clone()
     }
 
     /// Called by source tasks at every step: the id of the checkpoint they
@@ -152,10 +218,15 @@ impl Coordinator {
     pub(crate) fn poll_barrier(&self, emitted: u64) -> Option<u64> {
         if self.clock.now_millis() >= self.next_due.load(Ordering::Relaxed) {
             let mut progress = lock(&self.progress);
-            if progress.in_progress.is_none() && !progress.all_done {
+            let stopping = self.stop_id.load(Ordering::SeqCst) != 0;
+            if progress.in_progress.is_none() && !progress.all_done && !stopping {
                 progress.last_id += 1;
                 progress.in_progress = Some((progress.last_id, Instant::now()));
                 progress.acks.iter_mut().for_each(|a| *a = None);
+                if let Some(dir) = lock(&self.savepoint_request).take() {
+                    *lock(&self.savepoint_dir) = Some(dir);
+                    self.stop_id.store(progress.last_id, Ordering::SeqCst);
+                }
                 self.trigger.store(progress.last_id, Ordering::SeqCst);
             }
             // Not due again until this one completes.
@@ -179,9 +250,17 @@ impl Coordinator {
         }
     }
 
-    /// A context for a task's final snapshot (its input ended).
+    /// A context for a task's final snapshot (its input ended). Its id is
+    /// the id of the checkpoint the snapshot will first stand in for: the
+    /// one in progress if this task has not acknowledged it, else the next.
     pub(crate) fn final_ctx(&self, task: usize, node: &str, subtask: usize) -> BarrierCtx {
-        let id = lock(&self.progress).last_id + 1;
+        let id = {
+            let progress = lock(&self.progress);
+            match progress.in_progress {
+                Some((id, _)) if progress.acks.get(task).is_some_and(Option::is_none) => id,
+                _ => progress.last_id + 1,
+            }
+        };
         BarrierCtx {
             id,
             root: self.root(),
@@ -198,6 +277,7 @@ impl Coordinator {
     pub(crate) fn acknowledge(&self, id: u64, task: usize, snapshot: TaskSnapshot) {
         let mut progress = lock(&self.progress);
         if progress.in_progress.map(|(i, _)| i) != Some(id) {
+            progress.carried.extend(snapshot.transactions);
             return;
         }
         if let Some(slot) = progress.acks.get_mut(task) {
@@ -222,8 +302,10 @@ impl Coordinator {
                 is_final: true,
                 started: Instant::now(),
                 parts,
+                carried: std::mem::take(&mut progress.carried),
+                drained: self.shared.stop.load(Ordering::SeqCst),
             };
-            self.send(completion);
+            self.send(IoWork::Complete(completion));
         }
     }
 
@@ -239,32 +321,50 @@ impl Coordinator {
             .collect();
         if let Some(parts) = parts {
             progress.in_progress = None;
-            self.next_due.store(
-                self.clock.now_millis().saturating_add(self.interval),
-                Ordering::Relaxed,
-            );
-            self.send(Completion {
+            let next = if lock(&self.savepoint_request).is_some() {
+                i64::MIN
+            } else {
+                self.clock.now_millis().saturating_add(self.interval)
+            };
+            self.next_due.store(next, Ordering::Relaxed);
+            self.send(IoWork::Complete(Completion {
                 id,
                 is_final: false,
                 started,
                 parts,
-            });
+                carried: std::mem::take(&mut progress.carried),
+                drained: false,
+            }));
         }
     }
 
-    fn send(&self, completion: Completion) {
-        if let Some(sender) = lock(&self.io).as_ref() {
-            // The receiver lives as long as the I/O thread, which ends only
-            // after the sender is dropped.
-            let _ = sender.send(completion);
+    /// Hands `completion` to the I/O thread. If that thread is gone it has
+    /// failed the job already; say so again rather than drop the commit.
+    fn send(&self, work: IoWork) {
+        let sent = match lock(&self.io).as_ref() {
+            Some(sender) => sender.send(work).is_ok(),
+            None => false,
+        };
+        if !sent {
+            self.shared.fail(Error::Internal(
+                "a checkpoint completed after the checkpoint thread had stopped; \
+                 its commits cannot be made"
+                    .into(),
+            ));
         }
     }
 
-    /// Waits for every completed checkpoint to be written and committed.
+    /// Waits for every completed checkpoint to be written and committed. A
+    /// checkpoint thread that died fails the job.
     pub(crate) fn shutdown(&self) {
         lock(&self.io).take();
         if let Some(thread) = lock(&self.io_thread).take() {
-            let _ = thread.join();
+            if let Err(payload) = thread.join() {
+                self.shared.fail(Error::Internal(format!(
+                    "the checkpoint thread panicked: {}",
+                    Error::from_panic(payload)
+                )));
+            }
         }
     }
 
@@ -273,27 +373,84 @@ impl Coordinator {
         lock(&self.stats).clone()
     }
 
-    fn io_loop(&self, receiver: &Receiver<Completion>, shared: &Shared) {
+    /// Completes checkpoints in id order. The first one that fails (an I/O
+    /// error, a committer's error or panic) fails the job: its commits never
+    /// happened, so the job must not end `Ok`; later ones are not attempted
+    /// (a restore commits the restored checkpoint's transactions again).
+    fn io_loop(&self, receiver: &Receiver<IoWork>) {
         let mut sums: HashMap<String, FileSum> = HashMap::new();
-        for completion in receiver {
-            if let Err(e) = self.complete(completion, &mut sums) {
-                shared.fail(e);
-                return;
-            }
+        for work in receiver {
+            let (id, outcome) = match work {
+                IoWork::Complete(completion) => {
+                    let id = completion.id;
+                    let run = || self.complete(completion, &mut sums);
+                    (id, catch_unwind(AssertUnwindSafe(run)))
+                }
+                IoWork::Abort(id) => {
+                    let hooks = Arc::clone(&lock(&self.hooks));
+                    (id, catch_unwind(AssertUnwindSafe(|| hooks.aborted(id))))
+                }
+            };
+            let error = match outcome {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(payload) => Error::Internal(format!(
+                    "completing checkpoint {id} panicked: {}",
+                    Error::from_panic(payload)
+                )),
+            };
+            self.shared.fail(error);
+            return;
         }
+    }
+
+    /// Gives up checkpoint `id` if it is still in progress (a task could not
+    /// align in time): the transactions already pre-committed for it are
+    /// carried into the next checkpoint, the hooks hear of it, and the next
+    /// checkpoint is due after the interval. Returns whether it was aborted.
+    pub(crate) fn abort(&self, id: u64, reason: String) -> bool {
+        let mut progress = lock(&self.progress);
+        if progress.in_progress.map(|(i, _)| i) != Some(id) {
+            return false;
+        }
+        progress.in_progress = None;
+        let acked: Vec<Arc<TaskSnapshot>> =
+            progress.acks.iter_mut().filter_map(Option::take).collect();
+        for snapshot in acked {
+            progress
+                .carried
+                .extend(snapshot.transactions.iter().cloned());
+        }
+        self.next_due.store(
+            self.clock.now_millis().saturating_add(self.interval),
+            Ordering::Relaxed,
+        );
+        lock(&self.aborted).push(AbortedCheckpoint { id, reason });
+        self.send(IoWork::Abort(id));
+        true
+    }
+
+    /// Checkpoints given up so far.
+    pub(crate) fn aborted(&self) -> Vec<AbortedCheckpoint> {
+        lock(&self.aborted).clone()
     }
 
     /// The slow half of a checkpoint, off the tasks' threads.
     fn complete(&self, c: Completion, sums: &mut HashMap<String, FileSum>) -> Result<()> {
         let root = self.storage.root().to_path_buf();
         let mut meta = Metadata {
-            format: 1,
+            format: FORMAT,
             id: c.id,
             is_final: c.is_final,
+            drained: c.drained,
+            savepoint: self.is_stop(c.id),
             ..Metadata::default()
         };
         let mut new_bytes = 0u64;
         let mut transactions: BTreeMap<String, Vec<(usize, Vec<u8>)>> = BTreeMap::new();
+        for (sink, subtask, txn) in c.carried {
+            transactions.entry(sink).or_default().push((subtask, txn));
+        }
         for part in &c.parts {
             meta.watermarks
                 .entry(part.node.clone())
@@ -347,12 +504,12 @@ impl Coordinator {
         // the ones pruning may delete so a reused path is checksummed anew.
         self.storage.prune(self.retain, &self.run_dir)?;
         sums.retain(|path, _| root.join(path).exists());
-        let committers = lock(&self.committers).clone();
-        for (sink, txns) in &meta.transactions {
-            if let Some((_, committer)) = committers.iter().find(|(n, _)| n == sink) {
-                for txn in txns {
-                    committer.commit(txn).map_err(|e| e.in_operator(sink))?;
-                }
+        let hooks = Arc::clone(&lock(&self.hooks));
+        hooks.completed(&meta)?;
+        if self.is_stop(c.id) {
+            if let Some(dir) = lock(&self.savepoint_dir).clone() {
+                let exported = self.storage.export(&meta, &dir)?;
+                *lock(&self.savepoint) = Some(exported);
             }
         }
         lock(&self.stats).push(CheckpointStats {

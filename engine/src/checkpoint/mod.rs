@@ -19,6 +19,7 @@
 //!   records are late or not exactly as in an uninterrupted run.
 
 pub(crate) mod coordinator;
+pub(crate) mod hooks;
 pub(crate) mod restore;
 pub(crate) mod snapshot;
 pub mod storage;
@@ -65,4 +66,13 @@ pub struct CheckpointStats {
     pub size_bytes: u64,
     /// Bytes written for it (the rest was already held by earlier ones).
     pub new_bytes: u64,
+}
+
+/// A checkpoint that was given up before it completed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbortedCheckpoint {
+    /// Its id.
+    pub id: u64,
+    /// Why (e.g. barrier alignment took longer than the timeout).
+    pub reason: String,
 }

@@ -119,15 +119,6 @@ impl Restored {
             .get(&partition)
     }
 
-    /// The transactions of sink `sink` in the checkpoint.
-    pub(crate) fn transactions(&self, sink: &str) -> &[Vec<u8>] {
-        self.checkpoint
-            .metadata
-            .transactions
-            .get(sink)
-            .map_or(&[], Vec::as_slice)
-    }
-
     /// Removes the scratch directory (once every operator has restored).
     pub(crate) fn clean_up(&self) {
         let _ = std::fs::remove_dir_all(&self.scratch);

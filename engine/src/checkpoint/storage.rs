@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 
 /// Name of the metadata file inside a checkpoint directory.
 pub(crate) const METADATA: &str = "_metadata";
-const FORMAT: u32 = 1;
+pub(crate) const FORMAT: u32 = 2;
 
 /// Length and CRC-32 of one referenced file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +71,17 @@ pub(crate) struct Metadata {
     pub(crate) id: u64,
     /// Taken when every task had finished (the end of a bounded job).
     pub(crate) is_final: bool,
+    /// The last checkpoint of a job stopped with a drain: every window
+    /// fired and the watermark is `+inf`, so it cannot be resumed from.
+    #[serde(default)]
+    pub(crate) drained: bool,
+    /// Taken by a stop with a savepoint.
+    #[serde(default)]
+    pub(crate) savepoint: bool,
+    /// By operator uid: the type of the operator that wrote the state, so a
+    /// uid reused for another kind of operator is refused on restore.
+    #[serde(default)]
+    pub(crate) operator_types: BTreeMap<String, String>,
     /// Every referenced file, by its path relative to the root.
     pub(crate) files: BTreeMap<String, FileSum>,
     /// By operator name.
@@ -235,11 +246,20 @@ impl CheckpointStorage {
         let bytes = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
         let file: MetadataFile = serde_json::from_slice(&bytes)
             .map_err(|e| io_err(&path, format!("malformed metadata: {e}")))?;
+        if file.body.format != FORMAT {
+            return Err(io_err(
+                &path,
+                format!(
+                    "metadata of format {} (this build reads format {FORMAT}): written by another version of Tideline",
+                    file.body.format
+                ),
+            ));
+        }
         let body = serde_json::to_vec(&file.body).map_err(|e| io_err(&path, e))?;
         if crc32fast::hash(&body) != file.crc32 {
             return Err(io_err(&path, "metadata checksum mismatch (altered file)"));
         }
-        if file.body.format != FORMAT || file.body.id != id {
+        if file.body.id != id {
             return Err(io_err(
                 &path,
                 format!(
@@ -387,6 +407,31 @@ impl CheckpointStorage {
             }
         }
         Ok(())
+    }
+}
+
+impl CheckpointStorage {
+    /// Copies the complete checkpoint `metadata` describes into `dir`, as a
+    /// checkpoint root of its own (`dir/chk-N` with its private and shared
+    /// files, hard-linked where the file system allows), metadata last, so
+    /// it outlives this storage's pruning. Returns the `chk-N` directory.
+    pub(crate) fn export(&self, metadata: &Metadata, dir: &Path) -> Result<PathBuf> {
+        let target = CheckpointStorage::new(dir)?;
+        for stored in metadata.files.keys() {
+            let (from, to) = (self.root.join(stored), target.root.join(stored));
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+            }
+            if to.exists() {
+                std::fs::remove_file(&to).map_err(|e| io_err(&to, e))?;
+            }
+            if std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to).map_err(|e| io_err(&from, e))?;
+                fsync(&to)?;
+            }
+        }
+        target.write_metadata(metadata)?;
+        Ok(target.root.join(checkpoint_dir_name(metadata.id)))
     }
 }
 

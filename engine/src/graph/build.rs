@@ -4,8 +4,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::checkpoint::coordinator::Coordinator;
+use crate::checkpoint::hooks::{Hooks, SinkHook, SourceHook};
 use crate::checkpoint::restore::Restored;
-use crate::checkpoint::{CheckpointStorage, RestoreFrom, SkippedCheckpoint};
+use crate::checkpoint::{CheckpointStorage, CompletedCheckpoint, RestoreFrom, SkippedCheckpoint};
 use crate::config::{ExecutionMode, JobConfig};
 use crate::error::{Error, Result};
 use crate::graph::port::{Port, SideRegistry};
@@ -14,10 +15,11 @@ use crate::operator::OperatorContext;
 use crate::record::Data;
 use crate::runtime::channels::Channels;
 use crate::runtime::exchange::{ExchangeWriter, KeyHashFn, Route};
-use crate::runtime::executor::{JobReport, Shared};
+use crate::runtime::executor::JobReport;
 use crate::runtime::input_task::InputTask;
 use crate::runtime::metrics::{JobCounters, OpCounters};
 use crate::runtime::push::BoxPush;
+use crate::runtime::shared::Shared;
 use crate::runtime::source_task::{Partition, SourceTask};
 use crate::runtime::task::{ChainHead, Task, TaskCheckpoint};
 use crate::sink::Committer;
@@ -64,8 +66,8 @@ pub(crate) struct BuildCtx<'a> {
     pub(crate) task: usize,
     pub(crate) coordinator: Option<&'a Arc<Coordinator>>,
     pub(crate) restored: Option<&'a Restored>,
-    /// Committers of exactly-once sinks, by sink name.
-    pub(crate) committers: &'a mut Vec<(String, Arc<dyn Committer>)>,
+    /// Completion hooks of sources and exactly-once sinks.
+    pub(crate) hooks: &'a mut Hooks,
 }
 
 impl BuildCtx<'_> {
@@ -92,10 +94,10 @@ impl BuildCtx<'_> {
 
     /// Registers the committer of an exactly-once sink (once per sink).
     pub(crate) fn register_committer(&mut self, sink: &str, committer: &Arc<dyn Committer>) {
-        if !self.committers.iter().any(|(n, _)| n == sink) {
-            self.committers
-                .push((sink.to_string(), Arc::clone(committer)));
-        }
+        self.hooks.add(Arc::new(SinkHook {
+            uid: sink.to_string(),
+            committer: Arc::clone(committer),
+        }));
     }
 
     /// The head of a task whose chain starts at `port`, with `inputs`
@@ -213,6 +215,10 @@ impl<T: Data> TaskFactory for SourceFactory<T> {
             .collect::<Result<Vec<_>>>()?;
         let mut head = ctx.chain_head(self.op, &self.head, partitions.len())?;
         head.sides = self.sides.build(ctx)?;
+        ctx.hooks.add(Arc::new(SourceHook {
+            uid: name.to_string(),
+            source: Arc::clone(&self.source),
+        }));
         Ok(Box::new(SourceTask {
             head,
             partitions,
@@ -246,15 +252,32 @@ impl<T: Data> TaskFactory for InputFactory<T> {
     }
 }
 
+/// A drained job's last checkpoint has every window fired and the
+/// watermark at `+inf`: resuming from it would make every new record late.
+fn refuse_drained(checkpoint: &CompletedCheckpoint) -> Result<()> {
+    if checkpoint.metadata.drained {
+        return Err(Error::Checkpoint {
+            path: checkpoint.dir().display().to_string(),
+            reason: "this is the last checkpoint of a job stopped with a drain \
+                     (stop_and_drain: every window fired, the watermark is +inf), \
+                     so resuming from it would treat every new record as late; \
+                     stop with a savepoint to resume later, or restore an earlier checkpoint"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 impl Graph {
     /// The checkpoint to restore from, and newer ones passed over.
     fn resolve_restore(&self) -> Result<(Option<Restored>, Vec<SkippedCheckpoint>)> {
         match &self.config.restore {
             None => Ok((None, Vec::new())),
-            Some(RestoreFrom::Path(dir)) => Ok((
-                Some(Restored::new(CheckpointStorage::open_dir(dir)?)),
-                Vec::new(),
-            )),
+            Some(RestoreFrom::Path(dir)) => {
+                let checkpoint = CheckpointStorage::open_dir(dir)?;
+                refuse_drained(&checkpoint)?;
+                Ok((Some(Restored::new(checkpoint)), Vec::new()))
+            }
             Some(RestoreFrom::Latest) => {
                 let Some(cp) = &self.config.checkpointing else {
                     return Err(Error::config(
@@ -276,6 +299,9 @@ impl Graph {
                             reasons.join("; ")
                         ),
                     });
+                }
+                if let Some(latest) = &latest {
+                    refuse_drained(latest)?;
                 }
                 Ok((latest.map(Restored::new), skipped))
             }
@@ -385,7 +411,8 @@ impl Graph {
             )?),
             None => None,
         };
-        let mut committers = Vec::new();
+        self.stop.attach(&shared, coordinator.as_ref());
+        let mut hooks = Hooks::default();
         let mut channels = Channels::new(capacity);
         let mut tasks = Vec::new();
         for (node_id, node) in self.nodes.iter().enumerate() {
@@ -403,7 +430,7 @@ impl Graph {
                     task: tasks.len(),
                     coordinator: coordinator.as_ref(),
                     restored: restored.as_ref(),
-                    committers: &mut committers,
+                    hooks: &mut hooks,
                 };
                 tasks.push(node.factory.build(&mut ctx)?);
             }
@@ -411,21 +438,12 @@ impl Graph {
         if let Some(restored) = &restored {
             restored.clean_up();
             // Sinks' leftovers go, the restored checkpoint's transactions are
-            // committed (again): its output is visible, nothing after it.
-            for (sink, committer) in &committers {
-                let keep = restored.transactions(sink);
-                committer
-                    .abort_uncommitted(restored.checkpoint.id(), keep)
-                    .map_err(|e| e.in_operator(sink))?;
-                for txn in keep {
-                    committer.commit(txn).map_err(|e| e.in_operator(sink))?;
-                }
-            }
+            // committed (again) and its sources told again: its output is
+            // visible, nothing after it.
+            hooks.restoring(&restored.checkpoint.metadata)?;
         }
         if let Some(c) = &coordinator {
-            for (sink, committer) in &committers {
-                c.register_committer(sink, Arc::clone(committer));
-            }
+            c.set_hooks(hooks);
         }
         // Dropping the registry drops the original senders: a receiver then
         // disconnects exactly when every upstream task has ended.
@@ -447,6 +465,7 @@ impl Graph {
             coordinator,
             restored_from: restored.as_ref().map(|r| r.checkpoint.id()),
             skipped_checkpoints,
+            stop: self.stop.clone(),
         };
         Ok((tasks, shared, report))
     }

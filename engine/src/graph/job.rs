@@ -160,6 +160,13 @@ impl Job {
         self.configure(|c| c.restore = Some(from))
     }
 
+    /// A handle that stops the job once it runs, from any thread (a signal
+    /// handler, say): with a savepoint, with a drain, or by aborting it. See
+    /// [`StopHandle`](crate::StopHandle).
+    pub fn stop_handle(&self) -> crate::runtime::stop::StopHandle {
+        self.graph.borrow().stop.clone()
+    }
+
     /// The configuration as it stands.
     pub fn config(&self) -> JobConfig {
         self.graph.borrow().config.clone()

@@ -73,6 +73,8 @@ pub(crate) struct Graph {
     pub(crate) config: crate::config::JobConfig,
     pub(crate) nodes: Vec<Node>,
     pub(crate) ops: Vec<Op>,
+    /// Stops whichever run of the job is current.
+    pub(crate) stop: crate::runtime::stop::StopHandle,
 }
 
 impl Graph {

@@ -166,4 +166,10 @@ impl<T: Data> Push<T> for ExchangeWriter<T> {
         self.flush_all()?;
         (0..self.senders.len()).try_for_each(|t| self.send(t, Message::End))
     }
+
+    fn stop(&mut self) -> Result<()> {
+        // No `End`: downstream tasks stop at the same savepoint barrier,
+        // which they received already, and never read this channel again.
+        self.flush_all()
+    }
 }

@@ -7,8 +7,8 @@
 //! the flag), and `join` returns that error once every thread has ended.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,37 +16,9 @@ use crate::checkpoint::coordinator::Coordinator;
 use crate::checkpoint::SkippedCheckpoint;
 use crate::error::{Error, Result};
 use crate::runtime::metrics::{JobCounters, JobSummary, OpCounters, OperatorSummary};
+use crate::runtime::shared::Shared;
+use crate::runtime::stop::StopHandle;
 use crate::runtime::task::{Step, Task};
-
-/// Flags and the first error, shared by all tasks of a job.
-#[derive(Debug, Default)]
-pub(crate) struct Shared {
-    pub(crate) cancel: Arc<AtomicBool>,
-    pub(crate) stop: Arc<AtomicBool>,
-    error: Mutex<Option<Error>>,
-}
-
-impl Shared {
-    pub(crate) fn fail(&self, error: Error) {
-        if !matches!(error, Error::Cancelled) {
-            if let Ok(mut slot) = self.error.lock() {
-                slot.get_or_insert(error);
-            }
-        }
-        self.cancel.store(true, Ordering::SeqCst);
-    }
-
-    fn take_error(&self) -> Option<Error> {
-        let recorded = self.error.lock().ok().and_then(|mut e| e.take());
-        match recorded {
-            Some(e) => Some(e),
-            None if self.cancel.load(Ordering::SeqCst) => Some(Error::Internal(
-                "job cancelled without a recorded cause".into(),
-            )),
-            None => None,
-        }
-    }
-}
 
 /// Everything needed to report on a job after it ran.
 #[derive(Debug)]
@@ -56,6 +28,7 @@ pub(crate) struct JobReport {
     pub(crate) coordinator: Option<Arc<Coordinator>>,
     pub(crate) restored_from: Option<u64>,
     pub(crate) skipped_checkpoints: Vec<SkippedCheckpoint>,
+    pub(crate) stop: StopHandle,
 }
 
 impl Drop for JobReport {
@@ -101,6 +74,13 @@ impl JobReport {
                 .unwrap_or_default(),
             restored_from: self.restored_from,
             skipped_checkpoints: self.skipped_checkpoints.clone(),
+            aborted_checkpoints: self
+                .coordinator
+                .as_ref()
+                .map(|c| c.aborted())
+                .unwrap_or_default(),
+            restarts: Vec::new(),
+            savepoint: self.coordinator.as_ref().and_then(|c| c.savepoint()),
         }
     }
 }
@@ -176,12 +156,27 @@ impl JobHandle {
         })
     }
 
-    /// Asks the job to stop gracefully: sources stop reading and end their
-    /// input, records in flight are processed, the watermark becomes `+inf`
-    /// (so every window and timer fires) and sinks are finished. Returns at
-    /// once; [`JobHandle::join`] waits for the end.
-    pub fn stop(&self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
+    /// Stops the job with a savepoint exported into `dir`, without draining
+    /// (see [`StopHandle::savepoint`]). Returns at once; [`JobHandle::join`]
+    /// waits for the end, and its summary names the savepoint.
+    ///
+    /// # Errors
+    /// When the job takes no checkpoints or is stopping already.
+    pub fn stop_with_savepoint(&self, dir: impl Into<std::path::PathBuf>) -> Result<()> {
+        self.report.stop.savepoint(dir)
+    }
+
+    /// Stops the job for good: sources end their input, records in flight
+    /// are processed, the watermark becomes `+inf` (every window and timer
+    /// fires) and sinks finish (see [`StopHandle::drain`]). Returns at once;
+    /// [`JobHandle::join`] waits for the end.
+    pub fn stop_and_drain(&self) {
+        self.report.stop.drain();
+    }
+
+    /// A handle that stops this job from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.report.stop.clone()
     }
 
     /// Whether every task has ended.
@@ -315,7 +310,7 @@ impl LocalRun {
             .collect()
     }
 
-    /// Ends all input (as [`JobHandle::stop`]), steps until every task is done,
+    /// Ends all input (a drain, as [`JobHandle::stop_and_drain`]), steps until every task is done,
     /// and returns the summary.
     ///
     /// # Errors
@@ -335,6 +330,12 @@ impl LocalRun {
             return Err(e);
         }
         Ok(self.report.summary(self.started.elapsed()))
+    }
+
+    /// A handle that stops this run (with a savepoint, a drain, or an
+    /// abort) at its next steps.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.report.stop.clone()
     }
 
     /// The summary so far.

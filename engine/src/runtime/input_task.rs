@@ -76,6 +76,10 @@ impl<T: Data> InputTask<T> {
     }
 
     fn handle(&mut self, channel: usize, message: Message<T>) -> Result<()> {
+        if self.head.is_done() {
+            // Stopped at a savepoint barrier: nothing after it is read.
+            return Ok(());
+        }
         let tracker = &mut self.head.tracker;
         match message {
             Message::Batch(batch) => {

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::checkpoint::{CheckpointStats, SkippedCheckpoint};
+use crate::checkpoint::{AbortedCheckpoint, CheckpointStats, SkippedCheckpoint};
 
 #[derive(Debug, Default)]
 pub(crate) struct OpCounters {
@@ -69,6 +69,15 @@ pub struct JobSummary {
     pub restored_from: Option<u64>,
     /// Newer checkpoints passed over on restore because they did not verify.
     pub skipped_checkpoints: Vec<SkippedCheckpoint>,
+    /// Checkpoints given up before they completed, with the reason.
+    pub aborted_checkpoints: Vec<AbortedCheckpoint>,
+    /// Times the job was restarted from its latest checkpoint after a
+    /// failure (see [`RestartStrategy`](crate::RestartStrategy)), with the
+    /// errors that caused them.
+    pub restarts: Vec<String>,
+    /// The savepoint the job stopped with ([`StopHandle::savepoint`](crate::StopHandle::savepoint)):
+    /// the `chk-N` directory to resume from with `RestoreFrom::Path`.
+    pub savepoint: Option<std::path::PathBuf>,
 }
 
 impl JobSummary {

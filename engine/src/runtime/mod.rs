@@ -13,5 +13,7 @@ pub(crate) mod executor;
 pub(crate) mod input_task;
 pub(crate) mod metrics;
 pub(crate) mod push;
+pub(crate) mod shared;
 pub(crate) mod source_task;
+pub(crate) mod stop;
 pub(crate) mod task;

@@ -19,6 +19,10 @@ pub(crate) trait Push<T>: Send {
     /// `last` collects the final snapshot, taken after each operator's
     /// `finish` (sinks pre-commit their last transaction into it).
     fn finish(&mut self, last: Option<&mut BarrierCtx>) -> Result<()>;
+    /// The job stops at the savepoint barrier that just passed: close
+    /// without finishing (no final output, no end of input downstream, so
+    /// open windows stay open in the savepoint and fire after the resume).
+    fn stop(&mut self) -> Result<()>;
     /// Send partially filled batches now (the task has nothing else to do).
     fn flush(&mut self) -> Result<()>;
 }
@@ -59,6 +63,10 @@ impl<T: Data> Push<T> for FanOut<T> {
             .try_for_each(|p| p.finish(last.as_deref_mut()))
     }
 
+    fn stop(&mut self) -> Result<()> {
+        self.0.iter_mut().try_for_each(|p| p.stop())
+    }
+
     fn flush(&mut self) -> Result<()> {
         self.0.iter_mut().try_for_each(|p| p.flush())
     }
@@ -82,6 +90,9 @@ impl<T: Data> Push<T> for Discard {
         Ok(())
     }
     fn finish(&mut self, _last: Option<&mut BarrierCtx>) -> Result<()> {
+        Ok(())
+    }
+    fn stop(&mut self) -> Result<()> {
         Ok(())
     }
     fn flush(&mut self) -> Result<()> {

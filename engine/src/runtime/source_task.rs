@@ -167,6 +167,9 @@ impl<T: Data> Task for SourceTask<T> {
                 self.last_barrier = id;
                 let sources = self.partition_states()?;
                 self.head.barrier(id, sources)?;
+                if self.head.is_done() {
+                    return Ok(Step::Done);
+                }
             }
         }
         let now = self.head.clock.now_millis();

@@ -94,7 +94,8 @@ impl<T: Data> ChainHead<T> {
     }
 
     /// Checkpoint barrier `id`: snapshots the chain (sources' partition
-    /// states in `sources`), passes the barrier on, and acknowledges.
+    /// states in `sources`), passes the barrier on, and acknowledges. The
+    /// stop-with-savepoint barrier then stops the task (see [`Self::is_done`]).
     pub(crate) fn barrier(
         &mut self,
         id: u64,
@@ -114,7 +115,15 @@ impl<T: Data> ChainHead<T> {
             side.push_barrier(&mut ctx)?;
         }
         self.push.push_barrier(&mut ctx)?;
+        let stop = cp.coordinator.is_stop(id);
         cp.coordinator.acknowledge(id, cp.task, ctx.snapshot);
+        if stop {
+            for side in &mut self.sides {
+                side.stop()?;
+            }
+            self.push.stop()?;
+            self.done = true;
+        }
         Ok(())
     }
 
