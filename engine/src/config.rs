@@ -55,6 +55,9 @@ pub struct JobConfig {
     pub checkpointing: Option<CheckpointConfig>,
     /// The checkpoint to restart from (default: start from the beginning).
     pub restore: Option<RestoreFrom>,
+    /// Restore even when the checkpoint holds state for uids the job no
+    /// longer has (that state is dropped). Default: refuse.
+    pub allow_non_restored_state: bool,
     /// How operators decide that a record is late (default: per source
     /// partition, deterministic).
     pub lateness_rule: LatenessRule,
@@ -74,6 +77,7 @@ impl Default for JobConfig {
             state_backend: StateBackend::Memory,
             checkpointing: None,
             restore: None,
+            allow_non_restored_state: false,
             lateness_rule: LatenessRule::PartitionLocal,
         }
     }

@@ -38,7 +38,7 @@ pub use checkpoint::{
 };
 pub use config::{ExecutionMode, FailurePolicy, JobConfig};
 pub use error::{BoxError, Error, ErrorDomain, Result};
-pub use graph::{Job, KeySelector, KeyedStream, Stream};
+pub use graph::{Job, KeySelector, KeyedStream, SinkHandle, Stream};
 pub use operator::{DeadLetter, Operator, OperatorContext, Output, OutputTag};
 pub use record::{Data, Record};
 pub use runtime::executor::{JobHandle, LocalRun};

@@ -90,6 +90,8 @@ pub trait Operator<I, O>: Send + 'static {
 pub struct OperatorContext {
     /// The operator's name (as in errors and the job summary).
     pub name: Arc<str>,
+    /// The operator's uid: its state is stored under it in checkpoints.
+    pub uid: Arc<str>,
     /// This subtask's index, `0..parallelism`.
     pub subtask: usize,
     /// How many subtasks the operator has.
@@ -106,7 +108,7 @@ impl OperatorContext {
 
     fn state_scope(&self) -> tideline_state::StateScope {
         tideline_state::StateScope::for_subtask(
-            self.name.to_string(),
+            self.uid.to_string(),
             self.subtask,
             self.parallelism,
             self.config.key_groups,
@@ -430,6 +432,7 @@ pub(crate) fn reject(
 /// names errors, and passes on what the operator wrote.
 pub(crate) struct OperatorPush<I, O, Op> {
     name: Arc<str>,
+    uid: Arc<str>,
     subtask: usize,
     parallelism: usize,
     op: Op,
@@ -453,6 +456,7 @@ impl<I: Data, O: Data, Op: Operator<I, O>> OperatorPush<I, O, Op> {
     ) -> Self {
         Self {
             name: Arc::clone(&out.operator),
+            uid: Arc::clone(&ctx.uid),
             subtask: ctx.subtask,
             parallelism: ctx.parallelism,
             op,
@@ -481,7 +485,12 @@ impl<I: Data, O: Data, Op: Operator<I, O>> OperatorPush<I, O, Op> {
     }
 
     fn snapshot(&mut self, barrier: &mut BarrierCtx) -> Result<()> {
-        let mut writer = barrier.writer(&self.name, self.subtask, self.parallelism);
+        let mut writer = barrier.writer(
+            &self.uid,
+            crate::checkpoint::snapshot::operator_kind::<Op>(),
+            self.subtask,
+            self.parallelism,
+        );
         let op = &mut self.op;
         guarded(&self.name, || op.snapshot_state(&mut writer))
     }

@@ -116,6 +116,8 @@ pub struct SubtaskInfo {
 
 pub(crate) struct SinkPush<S> {
     name: Arc<str>,
+    /// Checkpoints store the sink's transactions under it.
+    uid: Arc<str>,
     sink: S,
     counters: Arc<OpCounters>,
     subtask: usize,
@@ -127,6 +129,7 @@ pub(crate) struct SinkPush<S> {
 impl<S> SinkPush<S> {
     pub(crate) fn new(
         name: Arc<str>,
+        uid: Arc<str>,
         sink: S,
         counters: Arc<OpCounters>,
         subtask: usize,
@@ -134,6 +137,7 @@ impl<S> SinkPush<S> {
     ) -> Self {
         Self {
             name,
+            uid,
             sink,
             counters,
             subtask,
@@ -205,7 +209,7 @@ impl<S> SinkPush<S> {
             barrier
                 .snapshot
                 .transactions
-                .push((self.name.to_string(), self.subtask, txn));
+                .push((self.uid.to_string(), self.subtask, txn));
         }
         Ok(())
     }

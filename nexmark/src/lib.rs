@@ -104,7 +104,7 @@ impl Query {
 
     /// Builds the query on `events` and writes its results to `sink`.
     pub fn build(self, events: &Stream<Event>, sink: BenchSink) {
-        match self {
+        let _ = match self {
             Query::Q0 => queries::q0(events).sink(sink),
             Query::Q1 => queries::q1(events).sink(sink),
             Query::Q2 => queries::q2(events).sink(sink),
@@ -115,7 +115,7 @@ impl Query {
             Query::Q11 => queries::q11(events).sink(sink),
             Query::W1 => queries::w1(events).sink(sink),
             Query::W2 => queries::w2(events).sink(sink),
-        }
+        };
     }
 }
 

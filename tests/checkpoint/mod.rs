@@ -10,6 +10,7 @@ mod late_data;
 mod restore;
 mod stop;
 mod storage;
+mod uids;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -196,7 +196,7 @@ fn every_format_round_trips_through_our_sink_and_source() -> Result<()> {
             "out.csv" => stream.sink(CsvSink::new(&path)?),
             "out.jsonl" => stream.sink(JsonLinesSink::new(&path)?),
             _ => stream.sink(ParquetSink::new(&path)?),
-        }
+        };
         job.run()?;
         let job = Job::new().mode(ExecutionMode::Bounded);
         let back = CollectSink::new();

@@ -469,6 +469,8 @@ impl Coordinator {
                     .push((*subtask, txn.clone()));
             }
             for op in &part.operators {
+                meta.operator_types
+                    .insert(op.operator.clone(), op.kind.clone());
                 let entry = meta.operators.entry(op.operator.clone()).or_default();
                 entry.parallelism = op.parallelism;
                 let files = entry.subtasks.entry(op.subtask).or_default();

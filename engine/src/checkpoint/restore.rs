@@ -12,7 +12,7 @@ use tideline_state::StateScope;
 
 use crate::checkpoint::storage::{io_err, safe_name, CompletedCheckpoint, PartitionState};
 use crate::checkpoint::RestoreContext;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A checkpoint being restored from.
 #[derive(Debug)]
@@ -70,11 +70,17 @@ impl Restored {
         Ok(dir)
     }
 
-    /// What subtask `subtask` of `parallelism` of `operator` restores from;
-    /// `None` when the checkpoint holds nothing for that operator.
+    /// What subtask `subtask` of `parallelism` of the operator of uid
+    /// `operator` and type `kind` restores from; `None` when the checkpoint
+    /// holds nothing for that uid.
+    ///
+    /// # Errors
+    /// When the state under that uid was written by another kind of
+    /// operator: restoring it would misread it.
     pub(crate) fn operator(
         &self,
         operator: &str,
+        kind: &str,
         subtask: usize,
         parallelism: usize,
         key_groups: u16,
@@ -82,6 +88,18 @@ impl Restored {
         let Some(meta) = self.checkpoint.metadata.operators.get(operator) else {
             return Ok(None);
         };
+        if let Some(written_by) = self.checkpoint.metadata.operator_types.get(operator) {
+            if written_by != kind {
+                return Err(Error::config(
+                    format!("operator uid '{operator}'"),
+                    format!(
+                        "checkpoint {} holds state of a {written_by} under this uid, but the job's operator with it is a {kind}; \
+                         give the operators distinct, stable uids with .uid(...)",
+                        self.checkpoint.id()
+                    ),
+                ));
+            }
+        }
         let dirs = meta
             .subtasks
             .iter()

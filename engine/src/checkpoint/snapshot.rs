@@ -20,6 +20,14 @@ pub use tideline_state::SnapshotFile;
 use crate::checkpoint::storage::{io_err, safe_name, PartitionState, StoredFile};
 use crate::error::{Error, Result};
 
+/// The kind of operator `Op` is, as checkpoints record it: its type's path
+/// without generic parameters (those name closures by source line, which
+/// a new version of the program moves).
+pub(crate) fn operator_kind<Op>() -> &'static str {
+    let name = std::any::type_name::<Op>();
+    name.split('<').next().unwrap_or(name)
+}
+
 /// One file staged by a task for a checkpoint.
 #[derive(Clone, Debug)]
 pub(crate) struct StagedFile {
@@ -33,7 +41,10 @@ pub(crate) struct StagedFile {
 /// Files of one operator subtask.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct OperatorPart {
+    /// The operator's uid.
     pub(crate) operator: String,
+    /// The Rust type of the operator that wrote it.
+    pub(crate) kind: String,
     pub(crate) subtask: usize,
     pub(crate) parallelism: usize,
     pub(crate) files: Vec<(StoredFile, StagedFile)>,
@@ -67,10 +78,12 @@ pub(crate) struct BarrierCtx {
 }
 
 impl BarrierCtx {
-    /// A writer for operator `operator` at `subtask` of `parallelism`.
+    /// A writer for the operator of uid `operator` and type `kind` at
+    /// `subtask` of `parallelism`.
     pub(crate) fn writer(
         &mut self,
         operator: &str,
+        kind: &str,
         subtask: usize,
         parallelism: usize,
     ) -> SnapshotWriter<'_> {
@@ -81,6 +94,7 @@ impl BarrierCtx {
             local,
             part: OperatorPart {
                 operator: operator.to_string(),
+                kind: kind.to_string(),
                 subtask,
                 parallelism,
                 files: Vec::new(),

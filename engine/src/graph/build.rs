@@ -56,6 +56,7 @@ pub(crate) struct BuildCtx<'a> {
     pub(crate) config: &'a JobConfig,
     pub(crate) layout: &'a [NodeLayout],
     pub(crate) op_names: &'a [Arc<str>],
+    pub(crate) op_uids: &'a [Arc<str>],
     pub(crate) op_counters: &'a [Arc<OpCounters>],
     pub(crate) channels: &'a mut Channels,
     pub(crate) job_counters: &'a Arc<JobCounters>,
@@ -75,6 +76,10 @@ impl BuildCtx<'_> {
         Arc::clone(&self.op_names[op])
     }
 
+    pub(crate) fn op_uid(&self, op: OpId) -> Arc<str> {
+        Arc::clone(&self.op_uids[op])
+    }
+
     pub(crate) fn op_counters(&self, op: OpId) -> Arc<OpCounters> {
         Arc::clone(&self.op_counters[op])
     }
@@ -86,6 +91,7 @@ impl BuildCtx<'_> {
     pub(crate) fn operator_context(&self, op: OpId) -> OperatorContext {
         OperatorContext {
             name: self.op_name(op),
+            uid: self.op_uid(op),
             subtask: self.subtask,
             parallelism: self.parallelism(),
             config: self.config.clone(),
@@ -110,6 +116,7 @@ impl BuildCtx<'_> {
     ) -> Result<ChainHead<T>> {
         let push = port.build(self)?;
         let node_name = self.op_names[op].to_string();
+        let node_uid = self.op_uids[op].to_string();
         let mut head = ChainHead::new(
             Arc::from(format!("{node_name}[{}]", self.subtask)),
             push,
@@ -119,13 +126,13 @@ impl BuildCtx<'_> {
         );
         if let Some(restored) = self.restored {
             head.restored_watermark = restored
-                .watermark(&node_name, self.subtask, self.parallelism())
+                .watermark(&node_uid, self.subtask, self.parallelism())
                 .map(EventTime::from_millis);
         }
         head.checkpoint = self.coordinator.map(|c| TaskCheckpoint {
             coordinator: Arc::clone(c),
             task: self.task,
-            node: node_name,
+            node: node_uid,
             subtask: self.subtask,
         });
         Ok(head)
@@ -183,6 +190,7 @@ pub(crate) struct SourceFactory<T> {
 impl<T: Data> TaskFactory for SourceFactory<T> {
     fn build(&self, ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Task>> {
         let name = ctx.op_name(self.op);
+        let uid = ctx.op_uid(self.op);
         let total = self.source.partitions();
         let reader_ctx = ReaderContext {
             clock: Arc::clone(&ctx.config.clock),
@@ -191,7 +199,7 @@ impl<T: Data> TaskFactory for SourceFactory<T> {
         let partitions = (ctx.subtask..total)
             .step_by(ctx.parallelism())
             .map(|p| {
-                let restored = ctx.restored.and_then(|r| r.partition(&name, p));
+                let restored = ctx.restored.and_then(|r| r.partition(&uid, p));
                 let mut generator = self.strategy.generator();
                 let reader = match restored {
                     Some(state) => {
@@ -216,7 +224,7 @@ impl<T: Data> TaskFactory for SourceFactory<T> {
         let mut head = ctx.chain_head(self.op, &self.head, partitions.len())?;
         head.sides = self.sides.build(ctx)?;
         ctx.hooks.add(Arc::new(SourceHook {
-            uid: name.to_string(),
+            uid: uid.to_string(),
             source: Arc::clone(&self.source),
         }));
         Ok(Box::new(SourceTask {
@@ -230,6 +238,7 @@ impl<T: Data> TaskFactory for SourceFactory<T> {
             job: Arc::clone(ctx.job_counters),
             failure_policy: ctx.config.failure_policy,
             operator: ctx.op_name(self.op),
+            uid,
             last_barrier: 0,
         }))
     }
@@ -308,6 +317,55 @@ impl Graph {
         }
     }
 
+    /// The uid checkpoints use for `op`. An exchange (the head of a node
+    /// behind `key_by`, `union`...) is named after its position (`key_by#2`),
+    /// which shifts when the job changes; it takes the uid of the first
+    /// operator it feeds instead, so its node's watermark follows that
+    /// operator.
+    fn effective_uid(&self, op: &crate::graph::Op) -> String {
+        if op.kind != OpKind::Exchange || op.uid.is_some() {
+            return op.uid().to_string();
+        }
+        self.ops
+            .iter()
+            .find(|o| o.node == op.node && o.kind != OpKind::Exchange)
+            .map_or_else(|| op.uid().to_string(), |o| format!("{}@input", o.uid()))
+    }
+
+    /// Refuses a checkpoint that holds state, offsets or transactions under
+    /// a uid this job does not have (it would be dropped silently), unless
+    /// the job allows it.
+    fn check_restored_uids(&self, restored: &Restored) -> Result<()> {
+        if self.config.allow_non_restored_state {
+            return Ok(());
+        }
+        let meta = &restored.checkpoint.metadata;
+        let held = meta
+            .operators
+            .keys()
+            .chain(meta.sources.keys())
+            .chain(meta.transactions.keys());
+        let mut unknown: Vec<&str> = held
+            .map(String::as_str)
+            .filter(|uid| !self.ops.iter().any(|o| self.effective_uid(o) == *uid))
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        Err(Error::config(
+            "restore",
+            format!(
+                "checkpoint {} holds state for operators this job no longer has (uids: {}); \
+                 give the operators their old uids with .uid(...), or drop that state with \
+                 job.allow_non_restored_state(true)",
+                restored.checkpoint.id(),
+                unknown.join(", ")
+            ),
+        ))
+    }
+
     fn validate(&self) -> Result<()> {
         self.config.validate()?;
         if !self.ops.iter().any(|o| o.kind == OpKind::Sink) {
@@ -318,6 +376,18 @@ impl Graph {
                 return Err(Error::config(
                     format!("operator '{}'", op.name),
                     "two operators have this name; names must be unique",
+                ));
+            }
+            if self.ops[..i]
+                .iter()
+                .any(|o| self.effective_uid(o) == self.effective_uid(op))
+            {
+                return Err(Error::config(
+                    format!("operator '{}'.uid", op.name),
+                    format!(
+                        "uid '{}' is used twice; uids must be unique",
+                        self.effective_uid(op)
+                    ),
                 ));
             }
             if op.kind != OpKind::Sink && op.ports.iter().all(|p| p.consumer_count() == 0) {
@@ -394,11 +464,19 @@ impl Graph {
             .iter()
             .map(|o| Arc::from(o.name.as_str()))
             .collect();
+        let op_uids: Vec<Arc<str>> = self
+            .ops
+            .iter()
+            .map(|o| Arc::from(self.effective_uid(o).as_str()))
+            .collect();
         let op_counters: Vec<Arc<OpCounters>> =
             self.ops.iter().map(|o| Arc::clone(&o.counters)).collect();
         let job_counters = Arc::new(JobCounters::default());
         let shared = Arc::new(Shared::default());
         let (restored, skipped_checkpoints) = self.resolve_restore()?;
+        if let Some(restored) = &restored {
+            self.check_restored_uids(restored)?;
+        }
         let task_count: usize = layout.iter().map(|l| l.parallelism).sum();
         let coordinator = match &self.config.checkpointing {
             Some(cp) => Some(Coordinator::start(
@@ -421,6 +499,7 @@ impl Graph {
                     config: &self.config,
                     layout: &layout,
                     op_names: &op_names,
+                    op_uids: &op_uids,
                     op_counters: &op_counters,
                     channels: &mut channels,
                     job_counters: &job_counters,

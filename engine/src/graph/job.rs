@@ -154,8 +154,10 @@ impl Job {
     /// Restarts from a checkpoint: keyed state and timers restored (also at
     /// another parallelism: key groups are redistributed), sources resume
     /// at their offsets, every task at its watermark, and exactly-once sinks
-    /// drop what the failed run never committed. The job graph must be the
-    /// same one (operators are matched by name).
+    /// drop what the failed run never committed. State, offsets and
+    /// transactions are matched by uid (see [`Stream::uid`]): the job may
+    /// change between the runs, as long as every uid the checkpoint holds
+    /// state for is still there (or [`Job::allow_non_restored_state`]).
     pub fn restore(self, from: RestoreFrom) -> Self {
         self.configure(|c| c.restore = Some(from))
     }
@@ -165,6 +167,12 @@ impl Job {
     /// [`StopHandle`](crate::StopHandle).
     pub fn stop_handle(&self) -> crate::runtime::stop::StopHandle {
         self.graph.borrow().stop.clone()
+    }
+
+    /// Lets a restore drop the state a checkpoint holds for operators (by
+    /// uid) that the job no longer has; by default such a restore is refused.
+    pub fn allow_non_restored_state(self, allow: bool) -> Self {
+        self.configure(|c| c.allow_non_restored_state = allow)
     }
 
     /// The configuration as it stands.

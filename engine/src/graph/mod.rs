@@ -13,7 +13,7 @@ pub(crate) mod port;
 mod stream;
 
 pub use job::Job;
-pub use stream::{KeySelector, KeyedStream, Stream};
+pub use stream::{KeySelector, KeyedStream, SinkHandle, Stream};
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -60,6 +60,9 @@ pub(crate) enum OpKind {
 
 pub(crate) struct Op {
     pub(crate) name: String,
+    /// The stable identity its state, offsets and transactions are stored
+    /// under; `None`: its name.
+    pub(crate) uid: Option<String>,
     pub(crate) node: NodeId,
     pub(crate) kind: OpKind,
     pub(crate) counters: Arc<OpCounters>,
@@ -75,6 +78,13 @@ pub(crate) struct Graph {
     pub(crate) ops: Vec<Op>,
     /// Stops whichever run of the job is current.
     pub(crate) stop: crate::runtime::stop::StopHandle,
+}
+
+impl Op {
+    /// Its uid: the one given with `.uid(...)`, else its name.
+    pub(crate) fn uid(&self) -> &str {
+        self.uid.as_deref().unwrap_or(&self.name)
+    }
 }
 
 impl Graph {
@@ -107,6 +117,7 @@ impl Graph {
         }
         self.ops.push(Op {
             name,
+            uid: None,
             node,
             kind,
             counters: Arc::default(),

@@ -107,7 +107,8 @@ impl<T: Data> Stream<T> {
             let mut operator = factory(&op_ctx).map_err(|e| e.in_operator(&op_ctx.name))?;
             if let Some(restored) = ctx.restored {
                 let restore = restored.operator(
-                    &op_ctx.name,
+                    &op_ctx.uid,
+                    crate::checkpoint::snapshot::operator_kind::<Op>(),
                     op_ctx.subtask,
                     op_ctx.parallelism,
                     ctx.config.key_groups,
@@ -143,9 +144,23 @@ impl<T: Data> Stream<T> {
     }
 
     /// Renames the operator that produces this stream (names appear in errors
-    /// and the job summary, and must be unique).
+    /// and the job summary, and must be unique). Unless [`Stream::uid`] is
+    /// given too, the name is also its uid.
     pub fn named(self, name: &str) -> Self {
         self.graph.borrow_mut().ops[self.op].name = name.to_string();
+        self
+    }
+
+    /// Gives the operator (or source) that produces this stream a stable
+    /// uid: checkpoints store its state, offsets and watermarks under it,
+    /// and a restore matches them by uid, so the job can change around it
+    /// (operators added or removed elsewhere, names changed) and still
+    /// resume. Without one, the uid is the operator's name: `.named(...)`
+    /// it, or give it a uid, before its first checkpoint whenever the job
+    /// may change (generated names like `map#2` depend on the order
+    /// operators were added). Uids must be unique.
+    pub fn uid(self, uid: &str) -> Self {
+        self.graph.borrow_mut().ops[self.op].uid = Some(uid.to_string());
         self
     }
 
@@ -225,13 +240,13 @@ impl<T: Data> Stream<T> {
     }
 
     /// Sends the stream to `sink`; each subtask gets its own clone.
-    pub fn sink<S: Sink<T> + Clone>(&self, sink: S) {
+    pub fn sink<S: Sink<T> + Clone>(&self, sink: S) -> SinkHandle {
         let name = sink.name().to_string();
-        self.sink_with(&name, move |_| Ok(sink.clone()));
+        self.sink_with(&name, move |_| Ok(sink.clone()))
     }
 
     /// Sends the stream to sinks made by `factory`, one per subtask.
-    pub fn sink_with<S, F>(&self, name: &str, factory: F)
+    pub fn sink_with<S, F>(&self, name: &str, factory: F) -> SinkHandle
     where
         S: Sink<T>,
         F: Fn(SubtaskInfo) -> Result<S> + 'static,
@@ -246,20 +261,26 @@ impl<T: Data> Stream<T> {
                 parallelism: ctx.parallelism(),
             };
             let name = ctx.op_name(op);
+            let uid = ctx.op_uid(op);
             let sink = factory(info).map_err(|e| e.in_operator(&name))?;
             let committer = sink.committer();
             if let Some(c) = &committer {
-                ctx.register_committer(&name, c);
+                ctx.register_committer(&uid, c);
             }
             let commit_at_end = committer.filter(|_| ctx.coordinator.is_none());
             Ok(Box::new(SinkPush::new(
                 name,
+                uid,
                 sink,
                 ctx.op_counters(op),
                 ctx.subtask,
                 commit_at_end,
             )) as BoxPush<T>)
         }));
+        SinkHandle {
+            graph: Rc::clone(&self.graph),
+            op,
+        }
     }
 
     /// The side output `tag` of the operator that produced this stream.
@@ -289,6 +310,35 @@ impl<T: Data> Stream<T> {
     /// Records the producing operator rejected, with the reason.
     pub fn dead_letters(&self) -> Stream<DeadLetter> {
         self.side_output(&OutputTag::dead_letters())
+    }
+}
+
+/// A sink added to the job ([`Stream::sink`]): name it and give it a uid.
+pub struct SinkHandle {
+    graph: Rc<RefCell<Graph>>,
+    op: OpId,
+}
+
+impl fmt::Debug for SinkHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.graph.borrow().ops.get(self.op).map(|o| o.name.clone());
+        f.debug_struct("SinkHandle").field("sink", &name).finish()
+    }
+}
+
+impl SinkHandle {
+    /// Renames the sink (errors, the job summary; and its uid unless
+    /// [`SinkHandle::uid`] is given).
+    pub fn named(self, name: &str) -> Self {
+        self.graph.borrow_mut().ops[self.op].name = name.to_string();
+        self
+    }
+
+    /// Gives the sink a stable uid: checkpoints store its transactions
+    /// under it (see [`Stream::uid`]).
+    pub fn uid(self, uid: &str) -> Self {
+        self.graph.borrow_mut().ops[self.op].uid = Some(uid.to_string());
+        self
     }
 }
 

@@ -37,6 +37,8 @@ pub(crate) struct SourceTask<T> {
     pub(crate) failure_policy: FailurePolicy,
     /// The source operator's name (dead letters name it; the task name adds the subtask).
     pub(crate) operator: Arc<str>,
+    /// The source's uid: checkpoints store its partitions under it.
+    pub(crate) uid: Arc<str>,
     /// The last checkpoint barrier emitted.
     pub(crate) last_barrier: u64,
 }
@@ -56,7 +58,7 @@ impl<T: Data> SourceTask<T> {
                 })?;
                 let (max_timestamp, explicit) = p.generator.state();
                 Ok((
-                    self.operator.to_string(),
+                    self.uid.to_string(),
                     p.index,
                     PartitionState {
                         offset: offset.0,
