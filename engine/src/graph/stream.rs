@@ -403,6 +403,8 @@ impl<K: Hash + Eq + Clone + Send + 'static, T: Data> KeyedStream<K, T> {
 struct TimestampAssigner<T> {
     timestamps: Option<crate::time::TimestampFn<T>>,
     generator: crate::time::WatermarkGenerator,
+    /// The operator's parallelism (a restore at another one merges states).
+    parallelism: usize,
 }
 
 impl<T: Data> Operator<T, T> for TimestampAssigner<T> {
@@ -423,19 +425,50 @@ impl<T: Data> Operator<T, T> for TimestampAssigner<T> {
     fn forwards_watermarks(&self) -> bool {
         false
     }
+
+    fn snapshot_state(&mut self, snapshot: &mut crate::SnapshotWriter<'_>) -> Result<()> {
+        let (max_timestamp, explicit) = self.generator.state();
+        snapshot.put(GENERATOR, &(max_timestamp.millis(), explicit.millis()))
+    }
+
+    /// At the same parallelism each subtask continues with its own
+    /// generator. At another one the records are spread differently, so a
+    /// subtask starts from the most conservative old state (the smallest),
+    /// which never judges a record late that an old subtask would not have.
+    fn restore_state(&mut self, restore: &crate::RestoreContext) -> Result<()> {
+        let states: Vec<(i64, i64)> = restore.read_all(GENERATOR)?;
+        let state = if restore.same_parallelism(self.parallelism) {
+            states.get(restore.subtask()).copied()
+        } else {
+            states.iter().copied().min()
+        };
+        if let Some((max_timestamp, explicit)) = state {
+            self.generator.restore(
+                crate::EventTime::from_millis(max_timestamp),
+                crate::EventTime::from_millis(explicit),
+            );
+        }
+        Ok(())
+    }
 }
+
+/// The snapshot file of a timestamp assigner's watermark generator.
+const GENERATOR: &str = "watermark-generator";
 
 impl<T: Data> Stream<T> {
     /// Re-stamps records with `strategy`'s timestamps and replaces upstream
     /// watermarks with ones generated here, per subtask, after every batch
-    /// (only `+inf` at the end of input passes through). Prefer giving the
-    /// strategy to the source, which generates watermarks per partition.
+    /// (only `+inf` at the end of input passes through). Checkpoints keep
+    /// each subtask's generator, so lateness after a restore is what it was.
+    /// Prefer giving the strategy to the source, which generates watermarks
+    /// per partition.
     pub fn assign_timestamps(&self, strategy: crate::time::WatermarkStrategy<T>) -> Stream<T> {
         let check = strategy.clone();
-        self.transform("assign_timestamps", move |_| {
+        self.transform("assign_timestamps", move |ctx| {
             Ok(TimestampAssigner {
                 timestamps: strategy.timestamps.clone(),
                 generator: strategy.generator(),
+                parallelism: ctx.parallelism,
             })
         })
         .validate_with(move || check.validate("assign_timestamps"))
