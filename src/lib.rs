@@ -57,7 +57,7 @@ pub use tideline_engine::RocksDbOptions;
 pub use tideline_engine::{
     time, AbortedCheckpoint, CheckpointConfig, CheckpointStats, Committer, Data, DeadLetter, Error,
     ErrorDomain, EventTime, ExecutionMode, FailurePolicy, Job, JobConfig, JobHandle, JobSummary,
-    KeyedStream, LocalRun, Operator, OperatorContext, OperatorSummary, Output, OutputTag,
+    KeyedStream, LocalRun, Operator, RestartStrategy, OperatorContext, OperatorSummary, Output, OutputTag,
     ReaderContext, Record, RestoreContext, RestoreFrom, Result, Sink, SinkHandle, SnapshotWriter,
     Source, SourceOffset, SourceOutput, SourceReader, SourceStatus, StateBackend, StopHandle,
     Stream, SubtaskInfo, Watermark,

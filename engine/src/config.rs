@@ -30,6 +30,93 @@ pub enum FailurePolicy {
     FailFast,
 }
 
+/// What a job does when it fails while running (Flink's restart
+/// strategies). A restart rebuilds every task inside the same process and
+/// restores it from the latest complete checkpoint, so it needs
+/// checkpointing; exactly-once sinks then show every record once.
+///
+/// Not restarted: configuration errors (found before the job runs), an
+/// abort, and a failure while the job was being stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+#[non_exhaustive]
+pub enum RestartStrategy {
+    /// The first failure is the job's (default).
+    #[default]
+    None,
+    /// Up to `attempts` restarts, `delay` apart.
+    FixedDelay {
+        /// Restarts allowed.
+        attempts: u32,
+        /// Wait before each restart.
+        delay: Duration,
+    },
+    /// Up to `attempts` restarts; the wait starts at `initial` and is
+    /// multiplied by `multiplier` after each, up to `max`.
+    ExponentialBackoff {
+        /// Restarts allowed.
+        attempts: u32,
+        /// Wait before the first restart.
+        initial: Duration,
+        /// Longest wait.
+        max: Duration,
+        /// Growth of the wait per restart (at least 1).
+        multiplier: f64,
+    },
+}
+
+impl RestartStrategy {
+    /// The wait before restart number `restart` (0-based), or `None` when
+    /// no more restarts are allowed.
+    pub fn delay(&self, restart: u32) -> Option<Duration> {
+        match *self {
+            RestartStrategy::None => None,
+            RestartStrategy::FixedDelay { attempts, delay } => (restart < attempts).then_some(delay),
+            RestartStrategy::ExponentialBackoff {
+                attempts,
+                initial,
+                max,
+                multiplier,
+            } => (restart < attempts).then(|| {
+                let factor = multiplier.max(1.0).powi(i32::try_from(restart).unwrap_or(i32::MAX));
+                initial.mul_f64(factor.min(1e9)).min(max)
+            }),
+        }
+    }
+
+    fn validate(&self, checkpointing: bool) -> Result<()> {
+        if *self == RestartStrategy::None {
+            return Ok(());
+        }
+        if !checkpointing {
+            return Err(Error::config(
+                "restart_strategy",
+                "a restart restores the latest checkpoint: call job.checkpointing(...) too",
+            ));
+        }
+        if let RestartStrategy::ExponentialBackoff {
+            multiplier,
+            initial,
+            max,
+            ..
+        } = self
+        {
+            if !(multiplier.is_finite() && *multiplier >= 1.0) {
+                return Err(Error::config(
+                    "restart_strategy.multiplier",
+                    format!("must be a finite number of at least 1, got {multiplier}"),
+                ));
+            }
+            if initial > max {
+                return Err(Error::config(
+                    "restart_strategy.initial",
+                    "must not exceed max",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Configuration shared by every task of a job.
 #[derive(Clone, Debug)]
 pub struct JobConfig {
@@ -58,6 +145,8 @@ pub struct JobConfig {
     /// Restore even when the checkpoint holds state for uids the job no
     /// longer has (that state is dropped). Default: refuse.
     pub allow_non_restored_state: bool,
+    /// What to do when the job fails while running (default: nothing).
+    pub restart_strategy: RestartStrategy,
     /// How operators decide that a record is late (default: per source
     /// partition, deterministic).
     pub lateness_rule: LatenessRule,
@@ -78,6 +167,7 @@ impl Default for JobConfig {
             checkpointing: None,
             restore: None,
             allow_non_restored_state: false,
+            restart_strategy: RestartStrategy::None,
             lateness_rule: LatenessRule::PartitionLocal,
         }
     }
@@ -107,6 +197,8 @@ impl JobConfig {
                 ),
             ));
         }
+        self.restart_strategy
+            .validate(self.checkpointing.is_some())?;
         if let Some(cp) = &self.checkpointing {
             if cp.interval.is_zero() {
                 return Err(Error::config(

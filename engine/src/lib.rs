@@ -36,7 +36,7 @@ pub use checkpoint::{
     AbortedCheckpoint, CheckpointConfig, CheckpointStats, RestoreContext, RestoreFrom,
     SnapshotWriter,
 };
-pub use config::{ExecutionMode, FailurePolicy, JobConfig};
+pub use config::{ExecutionMode, FailurePolicy, JobConfig, RestartStrategy};
 pub use error::{BoxError, Error, ErrorDomain, Result};
 pub use graph::{Job, KeySelector, KeyedStream, SinkHandle, Stream};
 pub use operator::{DeadLetter, Operator, OperatorContext, Output, OutputTag};

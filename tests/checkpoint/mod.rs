@@ -7,6 +7,7 @@ mod crash;
 mod hooks;
 mod joins;
 mod late_data;
+mod restarts;
 mod restore;
 mod stop;
 mod storage;

@@ -456,7 +456,11 @@ impl Graph {
 
     /// Validates the graph and builds every task. `capacity` is the channel
     /// capacity in batches (`None`: unbounded, for the local executor).
-    pub(crate) fn build(self, capacity: Option<usize>) -> Result<BuiltJob> {
+    ///
+    /// The graph stays as it was, so a failed run can be built again (a
+    /// restart restores the new tasks from the latest checkpoint); every
+    /// build counts records afresh.
+    pub(crate) fn build(&self, capacity: Option<usize>) -> Result<BuiltJob> {
         self.validate()?;
         let layout = self.layout();
         let op_names: Vec<Arc<str>> = self
@@ -470,7 +474,7 @@ impl Graph {
             .map(|o| Arc::from(self.effective_uid(o).as_str()))
             .collect();
         let op_counters: Vec<Arc<OpCounters>> =
-            self.ops.iter().map(|o| Arc::clone(&o.counters)).collect();
+            self.ops.iter().map(|_| Arc::default()).collect();
         let job_counters = Arc::new(JobCounters::default());
         let shared = Arc::new(Shared::default());
         let (restored, skipped_checkpoints) = self.resolve_restore()?;
@@ -531,12 +535,13 @@ impl Graph {
             operators: self
                 .ops
                 .iter()
-                .filter(|o| o.kind != OpKind::Exchange)
-                .map(|o| {
+                .zip(&op_counters)
+                .filter(|(o, _)| o.kind != OpKind::Exchange)
+                .map(|(o, counters)| {
                     (
                         o.name.clone(),
                         layout[o.node].parallelism,
-                        Arc::clone(&o.counters),
+                        Arc::clone(counters),
                     )
                 })
                 .collect(),

@@ -222,13 +222,46 @@ impl Job {
         std::mem::take(&mut *self.graph.borrow_mut())
     }
 
+    /// What to do when the job fails while running (default: fail); see
+    /// [`RestartStrategy`](crate::RestartStrategy). Applies to [`Job::run`].
+    pub fn restart_strategy(self, strategy: crate::RestartStrategy) -> Self {
+        self.configure(|c| c.restart_strategy = strategy)
+    }
+
     /// Validates the job, runs it on its own threads and waits for the end.
+    /// On a failure, the [restart strategy](Job::restart_strategy) may
+    /// rebuild it and restore it from its latest checkpoint; the summary
+    /// lists the failures it recovered from ([`JobSummary::restarts`]).
     ///
     /// # Errors
-    /// A validation error before anything runs, or the first failure of any
-    /// operator, source or sink (naming it).
+    /// A validation error before anything runs, or the failure of any
+    /// operator, source or sink (naming it) that was not restarted.
     pub fn run(self) -> Result<JobSummary> {
-        self.spawn()?.join()
+        let mut graph = self.take_graph();
+        let capacity = graph.config.channel_capacity;
+        let strategy = graph.config.restart_strategy;
+        let mut restarts: Vec<String> = Vec::new();
+        loop {
+            let (tasks, shared, report) = graph.build(Some(capacity))?;
+            let error = match JobHandle::spawn(tasks, shared, report)?.join() {
+                Ok(mut summary) => {
+                    summary.restarts = restarts;
+                    return Ok(summary);
+                }
+                Err(e) => e,
+            };
+            let restart = u32::try_from(restarts.len()).unwrap_or(u32::MAX);
+            let delay = strategy.delay(restart).filter(|_| {
+                !graph.stop.is_stopping()
+                    && !matches!(error, crate::Error::Aborted | crate::Error::Config { .. })
+            });
+            let Some(delay) = delay else {
+                return Err(error);
+            };
+            restarts.push(error.to_string());
+            std::thread::sleep(delay);
+            graph.config.restore = Some(RestoreFrom::Latest);
+        }
     }
 
     /// Validates the job and starts it on its own threads (one per subtask).

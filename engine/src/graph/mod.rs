@@ -16,9 +16,7 @@ pub use job::Job;
 pub use stream::{KeySelector, KeyedStream, SinkHandle, Stream};
 
 use std::rc::Rc;
-use std::sync::Arc;
 
-use crate::runtime::metrics::OpCounters;
 use build::TaskFactory;
 use port::AnyPort;
 
@@ -65,7 +63,6 @@ pub(crate) struct Op {
     pub(crate) uid: Option<String>,
     pub(crate) node: NodeId,
     pub(crate) kind: OpKind,
-    pub(crate) counters: Arc<OpCounters>,
     pub(crate) ports: Vec<Rc<dyn AnyPort>>,
     pub(crate) validate: Option<Box<dyn Fn() -> crate::Result<()>>>,
 }
@@ -120,7 +117,6 @@ impl Graph {
             uid: None,
             node,
             kind,
-            counters: Arc::default(),
             ports: Vec::new(),
             validate: None,
         });
