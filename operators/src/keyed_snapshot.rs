@@ -53,7 +53,13 @@ pub(crate) fn restore_keyed<K: StateKey, N: StateKey>(
     state.restore_from(&dirs)?;
     for lists in restore.read_all::<Vec<StoredTimers<K, N>>>(TIMERS)? {
         for (service, list) in timers.iter_mut().zip(lists) {
-            service.restore(list.into_iter().filter(|(_, k, _)| restore.owns_key(k)));
+            let mut owned = Vec::with_capacity(list.len());
+            for timer in list {
+                if restore.owns_key(&timer.1)? {
+                    owned.push(timer);
+                }
+            }
+            service.restore(owned);
         }
     }
     Ok(())

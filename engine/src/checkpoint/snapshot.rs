@@ -8,7 +8,6 @@
 //! the operator, with the range of key groups it now owns, so state can be
 //! redistributed when the parallelism changed.
 
-use std::hash::Hash;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -181,8 +180,13 @@ impl RestoreContext {
     }
 
     /// Whether this subtask owns `key` now.
-    pub fn owns_key<K: Hash + ?Sized>(&self, key: &K) -> bool {
-        self.range.contains(&key_group_of(key, self.key_groups))
+    ///
+    /// # Errors
+    ///
+    /// [`Error::State`] if the key cannot be encoded to
+    /// find its key group.
+    pub fn owns_key<K: Serialize + ?Sized>(&self, key: &K) -> Result<bool> {
+        Ok(self.range.contains(&key_group_of(key, self.key_groups)?))
     }
 
     /// Whether the job runs at the parallelism the checkpoint was taken at.
