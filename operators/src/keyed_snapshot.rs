@@ -25,9 +25,7 @@ pub(crate) fn snapshot_keyed<K: StateKey, N: StateKey>(
     writer: &mut SnapshotWriter<'_>,
 ) -> Result<()> {
     let dir = writer.dir()?.join(STATE_DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        tideline_engine::Error::user(format!("cannot create {}: {e}", dir.display()))
-    })?;
+    std::fs::create_dir_all(&dir).map_err(|e| tideline_engine::Error::io("create", &dir, e))?;
     let files = state.snapshot_to(&dir)?;
     writer.add_files(
         files

@@ -16,7 +16,7 @@ use serde::Serialize;
 use tideline_state::key_group::key_group_of;
 pub use tideline_state::SnapshotFile;
 
-use crate::checkpoint::storage::{io_err, safe_name, PartitionState, StoredFile};
+use crate::checkpoint::storage::{safe_name, PartitionState, StoredFile};
 use crate::error::{Error, Result};
 
 /// One file staged by a task for a checkpoint.
@@ -111,7 +111,7 @@ impl SnapshotWriter<'_> {
     /// # Errors
     /// When the directory cannot be created.
     pub fn dir(&mut self) -> Result<&Path> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| io_err(&self.dir, e))?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io("create", &self.dir, e))?;
         Ok(&self.dir)
     }
 
@@ -138,9 +138,10 @@ impl SnapshotWriter<'_> {
     /// # Errors
     /// When it cannot be encoded or written.
     pub fn put<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<()> {
-        let bytes = postcard::to_stdvec(value).map_err(|e| io_err(&self.dir, e))?;
+        let bytes = postcard::to_stdvec(value)
+            .map_err(|e| Error::user(format!("cannot encode the snapshot value `{name}`: {e}")))?;
         let path = self.dir()?.join(name);
-        std::fs::write(&path, bytes).map_err(|e| io_err(&path, e))?;
+        std::fs::write(&path, bytes).map_err(|e| Error::io("write", &path, e))?;
         self.add_files(vec![SnapshotFile {
             name: name.to_string(),
             shared_name: None,
@@ -210,7 +211,7 @@ impl RestoreContext {
             if !path.exists() {
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+            let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
             values.push(postcard::from_bytes(&bytes).map_err(|e| Error::Checkpoint {
                 path: path.display().to_string(),
                 reason: format!("cannot decode: {e}"),
