@@ -190,7 +190,6 @@ fn tempdir_or(dir: &Option<PathBuf>) -> Result<PathBuf> {
     let path = dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("tideline-nexmark-{}", std::process::id()))
     });
-    std::fs::create_dir_all(&path)
-        .map_err(|e| Error::user(format!("cannot create {}: {e}", path.display())))?;
+    std::fs::create_dir_all(&path).map_err(|e| Error::io("create", &path, e))?;
     Ok(path)
 }

@@ -2,9 +2,28 @@
 //!
 //! Variants say who is at fault ([`Error::domain`]): the job's configuration or
 //! code (`User`), an external system (`External`), or Tideline itself
-//! (`Internal`, a bug).
+//! (`Internal`, a bug). The rules, so that a supervisor can decide whether to
+//! retry (External), page the job's owner (User) or report a bug (Internal):
+//!
+//! - a failed file-system call anywhere (sinks, readers, checkpoint storage,
+//!   state snapshots) is [`Error::Io`], External; it keeps the
+//!   [`std::io::Error`], so its [`kind`](std::io::Error::kind) can be matched
+//!   (see [`Error::io_kind`]) rather than parsed from a message;
+//! - a checkpoint that is missing, truncated or altered is
+//!   [`Error::Checkpoint`], External;
+//! - [`Error::State`] is classified by the state error's own cause: a
+//!   malformed snapshot, a file-system failure and a RocksDB failure are
+//!   External; a state name bound to two types, and a key or value of the
+//!   job's types that cannot be encoded or decoded (its serde impl fails, or
+//!   the type changed since the checkpoint) are User;
+//! - configuration, graph and user-code errors (including panics) are User;
+//! - [`Error::Cancelled`] (never a root cause) and [`Error::Internal`] are
+//!   Internal.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+
+use tideline_state::StateError;
 
 /// A boxed error from user code or a connector.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -83,6 +102,18 @@ pub enum Error {
     /// The job was aborted through its [`StopHandle`](crate::StopHandle).
     #[error("the job was aborted (StopHandle::abort); nothing after its last completed checkpoint was committed")]
     Aborted,
+    /// A file-system call failed. External: the disk, permissions or
+    /// another process are at fault, not the job's code.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done, e.g. `create`, `write`, `read`.
+        action: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error; its `kind()` says why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The job was cancelled because another task failed; never the root cause.
     #[error("cancelled because another task of the job failed")]
     Cancelled,
@@ -103,6 +134,27 @@ impl Error {
     /// Wraps an error from user code.
     pub fn user(e: impl Into<BoxError>) -> Self {
         Error::User(e.into())
+    }
+
+    /// A failed file-system call: `action` on `path` (an [`Error::Io`]).
+    pub fn io(action: &'static str, path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    /// The kind of the I/O failure at the root of this error, if it is one
+    /// ([`Error::Io`] or a state-file failure, attributed to an operator or not).
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            Error::Io { source, .. } | Error::State(StateError::Io { source, .. }) => {
+                Some(source.kind())
+            }
+            Error::Operator { source, .. } => source.io_kind(),
+            _ => None,
+        }
     }
 
     /// Attributes this error to `operator`, unless it already names one or is a
@@ -134,10 +186,10 @@ impl Error {
             | Error::UnboundedSource { .. }
             | Error::User(_)
             | Error::Panic { .. }
-            | Error::State(_)
             | Error::Aborted => ErrorDomain::User,
+            Error::State(e) => state_domain(e),
             Error::Operator { source, .. } => source.domain(),
-            Error::Checkpoint { .. } => ErrorDomain::External,
+            Error::Checkpoint { .. } | Error::Io { .. } => ErrorDomain::External,
             Error::Cancelled | Error::Internal(_) => ErrorDomain::Internal,
         }
     }
@@ -154,11 +206,93 @@ impl Error {
     }
 }
 
+/// Who is at fault for a state error (see the module docs).
+fn state_domain(e: &StateError) -> ErrorDomain {
+    match e {
+        StateError::TypeMismatch { .. }
+        | StateError::Codec { .. }
+        | StateError::KeyEncoding { .. } => ErrorDomain::User,
+        StateError::Snapshot { .. } | StateError::Io { .. } => ErrorDomain::External,
+        // RocksDB (`rocksdb` feature) and variants added later: the state
+        // layer's own storage, not the job's code.
+        _ => ErrorDomain::External,
+    }
+}
+
 /// Runs `f`, turning a panic into [`Error::Panic`] and attributing any error to `operator`.
 pub(crate) fn guarded<R>(operator: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) => Err(e.in_operator(operator)),
         Err(payload) => Err(Error::from_panic(payload).in_operator(operator)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+
+    fn state_io(kind: ErrorKind) -> Error {
+        Error::State(StateError::Io {
+            path: "/state".to_string(),
+            source: std::io::Error::from(kind),
+        })
+    }
+
+    #[test]
+    fn io_failures_are_external_and_keep_their_kind() {
+        let e = Error::io(
+            "write",
+            "/out/x.csv",
+            std::io::Error::from(ErrorKind::StorageFull),
+        )
+        .in_operator("sink");
+        assert_eq!(e.domain(), ErrorDomain::External);
+        assert_eq!(e.io_kind(), Some(ErrorKind::StorageFull));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "operator 'sink' failed: cannot write /out/x.csv: {}",
+                std::io::Error::from(ErrorKind::StorageFull)
+            )
+        );
+        let state = state_io(ErrorKind::PermissionDenied).in_operator("window");
+        assert_eq!(state.domain(), ErrorDomain::External);
+        assert_eq!(state.io_kind(), Some(ErrorKind::PermissionDenied));
+    }
+
+    #[test]
+    fn state_errors_are_classified_by_cause() {
+        let snapshot = Error::State(StateError::Snapshot {
+            path: "/chk/state".to_string(),
+            reason: "checksum mismatch".to_string(),
+        });
+        assert_eq!(snapshot.domain(), ErrorDomain::External);
+        assert_eq!(snapshot.io_kind(), None);
+        let codec = Error::State(StateError::Codec {
+            name: "count".to_string(),
+            action: "encode",
+            what: "value",
+            reason: "custom".to_string(),
+        });
+        assert_eq!(codec.domain(), ErrorDomain::User);
+        let key = Error::State(StateError::KeyEncoding {
+            key_type: "Key",
+            reason: "unknown length".to_string(),
+        });
+        assert_eq!(key.domain(), ErrorDomain::User);
+        let mismatch = Error::State(StateError::TypeMismatch {
+            name: "count".to_string(),
+            requested: "u64",
+        });
+        assert_eq!(mismatch.domain(), ErrorDomain::User);
+    }
+
+    #[test]
+    fn a_user_error_is_user_and_has_no_io_kind() {
+        let e = Error::user("bad record").in_operator("map");
+        assert_eq!(e.domain(), ErrorDomain::User);
+        assert_eq!(e.io_kind(), None);
     }
 }

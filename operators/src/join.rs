@@ -64,7 +64,7 @@ fn tagged_union<K, A, B>(
     right: &KeyedStream<K, B>,
 ) -> KeyedStream<K, Either<A, B>>
 where
-    K: Hash + Eq + Clone + Send + 'static,
+    K: Hash + serde::Serialize + Eq + Clone + Send + 'static,
     A: Data,
     B: Data,
 {
@@ -79,7 +79,7 @@ where
 
 impl<K, A> JoinExt<K, A> for KeyedStream<K, A>
 where
-    K: Hash + Eq + Clone + Send + 'static,
+    K: Hash + serde::Serialize + Eq + Clone + Send + 'static,
     A: Data,
 {
     fn window_join<B: Data>(

@@ -25,9 +25,7 @@ pub(crate) fn snapshot_keyed<K: StateKey, N: StateKey>(
     writer: &mut SnapshotWriter<'_>,
 ) -> Result<()> {
     let dir = writer.dir()?.join(STATE_DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        tideline_engine::Error::user(format!("cannot create {}: {e}", dir.display()))
-    })?;
+    std::fs::create_dir_all(&dir).map_err(|e| tideline_engine::Error::io("create", &dir, e))?;
     let files = state.snapshot_to(&dir)?;
     writer.add_files(
         files
@@ -53,7 +51,13 @@ pub(crate) fn restore_keyed<K: StateKey, N: StateKey>(
     state.restore_from(&dirs)?;
     for lists in restore.read_all::<Vec<StoredTimers<K, N>>>(TIMERS)? {
         for (service, list) in timers.iter_mut().zip(lists) {
-            service.restore(list.into_iter().filter(|(_, k, _)| restore.owns_key(k)));
+            let mut owned = Vec::with_capacity(list.len());
+            for timer in list {
+                if restore.owns_key(&timer.1)? {
+                    owned.push(timer);
+                }
+            }
+            service.restore(owned);
         }
     }
     Ok(())

@@ -27,6 +27,15 @@ pub enum StateError {
         /// The codec's message.
         reason: String,
     },
+    /// A key could not be hashed to its key group because its `Serialize`
+    /// impl fails under postcard (e.g. a sequence of unknown length).
+    #[error("cannot hash a key of type {key_type} to its key group: {reason}")]
+    KeyEncoding {
+        /// The key's Rust type.
+        key_type: &'static str,
+        /// The codec's message.
+        reason: String,
+    },
     /// RocksDB reported an error (`rocksdb` feature).
     #[cfg(feature = "rocksdb")]
     #[error("RocksDB state backend at {path}: {reason}")]

@@ -17,8 +17,10 @@
 //! - a state name is bound to exactly one value type per backend; asking for
 //!   the same name with another type is a [`StateError::TypeMismatch`];
 //! - every key belongs to exactly one key group ([`key_group::key_group_of`]),
-//!   a pure function of the key's hash, so state can be redistributed when a
-//!   job is restored at another parallelism;
+//!   a pure function of the key's postcard encoding (hashed with XXH3, a
+//!   specified algorithm, never `std::hash::Hash`), so state can be
+//!   redistributed when a job is restored at another parallelism, by another
+//!   build of the job;
 //! - a stored entry is `key group (u16, big endian) | postcard((key, namespace))`
 //!   → `postcard(value)` in both backends' snapshots, so a restore selects a
 //!   key-group range without decoding anything.
@@ -43,9 +45,9 @@ pub use keyed::{KeyedState, ListState, MapState, SnapshotFile, StateScope, Value
 /// The former name of [`KeyedState`], kept while operators migrate.
 pub type MemoryKeyedState<K> = KeyedState<K>;
 
-/// What a key (or namespace, or map key) of keyed state must provide: hashing
-/// for key groups and lookup, equality, cloning to store it, thread mobility
-/// and serde for snapshots and the RocksDB backend.
+/// What a key (or namespace, or map key) of keyed state must provide:
+/// `Hash` and equality for in-memory lookup, cloning to store it, thread
+/// mobility, and serde for key groups, snapshots and the RocksDB backend.
 pub trait StateKey:
     std::hash::Hash + Eq + Clone + Send + serde::Serialize + serde::de::DeserializeOwned + 'static
 {

@@ -34,7 +34,10 @@ const ROCKS_MAGIC: &[u8; 8] = b"TDLROCK\x01";
 /// The snapshot format. 2: operator state changed layout with the
 /// partition-local lateness rule (sliding windows' partial panes), so a
 /// version-1 snapshot is refused with a clear error rather than misread.
-const VERSION: u32 = 2;
+/// 3: key groups are hashed from the key's postcard encoding with XXH3
+/// instead of `std::hash::Hash` with Fx, so every key's group changed; an
+/// older snapshot would put keys in groups no subtask looks them up in.
+const VERSION: u32 = 3;
 const TAG_END: u8 = 0;
 const TAG_STATE: u8 = 1;
 const TAG_ENTRY: u8 = 2;
@@ -401,5 +404,30 @@ mod tests {
     #[test]
     fn crc32_matches_the_reference_value() {
         assert_eq!(Crc32::of(b"123456789"), 0xcbf4_3926);
+    }
+
+    #[test]
+    fn a_version_2_snapshot_is_refused_because_its_key_groups_changed() {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string());
+        let dir = dir
+            .as_ref()
+            .map(|d| d.path())
+            .unwrap_or(Path::new("/nonexistent"));
+        let written = MemoryWriter::create(dir, 128).and_then(MemoryWriter::finish);
+        assert!(written.is_ok(), "{written:?}");
+        let path = dir.join(MEMORY_FILE);
+        let mut bytes = std::fs::read(&path).unwrap_or_default();
+        // Rewrite the version field and the checksum, as version 2 wrote them.
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let body_len = bytes.len() - 4;
+        let crc = Crc32::of(&bytes[..body_len]);
+        bytes[body_len..].copy_from_slice(&crc.to_le_bytes());
+        assert!(std::fs::write(&path, &bytes).is_ok());
+        let err = read_memory(&path, 128, |_, _, _| Ok(())).err();
+        assert!(
+            matches!(&err, Some(StateError::Snapshot { reason, .. })
+                if reason.starts_with("format version 2 is not supported (expected 3)")),
+            "{err:?}"
+        );
     }
 }

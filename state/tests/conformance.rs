@@ -321,7 +321,10 @@ const GROUPS: u16 = 128;
 const RESCALE_KEYS: u64 = 2000;
 
 fn owner(k: u64, parallelism: usize) -> usize {
-    subtask_for_key_group(key_group_of(&k, GROUPS), GROUPS, parallelism)
+    // A u64 always encodes; usize::MAX (no subtask) would fail the caller.
+    key_group_of(&k, GROUPS).map_or(usize::MAX, |g| {
+        subtask_for_key_group(g, GROUPS, parallelism)
+    })
 }
 
 /// 1 → 2: every key ends up exactly in the subtask owning its group.

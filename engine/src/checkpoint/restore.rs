@@ -10,7 +10,7 @@ use std::sync::{Mutex, PoisonError};
 
 use tideline_state::StateScope;
 
-use crate::checkpoint::storage::{io_err, safe_name, CompletedCheckpoint, PartitionState};
+use crate::checkpoint::storage::{safe_name, CompletedCheckpoint, PartitionState};
 use crate::checkpoint::RestoreContext;
 use crate::error::{Error, Result};
 
@@ -53,19 +53,19 @@ impl Restored {
             .join(safe_name(operator))
             .join(subtask.to_string());
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io("delete", &dir, e))?;
         }
         for f in files {
             let target = dir.join(&f.local);
             if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+                std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
             }
             let source = self.checkpoint.root.join(&f.stored);
             if std::fs::hard_link(&source, &target).is_err() {
-                std::fs::copy(&source, &target).map_err(|e| io_err(&source, e))?;
+                std::fs::copy(&source, &target).map_err(|e| Error::io("copy", &source, e))?;
             }
         }
-        std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
         laid_out.insert(key, dir.clone());
         Ok(dir)
     }

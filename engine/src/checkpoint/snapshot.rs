@@ -8,7 +8,6 @@
 //! the operator, with the range of key groups it now owns, so state can be
 //! redistributed when the parallelism changed.
 
-use std::hash::Hash;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -17,7 +16,7 @@ use serde::Serialize;
 use tideline_state::key_group::key_group_of;
 pub use tideline_state::SnapshotFile;
 
-use crate::checkpoint::storage::{io_err, safe_name, PartitionState, StoredFile};
+use crate::checkpoint::storage::{safe_name, PartitionState, StoredFile};
 use crate::error::{Error, Result};
 
 /// The kind of operator `Op` is, as checkpoints record it: its type's path
@@ -126,7 +125,7 @@ impl SnapshotWriter<'_> {
     /// # Errors
     /// When the directory cannot be created.
     pub fn dir(&mut self) -> Result<&Path> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| io_err(&self.dir, e))?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io("create", &self.dir, e))?;
         Ok(&self.dir)
     }
 
@@ -153,9 +152,10 @@ impl SnapshotWriter<'_> {
     /// # Errors
     /// When it cannot be encoded or written.
     pub fn put<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<()> {
-        let bytes = postcard::to_stdvec(value).map_err(|e| io_err(&self.dir, e))?;
+        let bytes = postcard::to_stdvec(value)
+            .map_err(|e| Error::user(format!("cannot encode the snapshot value `{name}`: {e}")))?;
         let path = self.dir()?.join(name);
-        std::fs::write(&path, bytes).map_err(|e| io_err(&path, e))?;
+        std::fs::write(&path, bytes).map_err(|e| Error::io("write", &path, e))?;
         self.add_files(vec![SnapshotFile {
             name: name.to_string(),
             shared_name: None,
@@ -195,8 +195,13 @@ impl RestoreContext {
     }
 
     /// Whether this subtask owns `key` now.
-    pub fn owns_key<K: Hash + ?Sized>(&self, key: &K) -> bool {
-        self.range.contains(&key_group_of(key, self.key_groups))
+    ///
+    /// # Errors
+    ///
+    /// [`Error::State`] if the key cannot be encoded to
+    /// find its key group.
+    pub fn owns_key<K: Serialize + ?Sized>(&self, key: &K) -> Result<bool> {
+        Ok(self.range.contains(&key_group_of(key, self.key_groups)?))
     }
 
     /// Whether the job runs at the parallelism the checkpoint was taken at.
@@ -220,7 +225,7 @@ impl RestoreContext {
             if !path.exists() {
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+            let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
             values.push(postcard::from_bytes(&bytes).map_err(|e| Error::Checkpoint {
                 path: path.display().to_string(),
                 reason: format!("cannot decode: {e}"),

@@ -147,21 +147,30 @@ fn parse_checkpoint_dir(name: &str) -> Option<u64> {
     name.strip_prefix("chk-")?.parse().ok()
 }
 
-pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
+/// A failed file-system call on checkpoint files (External, with the
+/// `io::Error` kept so its kind can be matched).
+pub(crate) fn io_err(path: &Path, e: std::io::Error) -> Error {
+    Error::io("access", path, e)
+}
+
+/// A checkpoint file that is malformed or inconsistent.
+pub(crate) fn corrupt(path: &Path, reason: impl std::fmt::Display) -> Error {
     Error::Checkpoint {
         path: path.display().to_string(),
-        reason: e.to_string(),
+        reason: reason.to_string(),
     }
 }
 
 /// Length and CRC-32 of a file.
 pub(crate) fn checksum(path: &Path) -> Result<FileSum> {
-    let mut file = File::open(path).map_err(|e| io_err(path, e))?;
+    let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut hasher = crc32fast::Hasher::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut len = 0u64;
     loop {
-        let n = file.read(&mut buf).map_err(|e| io_err(path, e))?;
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| Error::io("read", path, e))?;
         if n == 0 {
             break;
         }
@@ -178,7 +187,7 @@ pub(crate) fn checksum(path: &Path) -> Result<FileSum> {
 pub(crate) fn fsync(path: &Path) -> Result<()> {
     File::open(path)
         .and_then(|f| f.sync_all())
-        .map_err(|e| io_err(path, e))
+        .map_err(|e| Error::io("sync", path, e))
 }
 
 /// The checkpoints of one job, in one directory.
@@ -194,7 +203,7 @@ impl CheckpointStorage {
     /// When the directory cannot be created.
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        std::fs::create_dir_all(&root).map_err(|e| io_err(&root, e))?;
+        std::fs::create_dir_all(&root).map_err(|e| Error::io("create", &root, e))?;
         Ok(Self { root })
     }
 
@@ -206,8 +215,8 @@ impl CheckpointStorage {
     /// Ids of every checkpoint directory (complete or not), ascending.
     fn dir_ids(&self) -> Result<Vec<u64>> {
         let mut ids = Vec::new();
-        for entry in std::fs::read_dir(&self.root).map_err(|e| io_err(&self.root, e))? {
-            let entry = entry.map_err(|e| io_err(&self.root, e))?;
+        for entry in std::fs::read_dir(&self.root).map_err(|e| Error::io("list", &self.root, e))? {
+            let entry = entry.map_err(|e| Error::io("list", &self.root, e))?;
             if let Some(id) = entry.file_name().to_str().and_then(parse_checkpoint_dir) {
                 ids.push(id);
             }
@@ -243,11 +252,11 @@ impl CheckpointStorage {
 
     fn read_metadata(&self, id: u64) -> Result<Metadata> {
         let path = self.root.join(checkpoint_dir_name(id)).join(METADATA);
-        let bytes = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+        let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
         let file: MetadataFile = serde_json::from_slice(&bytes)
-            .map_err(|e| io_err(&path, format!("malformed metadata: {e}")))?;
+            .map_err(|e| corrupt(&path, format!("malformed metadata: {e}")))?;
         if file.body.format != FORMAT {
-            return Err(io_err(
+            return Err(corrupt(
                 &path,
                 format!(
                     "metadata of format {} (this build reads format {FORMAT}): written by another version of Tideline",
@@ -255,12 +264,12 @@ impl CheckpointStorage {
                 ),
             ));
         }
-        let body = serde_json::to_vec(&file.body).map_err(|e| io_err(&path, e))?;
+        let body = serde_json::to_vec(&file.body).map_err(|e| corrupt(&path, e))?;
         if crc32fast::hash(&body) != file.crc32 {
-            return Err(io_err(&path, "metadata checksum mismatch (altered file)"));
+            return Err(corrupt(&path, "metadata checksum mismatch (altered file)"));
         }
         if file.body.id != id {
-            return Err(io_err(
+            return Err(corrupt(
                 &path,
                 format!(
                     "metadata of format {} for checkpoint {} found in the directory of checkpoint {id}",
@@ -282,7 +291,7 @@ impl CheckpointStorage {
             let path = self.root.join(stored);
             let actual = checksum(&path)?;
             if actual.len != sum.len {
-                return Err(io_err(
+                return Err(corrupt(
                     &path,
                     format!(
                         "truncated or altered: {} bytes, the checkpoint recorded {}",
@@ -291,7 +300,7 @@ impl CheckpointStorage {
                 ));
             }
             if actual.crc32 != sum.crc32 {
-                return Err(io_err(&path, "checksum mismatch (altered file)"));
+                return Err(corrupt(&path, "checksum mismatch (altered file)"));
             }
         }
         Ok(CompletedCheckpoint {
@@ -309,10 +318,10 @@ impl CheckpointStorage {
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(parse_checkpoint_dir)
-            .ok_or_else(|| io_err(dir, "not a checkpoint directory (expected chk-N)"))?;
+            .ok_or_else(|| corrupt(dir, "not a checkpoint directory (expected chk-N)"))?;
         let root = dir
             .parent()
-            .ok_or_else(|| io_err(dir, "a checkpoint directory has a parent"))?;
+            .ok_or_else(|| corrupt(dir, "a checkpoint directory has a parent"))?;
         CheckpointStorage {
             root: root.to_path_buf(),
         }
@@ -342,20 +351,23 @@ impl CheckpointStorage {
     /// temporary file, fsynced, renamed, and the directory fsynced.
     pub(crate) fn write_metadata(&self, metadata: &Metadata) -> Result<()> {
         let dir = self.root.join(checkpoint_dir_name(metadata.id));
-        std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
-        let body = serde_json::to_vec(metadata).map_err(|e| io_err(&dir, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        let body = serde_json::to_vec(metadata)
+            .map_err(|e| Error::Internal(format!("encoding checkpoint metadata: {e}")))?;
         let file = MetadataFile {
             crc32: crc32fast::hash(&body),
             body: metadata.clone(),
         };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| io_err(&dir, e))?;
+        let bytes = serde_json::to_vec_pretty(&file)
+            .map_err(|e| Error::Internal(format!("encoding checkpoint metadata: {e}")))?;
         let tmp = dir.join(format!("{METADATA}.tmp"));
-        let mut out = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-        out.write_all(&bytes).map_err(|e| io_err(&tmp, e))?;
-        out.sync_all().map_err(|e| io_err(&tmp, e))?;
+        let mut out = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+        out.write_all(&bytes)
+            .map_err(|e| Error::io("write", &tmp, e))?;
+        out.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
         drop(out);
         let target = dir.join(METADATA);
-        std::fs::rename(&tmp, &target).map_err(|e| io_err(&target, e))?;
+        std::fs::rename(&tmp, &target).map_err(|e| Error::io("rename into", &target, e))?;
         fsync(&dir)?;
         fsync(&self.root)
     }
@@ -367,7 +379,7 @@ impl CheckpointStorage {
         for id in self.dir_ids()? {
             if !complete.contains(&id) {
                 let dir = self.root.join(checkpoint_dir_name(id));
-                std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+                std::fs::remove_dir_all(&dir).map_err(|e| Error::io("delete", &dir, e))?;
             }
         }
         Ok(())
@@ -384,7 +396,7 @@ impl CheckpointStorage {
         for id in self.dir_ids()? {
             if id < oldest_kept || (complete.contains(&id) && !kept.contains(&id)) {
                 let dir = self.root.join(checkpoint_dir_name(id));
-                std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+                std::fs::remove_dir_all(&dir).map_err(|e| Error::io("delete", &dir, e))?;
             }
         }
         let mut referenced = BTreeSet::new();
@@ -394,8 +406,8 @@ impl CheckpointStorage {
                 referenced.extend(meta.files.into_keys());
             }
         }
-        for entry in std::fs::read_dir(&self.root).map_err(|e| io_err(&self.root, e))? {
-            let entry = entry.map_err(|e| io_err(&self.root, e))?;
+        for entry in std::fs::read_dir(&self.root).map_err(|e| Error::io("list", &self.root, e))? {
+            let entry = entry.map_err(|e| Error::io("list", &self.root, e))?;
             let name = entry.file_name().to_string_lossy().to_string();
             if name == "shared" {
                 remove_unreferenced(&self.root, &entry.path(), &referenced)?;
@@ -403,7 +415,8 @@ impl CheckpointStorage {
                 && name != own_final
                 && remove_unreferenced(&self.root, &entry.path(), &referenced)?
             {
-                std::fs::remove_dir(entry.path()).map_err(|e| io_err(&entry.path(), e))?;
+                std::fs::remove_dir(entry.path())
+                    .map_err(|e| Error::io("delete", entry.path(), e))?;
             }
         }
         Ok(())
@@ -439,11 +452,11 @@ impl CheckpointStorage {
 /// `referenced`, and directories left empty.
 fn remove_unreferenced(root: &Path, dir: &Path, referenced: &BTreeSet<String>) -> Result<bool> {
     let mut empty = true;
-    for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
-        let path = entry.map_err(|e| io_err(dir, e))?.path();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
+        let path = entry.map_err(|e| Error::io("list", dir, e))?.path();
         if path.is_dir() {
             if remove_unreferenced(root, &path, referenced)? {
-                std::fs::remove_dir(&path).map_err(|e| io_err(&path, e))?;
+                std::fs::remove_dir(&path).map_err(|e| Error::io("delete", &path, e))?;
             } else {
                 empty = false;
             }
@@ -452,7 +465,7 @@ fn remove_unreferenced(root: &Path, dir: &Path, referenced: &BTreeSet<String>) -
             if referenced.contains(&rel) {
                 empty = false;
             } else {
-                std::fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+                std::fs::remove_file(&path).map_err(|e| Error::io("delete", &path, e))?;
             }
         }
     }
@@ -505,6 +518,28 @@ mod tests {
                 .insert(rel.to_string(), write(storage.root(), rel, bytes)?);
         }
         storage.write_metadata(&meta)
+    }
+
+    #[test]
+    fn a_root_that_cannot_be_created_is_an_external_io_error() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| io_err(Path::new("tmp"), e))?;
+        let file = dir.path().join("plain-file");
+        std::fs::write(&file, b"x").map_err(|e| io_err(&file, e))?;
+        let root = file.join("checkpoints");
+        let err = CheckpointStorage::new(&root).err();
+        assert!(
+            matches!(&err, Some(Error::Io { action: "create", path, .. }) if *path == root),
+            "{err:?}"
+        );
+        let err = err.map(|e| (e.domain(), e.io_kind()));
+        assert_eq!(
+            err,
+            Some((
+                crate::ErrorDomain::External,
+                Some(std::io::ErrorKind::NotADirectory)
+            ))
+        );
+        Ok(())
     }
 
     #[test]

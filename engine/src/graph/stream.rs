@@ -4,6 +4,7 @@ use std::hash::Hash;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use serde::Serialize;
 use tideline_state::key_group::key_hash;
 
 use crate::error::Result;
@@ -177,10 +178,12 @@ impl<T: Data> Stream<T> {
 
     /// Partitions the stream by key: records with equal keys go to the same
     /// subtask of the next operator (through key groups, so state can be
-    /// redistributed). Keys must be hashable; the compiler enforces it.
+    /// redistributed). A key's group is hashed from its serde (postcard)
+    /// encoding, which stays the same across builds, so keys must be
+    /// `Serialize`; `Hash` serves in-memory lookups of keyed state.
     pub fn key_by<K, F>(&self, key: F) -> KeyedStream<K, T>
     where
-        K: Hash + Eq + Clone + Send + 'static,
+        K: Hash + Serialize + Eq + Clone + Send + 'static,
         F: Fn(&T) -> K + Send + Sync + 'static,
     {
         KeyedStream {
@@ -365,7 +368,7 @@ impl<K, T> fmt::Debug for KeyedStream<K, T> {
     }
 }
 
-impl<K: Hash + Eq + Clone + Send + 'static, T: Data> KeyedStream<K, T> {
+impl<K: Hash + Serialize + Eq + Clone + Send + 'static, T: Data> KeyedStream<K, T> {
     /// The key selector.
     pub fn key_selector(&self) -> KeySelector<K, T> {
         Arc::clone(&self.key)
@@ -379,7 +382,7 @@ impl<K: Hash + Eq + Clone + Send + 'static, T: Data> KeyedStream<K, T> {
     /// The records, exchanged by key group to the subtasks of a new node.
     pub fn partitioned(&self) -> Stream<T> {
         let key = Arc::clone(&self.key);
-        let hash: KeyHashFn<T> = Arc::new(move |t| key_hash(&key(t)));
+        let hash: KeyHashFn<T> = Arc::new(move |t| Ok(key_hash(&key(t))?));
         self.input
             .exchange("key_by", vec![(&self.input, EdgeKind::Keyed, Some(hash))])
     }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
-use tideline_state::key_group::subtask_for_key_group;
+use tideline_state::key_group::{key_group_of_hash, subtask_for_key_group};
 
 use crate::checkpoint::snapshot::BarrierCtx;
 use crate::error::{Error, Result};
@@ -16,8 +16,8 @@ use crate::record::{Data, Envelope, Message, Record};
 use crate::runtime::push::Push;
 use crate::time::Watermark;
 
-/// The stable hash of a record's key.
-pub(crate) type KeyHashFn<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
+/// The stable hash of a record's key; fails if the key cannot be encoded.
+pub(crate) type KeyHashFn<T> = Arc<dyn Fn(&T) -> Result<u64> + Send + Sync>;
 
 pub(crate) enum Route<T> {
     /// One downstream subtask (same index, same parallelism).
@@ -124,7 +124,7 @@ impl<T: Data> Push<T> for ExchangeWriter<T> {
                     return self.enqueue(0, batch);
                 }
                 for record in batch {
-                    let group = (hash(&record.value) % u64::from(key_groups)) as u16;
+                    let group = key_group_of_hash(hash(&record.value)?, key_groups);
                     let target = subtask_for_key_group(group, key_groups, parallelism);
                     let buffer = &mut self.buffers[target];
                     buffer.push(record);

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::Hash;
+use std::ops::Bound;
 
 use hashbrown::HashMap;
 use rustc_hash::FxBuildHasher;
@@ -27,6 +28,9 @@ pub struct TimerService<K, N> {
     buckets: BTreeMap<EventTime, VecDeque<(K, N, u64)>>,
     live: HashMap<(K, N, EventTime), u64, FxBuildHasher>,
     next_generation: u64,
+    /// Where the last [`TimerService::pop_due_before`] stopped, for its
+    /// `limit`: buckets before it hold only newer timers.
+    drain_cursor: Option<(u64, Bound<EventTime>)>,
 }
 
 impl<K, N> Default for TimerService<K, N> {
@@ -35,6 +39,7 @@ impl<K, N> Default for TimerService<K, N> {
             buckets: BTreeMap::new(),
             live: HashMap::default(),
             next_generation: 0,
+            drain_cursor: None,
         }
     }
 }
@@ -97,24 +102,66 @@ impl<K: Hash + Eq + Clone, N: Hash + Eq + Clone> TimerService<K, N> {
     /// Like [`TimerService::pop_due`], but only timers registered before
     /// generation `limit` (see [`TimerService::generation`]): timers
     /// registered while due timers fire are left for a later call.
+    ///
+    /// Draining `n` timers with repeated calls costs `O(n log n)`: emptied
+    /// buckets are removed, and buckets holding only timers newer than
+    /// `limit` are remembered as passed, so no call rescans what an earlier
+    /// one already went through.
     pub fn pop_due_before(&mut self, up_to: EventTime, limit: u64) -> Option<(EventTime, K, N)> {
-        let live = &mut self.live;
-        for (&at, bucket) in self.buckets.range_mut(..=up_to) {
+        // Buckets before the cursor hold no timer older than `limit`. That
+        // stays true while every new registration is at least as new as
+        // `limit`, which holds once `limit` is not ahead of the counter.
+        let mut from = match self.drain_cursor {
+            Some((cursor_limit, from)) if cursor_limit == limit => from,
+            _ => Bound::Unbounded,
+        };
+        let result = loop {
+            let passed_up_to = match from {
+                Bound::Included(at) => at > up_to,
+                Bound::Excluded(at) => at >= up_to,
+                Bound::Unbounded => false,
+            };
+            if passed_up_to {
+                break None;
+            }
+            let Some((&at, bucket)) = self
+                .buckets
+                .range_mut((from, Bound::Included(up_to)))
+                .next()
+            else {
+                break None;
+            };
+            let mut fired = None;
             // Entries of a bucket are in registration order: stop at the first new one.
             while bucket
                 .front()
                 .is_some_and(|(_, _, generation)| *generation < limit)
             {
-                let (key, namespace, generation) = bucket.pop_front()?;
+                let Some((key, namespace, generation)) = bucket.pop_front() else {
+                    break;
+                };
                 let id = (key, namespace, at);
-                if live.get(&id) == Some(&generation) {
-                    live.remove(&id);
-                    let (key, namespace, at) = id;
-                    return Some((at, key, namespace));
+                if self.live.get(&id) == Some(&generation) {
+                    self.live.remove(&id);
+                    fired = Some(id);
+                    break;
                 }
             }
-        }
-        None
+            if bucket.is_empty() {
+                self.buckets.remove(&at);
+                from = Bound::Excluded(at);
+            } else if fired.is_none() {
+                // Only timers newer than `limit` are left here.
+                from = Bound::Excluded(at);
+            } else {
+                from = Bound::Included(at);
+            }
+            if let Some((key, namespace, at)) = fired {
+                break Some((at, key, namespace));
+            }
+        };
+        self.drain_cursor = (limit <= self.next_generation).then_some((limit, from));
+        result
     }
 
     /// Every registered timer, in firing order (timestamp, then
@@ -212,7 +259,88 @@ mod tests {
         assert_eq!(t.pop_due(at), None);
     }
 
+    #[test]
+    fn draining_before_a_generation_keeps_order_deletes_and_re_registration() {
+        let mut t = TimerService::<&str, ()>::new();
+        let ms = EventTime::from_millis;
+        t.register(&"late", &(), ms(30));
+        t.register(&"gone", &(), ms(10));
+        t.register(&"moved", &(), ms(20));
+        t.register(&"tie", &(), ms(20));
+        t.delete(&"moved", &(), ms(20));
+        t.register(&"moved", &(), ms(20));
+        t.delete(&"gone", &(), ms(10));
+        let limit = t.generation();
+        assert_eq!(
+            t.pop_due_before(EventTime::MAX, limit),
+            Some((ms(20), "tie", ()))
+        );
+        // Registered while firing: newer than `limit`, so not fired by this
+        // drain, whether before or after the drain's position.
+        t.register(&"new-early", &(), ms(5));
+        t.register(&"new-tie", &(), ms(20));
+        assert_eq!(
+            t.pop_due_before(EventTime::MAX, limit),
+            Some((ms(20), "moved", ()))
+        );
+        // A lower bound than already passed finds nothing, and loses nothing.
+        assert_eq!(t.pop_due_before(ms(15), limit), None);
+        assert!(t.delete(&"late", &(), ms(30)));
+        assert!(t.register(&"late", &(), ms(30)));
+        // Re-registered after `limit`: it is a new timer now.
+        assert_eq!(t.pop_due_before(EventTime::MAX, limit), None);
+        assert_eq!(t.len(), 3);
+        let limit = t.generation();
+        assert_eq!(
+            t.pop_due_before(ms(20), limit),
+            Some((ms(5), "new-early", ()))
+        );
+        assert_eq!(
+            t.pop_due_before(ms(20), limit),
+            Some((ms(20), "new-tie", ()))
+        );
+        assert_eq!(t.pop_due_before(ms(20), limit), None);
+        assert_eq!(
+            t.pop_due_before(EventTime::MAX, limit),
+            Some((ms(30), "late", ()))
+        );
+        assert_eq!(t.pop_due_before(EventTime::MAX, limit), None);
+        assert!(t.is_empty());
+        assert!(t.buckets.is_empty(), "emptied buckets are removed");
+    }
+
     proptest! {
+        /// Against a model: the timers alive and older than `limit`, due
+        /// by `up_to`, in (time, registration) order, while each firing
+        /// registers another timer (as a self-rescheduling timer does).
+        #[test]
+        fn draining_before_a_generation_matches_a_model(
+            ops in prop::collection::vec((0u8..6, -20i64..20, prop::bool::weighted(0.2)), 0..80),
+            up_to in -25i64..25,
+        ) {
+            let mut t = TimerService::<u8, ()>::new();
+            let mut model = BTreeMap::new();
+            for (k, at, delete) in ops {
+                let g = t.generation();
+                if delete {
+                    if t.delete(&k, &(), EventTime::from_millis(at)) {
+                        model.retain(|_, v: &mut (u8, i64)| *v != (k, at));
+                    }
+                } else if t.register(&k, &(), EventTime::from_millis(at)) {
+                    model.insert((at, g), (k, at));
+                }
+            }
+            let limit = t.generation();
+            let expected: Vec<(i64, u8)> =
+                model.values().filter(|(_, at)| *at <= up_to).map(|&(k, at)| (at, k)).collect();
+            let mut fired = Vec::new();
+            while let Some((at, k, ())) = t.pop_due_before(EventTime::from_millis(up_to), limit) {
+                fired.push((at.millis(), k));
+                t.register(&k, &(), EventTime::from_millis(at.millis() - 1));
+            }
+            prop_assert_eq!(fired, expected);
+        }
+
         #[test]
         fn pops_are_sorted_and_complete(ts in prop::collection::vec((0u8..8, -50i64..50), 0..100), wm in -60i64..60) {
             let mut t = TimerService::<u8, ()>::new();

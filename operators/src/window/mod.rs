@@ -198,7 +198,9 @@ pub trait WindowExt<K, T> {
     fn window(&self, windows: impl Into<WindowKind<T>>) -> WindowedStream<K, T>;
 }
 
-impl<K: Hash + Eq + Clone + Send + 'static, T: Data> WindowExt<K, T> for KeyedStream<K, T> {
+impl<K: Hash + serde::Serialize + Eq + Clone + Send + 'static, T: Data> WindowExt<K, T>
+    for KeyedStream<K, T>
+{
     fn window(&self, windows: impl Into<WindowKind<T>>) -> WindowedStream<K, T> {
         WindowedStream {
             keyed: self.clone(),

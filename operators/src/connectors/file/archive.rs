@@ -38,7 +38,7 @@ use tideline_engine::{
 };
 
 use super::partitioned_archive;
-use super::sink::{create, FileFormatWriter, ParquetWriter};
+use super::sink::{create, FileFormatWriter, FormatError, ParquetWriter};
 
 /// A source whose partitions are archived to Parquet as they are read:
 /// each partition's records, in the order it emitted them, go to
@@ -143,8 +143,7 @@ impl<T> ArchivingReader<T> {
     /// Completes the partition's file, once.
     fn close(&mut self) -> Result<()> {
         match self.writer.take() {
-            Some(w) => close_untyped(w, &self.path)
-                .map_err(|e| Error::user(format!("closing {}: {e}", self.path.display()))),
+            Some(w) => close_untyped(w, &self.path).map_err(|e| e.into_error("close", &self.path)),
             None => Ok(()),
         }
     }
@@ -176,7 +175,7 @@ impl<T: Data + Serialize> SourceReader<T> for ArchivingReader<T> {
             if !new.is_empty() {
                 writer
                     .write(&new)
-                    .map_err(|e| Error::user(format!("writing {}: {e}", self.path.display())))?;
+                    .map_err(|e| e.into_error("write", &self.path))?;
             }
         }
         if status == SourceStatus::Finished {
@@ -199,6 +198,6 @@ impl<T> Drop for ArchivingReader<T> {
 
 /// Closes a Parquet file without knowing its record type (the footer does
 /// not depend on it).
-fn close_untyped(writer: ParquetWriter, path: &Path) -> std::result::Result<(), String> {
+fn close_untyped(writer: ParquetWriter, path: &Path) -> std::result::Result<(), FormatError> {
     <ParquetWriter as FileFormatWriter<()>>::close(writer, path)
 }

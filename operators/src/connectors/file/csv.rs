@@ -24,13 +24,11 @@ pub(crate) struct CsvRows<T> {
     _type: PhantomData<fn() -> T>,
 }
 
+/// Opens an input file. A failure is [`Error::Io`], not a configuration
+/// error: the file was listed when the job was planned, so the file system
+/// (permissions, a concurrent delete) is at fault.
 pub(crate) fn open_file(path: &Path) -> Result<File> {
-    File::open(path).map_err(|e| {
-        Error::config(
-            "file_source.input",
-            format!("cannot open {}: {e}", path.display()),
-        )
-    })
+    File::open(path).map_err(|e| Error::io("open", path, e))
 }
 
 impl<T: Data + DeserializeOwned> CsvRows<T> {

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tideline_engine::{Committer, Data, Error, Record, Result, Sink};
 
-use super::sink::{CsvWriter, FileFormatWriter, JsonLinesWriter, ParquetWriter};
+use super::sink::{CsvWriter, FileFormatWriter, FormatError, JsonLinesWriter, ParquetWriter};
 
 /// The file name extension of a format's committed part files.
 pub trait PartExtension {
@@ -134,8 +134,13 @@ impl Transaction {
     }
 }
 
-fn io_error(action: &str, path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::user(format!("cannot {action} {}: {e}", path.display()))
+fn io_error(action: &'static str, path: &Path, e: std::io::Error) -> Error {
+    Error::io(action, path, e)
+}
+
+/// A committed part file that cannot be parsed as the sink's records.
+fn unreadable(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::user(format!("cannot read {}: {e}", path.display()))
 }
 
 fn exists(path: &Path) -> Result<bool> {
@@ -168,13 +173,8 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 fn rename(from: &Path, to: &Path) -> Result<()> {
-    std::fs::rename(from, to).map_err(|e| {
-        Error::user(format!(
-            "cannot rename {} to {}: {e}",
-            from.display(),
-            to.display()
-        ))
-    })
+    // The source is named: it is the file that exists (or should).
+    std::fs::rename(from, to).map_err(|e| Error::io("rename", from, e))
 }
 
 /// The file names in `dir` (not descending into subdirectories).
@@ -450,12 +450,12 @@ impl<T: Data + Serialize, F: FileFormatWriter<T> + PartExtension> Sink<T>
             self.open = Some(F::open(file)?);
         }
         let Some(format) = self.open.as_mut() else {
-            return Err(io_error("write", &path, "the file is not open"));
+            return Err(Error::Internal(format!("{} is not open", path.display())));
         };
         let values: Vec<&T> = batch.iter().map(|r| &r.value).collect();
         format
             .write(&values)
-            .map_err(|e| io_error("write", &path, e))
+            .map_err(|e| e.into_error("write", &path))
     }
 
     fn pre_commit(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
@@ -466,7 +466,7 @@ impl<T: Data + Serialize, F: FileFormatWriter<T> + PartExtension> Sink<T>
         let in_progress = dir.join(in_progress_name(writer));
         format
             .close(&in_progress)
-            .map_err(|e| io_error("complete", &in_progress, e))?;
+            .map_err(|e| e.into_error("complete", &in_progress))?;
         if !exists(&in_progress)? {
             // The format wrote nothing worth a file.
             return Ok(None);
@@ -490,9 +490,12 @@ impl<T: Data + Serialize, F: FileFormatWriter<T> + PartExtension> Sink<T>
         let pending = dir.join(&t.pending);
         rename(&in_progress, &pending)?;
         sync_dir(dir)?;
-        serde_json::to_vec(&t)
-            .map(Some)
-            .map_err(|e| io_error("describe the transaction of", &pending, e))
+        serde_json::to_vec(&t).map(Some).map_err(|e| {
+            Error::Internal(format!(
+                "encoding the transaction of {}: {e}",
+                pending.display()
+            ))
+        })
     }
 
     fn committer(&self) -> Option<Arc<dyn Committer>> {
@@ -561,10 +564,11 @@ pub fn read_committed<T: DeserializeOwned>(dir: impl AsRef<Path>) -> Result<Vec<
 }
 
 fn read_csv<T: DeserializeOwned>(path: &Path, out: &mut Vec<T>) -> Result<()> {
-    let mut reader = csv::Reader::from_path(path).map_err(|e| io_error("read", path, e))?;
+    let mut reader =
+        csv::Reader::from_path(path).map_err(|e| FormatError::from(e).into_error("read", path))?;
     for (i, row) in reader.deserialize().enumerate() {
         // Row 1 is the header.
-        let row = row.map_err(|e| io_error("read", path, format!("row {}: {e}", i + 2)))?;
+        let row = row.map_err(|e| unreadable(path, format!("row {}: {e}", i + 2)))?;
         out.push(row);
     }
     Ok(())
@@ -578,7 +582,7 @@ fn read_json_lines<T: DeserializeOwned>(path: &Path, out: &mut Vec<T>) -> Result
             continue;
         }
         let row = serde_json::from_str(&line)
-            .map_err(|e| io_error("read", path, format!("line {}: {e}", i + 1)))?;
+            .map_err(|e| unreadable(path, format!("line {}: {e}", i + 1)))?;
         out.push(row);
     }
     Ok(())
@@ -589,11 +593,11 @@ fn read_parquet<T: DeserializeOwned>(path: &Path, out: &mut Vec<T>) -> Result<()
     let file = File::open(path).map_err(|e| io_error("read", path, e))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.build())
-        .map_err(|e| io_error("read", path, e))?;
+        .map_err(|e| FormatError::from(e).into_error("read", path))?;
     for batch in reader {
-        let batch = batch.map_err(|e| io_error("read", path, e))?;
+        let batch = batch.map_err(|e| unreadable(path, e))?;
         let rows: Vec<T> =
-            serde_arrow::from_record_batch(&batch).map_err(|e| io_error("read", path, e))?;
+            serde_arrow::from_record_batch(&batch).map_err(|e| unreadable(path, e))?;
         out.extend(rows);
     }
     Ok(())

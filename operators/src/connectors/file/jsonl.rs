@@ -84,7 +84,7 @@ impl<T: Data + DeserializeOwned> FileRows<T> for JsonRows<T> {
                     out.dead_letter(e, location(&self.path, self.line));
                     continue;
                 }
-                Err(e) => return Err(Error::user(format!("reading {}: {e}", self.path.display()))),
+                Err(e) => return Err(Error::io("read", &self.path, e)),
             };
             if text.trim().is_empty() {
                 continue;

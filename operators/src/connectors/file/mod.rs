@@ -40,8 +40,8 @@ pub use exactly_once::{
     ExactlyOnceJsonLinesSink, ExactlyOnceParquetSink, PartExtension,
 };
 pub use sink::{
-    write_csv, CsvSink, CsvWriter, FileFormatWriter, FileSink, JsonLinesSink, JsonLinesWriter,
-    ParquetSink, ParquetWriter, PartitionedParquetSink,
+    write_csv, CsvSink, CsvWriter, FileFormatWriter, FileSink, FormatError, JsonLinesSink,
+    JsonLinesWriter, ParquetSink, ParquetWriter, PartitionedParquetSink,
 };
 
 use std::fmt;

@@ -19,10 +19,74 @@ use tideline_engine::{Data, Error, Record, Result, Sink};
 
 pub(crate) fn create(path: &Path) -> Result<File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::user(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
     }
-    File::create(path).map_err(|e| Error::user(format!("cannot create {}: {e}", path.display())))
+    File::create(path).map_err(|e| Error::io("create", path, e))
+}
+
+/// Why a file format failed to write or read: the file system (kept whole,
+/// so the sink reports an External [`Error::Io`] whose kind can be matched),
+/// or a record the format cannot represent or parse (a User error).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// Writing, flushing or closing the file failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A record cannot be encoded in (or decoded from) the format.
+    #[error("{0}")]
+    Encode(String),
+}
+
+impl FormatError {
+    /// The engine error for this failure while doing `action` on `path`.
+    pub(crate) fn into_error(self, action: &'static str, path: &Path) -> Error {
+        match self {
+            FormatError::Io(e) => Error::io(action, path, e),
+            FormatError::Encode(reason) => {
+                Error::user(format!("cannot {action} {}: {reason}", path.display()))
+            }
+        }
+    }
+}
+
+impl From<csv::Error> for FormatError {
+    fn from(e: csv::Error) -> Self {
+        if e.is_io_error() {
+            if let csv::ErrorKind::Io(io) = e.into_kind() {
+                return FormatError::Io(io);
+            }
+            // Unreachable: `is_io_error` means the kind is `Io`.
+            return FormatError::Encode("CSV I/O error".to_string());
+        }
+        FormatError::Encode(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for FormatError {
+    fn from(e: serde_json::Error) -> Self {
+        if e.is_io() {
+            // serde_json hands back the original `io::Error` for I/O errors.
+            FormatError::Io(e.into())
+        } else {
+            FormatError::Encode(e.to_string())
+        }
+    }
+}
+
+impl From<parquet::errors::ParquetError> for FormatError {
+    fn from(e: parquet::errors::ParquetError) -> Self {
+        // The Parquet writer wraps the file's `io::Error` as `External`.
+        match e {
+            parquet::errors::ParquetError::External(inner) => {
+                match inner.downcast::<std::io::Error>() {
+                    Ok(io) => FormatError::Io(*io),
+                    Err(other) => FormatError::Encode(other.to_string()),
+                }
+            }
+            other => FormatError::Encode(other.to_string()),
+        }
+    }
 }
 
 /// Shared by the subtasks of one file sink; the last to finish closes the file.
@@ -70,14 +134,14 @@ pub trait FileFormatWriter<T>: Send + 'static {
     /// Writes one batch of records.
     ///
     /// # Errors
-    /// When the file cannot be written.
-    fn write(&mut self, records: &[&T]) -> std::result::Result<(), String>;
+    /// When the file cannot be written or a record cannot be encoded.
+    fn write(&mut self, records: &[&T]) -> std::result::Result<(), FormatError>;
 
     /// Completes the file at `path` (flush, footer).
     ///
     /// # Errors
     /// When the file cannot be written.
-    fn close(self, path: &Path) -> std::result::Result<(), String>;
+    fn close(self, path: &Path) -> std::result::Result<(), FormatError>;
 }
 
 /// Writes records to one file, shared by all subtasks of the sink: records
@@ -130,8 +194,8 @@ impl<T, F: FileFormatWriter<T>> FileSink<T, F> {
         })
     }
 
-    fn failed(&self, reason: impl std::fmt::Display) -> Error {
-        Error::user(format!("writing {}: {reason}", self.shared.path.display()))
+    fn failed(&self, e: FormatError) -> Error {
+        e.into_error("write", &self.shared.path)
     }
 }
 
@@ -146,9 +210,12 @@ impl<T: Data + Serialize, F: FileFormatWriter<T>> Sink<T> for FileSink<T, F> {
         }
         let values: Vec<&T> = batch.iter().map(|r| &r.value).collect();
         let mut guard = self.shared.lock();
-        let writer = guard
-            .as_mut()
-            .ok_or_else(|| self.failed("written after close"))?;
+        let writer = guard.as_mut().ok_or_else(|| {
+            Error::Internal(format!(
+                "{} written after close",
+                self.shared.path.display()
+            ))
+        })?;
         writer.write(&values).map_err(|e| self.failed(e))
     }
 
@@ -175,14 +242,14 @@ impl<T: Serialize> FileFormatWriter<T> for CsvWriter {
         Ok(Self(csv::Writer::from_writer(BufWriter::new(file))))
     }
 
-    fn write(&mut self, records: &[&T]) -> std::result::Result<(), String> {
+    fn write(&mut self, records: &[&T]) -> std::result::Result<(), FormatError> {
         records
             .iter()
-            .try_for_each(|r| self.0.serialize(r).map_err(|e| e.to_string()))
+            .try_for_each(|r| self.0.serialize(r).map_err(FormatError::from))
     }
 
-    fn close(mut self, _path: &Path) -> std::result::Result<(), String> {
-        self.0.flush().map_err(|e| e.to_string())
+    fn close(mut self, _path: &Path) -> std::result::Result<(), FormatError> {
+        Ok(self.0.flush()?)
     }
 }
 
@@ -197,18 +264,18 @@ impl<T: Serialize> FileFormatWriter<T> for JsonLinesWriter {
         Ok(Self(BufWriter::new(file)))
     }
 
-    fn write(&mut self, records: &[&T]) -> std::result::Result<(), String> {
+    fn write(&mut self, records: &[&T]) -> std::result::Result<(), FormatError> {
         use std::io::Write;
         for r in records {
-            serde_json::to_writer(&mut self.0, r).map_err(|e| e.to_string())?;
-            self.0.write_all(b"\n").map_err(|e| e.to_string())?;
+            serde_json::to_writer(&mut self.0, r)?;
+            self.0.write_all(b"\n")?;
         }
         Ok(())
     }
 
-    fn close(mut self, _path: &Path) -> std::result::Result<(), String> {
+    fn close(mut self, _path: &Path) -> std::result::Result<(), FormatError> {
         use std::io::Write;
-        self.0.flush().map_err(|e| e.to_string())
+        Ok(self.0.flush()?)
     }
 }
 
@@ -248,34 +315,36 @@ impl<T: Serialize> FileFormatWriter<T> for ParquetWriter {
         })
     }
 
-    fn write(&mut self, records: &[&T]) -> std::result::Result<(), String> {
+    fn write(&mut self, records: &[&T]) -> std::result::Result<(), FormatError> {
         use serde_arrow::schema::{SchemaLike, TracingOptions};
+        let encode = |e: serde_arrow::Error| FormatError::Encode(e.to_string());
         if self.writer.is_none() {
             if self.fields.is_empty() {
                 self.fields = Vec::<FieldRef>::from_samples(
                     records,
                     TracingOptions::default().allow_null_fields(true),
                 )
-                .map_err(|e| e.to_string())?;
+                .map_err(encode)?;
             }
             let schema = Arc::new(arrow_schema::Schema::new(self.fields.clone()));
-            let file = self.file.take().ok_or("the Parquet file is gone")?;
-            self.writer =
-                Some(ArrowWriter::try_new(file, schema, None).map_err(|e| e.to_string())?);
+            let file = self
+                .file
+                .take()
+                .ok_or_else(|| FormatError::Encode("the Parquet file is gone".to_string()))?;
+            self.writer = Some(ArrowWriter::try_new(file, schema, None)?);
         }
-        let batch =
-            serde_arrow::to_record_batch(&self.fields, &records).map_err(|e| e.to_string())?;
+        let batch = serde_arrow::to_record_batch(&self.fields, &records).map_err(encode)?;
         match self.writer.as_mut() {
-            Some(w) => w.write(&batch).map_err(|e| e.to_string()),
-            None => Err("no Parquet writer".into()),
+            Some(w) => Ok(w.write(&batch)?),
+            None => Err(FormatError::Encode("no Parquet writer".to_string())),
         }
     }
 
     /// A sink that never got a record has no schema to write, so it leaves
     /// no file rather than an unreadable one.
-    fn close(self, path: &Path) -> std::result::Result<(), String> {
+    fn close(self, path: &Path) -> std::result::Result<(), FormatError> {
         match self.writer {
-            Some(writer) => writer.close().map(|_| ()).map_err(|e| e.to_string()),
+            Some(writer) => Ok(writer.close().map(|_| ())?),
             None => {
                 drop(self.file);
                 let _ = std::fs::remove_file(path);
@@ -296,16 +365,15 @@ pub fn write_csv<'a, T: Serialize + 'a>(
     rows: impl IntoIterator<Item = &'a T>,
 ) -> Result<()> {
     let path = path.as_ref();
-    let failed =
-        |e: &dyn std::fmt::Display| Error::user(format!("writing {}: {e}", path.display()));
+    let failed = |e: FormatError| e.into_error("write", path);
     let mut writer = csv::WriterBuilder::new()
         .has_headers(false)
         .from_writer(BufWriter::new(create(path)?));
-    writer.write_record(header).map_err(|e| failed(&e))?;
+    writer.write_record(header).map_err(|e| failed(e.into()))?;
     for row in rows {
-        writer.serialize(row).map_err(|e| failed(&e))?;
+        writer.serialize(row).map_err(|e| failed(e.into()))?;
     }
-    writer.flush().map_err(|e| failed(&e))
+    writer.flush().map_err(|e| failed(e.into()))
 }
 
 /// A Parquet sink that writes each record under a directory chosen from the
@@ -407,5 +475,77 @@ impl<T: Data + Serialize> Sink<T> for PartitionedParquetSink<T> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::io::ErrorKind;
+    use tideline_engine::ErrorDomain;
+
+    #[test]
+    fn a_sink_under_a_regular_file_is_an_external_io_error() {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string());
+        let base = dir
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+            .unwrap_or_default();
+        let blocker = base.join("not-a-dir");
+        assert!(std::fs::write(&blocker, b"x").is_ok());
+        let err = CsvSink::<u64>::new(blocker.join("sub").join("out.csv")).err();
+        assert!(
+            matches!(&err, Some(Error::Io { action: "create", path, .. }) if *path == blocker.join("sub")),
+            "{err:?}"
+        );
+        let err = err.map(|e| (e.domain(), e.io_kind()));
+        assert_eq!(
+            err,
+            Some((ErrorDomain::External, Some(ErrorKind::NotADirectory)))
+        );
+    }
+
+    #[test]
+    fn a_full_disk_is_an_external_io_error_with_its_kind() {
+        // Linux's /dev/full accepts an open and fails every write with ENOSPC.
+        let full = Path::new("/dev/full");
+        if !full.exists() {
+            return;
+        }
+        let sink = JsonLinesSink::<u64>::new(full);
+        assert!(sink.is_ok(), "{:?}", sink.err());
+        let Ok(mut sink) = sink else { return };
+        // Buffered, so the failure shows at the latest when the file closes.
+        let written = sink.write_batch(vec![Record::untimed(7)]);
+        let err = written.and_then(|()| sink.finish()).err();
+        assert!(
+            matches!(&err, Some(Error::Io { action: "write", path, .. }) if path == full),
+            "{err:?}"
+        );
+        let err = err.map(|e| (e.domain(), e.io_kind()));
+        assert_eq!(
+            err,
+            Some((ErrorDomain::External, Some(ErrorKind::StorageFull)))
+        );
+    }
+
+    #[test]
+    fn a_record_the_format_cannot_encode_is_a_user_error() {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string());
+        let base = dir
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+            .unwrap_or_default();
+        let sink = CsvSink::<BTreeMap<String, u64>>::new(base.join("maps.csv"));
+        assert!(sink.is_ok(), "{:?}", sink.err());
+        let Ok(mut sink) = sink else { return };
+        // The csv crate does not serialize maps: a property of the record
+        // type, not of the disk.
+        let record = BTreeMap::from([("a".to_string(), 1)]);
+        let err = sink.write_batch(vec![Record::untimed(record)]).err();
+        assert!(matches!(&err, Some(Error::User(_))), "{err:?}");
+        let err = err.map(|e| (e.domain(), e.io_kind()));
+        assert_eq!(err, Some((ErrorDomain::User, None)));
     }
 }
