@@ -55,11 +55,12 @@ pub use tideline_engine as engine;
 #[cfg(feature = "rocksdb")]
 pub use tideline_engine::RocksDbOptions;
 pub use tideline_engine::{
-    time, CheckpointConfig, CheckpointStats, Committer, Data, DeadLetter, Error, ErrorDomain,
-    EventTime, ExecutionMode, FailurePolicy, Job, JobConfig, JobHandle, JobSummary, KeyedStream,
-    LocalRun, Operator, OperatorContext, OperatorSummary, Output, OutputTag, ReaderContext, Record,
-    RestoreContext, RestoreFrom, Result, Sink, SnapshotWriter, Source, SourceOffset, SourceOutput,
-    SourceReader, SourceStatus, StateBackend, Stream, SubtaskInfo, Watermark,
+    time, AbortedCheckpoint, CheckpointConfig, CheckpointStats, Committer, Data, DeadLetter, Error,
+    ErrorDomain, EventTime, ExecutionMode, FailurePolicy, Job, JobConfig, JobHandle, JobSummary,
+    KeyedStream, LocalRun, Operator, OperatorContext, OperatorSummary, Output, OutputTag,
+    ReaderContext, Record, RestoreContext, RestoreFrom, Result, Sink, SnapshotWriter, Source,
+    SourceOffset, SourceOutput, SourceReader, SourceStatus, StateBackend, Stream, SubtaskInfo,
+    Watermark,
 };
 pub use tideline_operators as operators;
 pub use tideline_operators::{connectors, join, process, stateless, testing, window};

@@ -33,7 +33,8 @@ mod source;
 pub mod time;
 
 pub use checkpoint::{
-    CheckpointConfig, CheckpointStats, RestoreContext, RestoreFrom, SnapshotWriter,
+    AbortedCheckpoint, CheckpointConfig, CheckpointStats, RestoreContext, RestoreFrom,
+    SnapshotWriter,
 };
 pub use config::{ExecutionMode, FailurePolicy, JobConfig};
 pub use error::{BoxError, Error, ErrorDomain, Result};

@@ -14,6 +14,11 @@
 //!    metadata last, prunes old checkpoints and commits the sinks'
 //!    transactions. Tasks never wait for any of that.
 //!
+//! A task that waits longer than the alignment timeout for barrier `n`
+//! gives `n` up ([`Coordinator::abort`]): `n` never completes (late
+//! acknowledgements are ignored), and the next checkpoint is triggered one
+//! interval later with a new id.
+//!
 //! When every task has finished, a final checkpoint is completed from their
 //! final snapshots, so a bounded job's last output is committed too.
 
@@ -30,7 +35,7 @@ use crate::checkpoint::snapshot::{BarrierCtx, TaskSnapshot};
 use crate::checkpoint::storage::{
     checkpoint_dir_name, checksum, fsync, io_err, CheckpointStorage, FileSum, Metadata,
 };
-use crate::checkpoint::CheckpointStats;
+use crate::checkpoint::{AbortedCheckpoint, CheckpointStats};
 use crate::error::{Error, Result};
 use crate::runtime::executor::Shared;
 use crate::sink::Committer;
@@ -72,6 +77,7 @@ pub(crate) struct Coordinator {
     io: Mutex<Option<Sender<Completion>>>,
     io_thread: Mutex<Option<JoinHandle<()>>>,
     stats: Arc<Mutex<Vec<CheckpointStats>>>,
+    aborted: Mutex<Vec<AbortedCheckpoint>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -125,6 +131,7 @@ impl Coordinator {
             io: Mutex::new(Some(sender)),
             io_thread: Mutex::new(None),
             stats: Arc::default(),
+            aborted: Mutex::default(),
         });
         let worker = Arc::clone(&coordinator);
         let thread = std::thread::Builder::new()
@@ -268,6 +275,27 @@ impl Coordinator {
         }
     }
 
+    /// Gives up checkpoint `id` if it is still in progress (a task could not
+    /// align its barriers in time; later calls for it do nothing), so the
+    /// next one can be triggered after the interval.
+    pub(crate) fn abort(&self, id: u64, reason: String) {
+        let mut progress = lock(&self.progress);
+        if progress.in_progress.map(|(i, _)| i) != Some(id) {
+            return;
+        }
+        progress.in_progress = None;
+        self.next_due.store(
+            self.clock.now_millis().saturating_add(self.interval),
+            Ordering::Relaxed,
+        );
+        lock(&self.aborted).push(AbortedCheckpoint { id, reason });
+    }
+
+    /// The checkpoints given up so far.
+    pub(crate) fn aborted(&self) -> Vec<AbortedCheckpoint> {
+        lock(&self.aborted).clone()
+    }
+
     /// Statistics of the checkpoints completed so far.
     pub(crate) fn stats(&self) -> Vec<CheckpointStats> {
         lock(&self.stats).clone()
@@ -361,6 +389,12 @@ impl Coordinator {
             duration: c.started.elapsed(),
             size_bytes: meta.files.values().map(|f| f.len).sum(),
             new_bytes,
+            alignment: c
+                .parts
+                .iter()
+                .map(|p| p.alignment)
+                .max()
+                .unwrap_or_default(),
         });
         Ok(())
     }

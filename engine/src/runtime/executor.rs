@@ -99,6 +99,11 @@ impl JobReport {
                 .as_ref()
                 .map(|c| c.stats())
                 .unwrap_or_default(),
+            aborted_checkpoints: self
+                .coordinator
+                .as_ref()
+                .map(|c| c.aborted())
+                .unwrap_or_default(),
             restored_from: self.restored_from,
             skipped_checkpoints: self.skipped_checkpoints.clone(),
         }

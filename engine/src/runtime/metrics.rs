@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::checkpoint::{CheckpointStats, SkippedCheckpoint};
+use crate::checkpoint::{AbortedCheckpoint, CheckpointStats, SkippedCheckpoint};
 
 #[derive(Debug, Default)]
 pub(crate) struct OpCounters {
@@ -65,6 +65,9 @@ pub struct JobSummary {
     pub dead_letters: u64,
     /// The checkpoints completed, in order (empty without checkpointing).
     pub checkpoints: Vec<CheckpointStats>,
+    /// Checkpoints given up before completing (an alignment timeout), in
+    /// order: their count is the number of aborted checkpoints.
+    pub aborted_checkpoints: Vec<AbortedCheckpoint>,
     /// The checkpoint the job restarted from, if any.
     pub restored_from: Option<u64>,
     /// Newer checkpoints passed over on restore because they did not verify.
