@@ -58,9 +58,9 @@ pub use tideline_engine::{
     time, AbortedCheckpoint, CheckpointConfig, CheckpointStats, Committer, Data, DeadLetter, Error,
     ErrorDomain, EventTime, ExecutionMode, FailurePolicy, Job, JobConfig, JobHandle, JobSummary,
     KeyedStream, LocalRun, Operator, OperatorContext, OperatorSummary, Output, OutputTag,
-    ReaderContext, Record, RestoreContext, RestoreFrom, Result, Sink, SnapshotWriter, Source,
-    SourceOffset, SourceOutput, SourceReader, SourceStatus, StateBackend, Stream, SubtaskInfo,
-    Watermark,
+    ReaderContext, Record, Rejected, RestoreContext, RestoreFrom, Result, Sink, SnapshotWriter,
+    Source, SourceOffset, SourceOutput, SourceReader, SourceStatus, StateBackend, Stream,
+    SubtaskInfo, Watermark,
 };
 pub use tideline_operators as operators;
 pub use tideline_operators::{connectors, join, process, stateless, testing, window};

@@ -44,7 +44,9 @@ pub use record::{Data, Record};
 pub use runtime::executor::{JobHandle, LocalRun};
 pub use runtime::metrics::{JobSummary, OperatorSummary};
 pub use sink::{Committer, Sink, SubtaskInfo};
-pub use source::{ReaderContext, Source, SourceOffset, SourceOutput, SourceReader, SourceStatus};
+pub use source::{
+    ReaderContext, Rejected, Source, SourceOffset, SourceOutput, SourceReader, SourceStatus,
+};
 #[cfg(feature = "rocksdb")]
 pub use tideline_state::RocksDbOptions;
 pub use tideline_state::StateBackend;
