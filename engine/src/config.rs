@@ -41,7 +41,8 @@ pub struct JobConfig {
     pub batch_size: usize,
     /// A partially filled batch is flushed after this much processing time.
     pub flush_interval: Duration,
-    /// Batches a channel into one subtask holds before senders block.
+    /// Batches each input channel of a subtask (one upstream subtask of one
+    /// input edge) holds before its sender blocks.
     pub channel_capacity: usize,
     /// Number of key groups (the maximum parallelism of keyed operators).
     pub key_groups: u16,

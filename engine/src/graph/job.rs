@@ -92,7 +92,8 @@ impl Job {
         self.configure(|c| c.flush_interval = interval)
     }
 
-    /// Batches a channel holds before its senders block (default 16).
+    /// Batches each input channel (one upstream subtask into one downstream
+    /// subtask) holds before its sender blocks (default 16).
     pub fn channel_capacity(self, batches: usize) -> Self {
         self.configure(|c| c.channel_capacity = batches)
     }
