@@ -57,10 +57,10 @@ pub use tideline_engine::RocksDbOptions;
 pub use tideline_engine::{
     time, AbortedCheckpoint, CheckpointConfig, CheckpointStats, Committer, Data, DeadLetter, Error,
     ErrorDomain, EventTime, ExecutionMode, FailurePolicy, Job, JobConfig, JobHandle, JobSummary,
-    KeyedStream, LocalRun, Operator, RestartStrategy, OperatorContext, OperatorSummary, Output, OutputTag,
-    ReaderContext, Record, RestoreContext, RestoreFrom, Result, Sink, SinkHandle, SnapshotWriter,
-    Source, SourceOffset, SourceOutput, SourceReader, SourceStatus, StateBackend, StopHandle,
-    Stream, SubtaskInfo, Watermark,
+    KeyedStream, LocalRun, Operator, OperatorContext, OperatorSummary, Output, OutputTag,
+    ReaderContext, Record, Rejected, RestartStrategy, RestoreContext, RestoreFrom, Result, Sink,
+    SinkHandle, SnapshotWriter, Source, SourceOffset, SourceOutput, SourceReader, SourceStatus,
+    StateBackend, StopHandle, Stream, SubtaskInfo, Watermark,
 };
 pub use tideline_operators as operators;
 pub use tideline_operators::{connectors, join, process, stateless, testing, window};

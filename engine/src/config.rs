@@ -70,14 +70,18 @@ impl RestartStrategy {
     pub fn delay(&self, restart: u32) -> Option<Duration> {
         match *self {
             RestartStrategy::None => None,
-            RestartStrategy::FixedDelay { attempts, delay } => (restart < attempts).then_some(delay),
+            RestartStrategy::FixedDelay { attempts, delay } => {
+                (restart < attempts).then_some(delay)
+            }
             RestartStrategy::ExponentialBackoff {
                 attempts,
                 initial,
                 max,
                 multiplier,
             } => (restart < attempts).then(|| {
-                let factor = multiplier.max(1.0).powi(i32::try_from(restart).unwrap_or(i32::MAX));
+                let factor = multiplier
+                    .max(1.0)
+                    .powi(i32::try_from(restart).unwrap_or(i32::MAX));
                 initial.mul_f64(factor.min(1e9)).min(max)
             }),
         }
@@ -128,7 +132,8 @@ pub struct JobConfig {
     pub batch_size: usize,
     /// A partially filled batch is flushed after this much processing time.
     pub flush_interval: Duration,
-    /// Batches a channel into one subtask holds before senders block.
+    /// Batches each input channel of a subtask (one upstream subtask of one
+    /// input edge) holds before its sender blocks.
     pub channel_capacity: usize,
     /// Number of key groups (the maximum parallelism of keyed operators).
     pub key_groups: u16,

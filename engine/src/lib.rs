@@ -45,7 +45,9 @@ pub use runtime::executor::{JobHandle, LocalRun};
 pub use runtime::metrics::{JobSummary, OperatorSummary};
 pub use runtime::stop::StopHandle;
 pub use sink::{Committer, Sink, SubtaskInfo};
-pub use source::{ReaderContext, Source, SourceOffset, SourceOutput, SourceReader, SourceStatus};
+pub use source::{
+    ReaderContext, Rejected, Source, SourceOffset, SourceOutput, SourceReader, SourceStatus,
+};
 #[cfg(feature = "rocksdb")]
 pub use tideline_state::RocksDbOptions;
 pub use tideline_state::StateBackend;

@@ -194,17 +194,55 @@ impl<T> fmt::Debug for OutputTag<T> {
     }
 }
 
-/// A record that user code rejected, with why.
+/// A record that a source or an operator rejected, with why and, where
+/// known, where it came from. Fields may be added (it is `non_exhaustive`):
+/// build one with [`DeadLetter::new`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeadLetter {
-    /// The operator that rejected it.
+    /// The operator (or source) that rejected it.
     pub operator: String,
-    /// The record's event time.
+    /// The record's event time ([`EventTime::MIN`] for input a source could
+    /// not turn into a record).
     pub timestamp: EventTime,
     /// Why it was rejected.
     pub reason: String,
-    /// The record, as `Debug` text.
+    /// The record as text: its `Debug` form where the operator can show it
+    /// (`try_map`, process functions), the input text for a source (a file
+    /// row), otherwise what the operator was told to show (windows: see
+    /// `WindowedStream::dead_letter_text`).
     pub record: String,
+    /// The source partition it was read from, for a source's rejections.
+    pub partition: Option<usize>,
+    /// Where it was in that partition: as the source names it (a file's
+    /// `path:line`), or else the reader's offset after the batch that held it.
+    pub offset: Option<String>,
+}
+
+impl DeadLetter {
+    /// A dead letter with no source position.
+    pub fn new(
+        operator: impl Into<String>,
+        timestamp: EventTime,
+        reason: impl Into<String>,
+        record: impl Into<String>,
+    ) -> Self {
+        Self {
+            operator: operator.into(),
+            timestamp,
+            reason: reason.into(),
+            record: record.into(),
+            partition: None,
+            offset: None,
+        }
+    }
+
+    /// The same, read from source partition `partition` at `offset`.
+    pub fn at(mut self, partition: Option<usize>, offset: Option<String>) -> Self {
+        self.partition = partition;
+        self.offset = offset;
+        self
+    }
 }
 
 /// A side output's buffer inside a task, flushed after each operator call.
@@ -362,15 +400,22 @@ impl<O: Data> Output<O> {
         reason: impl fmt::Display,
         record: &dyn fmt::Debug,
     ) -> Result<()> {
-        reject(
-            &mut self.sides,
-            &self.job,
-            self.failure_policy,
-            &self.operator,
-            timestamp,
-            reason.to_string(),
-            format!("{record:?}"),
-        )
+        self.dead_letter_text(timestamp, reason, format!("{record:?}"))
+    }
+
+    /// Like [`Output::dead_letter`], for records that are not `Debug`:
+    /// `record` is the text the dead letter shows.
+    ///
+    /// # Errors
+    /// [`Error::User`] under `FailFast`.
+    pub fn dead_letter_text(
+        &mut self,
+        timestamp: EventTime,
+        reason: impl fmt::Display,
+        record: String,
+    ) -> Result<()> {
+        let letter = DeadLetter::new(&*self.operator, timestamp, reason.to_string(), record);
+        reject(&mut self.sides, &self.job, self.failure_policy, letter)
     }
 
     /// Adds `n` to the job's count of late records.
@@ -409,21 +454,22 @@ pub(crate) fn reject(
     sides: &mut [Box<dyn SideChannel>],
     job: &JobCounters,
     policy: FailurePolicy,
-    operator: &str,
-    timestamp: EventTime,
-    reason: String,
-    record: String,
+    letter: DeadLetter,
 ) -> Result<()> {
     if policy == FailurePolicy::FailFast {
-        return Err(Error::user(format!("record {record} rejected: {reason}")));
+        let at = match (&letter.partition, &letter.offset) {
+            (Some(p), Some(o)) => format!(" (partition {p}, {o})"),
+            (Some(p), None) => format!(" (partition {p})"),
+            (None, Some(o)) => format!(" ({o})"),
+            (None, None) => String::new(),
+        };
+        return Err(Error::user(format!(
+            "record {}{at} rejected: {}",
+            letter.record, letter.reason
+        )));
     }
     job.dead_letters.fetch_add(1, Ordering::Relaxed);
-    let letter = DeadLetter {
-        operator: operator.to_string(),
-        timestamp,
-        reason,
-        record,
-    };
+    let timestamp = letter.timestamp;
     emit_side(sides, DEAD_LETTER_TAG, Record::new(timestamp, letter));
     Ok(())
 }

@@ -72,6 +72,3 @@ pub(crate) enum Message<T> {
     Barrier(u64),
     End,
 }
-
-/// A message tagged with the receiver-side index of the channel it came on.
-pub(crate) type Envelope<T> = (u32, Message<T>);

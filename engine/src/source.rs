@@ -133,8 +133,20 @@ pub struct SourceOutput<T> {
     pub(crate) records: Vec<Record<T>>,
     pub(crate) watermark: Option<EventTime>,
     pub(crate) capacity: usize,
-    /// `(timestamp, reason, record text)` of input the reader rejected.
-    pub(crate) rejected: Vec<(EventTime, String, String)>,
+    /// Input the reader rejected.
+    pub(crate) rejected: Vec<Rejected>,
+}
+
+/// A piece of input a reader rejected (see [`SourceOutput::dead_letter`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// Why.
+    pub reason: String,
+    /// The input as text.
+    pub record: String,
+    /// Where it was in its partition, as the source names it (a file's
+    /// `path:line`), if the reader said.
+    pub offset: Option<String>,
 }
 
 impl<T> SourceOutput<T> {
@@ -154,12 +166,9 @@ impl<T> SourceOutput<T> {
         std::mem::take(&mut self.records)
     }
 
-    /// Removes and returns the rejected inputs so far, as `(reason, record)`.
-    pub fn take_rejected(&mut self) -> Vec<(String, String)> {
-        self.rejected
-            .drain(..)
-            .map(|(_, reason, record)| (reason, record))
-            .collect()
+    /// Removes and returns the rejected inputs so far.
+    pub fn take_rejected(&mut self) -> Vec<Rejected> {
+        std::mem::take(&mut self.rejected)
     }
 
     /// The records appended so far.
@@ -198,8 +207,33 @@ impl<T> SourceOutput<T> {
     /// (or stops the job under `FailurePolicy::FailFast`). `record` is the
     /// input as text, with where it came from.
     pub fn dead_letter(&mut self, reason: impl std::fmt::Display, record: impl Into<String>) {
-        self.rejected
-            .push((EventTime::MIN, reason.to_string(), record.into()));
+        self.reject(Rejected {
+            reason: reason.to_string(),
+            record: record.into(),
+            offset: None,
+        });
+    }
+
+    /// Like [`SourceOutput::dead_letter`], saying where in the partition the
+    /// input was (`offset`, e.g. a file's `path:line`); the dead letter
+    /// carries it.
+    pub fn dead_letter_at(
+        &mut self,
+        reason: impl std::fmt::Display,
+        record: impl Into<String>,
+        offset: impl Into<String>,
+    ) {
+        self.reject(Rejected {
+            reason: reason.to_string(),
+            record: record.into(),
+            offset: Some(offset.into()),
+        });
+    }
+
+    /// Rejects input another output rejected (readers that wrap readers
+    /// pass their inner rejections on with it).
+    pub fn reject(&mut self, rejected: Rejected) {
+        self.rejected.push(rejected);
     }
 
     /// Asserts that this partition will produce nothing at or before `watermark`.

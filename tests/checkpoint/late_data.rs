@@ -145,9 +145,17 @@ fn assigned_job(dir: &Path, clock: &Arc<ManualClock>, checkpoints: bool) -> Resu
 fn assign_timestamps_keeps_its_watermarks_across_a_restore() -> Result<()> {
     let reference_dir = tempdir()?;
     let clock = Arc::new(ManualClock::new(0));
-    drive(assigned_job(reference_dir.path(), &clock, false)?, &clock, None)?;
+    drive(
+        assigned_job(reference_dir.path(), &clock, false)?,
+        &clock,
+        None,
+    )?;
     let (rows, late) = committed(reference_dir.path())?;
-    assert!(late.len() > 50, "the run must have late data: {}", late.len());
+    assert!(
+        late.len() > 50,
+        "the run must have late data: {}",
+        late.len()
+    );
 
     let dir = tempdir()?;
     let clock = Arc::new(ManualClock::new(0));

@@ -3,6 +3,7 @@
 //! never interrupted — in process (stepped, deterministic), across a
 //! parallelism change, and in a child process killed with SIGKILL.
 
+mod alignment;
 mod crash;
 mod hooks;
 mod joins;

@@ -76,7 +76,11 @@ fn a_failing_job_restarts_from_its_latest_checkpoint_with_exact_output() -> Resu
         // Two failures: in two attempts, or both subtasks in the same one.
         assert!((1..=2).contains(&summary.restarts.len()), "{summary:?}");
         let cause = if panic { "crashed" } else { "is down" };
-        assert!(summary.restarts.iter().all(|r| r.contains(cause)), "{:?}", summary.restarts);
+        assert!(
+            summary.restarts.iter().all(|r| r.contains(cause)),
+            "{:?}",
+            summary.restarts
+        );
         assert_eq!(committed(dir.path())?, expected);
     }
     Ok(())

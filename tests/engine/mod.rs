@@ -1,4 +1,5 @@
 mod backpressure;
+mod dead_letters;
 mod determinism;
 mod exchanges;
 mod failures;

@@ -128,7 +128,7 @@ fn drain_both<T>(
         let mut out = SourceOutput::new(room);
         let status = reader.poll(&mut out)?;
         got.extend(out.take_records().into_iter().map(|r| r.value));
-        dead.extend(out.take_rejected().into_iter().map(|(_, at)| at));
+        dead.extend(out.take_rejected().into_iter().map(|r| r.record));
         if status == SourceStatus::Finished {
             return Ok((got, dead));
         }

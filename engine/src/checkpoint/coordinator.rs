@@ -14,6 +14,11 @@
 //!    metadata last, prunes old checkpoints and commits the sinks'
 //!    transactions. Tasks never wait for any of that.
 //!
+//! A task that waits longer than the alignment timeout for barrier `n`
+//! gives `n` up ([`Coordinator::abort`]): `n` never completes (late
+//! acknowledgements are ignored), and the next checkpoint is triggered one
+//! interval later with a new id.
+//!
 //! When every task has finished, a final checkpoint is completed from their
 //! final snapshots, so a bounded job's last output is committed too.
 
@@ -409,6 +414,11 @@ impl Coordinator {
     /// carried into the next checkpoint, the hooks hear of it, and the next
     /// checkpoint is due after the interval. Returns whether it was aborted.
     pub(crate) fn abort(&self, id: u64, reason: String) -> bool {
+        if self.is_stop(id) {
+            // The stop is not given up: the job would stop without a
+            // savepoint. Alignment goes on until the barrier arrives.
+            return false;
+        }
         let mut progress = lock(&self.progress);
         if progress.in_progress.map(|(i, _)| i) != Some(id) {
             return false;
@@ -520,6 +530,12 @@ impl Coordinator {
             duration: c.started.elapsed(),
             size_bytes: meta.files.values().map(|f| f.len).sum(),
             new_bytes,
+            alignment: c
+                .parts
+                .iter()
+                .map(|p| p.alignment)
+                .max()
+                .unwrap_or_default(),
         });
         Ok(())
     }

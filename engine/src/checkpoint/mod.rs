@@ -40,6 +40,10 @@ pub struct CheckpointConfig {
     pub dir: PathBuf,
     /// How many complete checkpoints are kept (the newest ones).
     pub retain: usize,
+    /// How long (of the job's clock) a task may align one checkpoint's
+    /// barriers before it gives that checkpoint up (`None`: it waits as long
+    /// as it takes).
+    pub alignment_timeout: Option<Duration>,
 }
 
 /// Which checkpoint a job restarts from.
@@ -66,13 +70,16 @@ pub struct CheckpointStats {
     pub size_bytes: u64,
     /// Bytes written for it (the rest was already held by earlier ones).
     pub new_bytes: u64,
+    /// The longest any task spent aligning its barriers (from the first
+    /// barrier to the last, on the job's clock).
+    pub alignment: Duration,
 }
 
-/// A checkpoint that was given up before it completed.
+/// A checkpoint given up before it completed, as the job summary reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AbortedCheckpoint {
-    /// Its id.
+    /// Its id (never used again).
     pub id: u64,
-    /// Why (e.g. barrier alignment took longer than the timeout).
+    /// Why, naming the task.
     pub reason: String,
 }

@@ -61,6 +61,8 @@ pub(crate) struct TaskSnapshot {
     pub(crate) sources: Vec<(String, usize, PartitionState)>,
     /// `(sink name, subtask, transaction)`.
     pub(crate) transactions: Vec<(String, usize, Vec<u8>)>,
+    /// How long the task aligned this checkpoint's barriers.
+    pub(crate) alignment: std::time::Duration,
 }
 
 /// A barrier (or the end of input) passing down a task's chain, collecting

@@ -149,13 +149,20 @@ pub(crate) fn exchange_writer<T: Data>(
     Box::new(move |ctx| {
         let target = &ctx.layout[to];
         let layout = target.edges[edge];
-        let all = ctx.channels.senders::<T>(to, target.parallelism)?;
-        let (senders, channel, route) = if layout.forward {
+        let channel = if layout.forward {
+            layout.channel_offset
+        } else {
+            layout.channel_offset + ctx.subtask
+        };
+        let all = ctx
+            .channels
+            .senders::<T>(to, target.parallelism, target.channels, channel)?;
+        let (senders, route) = if layout.forward {
             let one = all
                 .get(ctx.subtask)
                 .cloned()
                 .ok_or_else(|| Error::Internal("forward edge without a matching subtask".into()))?;
-            (vec![one], layout.channel_offset, Route::Forward)
+            (vec![one], Route::Forward)
         } else {
             let route = match (kind, &hash) {
                 (EdgeKind::Keyed, Some(h)) => Route::Keyed {
@@ -165,13 +172,10 @@ pub(crate) fn exchange_writer<T: Data>(
                 (EdgeKind::Broadcast, _) => Route::Broadcast,
                 _ => Route::Rebalance { next: ctx.subtask },
             };
-            (all, layout.channel_offset + ctx.subtask, route)
+            (all, route)
         };
-        let channel = u32::try_from(channel)
-            .map_err(|_| Error::config("parallelism", "too many input channels"))?;
         Ok(Box::new(ExchangeWriter::new(
             senders,
-            channel,
             route,
             ctx.config.batch_size,
             ctx.config.flush_interval_millis(),
@@ -253,11 +257,16 @@ impl<T: Data> TaskFactory for InputFactory<T> {
     fn build(&self, ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Task>> {
         let layout = &ctx.layout[ctx.node];
         let (parallelism, channels) = (layout.parallelism, layout.channels);
-        let receiver = ctx
-            .channels
-            .receiver::<T>(ctx.node, parallelism, ctx.subtask)?;
+        let receivers =
+            ctx.channels
+                .receivers::<T>(ctx.node, parallelism, channels, ctx.subtask)?;
         let head = ctx.chain_head(self.op, &self.head, channels)?;
-        Ok(Box::new(InputTask::new(head, receiver, channels)))
+        let timeout = ctx
+            .config
+            .checkpointing
+            .as_ref()
+            .and_then(|c| c.alignment_timeout);
+        Ok(Box::new(InputTask::new(head, receivers, timeout)))
     }
 }
 
@@ -473,8 +482,7 @@ impl Graph {
             .iter()
             .map(|o| Arc::from(self.effective_uid(o).as_str()))
             .collect();
-        let op_counters: Vec<Arc<OpCounters>> =
-            self.ops.iter().map(|_| Arc::default()).collect();
+        let op_counters: Vec<Arc<OpCounters>> = self.ops.iter().map(|_| Arc::default()).collect();
         let job_counters = Arc::new(JobCounters::default());
         let shared = Arc::new(Shared::default());
         let (restored, skipped_checkpoints) = self.resolve_restore()?;

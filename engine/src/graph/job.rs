@@ -92,7 +92,8 @@ impl Job {
         self.configure(|c| c.flush_interval = interval)
     }
 
-    /// Batches a channel holds before its senders block (default 16).
+    /// Batches each input channel (one upstream subtask into one downstream
+    /// subtask) holds before its sender blocks (default 16).
     pub fn channel_capacity(self, batches: usize) -> Self {
         self.configure(|c| c.channel_capacity = batches)
     }
@@ -137,7 +138,21 @@ impl Job {
                 interval,
                 dir,
                 retain: 3,
+                alignment_timeout: None,
             })
+        })
+    }
+
+    /// Gives up a checkpoint when a task has waited longer than `timeout`
+    /// (of the job's clock) for its barriers to arrive on every input: the
+    /// task stops holding its inputs back, takes no snapshot for it, and the
+    /// summary lists the checkpoint as aborted; the next one is triggered
+    /// after the interval. Without it, alignment waits as long as it takes.
+    pub fn checkpoint_alignment_timeout(self, timeout: Duration) -> Self {
+        self.configure(|c| {
+            if let Some(cp) = &mut c.checkpointing {
+                cp.alignment_timeout = Some(timeout);
+            }
         })
     }
 

@@ -1,6 +1,10 @@
 //! The channels into each node's subtasks, created while tasks are built.
-//! Every upstream subtask of every input edge sends into the one receiver of
-//! a downstream subtask, tagging messages with its channel index there.
+//!
+//! Every input channel of a subtask (one upstream subtask of one input edge,
+//! or the one upstream subtask of a forward edge) is its own crossbeam
+//! channel, indexed like the subtask's watermark inputs. Separate channels
+//! let an input task stop reading one of them (barrier alignment) while its
+//! sender fills the channel and blocks: backpressure instead of a buffer.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -8,15 +12,16 @@ use std::collections::HashMap;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, Result};
-use crate::record::Envelope;
+use crate::record::Message;
 
+/// Per downstream subtask, per input channel.
 struct NodeChannels<T> {
-    senders: Vec<Sender<Envelope<T>>>,
-    receivers: Vec<Option<Receiver<Envelope<T>>>>,
+    senders: Vec<Vec<Sender<Message<T>>>>,
+    receivers: Vec<Vec<Option<Receiver<Message<T>>>>>,
 }
 
-/// Channel capacity in batches; `None` means unbounded (the local executor,
-/// which must never block on a send).
+/// Channel capacity in batches, per input channel; `None` means unbounded
+/// (the local executor, which must never block on a send).
 pub(crate) struct Channels {
     capacity: Option<usize>,
     nodes: HashMap<usize, Box<dyn Any>>,
@@ -34,16 +39,21 @@ impl Channels {
         &mut self,
         node: usize,
         parallelism: usize,
+        channels: usize,
     ) -> Result<&mut NodeChannels<T>> {
         let capacity = self.capacity;
         let entry = self.nodes.entry(node).or_insert_with(|| {
             let (senders, receivers) = (0..parallelism)
                 .map(|_| {
-                    let (s, r) = match capacity {
-                        Some(c) => crossbeam_channel::bounded(c),
-                        None => crossbeam_channel::unbounded(),
-                    };
-                    (s, Some(r))
+                    (0..channels)
+                        .map(|_| {
+                            let (s, r) = match capacity {
+                                Some(c) => crossbeam_channel::bounded(c),
+                                None => crossbeam_channel::unbounded(),
+                            };
+                            (s, Some(r))
+                        })
+                        .unzip::<_, _, Vec<_>, Vec<_>>()
                 })
                 .unzip();
             Box::new(NodeChannels::<T> { senders, receivers })
@@ -53,30 +63,46 @@ impl Channels {
             .ok_or_else(|| Error::Internal(format!("channel type mismatch for node {node}")))
     }
 
-    /// Senders to every subtask of `node`.
+    /// Senders into input channel `channel` of every subtask of `node`
+    /// (which has `parallelism` subtasks of `channels` input channels each).
     pub(crate) fn senders<T: Send + 'static>(
         &mut self,
         node: usize,
         parallelism: usize,
-    ) -> Result<Vec<Sender<Envelope<T>>>> {
-        Ok(self.node::<T>(node, parallelism)?.senders.clone())
+        channels: usize,
+        channel: usize,
+    ) -> Result<Vec<Sender<Message<T>>>> {
+        self.node::<T>(node, parallelism, channels)?
+            .senders
+            .iter()
+            .map(|subtask| {
+                subtask.get(channel).cloned().ok_or_else(|| {
+                    Error::Internal(format!("node {node} has no input channel {channel}"))
+                })
+            })
+            .collect()
     }
 
-    /// The receiver of subtask `subtask` of `node` (taken once).
-    pub(crate) fn receiver<T: Send + 'static>(
+    /// The receivers of every input channel of subtask `subtask` of `node`
+    /// (taken once).
+    pub(crate) fn receivers<T: Send + 'static>(
         &mut self,
         node: usize,
         parallelism: usize,
+        channels: usize,
         subtask: usize,
-    ) -> Result<Receiver<Envelope<T>>> {
-        self.node::<T>(node, parallelism)?
+    ) -> Result<Vec<Receiver<Message<T>>>> {
+        let taken = || {
+            Error::Internal(format!(
+                "receivers of node {node} subtask {subtask} taken twice"
+            ))
+        };
+        self.node::<T>(node, parallelism, channels)?
             .receivers
             .get_mut(subtask)
-            .and_then(Option::take)
-            .ok_or_else(|| {
-                Error::Internal(format!(
-                    "receiver of node {node} subtask {subtask} taken twice"
-                ))
-            })
+            .ok_or_else(taken)?
+            .iter_mut()
+            .map(|r| r.take().ok_or_else(taken))
+            .collect()
     }
 }

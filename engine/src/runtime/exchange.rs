@@ -12,7 +12,7 @@ use tideline_state::key_group::{key_group_of_hash, subtask_for_key_group};
 
 use crate::checkpoint::snapshot::BarrierCtx;
 use crate::error::{Error, Result};
-use crate::record::{Data, Envelope, Message, Record};
+use crate::record::{Data, Message, Record};
 use crate::runtime::push::Push;
 use crate::time::Watermark;
 
@@ -31,8 +31,7 @@ pub(crate) enum Route<T> {
 }
 
 pub(crate) struct ExchangeWriter<T> {
-    senders: Vec<Sender<Envelope<T>>>,
-    channel: u32,
+    senders: Vec<Sender<Message<T>>>,
     buffers: Vec<Vec<Record<T>>>,
     route: Route<T>,
     batch_size: usize,
@@ -42,8 +41,7 @@ pub(crate) struct ExchangeWriter<T> {
 
 impl<T: Data> ExchangeWriter<T> {
     pub(crate) fn new(
-        senders: Vec<Sender<Envelope<T>>>,
-        channel: u32,
+        senders: Vec<Sender<Message<T>>>,
         route: Route<T>,
         batch_size: usize,
         flush_interval: i64,
@@ -51,7 +49,6 @@ impl<T: Data> ExchangeWriter<T> {
         let buffers = senders.iter().map(|_| Vec::new()).collect();
         Self {
             senders,
-            channel,
             buffers,
             route,
             batch_size,
@@ -66,9 +63,7 @@ impl<T: Data> ExchangeWriter<T> {
             .get(target)
             .ok_or_else(|| Error::Internal(format!("no channel to subtask {target}")))?;
         // A closed channel means the receiving task stopped: the job is failing.
-        sender
-            .send((self.channel, msg))
-            .map_err(|_| Error::Cancelled)
+        sender.send(msg).map_err(|_| Error::Cancelled)
     }
 
     fn flush_buffer(&mut self, target: usize) -> Result<()> {

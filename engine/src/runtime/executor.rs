@@ -72,13 +72,13 @@ impl JobReport {
                 .as_ref()
                 .map(|c| c.stats())
                 .unwrap_or_default(),
-            restored_from: self.restored_from,
-            skipped_checkpoints: self.skipped_checkpoints.clone(),
             aborted_checkpoints: self
                 .coordinator
                 .as_ref()
                 .map(|c| c.aborted())
                 .unwrap_or_default(),
+            restored_from: self.restored_from,
+            skipped_checkpoints: self.skipped_checkpoints.clone(),
             restarts: Vec::new(),
             savepoint: self.coordinator.as_ref().and_then(|c| c.savepoint()),
         }

@@ -1,81 +1,138 @@
-//! A non-source subtask: reads its one receiver (all input channels merged,
-//! each message tagged with its channel), combines channel watermarks with a
+//! A non-source subtask: reads its input channels (one per upstream subtask
+//! of each input edge), combines channel watermarks with a
 //! [`WatermarkTracker`](crate::time::WatermarkTracker), aligns checkpoint
 //! barriers, and drives its chain.
 //!
-//! Barrier alignment: once barrier `n` arrived on a channel, later messages
-//! of that channel are held back (in arrival order) until barrier `n` has
-//! arrived on every channel that has not ended; then the chain snapshots,
-//! the barrier goes on, and the held-back messages are processed first. So
-//! the snapshot holds exactly the records that preceded the barrier on each
-//! channel.
+//! Barrier alignment: once barrier `n` arrived on a channel, that channel is
+//! not read until barrier `n` has arrived on every channel that has not
+//! ended; then the chain snapshots, the barrier goes on, and the channel is
+//! read again. So the snapshot holds exactly the records that preceded the
+//! barrier on each channel. Nothing is buffered in the task meanwhile: a
+//! blocked channel's messages wait in the channel, which is bounded under
+//! the threaded executor, so its sender blocks (backpressure) and memory
+//! stays bounded however long alignment takes.
+//!
+//! Invariants:
+//! - channels are read round-robin from a rotating start, so a busy channel
+//!   cannot starve the others;
+//! - a channel that disconnects before delivering `End` means its upstream
+//!   failed: the task ends with [`Error::Cancelled`];
+//! - with an alignment timeout, a task that has aligned barrier `n` for
+//!   longer than it (on the job clock) gives `n` up: it reads every channel
+//!   again, takes no snapshot and sends no barrier for `n`, ignores `n`'s
+//!   later barriers, and tells the coordinator, which counts `n` as aborted;
+//! - a barrier newer than the one being aligned means the older checkpoint
+//!   was given up upstream: alignment moves on to the newer one.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, TryRecvError};
 
 use crate::error::{Error, Result};
-use crate::record::{Data, Envelope, Message};
+use crate::record::{Data, Message};
 use crate::runtime::task::{ChainHead, Step, Task};
 use crate::time::Watermark;
 
 /// The longest a blocked task waits before re-checking cancellation and the clock.
 const MAX_WAIT: Duration = Duration::from_millis(20);
 
+/// A barrier being aligned.
+struct Alignment {
+    id: u64,
+    /// Which channels delivered it (and are not read until it completes).
+    arrived: Vec<bool>,
+    /// Job-clock time of its first arrival.
+    started: i64,
+}
+
 pub(crate) struct InputTask<T> {
     pub(crate) head: ChainHead<T>,
-    pub(crate) receiver: Receiver<Envelope<T>>,
-    /// The barrier being aligned, and which channels delivered it.
-    pub(crate) aligning: Option<(u64, Vec<bool>)>,
-    /// Messages held back per channel (of blocked channels, or queued
-    /// behind such messages), in arrival order.
-    pub(crate) held: Vec<VecDeque<Message<T>>>,
+    receivers: Vec<Receiver<Message<T>>>,
+    aligning: Option<Alignment>,
     /// Channels that ended.
-    pub(crate) ended: Vec<bool>,
+    ended: Vec<bool>,
+    /// The channel the next receive tries first.
+    next: usize,
+    /// Barriers up to this id belong to checkpoints given up here.
+    given_up: u64,
+    /// Longest alignment, in job-clock milliseconds, before giving up.
+    alignment_timeout: Option<i64>,
 }
 
 impl<T: Data> InputTask<T> {
     pub(crate) fn new(
         head: ChainHead<T>,
-        receiver: Receiver<Envelope<T>>,
-        channels: usize,
+        receivers: Vec<Receiver<Message<T>>>,
+        alignment_timeout: Option<Duration>,
     ) -> Self {
+        let channels = receivers.len();
         Self {
             head,
-            receiver,
+            receivers,
             aligning: None,
-            held: (0..channels).map(|_| VecDeque::new()).collect(),
             ended: vec![false; channels],
+            next: 0,
+            given_up: 0,
+            alignment_timeout: alignment_timeout
+                .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX)),
         }
     }
 
-    fn blocked(&self, channel: usize) -> bool {
-        self.aligning
-            .as_ref()
-            .is_some_and(|(_, arrived)| arrived.get(channel).copied().unwrap_or(false))
+    /// Whether channel `channel` may be read now.
+    fn readable(&self, channel: usize) -> bool {
+        !self.ended[channel] && !self.aligning.as_ref().is_some_and(|a| a.arrived[channel])
     }
 
-    /// A held-back message of a channel no longer blocked, if any.
-    fn next_held(&mut self) -> Option<(usize, Message<T>)> {
-        let channel =
-            (0..self.held.len()).find(|c| !self.blocked(*c) && !self.held[*c].is_empty())?;
-        self.held[channel].pop_front().map(|m| (channel, m))
-    }
-
-    /// Takes a received message: handles it, or holds it back.
-    fn receive(&mut self, channel: usize, message: Message<T>) -> Result<()> {
-        let hold = self.blocked(channel) || self.held.get(channel).is_some_and(|q| !q.is_empty());
-        match self.held.get_mut(channel) {
-            Some(queue) if hold => {
-                queue.push_back(message);
-                Ok(())
+    /// The next message of a readable channel, if one is waiting (and, with
+    /// `blocking`, after waiting at most [`MAX_WAIT`] for one).
+    fn receive(&mut self, blocking: bool) -> Result<Option<(usize, Message<T>)>> {
+        let channels = self.receivers.len();
+        for k in 0..channels {
+            let channel = (self.next + k) % channels;
+            if !self.readable(channel) {
+                continue;
             }
-            _ => self.handle(channel, message),
+            match self.receivers[channel].try_recv() {
+                Ok(m) => {
+                    self.next = (channel + 1) % channels;
+                    return Ok(Some((channel, m)));
+                }
+                Err(TryRecvError::Empty) => {}
+                // The sender is gone without sending End: upstream failed.
+                Err(TryRecvError::Disconnected) => return Err(Error::Cancelled),
+            }
         }
+        if !blocking {
+            return Ok(None);
+        }
+        let readable: Vec<usize> = (0..channels).filter(|c| self.readable(*c)).collect();
+        let received = match readable.as_slice() {
+            [] => return Ok(None),
+            [one] => match self.receivers[*one].recv_timeout(MAX_WAIT) {
+                Ok(m) => (*one, m),
+                Err(RecvTimeoutError::Timeout) => return Ok(None),
+                Err(RecvTimeoutError::Disconnected) => return Err(Error::Cancelled),
+            },
+            many => {
+                let mut select = Select::new();
+                for c in many {
+                    select.recv(&self.receivers[*c]);
+                }
+                let Ok(op) = select.select_timeout(MAX_WAIT) else {
+                    return Ok(None);
+                };
+                let channel = many[op.index()];
+                match op.recv(&self.receivers[channel]) {
+                    Ok(m) => (channel, m),
+                    Err(_) => return Err(Error::Cancelled),
+                }
+            }
+        };
+        self.next = (received.0 + 1) % channels;
+        Ok(Some(received))
     }
 
-    fn handle(&mut self, channel: usize, message: Message<T>) -> Result<()> {
+    fn handle(&mut self, channel: usize, message: Message<T>, now: i64) -> Result<()> {
         if self.head.is_done() {
             // Stopped at a savepoint barrier: nothing after it is read.
             return Ok(());
@@ -96,22 +153,14 @@ impl<T: Data> InputTask<T> {
                 self.head.emit(w)
             }
             Message::Barrier(id) => {
-                let channels = self.ended.len();
-                let (_, arrived) = self
-                    .aligning
-                    .get_or_insert_with(|| (id, vec![false; channels]));
-                if let Some(slot) = arrived.get_mut(channel) {
-                    *slot = true;
-                }
-                self.try_complete_alignment()
+                self.on_barrier(channel, id, now);
+                self.try_complete_alignment(now)
             }
             Message::End => {
-                if let Some(slot) = self.ended.get_mut(channel) {
-                    *slot = true;
-                }
+                self.ended[channel] = true;
                 let w = tracker.on_finished(channel);
                 self.head.emit(w)?;
-                self.try_complete_alignment()?;
+                self.try_complete_alignment(now)?;
                 if self.head.tracker.all_finished() {
                     self.head.finish(Vec::new())?;
                 }
@@ -120,19 +169,92 @@ impl<T: Data> InputTask<T> {
         }
     }
 
+    fn on_barrier(&mut self, channel: usize, id: u64, now: i64) {
+        if id <= self.given_up {
+            return;
+        }
+        let channels = self.receivers.len();
+        let alignment = match &mut self.aligning {
+            Some(a) if a.id == id => a,
+            // Left over from a checkpoint given up upstream.
+            Some(a) if id < a.id => return,
+            // A newer checkpoint started, so the one aligned was given up
+            // upstream: it can never complete here.
+            Some(a) => {
+                self.given_up = a.id;
+                self.aligning.insert(Alignment {
+                    id,
+                    arrived: vec![false; channels],
+                    started: now,
+                })
+            }
+            None => self.aligning.insert(Alignment {
+                id,
+                arrived: vec![false; channels],
+                started: now,
+            }),
+        };
+        alignment.arrived[channel] = true;
+    }
+
     /// Snapshots and forwards the barrier once every open channel delivered it.
-    fn try_complete_alignment(&mut self) -> Result<()> {
-        let Some((id, arrived)) = &self.aligning else {
+    fn try_complete_alignment(&mut self, now: i64) -> Result<()> {
+        let Some(alignment) = &self.aligning else {
             return Ok(());
         };
-        let aligned = arrived.iter().zip(&self.ended).all(|(a, e)| *a || *e);
+        let aligned = alignment
+            .arrived
+            .iter()
+            .zip(&self.ended)
+            .all(|(a, e)| *a || *e);
         if aligned {
-            let id = *id;
+            let (id, started) = (alignment.id, alignment.started);
             self.aligning = None;
+            self.head.alignment = millis(now.saturating_sub(started));
             self.head.barrier(id, Vec::new())?;
         }
         Ok(())
     }
+
+    /// Gives the aligned checkpoint up once alignment took longer than the timeout.
+    fn check_alignment_timeout(&mut self, now: i64) {
+        let (Some(timeout), Some(alignment)) = (self.alignment_timeout, &self.aligning) else {
+            return;
+        };
+        let waited = now.saturating_sub(alignment.started);
+        if waited <= timeout {
+            return;
+        }
+        let id = alignment.id;
+        if self
+            .head
+            .checkpoint
+            .as_ref()
+            .is_some_and(|cp| cp.coordinator.is_stop(id))
+        {
+            // A stop with a savepoint waits as long as it takes.
+            return;
+        }
+        let missing: Vec<usize> = (0..self.receivers.len())
+            .filter(|c| !alignment.arrived[*c] && !self.ended[*c])
+            .collect();
+        self.aligning = None;
+        self.given_up = id;
+        if let Some(cp) = &self.head.checkpoint {
+            cp.coordinator.abort(
+                id,
+                format!(
+                    "task '{}' waited {waited} ms for barrier {id} on input channels \
+                     {missing:?}, longer than the alignment timeout of {timeout} ms",
+                    self.head.name
+                ),
+            );
+        }
+    }
+}
+
+fn millis(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 impl<T: Data> Task for InputTask<T> {
@@ -149,32 +271,12 @@ impl<T: Data> Task for InputTask<T> {
             return Ok(step);
         }
         self.head.start()?;
-        if let Some((channel, message)) = self.next_held() {
-            self.handle(channel, message)?;
-            return Ok(if self.head.is_done() {
-                Step::Done
-            } else {
-                Step::Progress
-            });
-        }
-        let received = if blocking {
-            match self.receiver.recv_timeout(MAX_WAIT) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout) => None,
-                // Every sender is gone without sending End: upstream failed.
-                Err(RecvTimeoutError::Disconnected) => return Err(Error::Cancelled),
-            }
-        } else {
-            match self.receiver.try_recv() {
-                Ok(m) => Some(m),
-                Err(TryRecvError::Empty) => None,
-                Err(TryRecvError::Disconnected) => return Err(Error::Cancelled),
-            }
-        };
+        self.check_alignment_timeout(self.head.clock.now_millis());
+        let received = self.receive(blocking)?;
         let progressed = received.is_some();
         let now = self.head.clock.now_millis();
         if let Some((channel, message)) = received {
-            self.receive(channel as usize, message)?;
+            self.handle(channel, message, now)?;
             if self.head.is_done() {
                 return Ok(Step::Done);
             }

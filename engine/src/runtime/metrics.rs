@@ -65,12 +65,13 @@ pub struct JobSummary {
     pub dead_letters: u64,
     /// The checkpoints completed, in order (empty without checkpointing).
     pub checkpoints: Vec<CheckpointStats>,
+    /// Checkpoints given up before completing (an alignment timeout), in
+    /// order: their count is the number of aborted checkpoints.
+    pub aborted_checkpoints: Vec<AbortedCheckpoint>,
     /// The checkpoint the job restarted from, if any.
     pub restored_from: Option<u64>,
     /// Newer checkpoints passed over on restore because they did not verify.
     pub skipped_checkpoints: Vec<SkippedCheckpoint>,
-    /// Checkpoints given up before they completed, with the reason.
-    pub aborted_checkpoints: Vec<AbortedCheckpoint>,
     /// Times the job was restarted from its latest checkpoint after a
     /// failure (see [`RestartStrategy`](crate::RestartStrategy)), with the
     /// errors that caused them.

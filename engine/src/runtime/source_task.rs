@@ -10,12 +10,12 @@ use std::sync::Arc;
 use crate::checkpoint::storage::PartitionState;
 use crate::config::FailurePolicy;
 use crate::error::{guarded, Error, Result};
-use crate::operator::reject;
+use crate::operator::{reject, DeadLetter};
 use crate::record::Data;
 use crate::runtime::metrics::{JobCounters, OpCounters};
 use crate::runtime::task::{ChainHead, Step, Task};
 use crate::source::{SourceOutput, SourceReader, SourceStatus};
-use crate::time::{TimestampFn, WatermarkGenerator};
+use crate::time::{EventTime, TimestampFn, WatermarkGenerator};
 
 pub(crate) struct Partition<T> {
     /// The partition's number in its source.
@@ -86,17 +86,24 @@ impl<T: Data> SourceTask<T> {
         let reader = &mut partition.reader;
         let status = guarded(&self.head.name, || reader.poll(&mut out))?;
         let mut progressed = !out.rejected.is_empty();
-        for (timestamp, reason, record) in out.rejected.drain(..) {
-            reject(
-                &mut self.head.sides,
-                &self.job,
-                self.failure_policy,
-                &self.operator,
-                timestamp,
-                reason,
-                record,
-            )
-            .map_err(|e| e.in_operator(&self.operator))?;
+        if progressed {
+            // Readers that do not say where a rejected input was get the
+            // position they resume from after this batch.
+            let after = reader.offset().map(|o| format!("after {:?}", o.0));
+            for rejected in out.rejected.drain(..) {
+                let letter = DeadLetter::new(
+                    &*self.operator,
+                    EventTime::MIN,
+                    rejected.reason,
+                    rejected.record,
+                )
+                .at(
+                    Some(partition.index),
+                    rejected.offset.or_else(|| after.clone()),
+                );
+                reject(&mut self.head.sides, &self.job, self.failure_policy, letter)
+                    .map_err(|e| e.in_operator(&self.operator))?;
+            }
         }
         for side in &mut self.head.sides {
             side.flush()?;

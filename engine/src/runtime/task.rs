@@ -57,6 +57,9 @@ pub(crate) struct ChainHead<T> {
     pub(crate) checkpoint: Option<TaskCheckpoint>,
     /// Watermark restored from a checkpoint, passed down before any input.
     pub(crate) restored_watermark: Option<EventTime>,
+    /// How long the barrier about to be taken was aligned (input tasks set
+    /// it; it goes into that checkpoint's snapshot).
+    pub(crate) alignment: std::time::Duration,
 }
 
 impl<T: Data> ChainHead<T> {
@@ -78,6 +81,7 @@ impl<T: Data> ChainHead<T> {
             done: false,
             checkpoint: None,
             restored_watermark: None,
+            alignment: std::time::Duration::ZERO,
         }
     }
 
@@ -110,6 +114,7 @@ impl<T: Data> ChainHead<T> {
         let mut ctx = cp.coordinator.barrier_ctx(id, &cp.node, cp.subtask);
         ctx.snapshot.watermark = self.tracker.current().millis();
         ctx.snapshot.sources = sources;
+        ctx.snapshot.alignment = std::mem::take(&mut self.alignment);
         for side in &mut self.sides {
             side.flush()?;
             side.push_barrier(&mut ctx)?;

@@ -181,7 +181,11 @@ pub struct WindowedStream<K, T, Tr = EventTimeTrigger> {
     lateness: i64,
     late_tag: Option<OutputTag<T>>,
     live: LiveWindows,
+    describe: Option<RecordText<T>>,
 }
+
+/// How an operator shows a record in a dead letter.
+pub type RecordText<T> = Arc<dyn Fn(&T) -> String + Send + Sync>;
 
 impl<K, T, Tr> std::fmt::Debug for WindowedStream<K, T, Tr> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -209,6 +213,7 @@ impl<K: Hash + serde::Serialize + Eq + Clone + Send + 'static, T: Data> WindowEx
             lateness: 0,
             late_tag: None,
             live: LiveWindows::default(),
+            describe: None,
         }
     }
 }
@@ -243,7 +248,24 @@ where
             lateness: self.lateness,
             late_tag: self.late_tag,
             live: self.live,
+            describe: self.describe,
         }
+    }
+
+    /// How dead letters of this operator (a record without event time, a
+    /// non-positive session gap) show the record. Without it they show its
+    /// type and its key as JSON, since records need not be `Debug`.
+    pub fn dead_letter_text(mut self, text: impl Fn(&T) -> String + Send + Sync + 'static) -> Self {
+        self.describe = Some(Arc::new(text));
+        self
+    }
+
+    /// Dead letters of this operator show the record's `Debug` form.
+    pub fn debug_dead_letters(self) -> Self
+    where
+        T: std::fmt::Debug,
+    {
+        self.dead_letter_text(|record| format!("{record:?}"))
     }
 
     /// A gauge of live window state, for monitoring and tests.
@@ -301,12 +323,13 @@ where
         O: Data,
         P: ProcessWindowFunction<K, A::Out, O>,
     {
-        let (kind, trigger, lateness, late_tag, live) = (
+        let (kind, trigger, lateness, late_tag, live, describe) = (
             self.kind,
             self.trigger,
             self.lateness,
             self.late_tag,
             self.live,
+            self.describe,
         );
         let check_kind = kind.clone();
         self.keyed
@@ -333,6 +356,7 @@ where
                         _ => None,
                     },
                     rule: ctx.config.lateness_rule,
+                    describe: describe.clone(),
                 })
             })
             .validate_with(move || {

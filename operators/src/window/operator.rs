@@ -122,6 +122,8 @@ pub(crate) struct WindowOperator<K, T, A: AggregateFunction<T>, Tr: Trigger<T>, 
     /// Sliding windows' geometry, computed once.
     pub(crate) grid: Option<Grid>,
     pub(crate) rule: LatenessRule,
+    /// Shows a record in dead letters (else its type and key).
+    pub(crate) describe: Option<super::RecordText<T>>,
 }
 
 /// How a record is judged for lateness: by `judge`, the watermark the rule
@@ -144,6 +146,17 @@ where
     }
 
     /// Why a record that arrived as `arrival` is late for `window`, if it is.
+    /// A record as its dead letter shows it.
+    fn record_text(&self, key: &K, record: &T) -> String {
+        match &self.describe {
+            Some(describe) => describe(record),
+            None => {
+                let key = serde_json::to_string(key).unwrap_or_else(|e| format!("<{e}>"));
+                format!("{} with key {key}", std::any::type_name::<T>())
+            }
+        }
+    }
+
     fn late_for(&self, window: &TimeWindow, arrival: Arrival) -> Option<LateReason> {
         let cleanup = self.cleanup_time(window);
         (cleanup <= arrival.judge).then(|| self.rule.reason(arrival.mark, cleanup))
@@ -726,15 +739,16 @@ where
     fn process_batch(&mut self, batch: Vec<Record<T>>, out: &mut Output<O>) -> Result<()> {
         for record in batch {
             let timestamp = record.timestamp;
+            let key = (self.key)(&record.value);
             if !timestamp.is_set() {
-                out.dead_letter(
+                let text = self.record_text(&key, &record.value);
+                out.dead_letter_text(
                     timestamp,
                     "record has no event time: give its source a watermark strategy with timestamps",
-                    &std::any::type_name::<T>(),
+                    text,
                 )?;
                 continue;
             }
-            let key = (self.key)(&record.value);
             let arrival = Arrival {
                 judge: self.rule.judge(record.lateness_watermark, self.watermark),
                 mark: record.lateness_watermark,
@@ -759,10 +773,11 @@ where
                 WindowKind::Session(gap) => {
                     let gap = self.kind.gap_of(gap, &record.value);
                     if gap <= 0 {
-                        out.dead_letter(
+                        let text = self.record_text(&key, &record.value);
+                        out.dead_letter_text(
                             timestamp,
                             format!("session gap must be positive, got {gap} ms"),
-                            &std::any::type_name::<T>(),
+                            text,
                         )?;
                         continue;
                     }

@@ -94,14 +94,11 @@ impl<T: Data + DeserializeOwned> FileRows<T> for CsvRows<T> {
                     }
                     match self.record.deserialize::<T>(Some(&self.fields)) {
                         Ok(value) => out.push(Record::untimed(value)),
-                        Err(e) => out.dead_letter(
-                            e,
-                            format!(
-                                "{}: {}",
-                                location(&self.path, line),
-                                self.record.iter().collect::<Vec<_>>().join(",")
-                            ),
-                        ),
+                        Err(e) => {
+                            let at = location(&self.path, line);
+                            let row = self.record.iter().collect::<Vec<_>>().join(",");
+                            out.dead_letter_at(e, format!("{at}: {row}"), at);
+                        }
                     }
                 }
                 Err(e) => {
@@ -114,7 +111,8 @@ impl<T: Data + DeserializeOwned> FileRows<T> for CsvRows<T> {
                     }
                     // A malformed row (wrong field count, bad UTF-8): reject it and go on.
                     self.consumed += 1;
-                    out.dead_letter(&e, location(&self.path, line));
+                    let at = location(&self.path, line);
+                    out.dead_letter_at(&e, at.clone(), at);
                 }
             }
         }

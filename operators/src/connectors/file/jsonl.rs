@@ -81,7 +81,8 @@ impl<T: Data + DeserializeOwned> FileRows<T> for JsonRows<T> {
             let text = match next {
                 Ok(text) => text,
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    out.dead_letter(e, location(&self.path, self.line));
+                    let at = location(&self.path, self.line);
+                    out.dead_letter_at(e, at.clone(), at);
                     continue;
                 }
                 Err(e) => return Err(Error::io("read", &self.path, e)),
@@ -93,7 +94,8 @@ impl<T: Data + DeserializeOwned> FileRows<T> for JsonRows<T> {
                 Ok(value) => out.push(Record::untimed(value)),
                 Err(e) => {
                     let shown: String = text.chars().take(SHOWN).collect();
-                    out.dead_letter(e, format!("{}: {shown}", location(&self.path, self.line)));
+                    let at = location(&self.path, self.line);
+                    out.dead_letter_at(e, format!("{at}: {shown}"), at);
                 }
             }
         }

@@ -39,7 +39,8 @@ pub(crate) struct ParquetRows<T> {
     row: u64,
     /// Converted rows not emitted yet, in file order: records, or dead
     /// letters `(reason, where)`; each is one input row, so the offset is exact.
-    pending: VecDeque<std::result::Result<T, (String, String)>>,
+    /// Rows to emit; a rejected row as `(reason, record text, location)`.
+    pending: VecDeque<std::result::Result<T, (String, String, String)>>,
     /// Rows read but not converted yet (the rest of a batch after a skip).
     unread: Option<RecordBatch>,
 }
@@ -255,8 +256,8 @@ impl<T: Data + DeserializeOwned> FileRows<T> for ParquetRows<T> {
                     out.push(Record::untimed(value));
                     continue;
                 }
-                Some(Err((reason, at))) => {
-                    out.dead_letter(reason, at);
+                Some(Err((reason, record, at))) => {
+                    out.dead_letter_at(reason, record, at);
                     continue;
                 }
                 None => {}
@@ -279,10 +280,14 @@ impl<T: Data + DeserializeOwned> FileRows<T> for ParquetRows<T> {
                     for i in 0..batch.num_rows() {
                         match serde_arrow::from_record_batch::<Vec<T>>(&batch.slice(i, 1)) {
                             Ok(rows) => self.pending.extend(rows.into_iter().map(Ok)),
-                            Err(e) => self.pending.push_back(Err((
-                                e.to_string(),
-                                format!("{} (row)", location(&self.path, first_row + i as u64)),
-                            ))),
+                            Err(e) => {
+                                let at = location(&self.path, first_row + i as u64);
+                                self.pending.push_back(Err((
+                                    e.to_string(),
+                                    format!("{at} (row)"),
+                                    at,
+                                )));
+                            }
                         }
                     }
                 }

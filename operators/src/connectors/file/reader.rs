@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tideline_engine::time::Clock;
 use tideline_engine::{
-    Data, Error, Record, Result, SourceOffset, SourceOutput, SourceReader, SourceStatus,
+    Data, Error, Record, Rejected, Result, SourceOffset, SourceOutput, SourceReader, SourceStatus,
 };
 
 #[cfg(feature = "sql")]
@@ -51,8 +51,8 @@ impl<T: Data + Serialize> Files<T> {
         for r in records {
             out.push(r);
         }
-        for (reason, record) in chunk.take_rejected() {
-            out.dead_letter(reason, record);
+        for rejected in chunk.take_rejected() {
+            out.reject(rejected);
         }
         Ok(status)
     }
@@ -205,8 +205,8 @@ impl<T: Data + Serialize + DeserializeOwned> FileReader<T> {
             let status = self.files.read(&mut chunk)?;
             buffer.append(&mut chunk.take_records());
             // Dead letters go out as they are found.
-            for (reason, record) in chunk.take_rejected() {
-                out.dead_letter(reason, record);
+            for rejected in chunk.take_rejected() {
+                out.reject(rejected);
             }
             let done = status == SourceStatus::Finished;
             if buffer.len() >= budget.max(1) || (done && !spilled.is_empty()) {
@@ -369,7 +369,7 @@ pub(crate) struct Paced<R, T> {
     pub(crate) clock: Arc<dyn Clock>,
     /// The chunk waiting for its time, with its rejected rows.
     pub(crate) held: VecDeque<Record<T>>,
-    pub(crate) held_rejects: Vec<(String, String)>,
+    pub(crate) held_rejects: Vec<Rejected>,
     /// The inner reader's offset before the held chunk.
     pub(crate) held_from: Option<SourceOffset>,
     pub(crate) finished: bool,
@@ -428,8 +428,8 @@ impl<R: SourceReader<T>, T: Data> SourceReader<T> for Paced<R, T> {
         if !release || self.held.len() > out.remaining() {
             return Ok(SourceStatus::Pending);
         }
-        for (reason, record) in self.held_rejects.drain(..) {
-            out.dead_letter(reason, record);
+        for rejected in self.held_rejects.drain(..) {
+            out.reject(rejected);
         }
         self.emitted += self.held.len() as u64;
         for record in self.held.drain(..) {
