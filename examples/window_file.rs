@@ -16,7 +16,15 @@
 //!   [--state memory|rocksdb]         # where window state lives (default memory; rocksdb: `rocksdb` feature)
 //!   [--checkpoint-dir DIR]           # checkpoint there; resume from the latest one
 //!   [--checkpoint-interval 200ms]    # default 1s
+//!   [--savepoint-dir DIR]            # where SIGINT/SIGTERM stops with a savepoint (default: CHECKPOINT_DIR-savepoint)
+//!   [--resume-from DIR/chk-N]        # resume from that savepoint
 //! ```
+//!
+//! SIGINT or SIGTERM (Ctrl-C) stops the job with a savepoint (with
+//! `--checkpoint-dir`): no window fires early; the last line is then
+//! `savepoint=PATH`, and the same command with `--resume-from PATH` goes on
+//! to exactly the output of an uninterrupted run. A second signal, or a
+//! signal without `--checkpoint-dir`, aborts.
 //!
 //! The last line on stdout is a summary: `records=N late=N dead_letter=N
 //! windows=N seconds=S records_per_s=R checkpoints=N restored_from=ID|none`
@@ -50,7 +58,7 @@ use tideline::prelude::*;
 use tideline::window::{Span, WindowKind};
 #[cfg(feature = "rocksdb")]
 use tideline::RocksDbOptions;
-use tideline::{RestoreFrom, StateBackend};
+use tideline::{RestoreFrom, StateBackend, StopHandle};
 
 /// One input row: the three int64 columns the job reads.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -172,6 +180,12 @@ struct Args {
     /// Time between checkpoints.
     #[arg(long, default_value = "1s", value_parser = parse_millis)]
     checkpoint_interval: i64,
+    /// Where a SIGINT/SIGTERM stops the job with a savepoint.
+    #[arg(long)]
+    savepoint_dir: Option<String>,
+    /// Resume from this savepoint (a `chk-N` directory).
+    #[arg(long)]
+    resume_from: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -341,8 +355,12 @@ impl Drop for Progress {
     }
 }
 
-/// Runs the job described by `args` (a command line without the program name).
-pub fn run(args: &[&str]) -> Result<String> {
+/// Runs the job described by `args` (a command line without the program
+/// name), handling signals as `on_signals` says.
+///
+/// # Errors
+/// Bad arguments, unreadable input, or a failed job.
+pub fn run_with(args: &[&str], on_signals: OnSignals) -> Result<String> {
     let args = Args::try_parse_from(std::iter::once("window_file").chain(args.iter().copied()))
         .map_err(|e| Error::config("arguments", e))?;
     let mut source = FileSource::<Event>::new(&args.input)?
@@ -388,6 +406,18 @@ pub fn run(args: &[&str]) -> Result<String> {
         }
         None => false,
     };
+    let resuming = match &args.resume_from {
+        Some(savepoint) => {
+            job = job.restore(RestoreFrom::Path(savepoint.into()));
+            true
+        }
+        None => resuming,
+    };
+    let savepoint_dir = args.savepoint_dir.clone().or_else(|| {
+        args.checkpoint_dir
+            .as_ref()
+            .map(|dir| format!("{}-savepoint", dir.trim_end_matches('/')))
+    });
     let (rows_parts, late_parts) = (parts_dir(&args.output), parts_dir(&args.late_output));
     if !resuming {
         // A fresh start: parts committed by an earlier, finished run go.
@@ -430,10 +460,23 @@ pub fn run(args: &[&str]) -> Result<String> {
 
     let summary = {
         let _progress = Progress::start(Arc::clone(&records), Arc::clone(&position), total);
+        let _signals = match on_signals {
+            OnSignals::StopWithSavepoint => Some(stop_on_signals(job.stop_handle(), savepoint_dir)?),
+            OnSignals::Default => None,
+        };
         job.run()?
     };
     if args.state == StateKind::RocksDb {
         let _ = std::fs::remove_dir_all(&scratch);
+    }
+    if let Some(savepoint) = &summary.savepoint {
+        // Stopped, not finished: the outputs are written by the run that
+        // resumes from here and reaches the end.
+        return Ok(format!(
+            "records={} savepoint={}",
+            records.load(Ordering::Relaxed),
+            savepoint.display()
+        ));
     }
 
     // Sorted, so the files do not depend on how subtasks interleaved.
@@ -472,11 +515,72 @@ pub fn run(args: &[&str]) -> Result<String> {
     ))
 }
 
+/// What SIGINT and SIGTERM do during a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnSignals {
+    /// The process default (end it): for runs inside other programs.
+    Default,
+    /// The first stops the job with a savepoint, the second aborts it.
+    StopWithSavepoint,
+}
+
+/// Until dropped, a thread turns SIGINT/SIGTERM into stops of `job`: the
+/// first with a savepoint into `savepoint_dir` (without one, or if that
+/// fails, an abort), the second an abort.
+struct SignalStopper {
+    handle: signal_hook::iterator::Handle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn stop_on_signals(job: StopHandle, savepoint_dir: Option<String>) -> Result<SignalStopper> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| Error::user(format!("cannot handle SIGINT/SIGTERM: {e}")))?;
+    let handle = signals.handle();
+    let thread = std::thread::spawn(move || {
+        for (n, _) in signals.forever().enumerate() {
+            let stopped = match (&savepoint_dir, n) {
+                (Some(dir), 0) => job.savepoint(dir.as_str()),
+                _ => Err(Error::config("signal", "aborting")),
+            };
+            match stopped {
+                Ok(()) => eprintln!("stopping with a savepoint into {} (signal again to abort)", savepoint_dir.as_deref().unwrap_or_default()),
+                Err(e) => {
+                    eprintln!("aborting: {e}");
+                    job.abort();
+                }
+            }
+        }
+    });
+    Ok(SignalStopper {
+        handle,
+        thread: Some(thread),
+    })
+}
+
+impl Drop for SignalStopper {
+    fn drop(&mut self) {
+        self.handle.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Runs the job as [`main`] does but leaves signals alone (for callers that
+/// are not the process's owner, like the tests).
+///
+/// # Errors
+/// Bad arguments, unreadable input, or a failed job.
+pub fn run(args: &[&str]) -> Result<String> {
+    run_with(args, OnSignals::Default)
+}
+
 /// The example's entry point.
 pub fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    match run(&args) {
+    match run_with(&args, OnSignals::StopWithSavepoint) {
         Ok(line) => {
             println!("{line}");
             Ok(())

@@ -17,6 +17,8 @@ use super::tempdir;
 use crate::window_file;
 
 const ARGS_VAR: &str = "TIDELINE_CRASH_CHILD_ARGS";
+/// Set: the child stops with a savepoint on SIGINT/SIGTERM, as `main` does.
+const SIGNALS_VAR: &str = "TIDELINE_CRASH_CHILD_SIGNALS";
 const SEP: char = '\u{1f}';
 
 /// Runs `window_file` with the arguments in [`ARGS_VAR`]; does nothing
@@ -28,7 +30,12 @@ fn child_process() -> Result<()> {
         return Ok(());
     };
     let args: Vec<&str> = args.split(SEP).collect();
-    let line = window_file::run(&args)?;
+    let on_signals = if std::env::var_os(SIGNALS_VAR).is_some() {
+        window_file::OnSignals::StopWithSavepoint
+    } else {
+        window_file::OnSignals::Default
+    };
+    let line = window_file::run_with(&args, on_signals)?;
     println!("{line}");
     Ok(())
 }
@@ -80,8 +87,16 @@ fn args(dir: &Path, name: &str, extra: &[&str]) -> Vec<String> {
 }
 
 fn child(args: &[String]) -> Result<std::process::Child> {
+    child_with(args, false)
+}
+
+fn child_with(args: &[String], signals: bool) -> Result<std::process::Child> {
     let exe = std::env::current_exe().map_err(Error::user)?;
-    Command::new(exe)
+    let mut command = Command::new(exe);
+    if signals {
+        command.env(SIGNALS_VAR, "1");
+    }
+    command
         .args([
             "--exact",
             "checkpoint::crash::child_process",
@@ -214,4 +229,98 @@ fn sigkilled_run_with_memory_state_recovers_byte_for_byte() -> Result<()> {
 #[test]
 fn sigkilled_run_with_rocksdb_state_recovers_byte_for_byte() -> Result<()> {
     crash_and_recover("rocksdb")
+}
+
+/// The summary line a child printed.
+fn summary_line(output: &std::process::Output) -> Result<String> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "run failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.find("records=").map(|at| l[at..].to_string()))
+        .ok_or_else(|| Error::user(format!("no summary line in {stdout}")))
+}
+
+/// `args` without allowed lateness: every window then fires exactly once,
+/// so the output is a function of the input alone (with allowed lateness,
+/// how many intermediate updates fire depends on batch boundaries).
+fn exact_args(dir: &Path, name: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = args(dir, name, extra);
+    if let Some(at) = args.iter().position(|a| a == "--allowed-lateness") {
+        args[at + 1] = "0s".into();
+    }
+    args
+}
+
+/// SIGTERM stops `window_file` with a savepoint, twice; resuming from each
+/// (`--resume-from`) ends with byte for byte the files of a run that was
+/// never stopped, late records included.
+#[test]
+fn sigterm_stops_with_a_savepoint_and_the_resumed_run_is_byte_identical() -> Result<()> {
+    let dir = tempdir()?;
+    write_input(&dir.path().join("in.csv"))?;
+    let reference = window_file::run(
+        &exact_args(dir.path(), "reference", &[])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )?;
+    assert!(!reference.contains(" late=0 "), "{reference}");
+    let chk = dir.path().join("chk");
+    let base = |resume: Option<&str>| {
+        let mut extra = vec![
+            "--checkpoint-dir".to_string(),
+            chk.display().to_string(),
+            "--checkpoint-interval".into(),
+            "200ms".into(),
+            "--rate".into(),
+            "8000".into(),
+        ];
+        if let Some(path) = resume {
+            extra.extend(["--resume-from".to_string(), path.to_string()]);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        exact_args(dir.path(), "stopped", &extra)
+    };
+    let mut resume: Option<String> = None;
+    for _ in 0..2 {
+        let child = child_with(&base(resume.as_deref()), true)?;
+        // Stop once a new checkpoint completed: mid-run, with open windows.
+        let before = complete_checkpoints(&chk);
+        let started = Instant::now();
+        while complete_checkpoints(&chk) == before {
+            assert!(started.elapsed() < Duration::from_secs(60), "no checkpoint");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let pid = child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .map_err(Error::user)?;
+        assert!(sent.success());
+        let line = summary_line(&child.wait_with_output().map_err(Error::user)?)?;
+        let path = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("savepoint="))
+            .ok_or_else(|| Error::user(format!("not stopped with a savepoint: {line}")))?;
+        assert!(path.contains("chk-savepoint"), "{path}");
+        resume = Some(path.to_string());
+    }
+    let last = child_with(&base(resume.as_deref()), true)?;
+    let line = summary_line(&last.wait_with_output().map_err(Error::user)?)?;
+    assert!(!line.contains("restored_from=none"), "{line}");
+    for kind in ["out", "late"] {
+        let read = |name: &str| {
+            std::fs::read(dir.path().join(format!("{name}-{kind}.csv"))).map_err(Error::user)
+        };
+        assert!(
+            read("reference")? == read("stopped")?,
+            "{kind} differs after two stops with a savepoint"
+        );
+    }
+    Ok(())
 }
