@@ -5,11 +5,14 @@
 //! and the program checks that windows and late clicks are identical to the
 //! live run and that every event is accounted for.
 //!
-//! Run: `cargo run --release --example quickstart`
+//! Run: `cargo run --release --example quickstart`. Ctrl-C during the live
+//! run stops it with a savepoint (no window fires early; the path is
+//! printed); a second Ctrl-C aborts.
 
 // `main` is public so the integration tests can run this example too.
 #![allow(unreachable_pub)]
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -71,14 +74,18 @@ fn pipeline(raw: &Stream<RawClick>, late: &OutputTag<Click>) -> Stream<WindowRes
 /// What one run produced: `(user, window start, count)` rows, late clicks, dead letters.
 type Outcome = (Vec<(u32, i64, u64)>, Vec<Click>, u64);
 
-/// Runs `pipeline` over `raw`'s job and collects the outcome.
-fn run(job: Job, raw: Stream<RawClick>) -> Result<Outcome> {
+/// Runs `pipeline` over `raw`'s job and collects the outcome; `Err(path)`
+/// inside when the job was stopped with a savepoint there.
+fn run(job: Job, raw: Stream<RawClick>) -> Result<std::result::Result<Outcome, PathBuf>> {
     let late_tag = OutputTag::new("late-clicks");
     let counts = pipeline(&raw, &late_tag);
     let (windows, late) = (CollectSink::new(), CollectSink::new());
     counts.sink(windows.clone());
     counts.side_output(&late_tag).sink(late.clone());
     let summary = job.run()?;
+    if let Some(savepoint) = summary.savepoint {
+        return Ok(Err(savepoint));
+    }
     let mut windows: Vec<_> = windows
         .values()
         .into_iter()
@@ -87,7 +94,7 @@ fn run(job: Job, raw: Stream<RawClick>) -> Result<Outcome> {
     let mut late = late.values();
     windows.sort();
     late.sort();
-    Ok((windows, late, summary.dead_letters))
+    Ok(Ok((windows, late, summary.dead_letters)))
 }
 
 /// Runs live, replays the archive, and checks they agree.
@@ -107,14 +114,28 @@ pub fn main() -> Result<()> {
         .with_rate(4_000.0);
     let raw = live_job.source(ArchivingSource::new(source, &archive), strategy());
     println!("live: {EVENTS} clicks in {PARTITIONS} partitions at 4,000/s ...");
-    let (windows, late, dead_letters) = run(live_job, raw)?;
+    let savepoints = std::env::temp_dir().join("tideline-quickstart-savepoints");
+    let signals = tideline::signals::stop_on_signals(live_job.stop_handle(), Some(savepoints))?;
+    let (windows, late, dead_letters) = match run(live_job, raw)? {
+        Ok(outcome) => outcome,
+        Err(savepoint) => {
+            println!(
+                "stopped with a savepoint at {}: the open windows are in it, none fired early \
+                 (RestoreFrom::Path resumes it; see window_file --resume-from)",
+                savepoint.display()
+            );
+            return Ok(());
+        }
+    };
+    drop(signals);
 
     // 2. Replay: the archive, each partition folder a source partition, at parallelism 3.
     let replay_job = Job::new().parallelism(3).mode(ExecutionMode::Bounded);
     let files = FileSource::<RawClick>::new(&archive.to_string_lossy())?.partition_per_folder();
     let raw = replay_job.source(files, strategy());
     println!("replay: the Parquet archive at parallelism 3 ...");
-    let replay = run(replay_job, raw)?;
+    let replay = run(replay_job, raw)?
+        .map_err(|_| Error::Internal("a replay without signal handling stopped with a savepoint".into()))?;
 
     println!("\n  user  window start (ms)  clicks");
     for (user, start, count) in windows.iter().filter(|w| w.0 == 0).take(5) {

@@ -58,7 +58,7 @@ use tideline::prelude::*;
 use tideline::window::{Span, WindowKind};
 #[cfg(feature = "rocksdb")]
 use tideline::RocksDbOptions;
-use tideline::{RestoreFrom, StateBackend, StopHandle};
+use tideline::{RestoreFrom, StateBackend};
 
 /// One input row: the three int64 columns the job reads.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -461,7 +461,10 @@ pub fn run_with(args: &[&str], on_signals: OnSignals) -> Result<String> {
     let summary = {
         let _progress = Progress::start(Arc::clone(&records), Arc::clone(&position), total);
         let _signals = match on_signals {
-            OnSignals::StopWithSavepoint => Some(stop_on_signals(job.stop_handle(), savepoint_dir)?),
+            OnSignals::StopWithSavepoint => Some(tideline::signals::stop_on_signals(
+                job.stop_handle(),
+                savepoint_dir.map(Into::into),
+            )?),
             OnSignals::Default => None,
         };
         job.run()?
@@ -522,49 +525,6 @@ pub enum OnSignals {
     Default,
     /// The first stops the job with a savepoint, the second aborts it.
     StopWithSavepoint,
-}
-
-/// Until dropped, a thread turns SIGINT/SIGTERM into stops of `job`: the
-/// first with a savepoint into `savepoint_dir` (without one, or if that
-/// fails, an abort), the second an abort.
-struct SignalStopper {
-    handle: signal_hook::iterator::Handle,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-fn stop_on_signals(job: StopHandle, savepoint_dir: Option<String>) -> Result<SignalStopper> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| Error::user(format!("cannot handle SIGINT/SIGTERM: {e}")))?;
-    let handle = signals.handle();
-    let thread = std::thread::spawn(move || {
-        for (n, _) in signals.forever().enumerate() {
-            let stopped = match (&savepoint_dir, n) {
-                (Some(dir), 0) => job.savepoint(dir.as_str()),
-                _ => Err(Error::config("signal", "aborting")),
-            };
-            match stopped {
-                Ok(()) => eprintln!("stopping with a savepoint into {} (signal again to abort)", savepoint_dir.as_deref().unwrap_or_default()),
-                Err(e) => {
-                    eprintln!("aborting: {e}");
-                    job.abort();
-                }
-            }
-        }
-    });
-    Ok(SignalStopper {
-        handle,
-        thread: Some(thread),
-    })
-}
-
-impl Drop for SignalStopper {
-    fn drop(&mut self) {
-        self.handle.close();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 /// Runs the job as [`main`] does but leaves signals alone (for callers that

@@ -66,6 +66,9 @@ pub use tideline_operators as operators;
 pub use tideline_operators::{connectors, join, process, stateless, testing, window};
 pub use tideline_state as state;
 
+#[cfg(unix)]
+pub mod signals;
+
 /// Everything a job needs, in one import: `use tideline::prelude::*;`.
 pub mod prelude {
     pub use tideline_operators::connectors::{Rng, SeedableRng, SmallRng};
