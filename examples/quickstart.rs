@@ -134,8 +134,9 @@ pub fn main() -> Result<()> {
     let files = FileSource::<RawClick>::new(&archive.to_string_lossy())?.partition_per_folder();
     let raw = replay_job.source(files, strategy());
     println!("replay: the Parquet archive at parallelism 3 ...");
-    let replay = run(replay_job, raw)?
-        .map_err(|_| Error::Internal("a replay without signal handling stopped with a savepoint".into()))?;
+    let replay = run(replay_job, raw)?.map_err(|_| {
+        Error::Internal("a replay without signal handling stopped with a savepoint".into())
+    })?;
 
     println!("\n  user  window start (ms)  clicks");
     for (user, start, count) in windows.iter().filter(|w| w.0 == 0).take(5) {

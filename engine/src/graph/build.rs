@@ -4,14 +4,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::checkpoint::coordinator::Coordinator;
-use crate::checkpoint::hooks::{Hooks, SinkHook, SourceHook};
+use crate::checkpoint::hooks::{Hooks, SourceHook};
 use crate::checkpoint::restore::Restored;
 use crate::checkpoint::{CheckpointStorage, CompletedCheckpoint, RestoreFrom, SkippedCheckpoint};
-use crate::config::{ExecutionMode, JobConfig};
+use crate::config::ExecutionMode;
 use crate::error::{Error, Result};
+use crate::graph::context::{BuildCtx, EdgeLayout, NodeLayout};
 use crate::graph::port::{Port, SideRegistry};
 use crate::graph::{EdgeKind, Graph, NodeId, OpId, OpKind};
-use crate::operator::OperatorContext;
 use crate::record::Data;
 use crate::runtime::channels::Channels;
 use crate::runtime::exchange::{ExchangeWriter, KeyHashFn, Route};
@@ -22,25 +22,9 @@ use crate::runtime::push::BoxPush;
 use crate::runtime::shared::Shared;
 use crate::runtime::source_task::{Partition, SourceTask};
 use crate::runtime::task::{ChainHead, Task, TaskCheckpoint};
-use crate::sink::Committer;
 use crate::source::{ReaderContext, Source, SourceOffset};
 use crate::time::EventTime;
 use crate::time::WatermarkStrategy;
-
-/// Where an input edge lands in its node's channel numbering.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct EdgeLayout {
-    /// One channel per downstream subtask (same index upstream), no routing.
-    pub(crate) forward: bool,
-    pub(crate) channel_offset: usize,
-}
-
-#[derive(Debug)]
-pub(crate) struct NodeLayout {
-    pub(crate) parallelism: usize,
-    pub(crate) channels: usize,
-    pub(crate) edges: Vec<EdgeLayout>,
-}
 
 /// Everything a built job consists of: its tasks, their shared flags, and
 /// the counters the summary is made from.
@@ -51,92 +35,36 @@ pub(crate) trait TaskFactory {
     fn build(&self, ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Task>>;
 }
 
-/// What consumer factories see while a subtask is built.
-pub(crate) struct BuildCtx<'a> {
-    pub(crate) config: &'a JobConfig,
-    pub(crate) layout: &'a [NodeLayout],
-    pub(crate) op_names: &'a [Arc<str>],
-    pub(crate) op_uids: &'a [Arc<str>],
-    pub(crate) op_counters: &'a [Arc<OpCounters>],
-    pub(crate) channels: &'a mut Channels,
-    pub(crate) job_counters: &'a Arc<JobCounters>,
-    pub(crate) shared: &'a Arc<Shared>,
-    pub(crate) node: NodeId,
-    pub(crate) subtask: usize,
-    /// This task's index among all tasks of the job.
-    pub(crate) task: usize,
-    pub(crate) coordinator: Option<&'a Arc<Coordinator>>,
-    pub(crate) restored: Option<&'a Restored>,
-    /// Completion hooks of sources and exactly-once sinks.
-    pub(crate) hooks: &'a mut Hooks,
-}
-
-impl BuildCtx<'_> {
-    pub(crate) fn op_name(&self, op: OpId) -> Arc<str> {
-        Arc::clone(&self.op_names[op])
+/// The head of a task whose chain starts at `port`, with `inputs`
+/// watermark inputs; the task is named after `op` and the subtask.
+fn chain_head<T: Data>(
+    ctx: &mut BuildCtx<'_>,
+    op: OpId,
+    port: &Port<T>,
+    inputs: usize,
+) -> Result<ChainHead<T>> {
+    let push = port.build(ctx)?;
+    let node_name = ctx.op_names[op].to_string();
+    let node_uid = ctx.op_uids[op].to_string();
+    let mut head = ChainHead::new(
+        Arc::from(format!("{node_name}[{}]", ctx.subtask)),
+        push,
+        inputs,
+        Arc::clone(&ctx.config.clock),
+        Arc::clone(&ctx.shared.cancel),
+    );
+    if let Some(restored) = ctx.restored {
+        head.restored_watermark = restored
+            .watermark(&node_uid, ctx.subtask, ctx.parallelism())
+            .map(EventTime::from_millis);
     }
-
-    pub(crate) fn op_uid(&self, op: OpId) -> Arc<str> {
-        Arc::clone(&self.op_uids[op])
-    }
-
-    pub(crate) fn op_counters(&self, op: OpId) -> Arc<OpCounters> {
-        Arc::clone(&self.op_counters[op])
-    }
-
-    pub(crate) fn parallelism(&self) -> usize {
-        self.layout[self.node].parallelism
-    }
-
-    pub(crate) fn operator_context(&self, op: OpId) -> OperatorContext {
-        OperatorContext {
-            name: self.op_name(op),
-            uid: self.op_uid(op),
-            subtask: self.subtask,
-            parallelism: self.parallelism(),
-            config: self.config.clone(),
-        }
-    }
-
-    /// Registers the committer of an exactly-once sink (once per sink).
-    pub(crate) fn register_committer(&mut self, sink: &str, committer: &Arc<dyn Committer>) {
-        self.hooks.add(Arc::new(SinkHook {
-            uid: sink.to_string(),
-            committer: Arc::clone(committer),
-        }));
-    }
-
-    /// The head of a task whose chain starts at `port`, with `inputs`
-    /// watermark inputs; the task is named after `op` and the subtask.
-    fn chain_head<T: Data>(
-        &mut self,
-        op: OpId,
-        port: &Port<T>,
-        inputs: usize,
-    ) -> Result<ChainHead<T>> {
-        let push = port.build(self)?;
-        let node_name = self.op_names[op].to_string();
-        let node_uid = self.op_uids[op].to_string();
-        let mut head = ChainHead::new(
-            Arc::from(format!("{node_name}[{}]", self.subtask)),
-            push,
-            inputs,
-            Arc::clone(&self.config.clock),
-            Arc::clone(&self.shared.cancel),
-        );
-        if let Some(restored) = self.restored {
-            head.restored_watermark = restored
-                .watermark(&node_uid, self.subtask, self.parallelism())
-                .map(EventTime::from_millis);
-        }
-        head.checkpoint = self.coordinator.map(|c| TaskCheckpoint {
-            coordinator: Arc::clone(c),
-            task: self.task,
-            node: node_uid,
-            subtask: self.subtask,
-        });
-        Ok(head)
-    }
+    head.checkpoint = ctx.coordinator.map(|c| TaskCheckpoint {
+        coordinator: Arc::clone(c),
+        task: ctx.task,
+        node: node_uid,
+        subtask: ctx.subtask,
+    });
+    Ok(head)
 }
 
 /// The consumer that ends a chain at an exchange into node `to`, edge `edge`.
@@ -225,7 +153,7 @@ impl<T: Data> TaskFactory for SourceFactory<T> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut head = ctx.chain_head(self.op, &self.head, partitions.len())?;
+        let mut head = chain_head(ctx, self.op, &self.head, partitions.len())?;
         head.sides = self.sides.build(ctx)?;
         ctx.hooks.add(Arc::new(SourceHook {
             uid: uid.to_string(),
@@ -260,7 +188,7 @@ impl<T: Data> TaskFactory for InputFactory<T> {
         let receivers =
             ctx.channels
                 .receivers::<T>(ctx.node, parallelism, channels, ctx.subtask)?;
-        let head = ctx.chain_head(self.op, &self.head, channels)?;
+        let head = chain_head(ctx, self.op, &self.head, channels)?;
         let timeout = ctx
             .config
             .checkpointing

@@ -8,6 +8,7 @@
 //! these factories from the node's head down to its sinks and exchange writers.
 
 pub(crate) mod build;
+pub(crate) mod context;
 mod job;
 pub(crate) mod port;
 mod stream;

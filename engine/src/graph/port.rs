@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::error::{Error, Result};
-use crate::graph::build::BuildCtx;
+use crate::graph::context::BuildCtx;
 use crate::operator::{OutputTag, SideBuffer, SideChannel};
 use crate::record::Data;
 use crate::runtime::push::{BoxPush, Discard, FanOut};
