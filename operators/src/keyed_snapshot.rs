@@ -24,8 +24,7 @@ pub(crate) fn snapshot_keyed<K: StateKey, N: StateKey>(
     timers: &[&TimerService<K, N>],
     writer: &mut SnapshotWriter<'_>,
 ) -> Result<()> {
-    let dir = writer.dir()?.join(STATE_DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| tideline_engine::Error::io("create", &dir, e))?;
+    let dir = writer.subdir(STATE_DIR)?;
     let files = state.snapshot_to(&dir)?;
     writer.add_files(
         files

@@ -35,7 +35,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::checkpoint::hooks::Hooks;
 use crate::checkpoint::snapshot::{BarrierCtx, TaskSnapshot};
 use crate::checkpoint::storage::{
-    checkpoint_dir_name, checksum, fsync, io_err, CheckpointStorage, FileSum, Metadata, FORMAT,
+    checkpoint_dir_name, CheckpointStorage, FileSum, Metadata, FORMAT,
 };
 use crate::checkpoint::{AbortedCheckpoint, CheckpointStats};
 use crate::error::{Error, Result};
@@ -489,7 +489,7 @@ impl Coordinator {
                         Some(sum) => *sum,
                         None => {
                             let (sum, written) =
-                                self.persist(&root, &staged.staged, &staged.stored)?;
+                                self.storage.store_staged(&staged.staged, &staged.stored)?;
                             if written {
                                 new_bytes += sum.len;
                             }
@@ -498,8 +498,8 @@ impl Coordinator {
                         }
                     };
                     if staged.staged != staged.stored {
-                        // An earlier checkpoint already holds this shared file.
-                        let _ = std::fs::remove_file(root.join(&staged.staged));
+                        // Stored by an earlier checkpoint; the staged copy is spare.
+                        let _ = std::fs::remove_file(self.storage.root().join(&staged.staged));
                     }
                     meta.files.insert(staged.stored.clone(), sum);
                     files.push(stored.clone());
@@ -538,32 +538,5 @@ impl Coordinator {
                 .unwrap_or_default(),
         });
         Ok(())
-    }
-
-    /// Makes one staged file durable where the checkpoint keeps it, and
-    /// says whether it was written for this checkpoint (a shared file an
-    /// earlier checkpoint, or an earlier run, stored already was not).
-    fn persist(
-        &self,
-        root: &std::path::Path,
-        staged: &str,
-        stored: &str,
-    ) -> Result<(FileSum, bool)> {
-        let target = root.join(stored);
-        let shared_before = staged != stored && target.exists();
-        if staged != stored && !shared_before {
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
-            }
-            let source = root.join(staged);
-            std::fs::rename(&source, &target).map_err(|e| io_err(&source, e))?;
-        }
-        if !shared_before {
-            fsync(&target)?;
-            if let Some(parent) = target.parent() {
-                fsync(parent)?;
-            }
-        }
-        Ok((checksum(&target)?, !shared_before))
     }
 }

@@ -23,12 +23,14 @@ pub(crate) mod hooks;
 pub(crate) mod restore;
 pub(crate) mod snapshot;
 pub mod storage;
+pub mod store;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use snapshot::{RestoreContext, SnapshotFile, SnapshotWriter};
-pub use storage::{CheckpointStorage, CompletedCheckpoint, SkippedCheckpoint};
+pub use storage::{CheckpointStorage, CompletedCheckpoint, FileSum, SkippedCheckpoint};
+pub use store::{CheckpointStore, LocalDirectory};
 
 /// How a job takes checkpoints.
 #[derive(Clone, Debug, PartialEq, Eq)]

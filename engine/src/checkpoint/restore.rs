@@ -56,14 +56,9 @@ impl Restored {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io("delete", &dir, e))?;
         }
         for f in files {
-            let target = dir.join(&f.local);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
-            }
-            let source = self.checkpoint.root.join(&f.stored);
-            if std::fs::hard_link(&source, &target).is_err() {
-                std::fs::copy(&source, &target).map_err(|e| Error::io("copy", &source, e))?;
-            }
+            self.checkpoint
+                .store
+                .fetch(&f.stored, &dir.join(&f.local))?;
         }
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
         laid_out.insert(key, dir.clone());

@@ -131,6 +131,18 @@ impl SnapshotWriter<'_> {
         Ok(&self.dir)
     }
 
+    /// A subdirectory `name` of [`SnapshotWriter::dir`] (created), for a
+    /// state backend that writes its own files (add them with
+    /// [`SnapshotWriter::add_files`], named relative to `dir`).
+    ///
+    /// # Errors
+    /// When the directory cannot be created.
+    pub fn subdir(&mut self, name: &str) -> Result<PathBuf> {
+        let dir = self.dir()?.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        Ok(dir)
+    }
+
     /// Records files the operator (or its keyed state) wrote into [`SnapshotWriter::dir`].
     pub fn add_files(&mut self, files: Vec<SnapshotFile>) {
         for f in files {

@@ -19,23 +19,26 @@
 //!   checkpoint references it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use crate::checkpoint::store::fsync;
+pub use crate::checkpoint::store::{CheckpointStore, LocalDirectory};
 use crate::error::{Error, Result};
 
 /// Name of the metadata file inside a checkpoint directory.
 pub(crate) const METADATA: &str = "_metadata";
 pub(crate) const FORMAT: u32 = 2;
 
-/// Length and CRC-32 of one referenced file.
+/// Length and CRC-32 of one stored file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct FileSum {
-    pub(crate) len: u64,
-    pub(crate) crc32: u32,
+pub struct FileSum {
+    /// Its length in bytes.
+    pub len: u64,
+    /// Its CRC-32.
+    pub crc32: u32,
 }
 
 /// One file of an operator subtask's snapshot: where the operator sees it
@@ -104,7 +107,9 @@ struct MetadataFile {
 /// has the recorded length and checksum.
 #[derive(Clone, Debug)]
 pub struct CompletedCheckpoint {
+    /// The local staging directory of its storage.
     pub(crate) root: PathBuf,
+    pub(crate) store: Arc<dyn CheckpointStore>,
     pub(crate) metadata: Metadata,
 }
 
@@ -119,9 +124,9 @@ impl CompletedCheckpoint {
         self.metadata.is_final
     }
 
-    /// The checkpoint's directory.
+    /// The checkpoint's directory (in its store).
     pub fn dir(&self) -> PathBuf {
-        self.root.join(checkpoint_dir_name(self.metadata.id))
+        Path::new(&self.store.location()).join(checkpoint_dir_name(self.metadata.id))
     }
 
     /// Total bytes of the files it references (shared ones included).
@@ -149,6 +154,7 @@ fn parse_checkpoint_dir(name: &str) -> Option<u64> {
 
 /// A failed file-system call on checkpoint files (External, with the
 /// `io::Error` kept so its kind can be matched).
+#[cfg(test)]
 pub(crate) fn io_err(path: &Path, e: std::io::Error) -> Error {
     Error::io("access", path, e)
 }
@@ -161,68 +167,67 @@ pub(crate) fn corrupt(path: &Path, reason: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Length and CRC-32 of a file.
-pub(crate) fn checksum(path: &Path) -> Result<FileSum> {
-    let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let mut hasher = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut len = 0u64;
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| Error::io("read", path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok(FileSum {
-        len,
-        crc32: hasher.finalize(),
-    })
-}
-
-/// Flushes a file or directory to disk.
-pub(crate) fn fsync(path: &Path) -> Result<()> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io("sync", path, e))
-}
-
-/// The checkpoints of one job, in one directory.
+/// The checkpoints of one job: their files in a [`CheckpointStore`], and
+/// the local directory tasks stage snapshots in.
 #[derive(Clone, Debug)]
 pub struct CheckpointStorage {
+    /// Local: where tasks stage and restores lay files out.
     root: PathBuf,
+    store: Arc<dyn CheckpointStore>,
 }
 
 impl CheckpointStorage {
-    /// The storage at `root` (created if missing).
+    /// The storage in the local directory `root` (created if missing), which
+    /// is both the store and the staging directory.
     ///
     /// # Errors
     /// When the directory cannot be created.
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
-        let root = root.into();
-        std::fs::create_dir_all(&root).map_err(|e| Error::io("create", &root, e))?;
-        Ok(Self { root })
+        let store = LocalDirectory::new(root)?;
+        Ok(Self {
+            root: store.root().to_path_buf(),
+            store: Arc::new(store),
+        })
     }
 
-    /// The root directory.
+    /// The storage of checkpoints in `store`, staged in the local directory
+    /// `staging` (created if missing).
+    ///
+    /// # Errors
+    /// When the staging directory cannot be created.
+    pub fn with_store(
+        store: Arc<dyn CheckpointStore>,
+        staging: impl Into<PathBuf>,
+    ) -> Result<Self> {
+        let root = staging.into();
+        std::fs::create_dir_all(&root).map_err(|e| Error::io("create", &root, e))?;
+        Ok(Self { root, store })
+    }
+
+    /// The local staging directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// Ids of every checkpoint directory (complete or not), ascending.
+    /// Where the checkpoints are kept.
+    pub fn store(&self) -> &Arc<dyn CheckpointStore> {
+        &self.store
+    }
+
+    /// An error about `key` of the store.
+    fn corrupt(&self, key: &str, reason: impl std::fmt::Display) -> Error {
+        corrupt(&Path::new(&self.store.location()).join(key), reason)
+    }
+
+    /// Ids of every checkpoint with files (complete or not), ascending.
     fn dir_ids(&self) -> Result<Vec<u64>> {
-        let mut ids = Vec::new();
-        for entry in std::fs::read_dir(&self.root).map_err(|e| Error::io("list", &self.root, e))? {
-            let entry = entry.map_err(|e| Error::io("list", &self.root, e))?;
-            if let Some(id) = entry.file_name().to_str().and_then(parse_checkpoint_dir) {
-                ids.push(id);
-            }
-        }
-        ids.sort_unstable();
-        Ok(ids)
+        let ids: BTreeSet<u64> = self
+            .store
+            .list("chk-")?
+            .iter()
+            .filter_map(|key| parse_checkpoint_dir(key.split('/').next()?))
+            .collect();
+        Ok(ids.into_iter().collect())
     }
 
     /// The largest checkpoint id used so far (0 if none): new checkpoints
@@ -234,43 +239,39 @@ impl CheckpointStorage {
     /// Ids of the checkpoints that have a metadata file, newest first.
     ///
     /// # Errors
-    /// When the directory cannot be read.
+    /// When the store cannot be listed.
     pub fn complete_ids(&self) -> Result<Vec<u64>> {
-        let mut ids: Vec<u64> = self
-            .dir_ids()?
-            .into_iter()
-            .filter(|id| {
-                self.root
-                    .join(checkpoint_dir_name(*id))
-                    .join(METADATA)
-                    .is_file()
-            })
-            .collect();
+        let mut ids = Vec::new();
+        for id in self.dir_ids()? {
+            if self.store.exists(&metadata_key(id))? {
+                ids.push(id);
+            }
+        }
         ids.reverse();
         Ok(ids)
     }
 
     fn read_metadata(&self, id: u64) -> Result<Metadata> {
-        let path = self.root.join(checkpoint_dir_name(id)).join(METADATA);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        let key = metadata_key(id);
+        let bytes = self.store.read(&key)?;
         let file: MetadataFile = serde_json::from_slice(&bytes)
-            .map_err(|e| corrupt(&path, format!("malformed metadata: {e}")))?;
+            .map_err(|e| self.corrupt(&key, format!("malformed metadata: {e}")))?;
         if file.body.format != FORMAT {
-            return Err(corrupt(
-                &path,
+            return Err(self.corrupt(
+                &key,
                 format!(
                     "metadata of format {} (this build reads format {FORMAT}): written by another version of Tideline",
                     file.body.format
                 ),
             ));
         }
-        let body = serde_json::to_vec(&file.body).map_err(|e| corrupt(&path, e))?;
+        let body = serde_json::to_vec(&file.body).map_err(|e| self.corrupt(&key, e))?;
         if crc32fast::hash(&body) != file.crc32 {
-            return Err(corrupt(&path, "metadata checksum mismatch (altered file)"));
+            return Err(self.corrupt(&key, "metadata checksum mismatch (altered file)"));
         }
         if file.body.id != id {
-            return Err(corrupt(
-                &path,
+            return Err(self.corrupt(
+                &key,
                 format!(
                     "metadata of format {} for checkpoint {} found in the directory of checkpoint {id}",
                     file.body.format, file.body.id
@@ -288,11 +289,10 @@ impl CheckpointStorage {
     pub fn open(&self, id: u64) -> Result<CompletedCheckpoint> {
         let metadata = self.read_metadata(id)?;
         for (stored, sum) in &metadata.files {
-            let path = self.root.join(stored);
-            let actual = checksum(&path)?;
+            let actual = self.store.checksum(stored)?;
             if actual.len != sum.len {
-                return Err(corrupt(
-                    &path,
+                return Err(self.corrupt(
+                    stored,
                     format!(
                         "truncated or altered: {} bytes, the checkpoint recorded {}",
                         actual.len, sum.len
@@ -300,11 +300,12 @@ impl CheckpointStorage {
                 ));
             }
             if actual.crc32 != sum.crc32 {
-                return Err(corrupt(&path, "checksum mismatch (altered file)"));
+                return Err(self.corrupt(stored, "checksum mismatch (altered file)"));
             }
         }
         Ok(CompletedCheckpoint {
             root: self.root.clone(),
+            store: Arc::clone(&self.store),
             metadata,
         })
     }
@@ -322,17 +323,14 @@ impl CheckpointStorage {
         let root = dir
             .parent()
             .ok_or_else(|| corrupt(dir, "a checkpoint directory has a parent"))?;
-        CheckpointStorage {
-            root: root.to_path_buf(),
-        }
-        .open(id)
+        CheckpointStorage::new(root)?.open(id)
     }
 
     /// The newest checkpoint that verifies, and the newer ones passed over
     /// because they do not (with why).
     ///
     /// # Errors
-    /// When the directory cannot be read.
+    /// When the store cannot be listed.
     pub fn latest(&self) -> Result<(Option<CompletedCheckpoint>, Vec<SkippedCheckpoint>)> {
         let mut skipped = Vec::new();
         for id in self.complete_ids()? {
@@ -347,11 +345,9 @@ impl CheckpointStorage {
         Ok((None, skipped))
     }
 
-    /// Writes the metadata of a checkpoint whose files are in place: to a
-    /// temporary file, fsynced, renamed, and the directory fsynced.
+    /// Writes the metadata of a checkpoint whose files are in place,
+    /// atomically and durably: the checkpoint exists from then on.
     pub(crate) fn write_metadata(&self, metadata: &Metadata) -> Result<()> {
-        let dir = self.root.join(checkpoint_dir_name(metadata.id));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
         let body = serde_json::to_vec(metadata)
             .map_err(|e| Error::Internal(format!("encoding checkpoint metadata: {e}")))?;
         let file = MetadataFile {
@@ -360,43 +356,48 @@ impl CheckpointStorage {
         };
         let bytes = serde_json::to_vec_pretty(&file)
             .map_err(|e| Error::Internal(format!("encoding checkpoint metadata: {e}")))?;
-        let tmp = dir.join(format!("{METADATA}.tmp"));
-        let mut out = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        out.write_all(&bytes)
-            .map_err(|e| Error::io("write", &tmp, e))?;
-        out.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
-        drop(out);
-        let target = dir.join(METADATA);
-        std::fs::rename(&tmp, &target).map_err(|e| Error::io("rename into", &target, e))?;
-        fsync(&dir)?;
-        fsync(&self.root)
+        self.store.write(&metadata_key(metadata.id), &bytes)
     }
 
-    /// Removes directories of checkpoints that never completed (a run
-    /// stopped while writing them). Called before a job starts.
+    /// Stores the file a task staged at `staged` (relative to the staging
+    /// directory) as `stored`, durably; returns its sum and whether it was
+    /// written now (a shared file stored before was not).
+    pub(crate) fn store_staged(&self, staged: &str, stored: &str) -> Result<(FileSum, bool)> {
+        let written = self.store.store(&self.root.join(staged), stored)?;
+        Ok((self.store.checksum(stored)?, written))
+    }
+
+    /// Deletes every key under `prefix`.
+    fn delete_prefix(&self, prefix: &str) -> Result<()> {
+        self.store
+            .list(prefix)?
+            .iter()
+            .try_for_each(|key| self.store.delete(key))
+    }
+
+    /// Removes the files of checkpoints that never completed (a run stopped
+    /// while writing them). Called before a job starts.
     pub(crate) fn remove_incomplete(&self) -> Result<()> {
         let complete: BTreeSet<u64> = self.complete_ids()?.into_iter().collect();
         for id in self.dir_ids()? {
             if !complete.contains(&id) {
-                let dir = self.root.join(checkpoint_dir_name(id));
-                std::fs::remove_dir_all(&dir).map_err(|e| Error::io("delete", &dir, e))?;
+                self.delete_prefix(&format!("{}/", checkpoint_dir_name(id)))?;
             }
         }
         Ok(())
     }
 
-    /// Keeps the newest `retain` complete checkpoints (and any newer
-    /// directory still being written), removes the rest, then every shared or
-    /// final file no retained checkpoint references — except under
-    /// `own_final`, the finished-subtask snapshots of the running job.
+    /// Keeps the newest `retain` complete checkpoints (and any newer one
+    /// still being written), removes the rest, then every shared or final
+    /// file no retained checkpoint references — except under `own_final`,
+    /// the finished-subtask snapshots of the running job.
     pub(crate) fn prune(&self, retain: usize, own_final: &str) -> Result<()> {
         let complete = self.complete_ids()?;
         let kept: Vec<u64> = complete.iter().copied().take(retain.max(1)).collect();
         let oldest_kept = kept.last().copied().unwrap_or(0);
         for id in self.dir_ids()? {
             if id < oldest_kept || (complete.contains(&id) && !kept.contains(&id)) {
-                let dir = self.root.join(checkpoint_dir_name(id));
-                std::fs::remove_dir_all(&dir).map_err(|e| Error::io("delete", &dir, e))?;
+                self.delete_prefix(&format!("{}/", checkpoint_dir_name(id)))?;
             }
         }
         let mut referenced = BTreeSet::new();
@@ -406,79 +407,40 @@ impl CheckpointStorage {
                 referenced.extend(meta.files.into_keys());
             }
         }
-        for entry in std::fs::read_dir(&self.root).map_err(|e| Error::io("list", &self.root, e))? {
-            let entry = entry.map_err(|e| Error::io("list", &self.root, e))?;
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name == "shared" {
-                remove_unreferenced(&self.root, &entry.path(), &referenced)?;
-            } else if name.starts_with("final-")
-                && name != own_final
-                && remove_unreferenced(&self.root, &entry.path(), &referenced)?
-            {
-                std::fs::remove_dir(entry.path())
-                    .map_err(|e| Error::io("delete", entry.path(), e))?;
+        let own = format!("{own_final}/");
+        let candidates = self.store.list("shared/")?.into_iter().chain(
+            self.store
+                .list("final-")?
+                .into_iter()
+                .filter(|k| !k.starts_with(&own)),
+        );
+        for key in candidates {
+            if !referenced.contains(&key) {
+                self.store.delete(&key)?;
             }
         }
         Ok(())
     }
-}
 
-impl CheckpointStorage {
-    /// Copies the complete checkpoint `metadata` describes into `dir`, as a
-    /// checkpoint root of its own (`dir/chk-N` with its private and shared
-    /// files, hard-linked where the file system allows), metadata last, so
-    /// it outlives this storage's pruning. Returns the `chk-N` directory.
+    /// Copies the complete checkpoint `metadata` describes into the local
+    /// directory `dir`, as a checkpoint root of its own (`dir/chk-N` with
+    /// its private and shared files, linked where the file system allows),
+    /// metadata last, so it outlives this storage's pruning. Returns the
+    /// `chk-N` directory.
     pub(crate) fn export(&self, metadata: &Metadata, dir: &Path) -> Result<PathBuf> {
         let target = CheckpointStorage::new(dir)?;
         for stored in metadata.files.keys() {
-            let (from, to) = (self.root.join(stored), target.root.join(stored));
-            if let Some(parent) = to.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
-            }
-            if to.exists() {
-                std::fs::remove_file(&to).map_err(|e| io_err(&to, e))?;
-            }
-            if std::fs::hard_link(&from, &to).is_err() {
-                std::fs::copy(&from, &to).map_err(|e| io_err(&from, e))?;
-                fsync(&to)?;
-            }
+            let local = target.root.join(stored);
+            self.store.fetch(stored, &local)?;
+            fsync(&local)?;
         }
         target.write_metadata(metadata)?;
         Ok(target.root.join(checkpoint_dir_name(metadata.id)))
     }
 }
 
-/// Deletes every file below `dir` whose root-relative path is not in
-/// `referenced`, and directories left empty.
-fn remove_unreferenced(root: &Path, dir: &Path, referenced: &BTreeSet<String>) -> Result<bool> {
-    let mut empty = true;
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
-        let path = entry.map_err(|e| Error::io("list", dir, e))?.path();
-        if path.is_dir() {
-            if remove_unreferenced(root, &path, referenced)? {
-                std::fs::remove_dir(&path).map_err(|e| Error::io("delete", &path, e))?;
-            } else {
-                empty = false;
-            }
-        } else {
-            let rel = relative(root, &path);
-            if referenced.contains(&rel) {
-                empty = false;
-            } else {
-                std::fs::remove_file(&path).map_err(|e| Error::io("delete", &path, e))?;
-            }
-        }
-    }
-    Ok(empty)
-}
-
-/// `path` relative to `root`, with `/` separators.
-pub(crate) fn relative(root: &Path, path: &Path) -> String {
-    let rel = path.strip_prefix(root).unwrap_or(path);
-    rel.components()
-        .map(|c| c.as_os_str().to_string_lossy())
-        .collect::<Vec<_>>()
-        .join("/")
+fn metadata_key(id: u64) -> String {
+    format!("{}/{METADATA}", checkpoint_dir_name(id))
 }
 
 /// A file-system-safe form of an operator name.
@@ -497,6 +459,7 @@ pub(crate) fn safe_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::store::checksum;
 
     fn write(root: &Path, rel: &str, bytes: &[u8]) -> Result<FileSum> {
         let path = root.join(rel);
@@ -627,6 +590,119 @@ mod tests {
         assert_eq!(shared, vec!["3.sst", "4.sst", "5.sst"]);
         assert!(dir.path().join("final-own/op/0/state").exists());
         assert!(!dir.path().join("final-old").exists());
+        Ok(())
+    }
+
+    /// A store that keeps every key in memory: the checkpoint logic must
+    /// work over any [`CheckpointStore`], not only a directory.
+    #[derive(Debug, Default)]
+    struct MemoryStore(std::sync::Mutex<BTreeMap<String, Vec<u8>>>);
+
+    impl MemoryStore {
+        fn keys(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+    }
+
+    impl CheckpointStore for MemoryStore {
+        fn location(&self) -> String {
+            "memory:".into()
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<String>> {
+            Ok(self
+                .keys()
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect())
+        }
+        fn exists(&self, key: &str) -> Result<bool> {
+            Ok(self.keys().contains_key(key))
+        }
+        fn read(&self, key: &str) -> Result<Vec<u8>> {
+            self.keys()
+                .get(key)
+                .cloned()
+                .ok_or_else(|| corrupt(Path::new(key), "missing"))
+        }
+        fn write(&self, key: &str, bytes: &[u8]) -> Result<()> {
+            self.keys().insert(key.to_string(), bytes.to_vec());
+            Ok(())
+        }
+        fn store(&self, staged: &Path, key: &str) -> Result<bool> {
+            if self.exists(key)? {
+                return Ok(false);
+            }
+            let bytes = std::fs::read(staged).map_err(|e| io_err(staged, e))?;
+            self.write(key, &bytes)?;
+            Ok(true)
+        }
+        fn checksum(&self, key: &str) -> Result<FileSum> {
+            let bytes = self.read(key)?;
+            Ok(FileSum {
+                len: bytes.len() as u64,
+                crc32: crc32fast::hash(&bytes),
+            })
+        }
+        fn fetch(&self, key: &str, local: &Path) -> Result<()> {
+            std::fs::write(local, self.read(key)?).map_err(|e| io_err(local, e))
+        }
+        fn delete(&self, key: &str) -> Result<()> {
+            self.keys().remove(key);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn checkpoints_work_over_any_store() -> Result<()> {
+        let staging = tempfile::tempdir().map_err(|e| io_err(Path::new("tmp"), e))?;
+        let store = Arc::new(MemoryStore::default());
+        let storage = CheckpointStorage::with_store(Arc::clone(&store) as _, staging.path())?;
+        for id in 1..=3u64 {
+            let mut meta = Metadata {
+                format: FORMAT,
+                id,
+                ..Metadata::default()
+            };
+            for (staged, stored) in [
+                (
+                    format!("chk-{id:010}/op/0/state"),
+                    format!("chk-{id:010}/op/0/state"),
+                ),
+                (
+                    format!("chk-{id:010}/op/0/1.sst"),
+                    "shared/1.sst".to_string(),
+                ),
+            ] {
+                let path = staging.path().join(&staged);
+                std::fs::create_dir_all(path.parent().unwrap_or(staging.path()))
+                    .map_err(|e| io_err(&path, e))?;
+                std::fs::write(&path, format!("{staged} of {id}")).map_err(|e| io_err(&path, e))?;
+                let (sum, written) = storage.store_staged(&staged, &stored)?;
+                // The shared file is stored once, by the first checkpoint.
+                assert_eq!(written, id == 1 || !stored.starts_with("shared/"));
+                meta.files.insert(stored, sum);
+            }
+            storage.write_metadata(&meta)?;
+            storage.prune(2, "final-none")?;
+        }
+        assert_eq!(storage.complete_ids()?, vec![3, 2]);
+        let (latest, skipped) = storage.latest()?;
+        assert!(skipped.is_empty());
+        assert_eq!(latest.map(|c| c.id()), Some(3));
+        let keys = store.list("")?;
+        assert!(keys.contains(&"shared/1.sst".to_string()), "{keys:?}");
+        assert!(
+            !keys.iter().any(|k| k.starts_with("chk-0000000001/")),
+            "{keys:?}"
+        );
+        // An altered file is detected through the store, and the previous
+        // checkpoint is used.
+        store.write("chk-0000000003/op/0/state", b"altered")?;
+        let (latest, skipped) = storage.latest()?;
+        assert_eq!((latest.map(|c| c.id()), skipped.len()), (Some(2), 1));
         Ok(())
     }
 }
