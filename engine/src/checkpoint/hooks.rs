@@ -1,9 +1,9 @@
 //! Checkpoint-completion hooks: the one way sources and sinks hear that a
 //! checkpoint is complete (or will never be).
 //!
-//! A sink's [`Committer`](crate::Committer) commits the transactions the
-//! checkpoint holds; a [`Source`](crate::Source) is told the offsets the
-//! checkpoint recorded ([`Source::notify_checkpoint_complete`](crate::Source::notify_checkpoint_complete)),
+//! A sink's [`Committer`] commits the transactions the
+//! checkpoint holds; a [`Source`] is told the offsets the
+//! checkpoint recorded ([`Source::notify_checkpoint_complete`]),
 //! so it can commit Kafka group offsets or confirm a PostgreSQL LSN.
 //!
 //! Ordering guarantees (the same for both):

@@ -16,10 +16,25 @@
 //!   it is complete, and again on restore (commits are idempotent), so an
 //!   exactly-once sink shows every record's effect once;
 //! - each restored task starts at the watermark it had at the barrier, so
-//!   records are late or not exactly as in an uninterrupted run.
+//!   records are late or not exactly as in an uninterrupted run;
+//! - state, source offsets, node watermarks and sink transactions are
+//!   stored under uids (`Stream::uid`, default the operator's name; an
+//!   exchange takes `<uid of the operator it feeds>@input`), never under a
+//!   position in the graph; a restore refuses state for a uid the job does
+//!   not have (unless allowed) and state written by another kind of
+//!   operator;
+//! - sources and sinks hear of completed checkpoints through one hook
+//!   ([`hooks`] documents the ordering), after the metadata is durable;
+//!   a failure there fails the job, never a silently dropped commit;
+//! - a stop with a savepoint is the last checkpoint of a run: tasks stop
+//!   after its barrier without firing anything, and it is exported into a
+//!   directory no pruning touches; a drained job's last checkpoint is
+//!   marked and refused on restore;
+//! - every checkpoint file goes through a [`CheckpointStore`]; tasks only
+//!   stage files locally.
 
 pub(crate) mod coordinator;
-pub(crate) mod hooks;
+pub mod hooks;
 pub(crate) mod restore;
 pub(crate) mod snapshot;
 pub mod storage;
