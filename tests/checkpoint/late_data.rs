@@ -17,6 +17,62 @@ use super::{drive, sink_windows, stepped_job, tempdir, Ev, Out};
 
 const EVENTS: u64 = 6_000;
 
+/// How [`lagging`] events are out of order.
+#[derive(Clone, Copy)]
+struct Disorder {
+    /// One record in this many is held up to `late_max` ms.
+    late_one_in: u32,
+    late_max: i64,
+    /// The others up to this many ms.
+    jitter: i64,
+    /// The last partition runs this far behind in event time.
+    behind: i64,
+}
+
+/// `EVENTS` events at 20,000/s over `partitions` partitions, 1 ms of event
+/// time apart, out of order as `d` says.
+fn lagging(
+    partitions: usize,
+    seed: u64,
+    d: Disorder,
+) -> GeneratorSource<impl Fn(u64, &mut SmallRng) -> Ev + Send + Sync + 'static> {
+    let last = partitions as u64 - 1;
+    GeneratorSource::new(move |i: u64, rng: &mut SmallRng| {
+        let delay = if rng.gen_ratio(1, d.late_one_in) {
+            rng.gen_range(0..d.late_max)
+        } else {
+            rng.gen_range(0..d.jitter)
+        };
+        let behind = if i % partitions as u64 == last {
+            d.behind
+        } else {
+            0
+        };
+        Ev {
+            key: rng.gen_range(0..20),
+            value: rng.gen_range(0..1_000),
+            ts: i as i64 - delay - behind,
+        }
+    })
+    .with_count(EVENTS)
+    .with_partitions(partitions)
+    .with_seed(seed)
+    .with_rate(20_000.0)
+}
+
+/// Windows into `dir/out`, late records (`late`) into `dir/late`, exactly once.
+fn sink_with_late(
+    results: &Stream<WindowResult<u32, (u64, i64)>>,
+    late: &OutputTag<Ev>,
+    dir: &Path,
+) -> Result<()> {
+    sink_windows(results, dir)?;
+    results
+        .side_output(late)
+        .sink(ExactlyOnceCsvSink::new(dir.join("late"))?);
+    Ok(())
+}
+
 /// 3 partitions; partition 2 runs 1.5 s behind in event time; 1 record in
 /// 10 up to 1.5 s out of order against a 100 ms bound: late, or late for
 /// some of its windows.
@@ -27,23 +83,16 @@ pub(crate) fn job(
     checkpoints: bool,
 ) -> Result<Job> {
     let job = stepped_job(dir, clock, parallelism, checkpoints);
-    let source = GeneratorSource::new(|i: u64, rng: &mut SmallRng| {
-        let delay = if rng.gen_ratio(1, 10) {
-            rng.gen_range(0..1_500)
-        } else {
-            rng.gen_range(0..100)
-        };
-        let behind = if i % 3 == 2 { 1_500 } else { 0 };
-        Ev {
-            key: rng.gen_range(0..20),
-            value: rng.gen_range(0..1_000),
-            ts: i as i64 - delay - behind,
-        }
-    })
-    .with_count(EVENTS)
-    .with_partitions(3)
-    .with_seed(5)
-    .with_rate(20_000.0);
+    let source = lagging(
+        3,
+        5,
+        Disorder {
+            late_one_in: 10,
+            late_max: 1_500,
+            jitter: 100,
+            behind: 1_500,
+        },
+    );
     let late = OutputTag::<Ev>::new("late");
     let results = job
         .source(
@@ -55,10 +104,7 @@ pub(crate) fn job(
         .window(Sliding::of(Span::millis(500), Span::millis(100)))
         .side_output_late_data(&late)
         .aggregate((Count, Sum::of(|e: &Ev| e.value)));
-    sink_windows(&results, dir)?;
-    results
-        .side_output(&late)
-        .sink(ExactlyOnceCsvSink::new(dir.join("late"))?);
+    sink_with_late(&results, &late, dir)?;
     Ok(job)
 }
 
@@ -106,23 +152,16 @@ fn crash_and_restore_with_late_data_and_partial_panes_is_exact() -> Result<()> {
 /// below what partition 0's assigner judges its records by.
 fn assigned_job(dir: &Path, clock: &Arc<ManualClock>, checkpoints: bool) -> Result<Job> {
     let job = stepped_job(dir, clock, 2, checkpoints);
-    let source = GeneratorSource::new(|i: u64, rng: &mut SmallRng| {
-        let delay = if rng.gen_ratio(1, 8) {
-            rng.gen_range(0..800)
-        } else {
-            rng.gen_range(0..50)
-        };
-        let behind = if i % 2 == 1 { 1_000 } else { 0 };
-        Ev {
-            key: rng.gen_range(0..20),
-            value: rng.gen_range(0..1_000),
-            ts: i as i64 - delay - behind,
-        }
-    })
-    .with_count(EVENTS)
-    .with_partitions(2)
-    .with_seed(9)
-    .with_rate(20_000.0);
+    let source = lagging(
+        2,
+        9,
+        Disorder {
+            late_one_in: 8,
+            late_max: 800,
+            jitter: 50,
+            behind: 1_000,
+        },
+    );
     let late = OutputTag::<Ev>::new("late");
     let results = job
         .source(source, WatermarkStrategy::none())
@@ -134,10 +173,7 @@ fn assigned_job(dir: &Path, clock: &Arc<ManualClock>, checkpoints: bool) -> Resu
         .window(Tumbling::of(Duration::from_millis(200)))
         .side_output_late_data(&late)
         .aggregate((Count, Sum::of(|e: &Ev| e.value)));
-    sink_windows(&results, dir)?;
-    results
-        .side_output(&late)
-        .sink(ExactlyOnceCsvSink::new(dir.join("late"))?);
+    sink_with_late(&results, &late, dir)?;
     Ok(job)
 }
 

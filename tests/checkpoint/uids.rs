@@ -29,13 +29,7 @@ enum Version {
 /// Per key and 500 ms window: `(count)` into `dir/counts`, `(sum)` into `dir/sums`.
 fn job(dir: &Path, clock: &Arc<ManualClock>, version: Version, checkpoints: bool) -> Result<Job> {
     let job = stepped_job(dir, clock, 2, checkpoints);
-    let mut events = job
-        .source(
-            generator(6_000, 2, 20_000.0),
-            WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(300))
-                .with_timestamps(|e: &Ev| e.ts),
-        )
-        .uid("events");
+    let mut events = events(&job);
     if version == Version::V2Inserted {
         events = events.filter(|_| true).named("keep-all");
         let maxima = events
@@ -122,8 +116,8 @@ fn operators_inserted_between_checkpointed_ones_keep_every_state_by_uid() -> Res
     Ok(())
 }
 
-#[test]
-fn state_for_a_removed_uid_is_refused_unless_allowed() -> Result<()> {
+/// V1 run for 17 rounds (checkpoints every 100 ms), then "crashed".
+fn v1_crashed_mid_run() -> Result<(tempfile::TempDir, Arc<ManualClock>)> {
     let dir = tempdir()?;
     let clock = Arc::new(ManualClock::new(0));
     drive(
@@ -131,6 +125,22 @@ fn state_for_a_removed_uid_is_refused_unless_allowed() -> Result<()> {
         &clock,
         Some(17),
     )?;
+    Ok((dir, clock))
+}
+
+/// The events source, with its uid.
+fn events(job: &Job) -> Stream<Ev> {
+    job.source(
+        generator(6_000, 2, 20_000.0),
+        WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(300))
+            .with_timestamps(|e: &Ev| e.ts),
+    )
+    .uid("events")
+}
+
+#[test]
+fn state_for_a_removed_uid_is_refused_unless_allowed() -> Result<()> {
+    let (dir, clock) = v1_crashed_mid_run()?;
     let error = match job(dir.path(), &clock, Version::V3Removed, true)?.start_local() {
         Ok(_) => return Err(Error::user("state of 'sums' would be dropped silently")),
         Err(e) => e.to_string(),
@@ -158,25 +168,14 @@ impl KeyedProcessFunction<u32, Ev, u32> for KeyOf {
 
 #[test]
 fn a_uid_reused_by_another_kind_of_operator_is_refused() -> Result<()> {
-    let dir = tempdir()?;
-    let clock = Arc::new(ManualClock::new(0));
-    drive(
-        job(dir.path(), &clock, Version::V1, true)?,
-        &clock,
-        Some(17),
-    )?;
+    let (dir, clock) = v1_crashed_mid_run()?;
     // The same uids, but "counts" is now a keyed process function.
     let job2 = stepped_job(dir.path(), &clock, 2, true).allow_non_restored_state(true);
-    job2.source(
-        generator(6_000, 2, 20_000.0),
-        WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(300))
-            .with_timestamps(|e: &Ev| e.ts),
-    )
-    .uid("events")
-    .key_by(|e: &Ev| e.key)
-    .process(KeyOf)
-    .uid("counts")
-    .sink(CollectSink::new());
+    events(&job2)
+        .key_by(|e: &Ev| e.key)
+        .process(KeyOf)
+        .uid("counts")
+        .sink(CollectSink::new());
     let error = match job2.start_local() {
         Ok(_) => {
             return Err(Error::user(
