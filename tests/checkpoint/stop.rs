@@ -125,3 +125,32 @@ fn savepoints_need_checkpointing() -> Result<()> {
     assert!(error.contains("takes no checkpoints"), "{error}");
     Ok(())
 }
+
+#[test]
+fn a_job_resumed_into_a_new_checkpoint_directory_numbers_on_after_the_savepoint() -> Result<()> {
+    let (rows, late) = reference()?;
+    let dir = tempdir()?;
+    let clock = Arc::new(ManualClock::new(0));
+    let summary = run_then_savepoint(
+        job(dir.path(), &clock, 2, true)?,
+        &clock,
+        12,
+        &dir.path().join("savepoint"),
+    )?;
+    let savepoint = summary
+        .savepoint
+        .ok_or_else(|| Error::user("no savepoint"))?;
+    let savepoint_id = summary.checkpoints.last().map_or(0, |c| c.id);
+    // A new version of the job, checkpointing somewhere else.
+    let resumed = job(dir.path(), &clock, 3, true)?
+        .checkpointing(Duration::from_millis(100), dir.path().join("chk-v2"))
+        .restore(RestoreFrom::Path(savepoint));
+    let summary = drive(resumed, &clock, None)?.ok_or_else(|| Error::user("did not finish"))?;
+    assert!(
+        summary.checkpoints.iter().all(|c| c.id > savepoint_id),
+        "ids must grow across the resume: savepoint {savepoint_id}, then {:?}",
+        summary.checkpoints.iter().map(|c| c.id).collect::<Vec<_>>()
+    );
+    assert_eq!(committed(dir.path())?, (rows, late));
+    Ok(())
+}

@@ -114,7 +114,10 @@ impl std::fmt::Debug for Coordinator {
 
 impl Coordinator {
     /// A coordinator for `tasks` tasks over `storage`, first checkpoint after
-    /// `interval` of `clock` time; ids continue after every id in `storage`.
+    /// `interval` of `clock` time; ids continue after every id in `storage`
+    /// and after `restored` (the checkpoint restored from, which may live
+    /// elsewhere, a savepoint): checkpoint ids only grow across restores,
+    /// which exactly-once sinks rely on to tell newer output from older.
     pub(crate) fn start(
         storage: CheckpointStorage,
         retain: usize,
@@ -122,9 +125,10 @@ impl Coordinator {
         clock: Arc<dyn Clock>,
         tasks: usize,
         shared: Arc<Shared>,
+        restored: Option<u64>,
     ) -> Result<Arc<Self>> {
         storage.remove_incomplete()?;
-        let last_id = storage.max_id()?;
+        let last_id = storage.max_id()?.max(restored.unwrap_or(0));
         let interval = i64::try_from(interval.as_millis())
             .unwrap_or(i64::MAX)
             .max(1);
@@ -190,7 +194,9 @@ impl Coordinator {
     /// When `dir` is the checkpoint directory itself or a stop is already
     /// under way.
     pub(crate) fn request_savepoint(&self, dir: PathBuf) -> Result<()> {
-        if dir == self.storage.root() {
+        let canonical =
+            |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if canonical(&dir) == canonical(self.storage.root()) {
             return Err(Error::config(
                 "savepoint directory",
                 "must not be the checkpoint directory (pruning would delete it); give another one",
@@ -338,7 +344,9 @@ impl Coordinator {
                 started,
                 parts,
                 carried: std::mem::take(&mut progress.carried),
-                drained: false,
+                // Completed during a drain, it may hold snapshots of
+                // subtasks that fired everything: not resumable either.
+                drained: self.shared.stop.load(Ordering::SeqCst),
             }));
         }
     }
@@ -431,10 +439,12 @@ impl Coordinator {
                 .carried
                 .extend(snapshot.transactions.iter().cloned());
         }
-        self.next_due.store(
-            self.clock.now_millis().saturating_add(self.interval),
-            Ordering::Relaxed,
-        );
+        let next = if lock(&self.savepoint_request).is_some() {
+            i64::MIN
+        } else {
+            self.clock.now_millis().saturating_add(self.interval)
+        };
+        self.next_due.store(next, Ordering::Relaxed);
         lock(&self.aborted).push(AbortedCheckpoint { id, reason });
         self.send(IoWork::Abort(id));
         true

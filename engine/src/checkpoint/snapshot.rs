@@ -19,12 +19,14 @@ pub use tideline_state::SnapshotFile;
 use crate::checkpoint::storage::{safe_name, PartitionState, StoredFile};
 use crate::error::{Error, Result};
 
-/// The kind of operator `Op` is, as checkpoints record it: its type's path
-/// without generic parameters (those name closures by source line, which
-/// a new version of the program moves).
+/// The kind of operator `Op` is, as checkpoints record it: the name of its
+/// type without module path or generic parameters (`WindowOperator`).
+/// Generics name closures by source line and the path moves with the code,
+/// so neither may make a new version of a program refuse its savepoints.
 pub(crate) fn operator_kind<Op>() -> &'static str {
     let name = std::any::type_name::<Op>();
-    name.split('<').next().unwrap_or(name)
+    let base = name.split('<').next().unwrap_or(name);
+    base.rsplit("::").next().unwrap_or(base)
 }
 
 /// One file staged by a task for a checkpoint.

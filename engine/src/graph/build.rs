@@ -426,47 +426,36 @@ impl Graph {
                 Arc::clone(&self.config.clock),
                 task_count,
                 Arc::clone(&shared),
+                restored.as_ref().map(|r| r.checkpoint.id()),
             )?),
             None => None,
         };
-        self.stop.attach(&shared, coordinator.as_ref());
-        let mut hooks = Hooks::default();
-        let mut channels = Channels::new(capacity);
-        let mut tasks = Vec::new();
-        for (node_id, node) in self.nodes.iter().enumerate() {
-            for subtask in 0..layout[node_id].parallelism {
-                let mut ctx = BuildCtx {
-                    config: &self.config,
-                    layout: &layout,
-                    op_names: &op_names,
-                    op_uids: &op_uids,
-                    op_counters: &op_counters,
-                    channels: &mut channels,
-                    job_counters: &job_counters,
-                    shared: &shared,
-                    node: node_id,
-                    subtask,
-                    task: tasks.len(),
-                    coordinator: coordinator.as_ref(),
-                    restored: restored.as_ref(),
-                    hooks: &mut hooks,
-                };
-                tasks.push(node.factory.build(&mut ctx)?);
+        // A build that fails from here on must not leave the checkpoint
+        // thread waiting for work forever.
+        let built = self.build_tasks(
+            capacity,
+            &layout,
+            &op_names,
+            &op_uids,
+            &op_counters,
+            &job_counters,
+            &shared,
+            coordinator.as_ref(),
+            restored.as_ref(),
+        );
+        let (tasks, hooks) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                if let Some(c) = &coordinator {
+                    c.shutdown();
+                }
+                return Err(e);
             }
-        }
-        if let Some(restored) = &restored {
-            restored.clean_up();
-            // Sinks' leftovers go, the restored checkpoint's transactions are
-            // committed (again) and its sources told again: its output is
-            // visible, nothing after it.
-            hooks.restoring(&restored.checkpoint.metadata)?;
-        }
+        };
         if let Some(c) = &coordinator {
             c.set_hooks(hooks);
         }
-        // Dropping the registry drops the original senders: a receiver then
-        // disconnects exactly when every upstream task has ended.
-        drop(channels);
+        self.stop.attach(&shared, coordinator.as_ref());
         let report = JobReport {
             operators: self
                 .ops
@@ -488,5 +477,57 @@ impl Graph {
             stop: self.stop.clone(),
         };
         Ok((tasks, shared, report))
+    }
+
+    /// Builds every task (and collects the completion hooks), then runs the
+    /// restore hooks of the checkpoint restored from.
+    #[allow(clippy::too_many_arguments)]
+    fn build_tasks(
+        &self,
+        capacity: Option<usize>,
+        layout: &[NodeLayout],
+        op_names: &[Arc<str>],
+        op_uids: &[Arc<str>],
+        op_counters: &[Arc<OpCounters>],
+        job_counters: &Arc<JobCounters>,
+        shared: &Arc<Shared>,
+        coordinator: Option<&Arc<Coordinator>>,
+        restored: Option<&Restored>,
+    ) -> Result<(Vec<Box<dyn Task>>, Hooks)> {
+        let mut hooks = Hooks::default();
+        let mut channels = Channels::new(capacity);
+        let mut tasks = Vec::new();
+        for (node_id, node) in self.nodes.iter().enumerate() {
+            for subtask in 0..layout[node_id].parallelism {
+                let mut ctx = BuildCtx {
+                    config: &self.config,
+                    layout,
+                    op_names,
+                    op_uids,
+                    op_counters,
+                    channels: &mut channels,
+                    job_counters,
+                    shared,
+                    node: node_id,
+                    subtask,
+                    task: tasks.len(),
+                    coordinator,
+                    restored,
+                    hooks: &mut hooks,
+                };
+                tasks.push(node.factory.build(&mut ctx)?);
+            }
+        }
+        if let Some(restored) = restored {
+            restored.clean_up();
+            // Sinks' leftovers go, the restored checkpoint's transactions are
+            // committed (again) and its sources told again: its output is
+            // visible, nothing after it.
+            hooks.restoring(&restored.checkpoint.metadata)?;
+        }
+        // Dropping the registry drops the original senders: a receiver then
+        // disconnects exactly when every upstream task has ended.
+        drop(channels);
+        Ok((tasks, hooks))
     }
 }

@@ -274,8 +274,10 @@ impl Job {
                 return Err(error);
             };
             restarts.push(error.to_string());
-            std::thread::sleep(delay);
-            graph.config.restore = Some(RestoreFrom::Latest);
+            if graph.stop.wait_unless_stopped(delay) {
+                return Err(error);
+            }
+            graph.config.restore = Some(restart_from(&graph.config)?);
         }
     }
 
@@ -299,6 +301,32 @@ impl Job {
         let (tasks, shared, report) = self.take_graph().build(None)?;
         Ok(LocalRun::new(tasks, shared, report))
     }
+}
+
+/// Where a restart restores from: the latest checkpoint of the job's own
+/// directory once it holds one at least as new as what the job started
+/// from; until then, what it started from (a savepoint elsewhere, or the
+/// beginning), so a failure before the first checkpoint never replays
+/// from scratch into sinks that already hold the savepoint's output.
+fn restart_from(config: &crate::JobConfig) -> Result<RestoreFrom> {
+    let Some(cp) = &config.checkpointing else {
+        return Ok(RestoreFrom::Latest);
+    };
+    let started_from = match &config.restore {
+        Some(RestoreFrom::Path(path)) => Some((
+            path,
+            crate::checkpoint::CheckpointStorage::open_dir(path)?.id(),
+        )),
+        _ => None,
+    };
+    let newest = crate::checkpoint::CheckpointStorage::new(&cp.dir)?
+        .complete_ids()?
+        .first()
+        .copied();
+    Ok(match started_from {
+        Some((path, id)) if newest.is_none_or(|n| n < id) => RestoreFrom::Path(path.clone()),
+        _ => RestoreFrom::Latest,
+    })
 }
 
 impl ExecutionMode {

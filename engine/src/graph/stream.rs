@@ -443,7 +443,11 @@ impl<T: Data> Operator<T, T> for TimestampAssigner<T> {
         let state = if restore.same_parallelism(self.parallelism) {
             states.get(restore.subtask()).copied()
         } else {
-            states.iter().copied().min()
+            // Each component on its own: the watermark never ends up above
+            // any old subtask's.
+            let max_timestamp = states.iter().map(|s| s.0).min();
+            let explicit = states.iter().map(|s| s.1).min();
+            max_timestamp.zip(explicit)
         };
         if let Some((max_timestamp, explicit)) = state {
             self.generator.restore(

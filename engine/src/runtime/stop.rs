@@ -84,8 +84,11 @@ impl StopHandle {
     /// Stops the job with a drain (see the module docs). Returns at once.
     pub fn drain(&self) {
         let mut state = self.lock();
-        if state.request.is_none() {
-            state.request = Some(Request::Drain);
+        match state.request {
+            // A stop with a savepoint is under way: the first stop wins.
+            Some(Request::Savepoint(_)) => return,
+            None => state.request = Some(Request::Drain),
+            Some(_) => {}
         }
         if let Some((shared, _)) = &state.run {
             shared.stop.store(true, Ordering::SeqCst);
@@ -105,6 +108,22 @@ impl StopHandle {
     /// not restarted.
     pub fn is_stopping(&self) -> bool {
         self.lock().request.is_some()
+    }
+
+    /// Waits up to `delay` (a restart's backoff), returning early, with
+    /// `true`, when a stop is asked for.
+    pub(crate) fn wait_unless_stopped(&self, delay: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + delay;
+        loop {
+            if self.is_stopping() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            std::thread::sleep(left.min(std::time::Duration::from_millis(20)));
+        }
     }
 
     /// Connects the handle to the attempt that starts now and applies a
