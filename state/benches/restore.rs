@@ -79,7 +79,8 @@ fn restore(
         times.push(start.elapsed());
         total += state.approximate_len()?;
         // Spot check outside the timed part: a key this subtask owns.
-        if let Some(key) = (0..keys.min(1000)).find(|&k| owner(k, parallelism).ok() == Some(subtask))
+        if let Some(key) =
+            (0..keys.min(1000)).find(|&k| owner(k, parallelism).ok() == Some(subtask))
         {
             let value = state.value(&VALUE, &key, &())?.get().copied();
             if value != Some(key.wrapping_mul(31)) {
