@@ -7,7 +7,7 @@
 //!
 //! `cargo bench -p tideline-state --features rocksdb --bench restore`
 //! (`-- --quick` restores 20,000 keys; `TIDELINE_RESTORE_KEYS` sets the count).
-//! `cargo test` runs it once with `--quick`-sized input.
+//! Run without `--bench` (as `cargo test --benches` does) it uses the quick size.
 #![allow(missing_docs)]
 
 use std::path::PathBuf;
