@@ -25,8 +25,17 @@
 //! one, else absent if tombstoned, else what RocksDB holds, is the state.
 //!
 //! Until a state is first accessed after a memory restore, its entries stay
-//! encoded (the restore cannot know their types); they are decoded on the
-//! first access and written back unchanged by a snapshot taken before.
+//! encoded (the restore cannot know their types), in the very buffers the
+//! restore read from the snapshot files; they are decoded on the first access
+//! and written back unchanged by a snapshot taken before.
+//!
+//! Restores read only what the subtask owns (see [`KeyedState::restore_from`]):
+//! memory snapshots are sectioned by key group, so a subtask reads the byte
+//! ranges of its own groups; a RocksDB checkpoint that holds only foreign
+//! groups is skipped, a lone relevant one becomes the working database (hard
+//! links, foreign groups dropped by range deletes) and several are cut into
+//! SST files that RocksDB ingests. Independent reads run on a few threads and
+//! are merged in snapshot order, so the result does not depend on scheduling.
 
 use std::any::{Any, TypeId};
 use std::hash::{Hash, Hasher};
@@ -41,11 +50,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::backend::StateBackend;
-use crate::codec::{decode, decode_state_key, encode_into, encode_state_key, group_of_stored_key};
+use crate::codec::{decode, decode_state_key, encode_into, encode_state_key};
 use crate::key_group::DEFAULT_KEY_GROUPS;
+use crate::parallel;
 #[cfg(feature = "rocksdb")]
 use crate::rocks::RocksStore;
-use crate::snapshot::{self, SnapshotKind};
+use crate::snapshot::{self, RawChunk, Section, SnapshotKind};
 use crate::{
     ListStateDescriptor, MapStateDescriptor, Result, StateError, StateKey, StateValue,
     ValueStateDescriptor,
@@ -247,9 +257,6 @@ impl<K: StateKey, N: StateKey, T: Send + Serialize + DeserializeOwned + 'static>
 /// Called with each stored `(key, value)` pair, encoded.
 type EntryVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
 
-/// One stored entry, encoded: `(key, value)`.
-type EncodedEntry = (Box<[u8]>, Box<[u8]>);
-
 /// What [`KeyedState`] needs from a table without knowing its types.
 trait ErasedTable: Send {
     fn as_any_mut(&mut self) -> &mut dyn Any;
@@ -260,8 +267,8 @@ trait ErasedTable: Send {
     /// Calls `f(stored key, stored value)` for every entry held in memory.
     fn for_each_encoded(&self, name: &str, key_groups: u16, f: &mut EntryVisitor<'_>)
         -> Result<()>;
-    /// Adds one encoded entry (a restore).
-    fn restore_entry(&mut self, name: &str, key: &[u8], value: &[u8]) -> Result<()>;
+    /// Adds restored entries.
+    fn restore_chunk(&mut self, name: &str, chunk: RawChunk) -> Result<()>;
     /// Writes cached entries and tombstones to RocksDB; empties the cache if `evict`.
     #[cfg(feature = "rocksdb")]
     fn write_back(
@@ -304,8 +311,8 @@ impl<K: StateKey, N: StateKey, T: Send + Serialize + DeserializeOwned + 'static>
         Ok(())
     }
 
-    fn restore_entry(&mut self, name: &str, key: &[u8], value: &[u8]) -> Result<()> {
-        self.insert_decoded(name, key, value)
+    fn restore_chunk(&mut self, name: &str, chunk: RawChunk) -> Result<()> {
+        chunk.for_each(|key, value| self.insert_decoded(name, key, value))
     }
 
     #[cfg(feature = "rocksdb")]
@@ -320,10 +327,11 @@ impl<K: StateKey, N: StateKey, T: Send + Serialize + DeserializeOwned + 'static>
     }
 }
 
-/// Restored entries of a state not accessed since (their types are unknown).
+/// Restored entries of a state not accessed since (their types are unknown),
+/// kept as read: one buffer per snapshot range, no allocation per entry.
 #[derive(Default)]
 struct RawTable {
-    entries: Vec<EncodedEntry>,
+    chunks: Vec<RawChunk>,
 }
 
 impl ErasedTable for RawTable {
@@ -336,7 +344,8 @@ impl ErasedTable for RawTable {
     }
 
     fn len(&self) -> usize {
-        self.entries.len()
+        let entries: u64 = self.chunks.iter().map(RawChunk::len).sum();
+        usize::try_from(entries).unwrap_or(usize::MAX)
     }
 
     fn for_each_encoded(
@@ -345,11 +354,11 @@ impl ErasedTable for RawTable {
         _key_groups: u16,
         f: &mut EntryVisitor<'_>,
     ) -> Result<()> {
-        self.entries.iter().try_for_each(|(k, v)| f(k, v))
+        self.chunks.iter().try_for_each(|c| c.for_each(&mut *f))
     }
 
-    fn restore_entry(&mut self, _name: &str, key: &[u8], value: &[u8]) -> Result<()> {
-        self.entries.push((key.into(), value.into()));
+    fn restore_chunk(&mut self, _name: &str, chunk: RawChunk) -> Result<()> {
+        self.chunks.push(chunk);
         Ok(())
     }
 
@@ -361,12 +370,12 @@ impl ErasedTable for RawTable {
         store: &mut RocksStore,
         evict: bool,
     ) -> Result<()> {
-        for (key, value) in &self.entries {
-            store.put(name, key, value)?;
+        for chunk in &self.chunks {
+            chunk.for_each(|key, value| store.put(name, key, value))?;
         }
         store.write()?;
         if evict {
-            self.entries.clear();
+            self.chunks.clear();
         }
         Ok(())
     }
@@ -470,8 +479,8 @@ fn typed_table<'t, K: StateKey, N: StateKey, T: Send + Serialize + DeserializeOw
     if table.data.table_type() != TypeId::of::<TypedTable<K, N, T>>() {
         if let Some(raw) = table.data.as_any_mut().downcast_mut::<RawTable>() {
             let mut typed = TypedTable::<K, N, T>::new(track_deletes);
-            for (key, value) in &raw.entries {
-                typed.insert_decoded(name, key, value)?;
+            for chunk in &raw.chunks {
+                chunk.for_each(|key, value| typed.insert_decoded(name, key, value))?;
             }
             table.data = Box::new(typed);
         }
@@ -481,6 +490,45 @@ fn typed_table<'t, K: StateKey, N: StateKey, T: Send + Serialize + DeserializeOw
         .as_any_mut()
         .downcast_mut::<TypedTable<K, N, T>>()
         .ok_or_else(|| StateError::type_mismatch::<T>(name))
+}
+
+/// One read of a memory restore: consecutive owned sections of one state
+/// of one snapshot file.
+#[derive(Debug)]
+struct SectionRead {
+    path: PathBuf,
+    state: String,
+    sections: Vec<Section>,
+}
+
+/// Bytes per read of a memory restore: large enough that a read costs one
+/// seek, small enough that one big state still spreads over the threads.
+const READ_BYTES: u64 = 4 << 20;
+
+/// Appends the reads of `sections` (ascending, consecutive in the file),
+/// cut at key-group boundaries into pieces of about [`READ_BYTES`].
+fn split_reads(path: &Path, state: &str, sections: Vec<Section>, reads: &mut Vec<SectionRead>) {
+    let mut piece: Vec<Section> = Vec::new();
+    let mut bytes = 0u64;
+    for section in sections {
+        bytes += section.len;
+        piece.push(section);
+        if bytes >= READ_BYTES {
+            reads.push(SectionRead {
+                path: path.to_path_buf(),
+                state: state.to_string(),
+                sections: std::mem::take(&mut piece),
+            });
+            bytes = 0;
+        }
+    }
+    if !piece.is_empty() {
+        reads.push(SectionRead {
+            path: path.to_path_buf(),
+            state: state.to_string(),
+            sections: piece,
+        });
+    }
 }
 
 impl<K: StateKey> KeyedState<K> {
@@ -688,7 +736,8 @@ impl<K: StateKey> KeyedState<K> {
         let target = dir.join(snapshot::ROCKS_DIR);
         rocks.store.checkpoint(&target)?;
         let identity = rocks.store.identity()?;
-        snapshot::write_rocks_meta(dir, self.scope.key_groups)?;
+        let groups = rocks.store.key_group_span()?;
+        snapshot::write_rocks_meta(dir, self.scope.key_groups, groups)?;
         let mut files = vec![SnapshotFile {
             name: snapshot::ROCKS_META_FILE.to_string(),
             shared_name: None,
@@ -723,7 +772,17 @@ impl<K: StateKey> KeyedState<K> {
     /// [`KeyedState::snapshot_to`], possibly by other subtasks at another
     /// parallelism (shared files back in place under their `name`). Loads
     /// every entry whose key group lies in this state's scope range and
-    /// ignores the rest. Meant for a fresh state, before any access.
+    /// reads as little else as it can. Meant for a fresh state, before any
+    /// access.
+    ///
+    /// Memory snapshots: the index of each file is read, then only the byte
+    /// ranges of owned key groups, on up to 4 threads. RocksDB: checkpoints
+    /// whose recorded key groups miss this range are not opened; when exactly
+    /// one remains and this state is fresh, it becomes the working database
+    /// (SST files hard-linked, foreign groups dropped with range deletes);
+    /// otherwise each relevant checkpoint's owned range is written to SST
+    /// files in parallel and ingested. Later directories win over earlier
+    /// ones for the same stored key, as if restored one after the other.
     ///
     /// # Errors
     /// [`StateError::Snapshot`] naming the path when a snapshot is missing,
@@ -749,44 +808,77 @@ impl<K: StateKey> KeyedState<K> {
                 ));
             }
         }
+        match &self.rocks {
+            None => self.restore_memory(dirs),
+            #[cfg(feature = "rocksdb")]
+            Some(_) => self.restore_rocks(dirs),
+            #[cfg(not(feature = "rocksdb"))]
+            Some(rocks) => match *rocks {},
+        }
+    }
+
+    /// The RocksDB part of [`KeyedState::restore_from`].
+    #[cfg(feature = "rocksdb")]
+    fn restore_rocks(&mut self, dirs: &[PathBuf]) -> Result<()> {
         // Cached entries would shadow restored ones.
-        #[cfg(feature = "rocksdb")]
         self.write_back_all(true)?;
         let range = self.scope.key_group_range.clone();
+        let mut relevant = Vec::new();
         for dir in dirs {
-            match &mut self.rocks {
-                #[cfg(feature = "rocksdb")]
-                Some(rocks) => {
-                    snapshot::read_rocks_meta(dir, self.scope.key_groups)?;
-                    rocks
-                        .store
-                        .ingest(&dir.join(snapshot::ROCKS_DIR), range.clone())?;
-                }
-                None => {
-                    let path = dir.join(snapshot::MEMORY_FILE);
-                    let tables = &mut self.tables;
-                    snapshot::read_memory(&path, self.scope.key_groups, |name, key, value| {
-                        match group_of_stored_key(key) {
-                            Some(g) if range.contains(&g) => {}
-                            _ => return Ok(()),
-                        }
-                        let table = match tables.iter().position(|t| &*t.name == name) {
-                            Some(i) => &mut tables[i],
-                            None => {
-                                tables.push(Table {
-                                    name: name.into(),
-                                    data: Box::new(RawTable::default()),
-                                });
-                                let last = tables.len() - 1;
-                                &mut tables[last]
-                            }
-                        };
-                        table.data.restore_entry(name, key, value)
-                    })?;
-                }
-                #[cfg(not(feature = "rocksdb"))]
-                Some(rocks) => match *rocks {},
+            let held = snapshot::read_rocks_meta(dir, self.scope.key_groups)?;
+            // Checkpoints holding none of this subtask's groups are not opened.
+            if held.start < range.end && range.start < held.end {
+                relevant.push((dir.join(snapshot::ROCKS_DIR), held));
             }
+        }
+        let Some(rocks) = &mut self.rocks else {
+            return Ok(());
+        };
+        match relevant.as_slice() {
+            [] => Ok(()),
+            [(checkpoint, held)] if rocks.store.is_fresh()? => {
+                rocks
+                    .store
+                    .adopt_checkpoint(checkpoint, held.clone(), range, self.scope.key_groups)
+            }
+            _ => {
+                let checkpoints: Vec<&Path> = relevant.iter().map(|(c, _)| c.as_path()).collect();
+                rocks.store.ingest_ranges(&checkpoints, range)
+            }
+        }
+    }
+
+    /// The memory part of [`KeyedState::restore_from`].
+    fn restore_memory(&mut self, dirs: &[PathBuf]) -> Result<()> {
+        let range = self.scope.key_group_range.clone();
+        let mut reads: Vec<SectionRead> = Vec::new();
+        for dir in dirs {
+            let path = dir.join(snapshot::MEMORY_FILE);
+            for state in snapshot::read_memory_index(&path, self.scope.key_groups)? {
+                let owned: Vec<Section> = state
+                    .sections
+                    .into_iter()
+                    .filter(|s| range.contains(&s.group))
+                    .collect();
+                split_reads(&path, &state.name, owned, &mut reads);
+            }
+        }
+        let chunks = parallel::map_ordered(&reads, |read| {
+            snapshot::read_sections(&read.path, &read.sections)
+        })?;
+        for (read, chunk) in reads.iter().zip(chunks) {
+            let name = read.state.as_str();
+            let index = match self.tables.iter().position(|t| &*t.name == name) {
+                Some(i) => i,
+                None => {
+                    self.tables.push(Table {
+                        name: name.into(),
+                        data: Box::new(RawTable::default()),
+                    });
+                    self.tables.len() - 1
+                }
+            };
+            self.tables[index].data.restore_chunk(name, chunk)?;
         }
         Ok(())
     }

@@ -31,6 +31,7 @@ mod descriptor;
 mod error;
 pub mod key_group;
 mod keyed;
+mod parallel;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 mod snapshot;

@@ -12,29 +12,40 @@
 //!   applies it atomically;
 //! - before a checkpoint the pending batch is written and every memtable is
 //!   flushed, so a checkpoint is a set of immutable SST files (hard links, not
-//!   copies) plus small metadata files.
+//!   copies) plus small metadata files;
+//! - a restore never copies entries one by one: a lone relevant checkpoint
+//!   becomes the working database (its SST files hard-linked, which is safe
+//!   because RocksDB never modifies an SST file, only deletes it), with the
+//!   foreign key groups dropped by range deletes; several are each cut to the
+//!   owned range into new SST files, written in parallel and ingested;
+//! - an adopted checkpoint keeps the old database's RocksDB identity, so the
+//!   names of later SST files would collide with those of its other adopters;
+//!   the store therefore reports the identity of the fresh database it
+//!   replaced (unique, created by RocksDB) as its own.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, DBCompressionType,
-    DBPinnableSlice, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor,
+    DBCompressionType, DBPinnableSlice, IngestExternalFileOptions, Options, ReadOptions,
+    SstFileWriter, WriteBatch, WriteOptions, DB,
 };
 
 use crate::backend::RocksDbOptions;
 use crate::{Result, StateError};
 
-/// Bytes of pending writes after which a restore writes its batch.
-const RESTORE_BATCH_BYTES: usize = 8 << 20;
-
 /// One working RocksDB database.
 pub(crate) struct RocksStore {
     db: DB,
     path: PathBuf,
+    db_options: Options,
     cf_options: Options,
     write_options: WriteOptions,
+    /// The identity reported instead of RocksDB's after a checkpoint was
+    /// adopted (see the module docs).
+    identity: Option<String>,
     /// Writes not yet applied to the database.
     batch: WriteBatch,
     /// Last field: removes the directory after the database is closed.
@@ -111,8 +122,10 @@ impl RocksStore {
         Ok(Self {
             db,
             path,
+            db_options,
             cf_options,
             write_options,
+            identity: None,
             batch: WriteBatch::default(),
             _scratch: scratch,
         })
@@ -188,6 +201,9 @@ impl RocksStore {
 
     /// The database's identity (a UUID RocksDB creates with the database).
     pub(crate) fn identity(&self) -> Result<String> {
+        if let Some(identity) = &self.identity {
+            return Ok(identity.clone());
+        }
         let bytes = self
             .db
             .get_db_identity()
@@ -218,26 +234,155 @@ impl RocksStore {
             .map_err(|e| rocks_err(target, e))
     }
 
-    /// Copies every entry of the checkpointed database at `dir` whose key
-    /// group lies in `groups` into this one, in batches; returns the number of
-    /// entries copied.
-    pub(crate) fn ingest(&mut self, dir: &Path, groups: Range<u16>) -> Result<u64> {
-        let mut copied = 0u64;
-        let log_dir = self.path.clone();
-        scan_checkpoint(dir, &log_dir, groups, |name, key, value| {
-            if self.db.cf_handle(name).is_none() {
-                self.write()?;
-                self.ensure_cf(name)?;
+    /// Whether the database holds no state yet (no column family besides
+    /// `default`, nothing pending), so a checkpoint may replace it.
+    pub(crate) fn is_fresh(&self) -> Result<bool> {
+        Ok(self.batch.is_empty() && self.state_names()?.is_empty())
+    }
+
+    /// The key groups of every stored entry, as `first..last + 1` (empty when
+    /// there is none): the first and last key of each column family.
+    pub(crate) fn key_group_span(&self) -> Result<Range<u16>> {
+        let mut span: Option<(u16, u16)> = None;
+        for name in self.state_names()? {
+            let handle = self.handle(&name)?;
+            let mut iter = self.db.raw_iterator_cf(handle);
+            iter.seek_to_first();
+            let first = iter.key().and_then(crate::codec::group_of_stored_key);
+            iter.seek_to_last();
+            let last = iter.key().and_then(crate::codec::group_of_stored_key);
+            iter.status().map_err(|e| rocks_err(&self.path, e))?;
+            if let (Some(first), Some(last)) = (first, last) {
+                span = Some(match span {
+                    None => (first, last),
+                    Some((a, b)) => (a.min(first), b.max(last)),
+                });
             }
-            self.put(name, key, value)?;
-            copied += 1;
-            if self.batch.size_in_bytes() >= RESTORE_BATCH_BYTES {
-                self.write()?;
-            }
-            Ok(())
+        }
+        Ok(span.map_or(0..0, |(first, last)| first..last.saturating_add(1)))
+    }
+
+    /// Replaces this fresh database by the checkpoint at `checkpoint`, which
+    /// holds key groups `held`, keeping only the groups `keep` (of
+    /// `key_groups`): SST files are hard-linked (copied when the file system
+    /// refuses), the small metadata files copied, and the foreign groups
+    /// removed — whole files by `DeleteFilesInRange`, the rest by range
+    /// deletes. Nothing is read entry by entry.
+    pub(crate) fn adopt_checkpoint(
+        &mut self,
+        checkpoint: &Path,
+        held: Range<u16>,
+        keep: Range<u16>,
+        key_groups: u16,
+    ) -> Result<()> {
+        let identity = self.identity()?;
+        let names = DB::list_cf(&Options::default(), checkpoint)
+            .map_err(|e| snapshot_err(checkpoint, e))?;
+        let target = PathBuf::from(format!("{}-restored", self.path.display()));
+        if target.exists() {
+            std::fs::remove_dir_all(&target).map_err(|e| StateError::io(&target, e))?;
+        }
+        std::fs::create_dir_all(&target).map_err(|e| StateError::io(&target, e))?;
+        // Removes the new directory again if anything below fails.
+        let scratch = Scratch(target.clone());
+        link_checkpoint(checkpoint, &target)?;
+        let descriptors = names
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, self.cf_options.clone()));
+        let db = DB::open_cf_descriptors(&self.db_options, &target, descriptors).map_err(|e| {
+            StateError::snapshot(
+                checkpoint,
+                format!("cannot open the RocksDB checkpoint: {e}"),
+            )
         })?;
-        self.write()?;
-        Ok(copied)
+        // The old, empty database is closed here and its directory removed
+        // when its scratch guard is replaced.
+        self.db = db;
+        self.path = target;
+        self._scratch = scratch;
+        self.identity = Some(identity);
+        let end_key = key_groups.to_be_bytes();
+        let mut foreign = Vec::new();
+        if held.start < keep.start {
+            foreign.push(([0u8, 0], keep.start.to_be_bytes()));
+        }
+        if keep.end < held.end {
+            foreign.push((keep.end.to_be_bytes(), end_key));
+        }
+        for name in names.iter().filter(|n| n.as_str() != "default") {
+            // The field, not `self.handle`, so the batch stays borrowable.
+            let handle = self
+                .db
+                .cf_handle(name)
+                .ok_or_else(|| rocks_err(&self.path, format!("no column family '{name}'")))?;
+            for (from, to) in &foreign {
+                self.db
+                    .delete_file_in_range_cf(handle, from, to)
+                    .map_err(|e| rocks_err(&self.path, e))?;
+                self.batch.delete_range_cf(handle, from, to);
+            }
+        }
+        self.write()
+    }
+
+    /// Restores the entries of key groups `groups` from several checkpoints:
+    /// each checkpoint's owned range is written to new SST files (one per
+    /// column family) on up to 4 threads, then the files are ingested
+    /// (moved, not copied) in checkpoint order, so a later checkpoint wins
+    /// for a key present in two.
+    pub(crate) fn ingest_ranges(
+        &mut self,
+        checkpoints: &[&Path],
+        groups: Range<u16>,
+    ) -> Result<()> {
+        let staging = self.path.join("restore-sst");
+        std::fs::create_dir_all(&staging).map_err(|e| StateError::io(&staging, e))?;
+        let items: Vec<(usize, &Path)> = checkpoints.iter().copied().enumerate().collect();
+        let (cf_options, log_dir) = (&self.cf_options, &self.path);
+        let files = crate::parallel::map_ordered(&items, |&(i, checkpoint)| {
+            let mut files: Vec<(String, PathBuf)> = Vec::new();
+            let mut writer: Option<(String, PathBuf, SstFileWriter<'_>)> = None;
+            let mut finish = |writer: Option<(String, PathBuf, SstFileWriter<'_>)>| {
+                if let Some((name, path, mut w)) = writer {
+                    w.finish().map_err(|e| rocks_err(&path, e))?;
+                    files.push((name, path));
+                }
+                Ok::<_, StateError>(())
+            };
+            scan_checkpoint(checkpoint, log_dir, groups.clone(), |name, key, value| {
+                if writer.as_ref().is_none_or(|(n, _, _)| n != name) {
+                    finish(writer.take())?;
+                    let path = staging.join(format!("{i}-{}.sst", hex_name(name)));
+                    let w = SstFileWriter::create(cf_options);
+                    w.open(&path).map_err(|e| rocks_err(&path, e))?;
+                    writer = Some((name.to_string(), path, w));
+                }
+                if let Some((_, path, w)) = &mut writer {
+                    w.put(key, value).map_err(|e| rocks_err(path, e))?;
+                }
+                Ok(())
+            })?;
+            finish(writer.take())?;
+            Ok(files)
+        });
+        let files = match files {
+            Ok(files) => files,
+            Err(e) => {
+                // Best effort: the working directory is scratch space anyway.
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        let mut ingest = IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        for (name, path) in files.into_iter().flatten() {
+            self.ensure_cf(&name)?;
+            let handle = self.handle(&name)?;
+            self.db
+                .ingest_external_file_cf_opts(handle, &ingest, vec![&path])
+                .map_err(|e| rocks_err(&path, e))?;
+        }
+        std::fs::remove_dir_all(&staging).map_err(|e| StateError::io(&staging, e))
     }
 
     /// The exact number of entries of all states (a full scan of the keys).
@@ -262,6 +407,37 @@ impl RocksStore {
     pub(crate) fn disk_bytes(&self) -> u64 {
         dir_bytes(&self.path)
     }
+}
+
+/// A file-name-safe, collision-free rendering of a column family name for
+/// staged SST files: its bytes in hex.
+fn hex_name(name: &str) -> String {
+    name.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Puts the files of the checkpoint `from` into the empty directory `to`:
+/// SST files as hard links (immutable, so sharing them is safe; copied when
+/// linking fails, e.g. across file systems), every other file copied, since
+/// RocksDB may rewrite those in place.
+fn link_checkpoint(from: &Path, to: &Path) -> Result<()> {
+    let listing = std::fs::read_dir(from).map_err(|e| StateError::io(from, e))?;
+    for entry in listing {
+        let entry = entry.map_err(|e| StateError::io(from, e))?;
+        let source = entry.path();
+        let file_type = entry.file_type().map_err(|e| StateError::io(&source, e))?;
+        if !file_type.is_file() {
+            return Err(StateError::snapshot(
+                &source,
+                "unexpected non-file in a RocksDB checkpoint",
+            ));
+        }
+        let dest = to.join(entry.file_name());
+        let is_sst = source.extension().is_some_and(|e| e == "sst");
+        if !is_sst || std::fs::hard_link(&source, &dest).is_err() {
+            std::fs::copy(&source, &dest).map_err(|e| StateError::io(&source, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Total size of the regular files under `dir` (0 for what cannot be read).

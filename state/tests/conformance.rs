@@ -385,6 +385,45 @@ fn rescale_two_to_one(make_backend: fn(&Env) -> StateBackend) -> Result<()> {
     Ok(())
 }
 
+/// `old` → `new`: every new subtask holds exactly the keys it owns, with
+/// their values, and nothing else; together they hold every key once.
+fn rescale(make_backend: fn(&Env) -> StateBackend, old: usize, new: usize) -> Result<()> {
+    let env = Env::new();
+    let backend = make_backend(&env);
+    let mut dirs = Vec::new();
+    for subtask in 0..old {
+        let scope = StateScope::for_subtask("op", subtask, old, GROUPS);
+        let mut s = open::<u64>(&backend, scope)?;
+        fill(
+            &mut s,
+            (0..RESCALE_KEYS).filter(|&k| owner(k, old) == subtask),
+        )?;
+        let dir = env.snapshot_dir(&format!("p{old}-{subtask}"));
+        s.snapshot_to(&dir)?;
+        dirs.push(dir);
+    }
+    let mut total = 0;
+    for subtask in 0..new {
+        let scope = StateScope::for_subtask("op", subtask, new, GROUPS);
+        let mut s = open::<u64>(&backend, scope)?;
+        s.restore_from(&dirs)?;
+        let owned = (0..RESCALE_KEYS)
+            .filter(|&k| owner(k, new) == subtask)
+            .count() as u64;
+        let len = s.approximate_len()?;
+        assert_eq!(len, 3 * owned, "subtask {subtask} of {new}");
+        total += len;
+        for k in 0..RESCALE_KEYS {
+            expect_key(&mut s, k, owner(k, new) == subtask)?;
+        }
+        // The restored state keeps working and snapshots again.
+        s.value(&VAL, &(RESCALE_KEYS + 7), &())?.set(1);
+        s.snapshot_to(&env.snapshot_dir(&format!("again-{new}-{subtask}")))?;
+    }
+    assert_eq!(total, 3 * RESCALE_KEYS);
+    Ok(())
+}
+
 /// A restored state that is snapshotted again before any access keeps its data.
 fn untouched_restored_state_is_snapshotted(make_backend: fn(&Env) -> StateBackend) -> Result<()> {
     let env = Env::new();
@@ -457,6 +496,26 @@ macro_rules! backend_suite {
             }
 
             #[test]
+            fn rescale_1_to_3() -> Result<()> {
+                rescale($backend, 1, 3)
+            }
+
+            #[test]
+            fn rescale_2_to_3() -> Result<()> {
+                rescale($backend, 2, 3)
+            }
+
+            #[test]
+            fn rescale_3_to_2() -> Result<()> {
+                rescale($backend, 3, 2)
+            }
+
+            #[test]
+            fn rescale_2_to_2() -> Result<()> {
+                rescale($backend, 2, 2)
+            }
+
+            #[test]
             fn resnapshot_untouched() -> Result<()> {
                 untouched_restored_state_is_snapshotted($backend)
             }
@@ -517,6 +576,130 @@ fn corrupt_memory_snapshot_is_an_error() -> Result<()> {
     std::fs::write(&file, &bytes).unwrap();
     let mut s = whole::<u64>(&StateBackend::Memory)?;
     assert_snapshot_error(s.restore_from(&[dir]), "memory-state.bin");
+    Ok(())
+}
+
+/// The stored form of the value entry of `k` as a snapshot record starts:
+/// key length, key group, the key's postcard encoding (namespace `()`
+/// encodes to nothing).
+fn value_record_prefix(k: u64) -> Vec<u8> {
+    let mut key = key_group_of(&k, GROUPS).unwrap().to_be_bytes().to_vec();
+    key.extend(postcard::to_stdvec(&k).unwrap());
+    let mut record = (key.len() as u32).to_le_bytes().to_vec();
+    record.extend(key);
+    record
+}
+
+/// A memory restore reads only the sections of owned key groups: corrupting
+/// a foreign group's bytes leaves it unharmed, while the owner of that group
+/// gets an error naming it.
+#[test]
+fn a_memory_restore_reads_only_owned_key_groups() -> Result<()> {
+    let env = Env::new();
+    let dir = env.snapshot_dir("m");
+    let mut s = whole::<u64>(&StateBackend::Memory)?;
+    fill(&mut s, 0..RESCALE_KEYS)?;
+    s.snapshot_to(&dir)?;
+    let file = dir.join("memory-state.bin");
+    let mut bytes = std::fs::read(&file).unwrap();
+    // A key owned by subtask 1 of 2; flip a byte of its value's record.
+    let k = (0..RESCALE_KEYS).find(|&k| owner(k, 2) == 1).unwrap();
+    let group = key_group_of(&k, GROUPS).unwrap();
+    let prefix = value_record_prefix(k);
+    let at = bytes
+        .windows(prefix.len())
+        .position(|w| w == prefix.as_slice())
+        .unwrap();
+    bytes[at + prefix.len() + 4] ^= 0x5a;
+    std::fs::write(&file, &bytes).unwrap();
+    let mut s = open::<u64>(
+        &StateBackend::Memory,
+        StateScope::for_subtask("op", 0, 2, GROUPS),
+    )?;
+    s.restore_from(std::slice::from_ref(&dir))?;
+    for k in 0..RESCALE_KEYS {
+        expect_key(&mut s, k, owner(k, 2) == 0)?;
+    }
+    let mut s = open::<u64>(
+        &StateBackend::Memory,
+        StateScope::for_subtask("op", 1, 2, GROUPS),
+    )?;
+    match s.restore_from(&[dir]) {
+        Err(StateError::Snapshot { path, reason }) => {
+            assert!(path.contains("memory-state.bin"), "{path}");
+            assert!(
+                reason.contains(&format!("checksum mismatch in key group {group} ")),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a snapshot error, got {other:?}"),
+    }
+    Ok(())
+}
+
+/// A RocksDB restore does not open checkpoints that hold none of its key
+/// groups: with the other subtask's checkpoint destroyed, subtask 0 of 2
+/// still restores, while a subtask that needs it fails.
+#[cfg(feature = "rocksdb")]
+#[test]
+fn a_rocksdb_restore_skips_checkpoints_of_foreign_key_groups() -> Result<()> {
+    let env = Env::new();
+    let backend = rocks_backend(&env);
+    let mut dirs = Vec::new();
+    for subtask in 0..2 {
+        let mut s = open::<u64>(&backend, StateScope::for_subtask("op", subtask, 2, GROUPS))?;
+        fill(
+            &mut s,
+            (0..RESCALE_KEYS).filter(|&k| owner(k, 2) == subtask),
+        )?;
+        let dir = env.snapshot_dir(&format!("r{subtask}"));
+        s.snapshot_to(&dir)?;
+        dirs.push(dir);
+    }
+    for entry in std::fs::read_dir(dirs[1].join("rocksdb")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "sst") {
+            std::fs::write(&path, b"garbage").unwrap();
+        }
+    }
+    let mut s = open::<u64>(&backend, StateScope::for_subtask("op", 0, 2, GROUPS))?;
+    s.restore_from(&dirs)?;
+    for k in 0..RESCALE_KEYS {
+        expect_key(&mut s, k, owner(k, 2) == 0)?;
+    }
+    let mut s = whole::<u64>(&backend)?;
+    match s.restore_from(&dirs) {
+        Err(StateError::Snapshot { path, .. } | StateError::RocksDb { path, .. }) => {
+            assert!(path.contains("r1"), "{path}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    Ok(())
+}
+
+/// Two new subtasks adopting the same checkpoint (1 → 2) report different
+/// identities, so the shared names of their later SST files never collide.
+#[cfg(feature = "rocksdb")]
+#[test]
+fn adopters_of_one_checkpoint_get_distinct_shared_names() -> Result<()> {
+    let env = Env::new();
+    let backend = rocks_backend(&env);
+    let dir = snapshot_of(&backend, &env, "r")?;
+    let mut names = Vec::new();
+    for subtask in 0..2 {
+        let mut s = open::<u64>(&backend, StateScope::for_subtask("op", subtask, 2, GROUPS))?;
+        s.restore_from(std::slice::from_ref(&dir))?;
+        fill(&mut s, 10_000..10_100)?;
+        let files = s.snapshot_to(&env.snapshot_dir(&format!("again-{subtask}")))?;
+        names.push(
+            files
+                .into_iter()
+                .filter_map(|f| f.shared_name)
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert!(!names[0].is_empty() && !names[1].is_empty());
+    assert!(names[0].iter().all(|n| !names[1].contains(n)), "{names:?}");
     Ok(())
 }
 
