@@ -231,25 +231,62 @@ impl<T: Data + Serialize, F: FileFormatWriter<T>> Sink<T> for FileSink<T, F> {
     }
 }
 
-/// The CSV format of [`CsvSink`].
+/// The CSV format of [`CsvSink`]. Every file starts with a header row: the
+/// field names of a struct, or `field_0,field_1,...` for records without
+/// names (tuples, numbers), so a reader that takes the first row as the
+/// header (as [`read_committed`](super::read_committed) and `FileSource`
+/// do) never loses a record.
 #[derive(Debug)]
-pub struct CsvWriter(csv::Writer<BufWriter<File>>);
+pub struct CsvWriter {
+    out: csv::Writer<BufWriter<File>>,
+    headed: bool,
+}
+
+/// The header row for records like `record`.
+fn csv_header<T: Serialize>(record: &T) -> std::result::Result<csv::StringRecord, FormatError> {
+    // The csv crate writes a header for records with field names only; a
+    // probe shows which kind this is.
+    let mut probe = csv::WriterBuilder::new()
+        .has_headers(true)
+        .from_writer(Vec::new());
+    probe.serialize(record)?;
+    let bytes = probe
+        .into_inner()
+        .map_err(|e| FormatError::from(csv::Error::from(e.into_error())))?;
+    let rows = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(bytes.as_slice())
+        .records()
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(match rows.as_slice() {
+        [header, _] => header.clone(),
+        [row] => (0..row.len()).map(|i| format!("field_{i}")).collect(),
+        _ => csv::StringRecord::new(),
+    })
+}
 
 impl<T: Serialize> FileFormatWriter<T> for CsvWriter {
     const NAME: &'static str = "csv_sink";
 
     fn open(file: File) -> Result<Self> {
-        Ok(Self(csv::Writer::from_writer(BufWriter::new(file))))
+        let out = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(BufWriter::new(file));
+        Ok(Self { out, headed: false })
     }
 
     fn write(&mut self, records: &[&T]) -> std::result::Result<(), FormatError> {
+        if let (false, Some(first)) = (self.headed, records.first()) {
+            self.out.write_record(&csv_header(*first)?)?;
+            self.headed = true;
+        }
         records
             .iter()
-            .try_for_each(|r| self.0.serialize(r).map_err(FormatError::from))
+            .try_for_each(|r| self.out.serialize(r).map_err(FormatError::from))
     }
 
     fn close(mut self, _path: &Path) -> std::result::Result<(), FormatError> {
-        Ok(self.0.flush()?)
+        Ok(self.out.flush()?)
     }
 }
 
