@@ -107,51 +107,25 @@ pub(crate) fn kind_of(dir: &Path) -> Result<SnapshotKind> {
     }
 }
 
-/// CRC-32 (IEEE 802.3, as in zlib), table driven.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Crc32(u32);
-
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 == 1 {
-                0xedb8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
+/// CRC-32 (IEEE 802.3, as in zlib), computed by `crc32fast`.
+#[derive(Debug, Clone)]
+pub(crate) struct Crc32(crc32fast::Hasher);
 
 impl Crc32 {
     pub(crate) fn new() -> Self {
-        Crc32(0xffff_ffff)
+        Crc32(crc32fast::Hasher::new())
     }
 
     pub(crate) fn update(&mut self, bytes: &[u8]) {
-        let mut c = self.0;
-        for &b in bytes {
-            c = CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
-        }
-        self.0 = c;
+        self.0.update(bytes);
     }
 
     pub(crate) fn finish(self) -> u32 {
-        self.0 ^ 0xffff_ffff
+        self.0.finalize()
     }
 
     pub(crate) fn of(bytes: &[u8]) -> u32 {
-        let mut crc = Crc32::new();
-        crc.update(bytes);
-        crc.finish()
+        crc32fast::hash(bytes)
     }
 }
 
