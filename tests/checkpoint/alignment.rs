@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use tideline::engine::checkpoint::CheckpointStorage;
 use tideline::prelude::*;
-use tideline::RestoreFrom;
+use tideline::{JobHandle, RestoreFrom};
 
 use super::tempdir;
 
@@ -132,22 +132,34 @@ fn wait_until_blocked(c: &Counters) -> u64 {
     c.processed.load(Ordering::SeqCst)
 }
 
+/// Spawns the skewed job with its slow source held at a gate, makes
+/// checkpoint 1 due (the fast source emits its barrier, the slow one is
+/// stuck on its first record) and waits until the fast source blocks.
+/// Returns the job, the gate's opener and the fast records processed
+/// before the barrier.
+fn stall_at_checkpoint_1(
+    job: Job,
+    clock: &ManualClock,
+    counters: &Arc<Counters>,
+) -> Result<(JobHandle, Sender<()>, u64)> {
+    let (open, gate) = crossbeam_channel::bounded(0);
+    skewed_job(&job, None, Some(gate), counters);
+    let handle = job.spawn()?;
+    wait_for("the slow source to stall", || {
+        counters.stalled.load(Ordering::SeqCst)
+    });
+    clock.advance(Duration::from_millis(150));
+    let before_barrier = wait_until_blocked(counters);
+    Ok((handle, open, before_barrier))
+}
+
 #[test]
 fn a_stalled_input_blocks_the_fast_one_and_the_checkpoint_is_exact() -> Result<()> {
     let dir = tempdir()?;
     let clock = Arc::new(ManualClock::new(0));
     let counters = Arc::new(Counters::default());
-    let (open, gate) = crossbeam_channel::bounded(0);
     let job = checkpointed_job(dir.path(), &clock);
-    skewed_job(&job, None, Some(gate), &counters);
-    let handle = job.spawn()?;
-    wait_for("the slow source to stall", || {
-        counters.stalled.load(Ordering::SeqCst)
-    });
-    // Checkpoint 1 is due: the fast source emits its barrier, the slow one
-    // is stuck on its first record.
-    clock.advance(Duration::from_millis(150));
-    let before_barrier = wait_until_blocked(&counters);
+    let (handle, open, before_barrier) = stall_at_checkpoint_1(job, &clock, &counters)?;
     clock.advance(Duration::from_secs(5));
     open.send(())
         .map_err(|_| Error::Internal("the slow source is gone".into()))?;
@@ -186,16 +198,9 @@ fn an_alignment_timeout_aborts_the_checkpoint_and_the_next_completes() -> Result
     let dir = tempdir()?;
     let clock = Arc::new(ManualClock::new(0));
     let counters = Arc::new(Counters::default());
-    let (open, gate) = crossbeam_channel::bounded(0);
     let job =
         checkpointed_job(dir.path(), &clock).checkpoint_alignment_timeout(Duration::from_secs(1));
-    skewed_job(&job, None, Some(gate), &counters);
-    let handle = job.spawn()?;
-    wait_for("the slow source to stall", || {
-        counters.stalled.load(Ordering::SeqCst)
-    });
-    clock.advance(Duration::from_millis(150));
-    let before_barrier = wait_until_blocked(&counters);
+    let (handle, open, before_barrier) = stall_at_checkpoint_1(job, &clock, &counters)?;
     // Past the timeout: the union gives checkpoint 1 up and reads on.
     clock.advance(Duration::from_millis(1_500));
     wait_for("the fast source to resume", || {

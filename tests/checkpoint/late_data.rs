@@ -108,6 +108,23 @@ pub(crate) fn job(
     Ok(job)
 }
 
+/// The windows and late records of an uninterrupted run of the job `build`
+/// makes, which must have late data (else the comparisons prove little).
+pub(crate) fn uninterrupted(
+    build: impl Fn(&Path, &Arc<ManualClock>) -> Result<Job>,
+) -> Result<(Vec<Out>, Vec<Ev>)> {
+    let dir = tempdir()?;
+    let clock = Arc::new(ManualClock::new(0));
+    drive(build(dir.path(), &clock)?, &clock, None)?;
+    let (rows, late) = committed(dir.path())?;
+    assert!(
+        late.len() > 50,
+        "the run must have late data: {}",
+        late.len()
+    );
+    Ok((rows, late))
+}
+
 /// The committed windows and late records in `dir`, sorted.
 pub(crate) fn committed(dir: &Path) -> Result<(Vec<Out>, Vec<Ev>)> {
     let mut rows: Vec<Out> = read_committed(dir.join("out"))?;
@@ -119,15 +136,7 @@ pub(crate) fn committed(dir: &Path) -> Result<(Vec<Out>, Vec<Ev>)> {
 
 #[test]
 fn crash_and_restore_with_late_data_and_partial_panes_is_exact() -> Result<()> {
-    let reference_dir = tempdir()?;
-    let clock = Arc::new(ManualClock::new(0));
-    drive(job(reference_dir.path(), &clock, 2, false)?, &clock, None)?;
-    let (rows, late) = committed(reference_dir.path())?;
-    assert!(
-        late.len() > 50,
-        "the run must have late data: {}",
-        late.len()
-    );
+    let (rows, late) = uninterrupted(|dir, clock| job(dir, clock, 2, false))?;
 
     let dir = tempdir()?;
     let clock = Arc::new(ManualClock::new(0));
@@ -179,19 +188,7 @@ fn assigned_job(dir: &Path, clock: &Arc<ManualClock>, checkpoints: bool) -> Resu
 
 #[test]
 fn assign_timestamps_keeps_its_watermarks_across_a_restore() -> Result<()> {
-    let reference_dir = tempdir()?;
-    let clock = Arc::new(ManualClock::new(0));
-    drive(
-        assigned_job(reference_dir.path(), &clock, false)?,
-        &clock,
-        None,
-    )?;
-    let (rows, late) = committed(reference_dir.path())?;
-    assert!(
-        late.len() > 50,
-        "the run must have late data: {}",
-        late.len()
-    );
+    let (rows, late) = uninterrupted(|dir, clock| assigned_job(dir, clock, false))?;
 
     let dir = tempdir()?;
     let clock = Arc::new(ManualClock::new(0));

@@ -6,11 +6,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tideline::connectors::file::ExactlyOnceCsvSink;
 use tideline::prelude::*;
 use tideline::RestartStrategy;
 
-use super::{committed, generator, tempdir, Ev, Out};
+use super::{committed, generator, sink_windows, tempdir, Ev, Out};
 
 const EVENTS: u64 = 40_000;
 
@@ -28,31 +27,26 @@ fn job(
         .checkpointing(Duration::from_millis(5), dir.join("chk"))
         .restart_strategy(strategy);
     let failed = Arc::new(AtomicU32::new(0));
-    job.source(
-        generator(EVENTS, 2, 4_000_000.0),
-        WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(300))
-            .with_timestamps(|e: &Ev| e.ts),
-    )
-    .try_map(move |e: &Ev| {
-        if e.ts >= 30_000 && e.ts < 30_010 && failed.load(Ordering::SeqCst) < failures {
-            failed.fetch_add(1, Ordering::SeqCst);
-            if panic {
-                panic!("the lookup service crashed");
+    let results = job
+        .source(
+            generator(EVENTS, 2, 4_000_000.0),
+            WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(300))
+                .with_timestamps(|e: &Ev| e.ts),
+        )
+        .try_map(move |e: &Ev| {
+            if e.ts >= 30_000 && e.ts < 30_010 && failed.load(Ordering::SeqCst) < failures {
+                failed.fetch_add(1, Ordering::SeqCst);
+                if panic {
+                    panic!("the lookup service crashed");
+                }
+                return Err(Error::user("the lookup service is down"));
             }
-            return Err(Error::user("the lookup service is down"));
-        }
-        Ok(e.clone())
-    })
-    .key_by(|e: &Ev| e.key)
-    .window(Tumbling::of(Duration::from_millis(500)))
-    .aggregate((Count, Sum::of(|e: &Ev| e.value)))
-    .map(|r| Out {
-        key: r.key,
-        start: r.window.start,
-        count: r.value.0,
-        sum: r.value.1,
-    })
-    .sink(ExactlyOnceCsvSink::new(dir.join("out"))?);
+            Ok(e.clone())
+        })
+        .key_by(|e: &Ev| e.key)
+        .window(Tumbling::of(Duration::from_millis(500)))
+        .aggregate((Count, Sum::of(|e: &Ev| e.value)));
+    sink_windows(&results, dir)?;
     Ok(job.failure_policy(FailurePolicy::FailFast))
 }
 

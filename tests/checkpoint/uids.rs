@@ -91,14 +91,7 @@ fn operators_inserted_between_checkpointed_ones_keep_every_state_by_uid() -> Res
         None,
     )?;
 
-    let dir = tempdir()?;
-    let clock = Arc::new(ManualClock::new(0));
-    // V1 runs a while (checkpoints every 100 ms), then "crashes".
-    drive(
-        job(dir.path(), &clock, Version::V1, true)?,
-        &clock,
-        Some(17),
-    )?;
+    let (dir, clock) = v1_crashed_mid_run()?;
     let summary = drive(
         job(dir.path(), &clock, Version::V2Inserted, true)?,
         &clock,
