@@ -332,12 +332,7 @@ impl Coordinator {
             .collect();
         if let Some(parts) = parts {
             progress.in_progress = None;
-            let next = if lock(&self.savepoint_request).is_some() {
-                i64::MIN
-            } else {
-                self.clock.now_millis().saturating_add(self.interval)
-            };
-            self.next_due.store(next, Ordering::Relaxed);
+            self.schedule_next();
             self.send(IoWork::Complete(Completion {
                 id,
                 is_final: false,
@@ -417,6 +412,18 @@ impl Coordinator {
         }
     }
 
+    /// The checkpoint in progress ended (completed or given up): the next is
+    /// due an interval from now, or at once when a stop with a savepoint
+    /// waits for it.
+    fn schedule_next(&self) {
+        let next = if lock(&self.savepoint_request).is_some() {
+            i64::MIN
+        } else {
+            self.clock.now_millis().saturating_add(self.interval)
+        };
+        self.next_due.store(next, Ordering::Relaxed);
+    }
+
     /// Gives up checkpoint `id` if it is still in progress (a task could not
     /// align in time): the transactions already pre-committed for it are
     /// carried into the next checkpoint, the hooks hear of it, and the next
@@ -439,12 +446,7 @@ impl Coordinator {
                 .carried
                 .extend(snapshot.transactions.iter().cloned());
         }
-        let next = if lock(&self.savepoint_request).is_some() {
-            i64::MIN
-        } else {
-            self.clock.now_millis().saturating_add(self.interval)
-        };
-        self.next_due.store(next, Ordering::Relaxed);
+        self.schedule_next();
         lock(&self.aborted).push(AbortedCheckpoint { id, reason });
         self.send(IoWork::Abort(id));
         true

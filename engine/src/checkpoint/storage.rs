@@ -152,6 +152,14 @@ fn parse_checkpoint_dir(name: &str) -> Option<u64> {
     name.strip_prefix("chk-")?.parse().ok()
 }
 
+/// The id of the checkpoint in the `chk-N` directory `dir`, from its name.
+pub(crate) fn checkpoint_dir_id(dir: &Path) -> Result<u64> {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(parse_checkpoint_dir)
+        .ok_or_else(|| corrupt(dir, "not a checkpoint directory (expected chk-N)"))
+}
+
 /// A failed file-system call on checkpoint files (External, with the
 /// `io::Error` kept so its kind can be matched).
 #[cfg(test)]
@@ -315,11 +323,7 @@ impl CheckpointStorage {
     /// # Errors
     /// As [`CheckpointStorage::open`], or when `dir` is not a checkpoint directory.
     pub fn open_dir(dir: &Path) -> Result<CompletedCheckpoint> {
-        let id = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(parse_checkpoint_dir)
-            .ok_or_else(|| corrupt(dir, "not a checkpoint directory (expected chk-N)"))?;
+        let id = checkpoint_dir_id(dir)?;
         let root = dir
             .parent()
             .ok_or_else(|| corrupt(dir, "a checkpoint directory has a parent"))?;

@@ -313,10 +313,10 @@ fn restart_from(config: &crate::JobConfig) -> Result<RestoreFrom> {
         return Ok(RestoreFrom::Latest);
     };
     let started_from = match &config.restore {
-        Some(RestoreFrom::Path(path)) => Some((
-            path,
-            crate::checkpoint::CheckpointStorage::open_dir(path)?.id(),
-        )),
+        // Its id is in its name; the restore itself verifies its files.
+        Some(RestoreFrom::Path(path)) => {
+            Some((path, crate::checkpoint::storage::checkpoint_dir_id(path)?))
+        }
         _ => None,
     };
     let newest = crate::checkpoint::CheckpointStorage::new(&cp.dir)?
