@@ -16,6 +16,8 @@
 //!   External; a state name bound to two types, and a key or value of the
 //!   job's types that cannot be encoded or decoded (its serde impl fails, or
 //!   the type changed since the checkpoint) are User;
+//! - a connector's external system (a Kafka broker, a database) failing a
+//!   request is [`Error::External`], External;
 //! - configuration, graph and user-code errors (including panics) are User;
 //! - [`Error::Cancelled`] (never a root cause) and [`Error::Internal`] are
 //!   Internal.
@@ -114,6 +116,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An external system a connector talks to (a Kafka broker, a
+    /// database) failed or refused a request. External.
+    #[error("{system}: cannot {action}: {source}")]
+    External {
+        /// The system and where it is, e.g. `Kafka at 127.0.0.1:9092`.
+        system: String,
+        /// What was being done, e.g. `commit transaction tideline-out-0-1`.
+        action: String,
+        /// The client library's error.
+        #[source]
+        source: BoxError,
+    },
     /// The job was cancelled because another task failed; never the root cause.
     #[error("cancelled because another task of the job failed")]
     Cancelled,
@@ -128,6 +142,20 @@ impl Error {
         Error::Config {
             field: field.into(),
             reason: reason.to_string(),
+        }
+    }
+
+    /// A failure of an external system: `action` on `system` (an
+    /// [`Error::External`]).
+    pub fn external(
+        system: impl Into<String>,
+        action: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::External {
+            system: system.into(),
+            action: action.into(),
+            source: source.into(),
         }
     }
 
@@ -189,7 +217,9 @@ impl Error {
             | Error::Aborted => ErrorDomain::User,
             Error::State(e) => state_domain(e),
             Error::Operator { source, .. } => source.domain(),
-            Error::Checkpoint { .. } | Error::Io { .. } => ErrorDomain::External,
+            Error::Checkpoint { .. } | Error::Io { .. } | Error::External { .. } => {
+                ErrorDomain::External
+            }
             Error::Cancelled | Error::Internal(_) => ErrorDomain::Internal,
         }
     }

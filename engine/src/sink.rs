@@ -19,6 +19,17 @@ pub trait Sink<T>: Send + 'static {
         "sink"
     }
 
+    /// Called once, right after the sink is made and before anything else,
+    /// with the subtask it serves (a sink attached with `Stream::sink` is a
+    /// clone that does not know it otherwise). The default does nothing.
+    ///
+    /// # Errors
+    /// Any error stops the job before it starts.
+    fn open(&mut self, subtask: SubtaskInfo) -> Result<()> {
+        let _ = subtask;
+        Ok(())
+    }
+
     /// Writes one batch.
     ///
     /// # Errors

@@ -97,6 +97,9 @@ pub struct ReaderContext {
     pub clock: Arc<dyn Clock>,
     /// The number of partitions of the source.
     pub partitions: usize,
+    /// The source subtask that will poll the reader (readers of one subtask
+    /// are polled from one thread, so they may share a client).
+    pub subtask: crate::sink::SubtaskInfo,
 }
 
 /// Reads one partition.

@@ -22,6 +22,10 @@ fn context(partitions: usize) -> ReaderContext {
     ReaderContext {
         clock: Arc::new(ManualClock::new(0)),
         partitions,
+        subtask: tideline::SubtaskInfo {
+            subtask: 0,
+            parallelism: 1,
+        },
     }
 }
 
@@ -130,6 +134,10 @@ fn a_paced_source_emits_only_what_is_due() {
     let ctx = ReaderContext {
         clock: Arc::clone(&clock) as Arc<dyn tideline::engine::time::Clock>,
         partitions: 1,
+        subtask: tideline::SubtaskInfo {
+            subtask: 0,
+            parallelism: 1,
+        },
     };
     // 2,000 events per second: 2 per millisecond, plus the first at once.
     let source = NexmarkSource::live(config()).with_rate(2_000.0);

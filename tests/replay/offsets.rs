@@ -13,6 +13,10 @@ fn ctx() -> ReaderContext {
     ReaderContext {
         clock: Arc::new(SystemClock),
         partitions: 1,
+        subtask: tideline::SubtaskInfo {
+            subtask: 0,
+            parallelism: 1,
+        },
     }
 }
 

@@ -265,7 +265,8 @@ impl<T: Data> Stream<T> {
             };
             let name = ctx.op_name(op);
             let uid = ctx.op_uid(op);
-            let sink = factory(info).map_err(|e| e.in_operator(&name))?;
+            let mut sink = factory(info).map_err(|e| e.in_operator(&name))?;
+            sink.open(info).map_err(|e| e.in_operator(&name))?;
             let committer = sink.committer();
             if let Some(c) = &committer {
                 ctx.register_committer(&uid, c);

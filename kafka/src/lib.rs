@@ -1,0 +1,20 @@
+//! Kafka connectors for Tideline: [`KafkaSource`] (each Kafka partition a
+//! source partition with its own watermark; start positions; bounded
+//! replay) and [`KafkaSink`] (at least once, or exactly once with a
+//! transaction per checkpoint that survives a crash between checkpoint
+//! completion and commit).
+//!
+//! Both are built on `rdkafka`, with librdkafka compiled from its bundled
+//! sources and linked statically. The [`source`] and [`sink`] modules
+//! state their invariants and failure analysis.
+
+mod client;
+mod producer;
+pub mod record;
+pub mod sink;
+pub mod source;
+
+pub use client::{default_partition, murmur2};
+pub use record::{KafkaMessage, KafkaRecord};
+pub use sink::{DeliveryGuarantee, KafkaSink, KafkaSinkBuilder};
+pub use source::{Bound, Fallback, KafkaSource, KafkaSourceBuilder, StartOffset};
