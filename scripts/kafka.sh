@@ -79,10 +79,15 @@ fetch_jars() {
     say "fetching Kafka $VERSION jars from Maven Central into $LIBS"
     local partial="$LIBS.partial"
     rm -rf "$partial" "$LIBS"
-    # Maven prints to stdout, which is for the TIDELINE_KAFKA_BROKERS line.
-    mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
-      -Dkafka.version="$VERSION" -DoutputDirectory="$partial" >&2 \
-      || { rm -rf "$partial"; die "mvn dependency:copy-dependencies failed"; }
+    # Maven prints to stdout, which is for the TIDELINE_KAFKA_BROKERS line, so
+    # its errors go to stderr; without the colour resets that Debian's Maven
+    # 3.8 prints even with -q -B.
+    if ! mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
+      -Dkafka.version="$VERSION" -DoutputDirectory="$partial" 2>&1 \
+      | sed -e 's/\x1b\[[0-9;]*m//g' -e '/^[[:space:]]*$/d' >&2; then
+      rm -rf "$partial"
+      die "mvn dependency:copy-dependencies failed"
+    fi
     ls "$partial"/kafka_2.13-"$VERSION".jar >/dev/null \
       || { rm -rf "$partial"; die "no kafka_2.13-$VERSION.jar in the copied dependencies"; }
     pom_sum >"$partial/.complete"
