@@ -4,7 +4,9 @@
 # everything is there. Used by scripts/test.sh and .ci/run.
 #
 # Today: libclang and clang, for the `rocksdb` feature (librocksdb-sys builds
-# RocksDB from C++ sources and runs bindgen, which loads libclang).
+# RocksDB from C++ sources and runs bindgen, which loads libclang); a Java
+# runtime and Maven for the Kafka broker the `kafka` feature's tests run
+# against (scripts/kafka.sh fetches the broker's jars with Maven).
 # Later features add their packages here, in one place.
 set -euo pipefail
 
@@ -23,4 +25,10 @@ apt_install() {
 if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ! command -v clang >/dev/null 2>&1; then
   echo "setup: installing libclang-dev clang (for the rocksdb feature)"
   apt_install libclang-dev clang
+fi
+
+# Java (Kafka 4 needs 17 or later) and Maven, for scripts/kafka.sh.
+if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
+  echo "setup: installing openjdk-17-jre-headless maven (for the Kafka broker of the kafka feature's tests)"
+  apt_install openjdk-17-jre-headless maven
 fi

@@ -5,7 +5,10 @@
 #
 # 1. installs the system packages the suite needs when they are missing
 #    (scripts/setup.sh);
-# 2. starts the services the suite needs, and stops them on exit;
+# 2. starts the services the suite needs, and stops them on exit: a
+#    single-node Kafka broker on 127.0.0.1:${TIDELINE_KAFKA_PORT:-19092}
+#    (scripts/kafka.sh; the first run downloads its jars from Maven Central
+#    into $HOME/.cache/tideline), exported as TIDELINE_KAFKA_BROKERS;
 # 3. runs `cargo test --workspace --all-features`.
 #
 # The build cache is $CARGO_TARGET_DIR, by default under $HOME/.cache, so
@@ -20,23 +23,31 @@ scripts/setup.sh
 # --- 2. services ------------------------------------------------------------
 # Each service the tests need starts here and exports where it listens
 # (e.g. TIDELINE_KAFKA_BROKERS); stop_services stops every one that was
-# started, whatever way this script exits. Today the suite needs none.
+# started, whatever way this script exits.
 #
-# Planned: a Kafka broker (`kafka` feature), PostgreSQL (`postgres`),
-# Chromium for the web UI (`web`).
+# Planned: PostgreSQL (`postgres`), Chromium for the web UI (`web`).
 started_services=()
 
 stop_services() {
   local service
   for service in "${started_services[@]+"${started_services[@]}"}"; do
     echo "test.sh: stopping $service"
-    # e.g. kill "$KAFKA_PID" 2>/dev/null || true
+    case "$service" in
+      kafka) scripts/kafka.sh stop || true ;;
+    esac
   done
 }
 trap stop_services EXIT
 
-# start services (none yet); each one appends its name:
-#   started_services+=("kafka")
+# Kafka (`kafka` feature): a real broker, fresh (no topics) at each run. Its
+# name goes in first, so that a start failing half way is cleaned up too.
+started_services+=("kafka")
+kafka_env="$(scripts/kafka.sh start)"
+case "$kafka_env" in
+  TIDELINE_KAFKA_BROKERS=?*) export TIDELINE_KAFKA_BROKERS="${kafka_env#TIDELINE_KAFKA_BROKERS=}" ;;
+  *) echo "test.sh: unexpected output of scripts/kafka.sh start: $kafka_env" >&2; exit 1 ;;
+esac
+echo "test.sh: Kafka broker at $TIDELINE_KAFKA_BROKERS"
 
 # --- 3. the suite -------------------------------------------------------------
 cargo test --workspace --all-features "$@"
