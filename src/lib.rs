@@ -44,6 +44,9 @@
 //! - `sql`: SQL predicates of file sources,
 //!   `FileSource::filter("value > 10 AND key <> 3")`, planned and evaluated
 //!   by DataFusion.
+//! - `kafka`: [`kafka::KafkaSource`] and [`kafka::KafkaSink`] (at least
+//!   once or exactly once), on `rdkafka`; builds librdkafka from its bundled
+//!   C sources, which needs a C compiler and `make`.
 //! - `full`: all of the above.
 //!
 //! ```toml
@@ -62,6 +65,8 @@ pub use tideline_engine::{
     SinkHandle, SnapshotWriter, Source, SourceOffset, SourceOutput, SourceReader, SourceStatus,
     StateBackend, StopHandle, Stream, SubtaskInfo, Watermark,
 };
+#[cfg(feature = "kafka")]
+pub use tideline_kafka as kafka;
 pub use tideline_operators as operators;
 pub use tideline_operators::{connectors, join, process, stateless, testing, window};
 pub use tideline_state as state;

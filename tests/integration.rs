@@ -9,6 +9,8 @@ mod windows;
 mod quickstart;
 
 mod checkpoint;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod replay;
 
 #[test]

@@ -14,6 +14,10 @@ use tideline_engine::Error;
 /// connector gives up with an error naming the broker.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the first metadata request may take: unreachable brokers are
+/// reported after it.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Where the cluster is and the librdkafka properties to pass on.
 #[derive(Clone, Debug)]
 pub(crate) struct ClientSettings {
@@ -71,7 +75,7 @@ impl ClientSettings {
     /// when they cannot be reached.
     pub(crate) fn metadata(&self, consumer: &BaseConsumer) -> Result<Metadata, Error> {
         consumer
-            .fetch_metadata(None, REQUEST_TIMEOUT)
+            .fetch_metadata(None, METADATA_TIMEOUT)
             .map_err(|e| match e {
                 KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut)
                 | KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure)

@@ -14,6 +14,10 @@ pub mod record;
 pub mod sink;
 pub mod source;
 
+/// The Kafka client the connectors use, for what they do not cover
+/// (admin operations, say).
+pub use rdkafka;
+
 pub use client::{default_partition, murmur2};
 pub use record::{KafkaMessage, KafkaRecord};
 pub use sink::{DeliveryGuarantee, KafkaSink, KafkaSinkBuilder};

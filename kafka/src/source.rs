@@ -426,9 +426,14 @@ impl<T: Data> Inner<T> {
             ("queued.max.messages.kbytes", "8192"),
             ("fetch.wait.max.ms", "100"),
         ]);
-        if let Some(group) = &self.group_id {
-            config.set("group.id", group);
-        }
+        // librdkafka assigns partitions only to a consumer with a group id;
+        // the consumer never joins the group (offsets are assigned, not
+        // subscribed) and commits only to the user's group, if any.
+        let group = self
+            .group_id
+            .clone()
+            .unwrap_or_else(|| format!("tideline-source-{}", self.name));
+        config.set("group.id", group);
         let consumer: BaseConsumer = config
             .create()
             .map_err(|e| invalid_property(&self.settings, e))?;
