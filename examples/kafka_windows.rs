@@ -42,7 +42,7 @@ use tideline::kafka::rdkafka::config::ClientConfig;
 use tideline::kafka::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tideline::kafka::{Bound, KafkaSink, KafkaSource};
 use tideline::prelude::*;
-use tideline::DeadLetter;
+use tideline::{DeadLetter, RestoreFrom};
 
 /// A click.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -175,7 +175,9 @@ fn generate(args: &Args, n: u64) -> Result<()> {
         .set("linger.ms", "20")
         .create()
         .map_err(|e| external("create a producer", e))?;
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     let window = args.window.as_millis() as i64;
     for i in 0..n {
         let user = format!("u{}", i * 7 % 50);
@@ -239,20 +241,20 @@ pub fn run(args: &Args) -> Result<JobSummary> {
     let read = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&read);
     let late_tag = OutputTag::<Click>::new("late");
-    let results = clicks
+    let windows = clicks
         .inspect(move |_| {
             counter.fetch_add(1, Ordering::Relaxed);
         })
         .key_by(|c: &Click| c.user.clone())
         .window(Tumbling::of(args.window))
         .side_output_late_data(&late_tag)
-        .aggregate(tideline::window::Count)
-        .map(|r| UserClicks {
-            user: r.key,
-            start: r.window.start,
-            end: r.window.end,
-            clicks: r.value,
-        });
+        .aggregate(tideline::window::Count);
+    let results = windows.map(|r| UserClicks {
+        user: r.key,
+        start: r.window.start,
+        end: r.window.end,
+        clicks: r.value,
+    });
     let prefix = &args.transactional_id;
     results.sink(
         KafkaSink::<UserClicks>::json(&args.brokers, &args.results)
@@ -261,7 +263,7 @@ pub fn run(args: &Args) -> Result<JobSummary> {
             .name("results")
             .build()?,
     );
-    results.side_output(&late_tag).sink(
+    windows.side_output(&late_tag).sink(
         KafkaSink::<Click>::json(&args.brokers, &args.late)
             .key(|c: &Click| Some(c.user.clone().into_bytes()))
             .exactly_once(format!("{prefix}-late"))

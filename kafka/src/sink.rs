@@ -135,14 +135,13 @@ impl<T> std::fmt::Debug for KafkaSinkBuilder<T> {
 /// every subtask of the sink: attach it with `Stream::sink`.
 ///
 /// ```no_run
-/// use tideline::prelude::*;
-/// use tideline::kafka::KafkaSink;
+/// use tideline_kafka::KafkaSink;
 /// # #[derive(Clone, Debug, serde::Serialize)] struct Count { user: String, n: u64 }
 /// let counts = KafkaSink::<Count>::json("127.0.0.1:9092", "counts")
 ///     .key(|c: &Count| Some(c.user.clone().into_bytes()))
 ///     .exactly_once("click-counts")
 ///     .build()?;
-/// # Ok::<(), tideline::Error>(())
+/// # Ok::<(), tideline_engine::Error>(())
 /// ```
 pub struct KafkaSink<T> {
     fns: Arc<Fns<T>>,
@@ -466,6 +465,26 @@ impl Transactions {
         Ok(producer)
     }
 
+    /// Initializes a producer for each of `ids` (in parallel: each is a
+    /// round trip to the transaction coordinator), fencing them all.
+    fn fence_all(&self, ids: &[String]) -> Result<()> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = ids
+                .iter()
+                .map(|id| scope.spawn(move || self.init_producer(id).map(drop)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::Internal("a fencing thread panicked".into()))
+                    })
+                })
+                .collect::<Result<Vec<()>>>()
+        })
+        .map(drop)
+    }
+
     /// The commit-marker group metadata of `id`.
     fn marker_metadata(&self, id: &str) -> Result<ConsumerGroupMetadata> {
         let group = Self::marker_group(id);
@@ -535,24 +554,41 @@ impl Transactions {
         if self.state().opened.contains(&subtask) {
             return Ok(());
         }
-        let mut slots = Vec::with_capacity(self.max_open);
-        for slot in 0..self.max_open {
-            let id = self.id(subtask, slot);
-            let producer = Arc::new(self.init_producer(&id)?);
-            let marker = self.marker_metadata(&id)?;
-            slots.push(Arc::new(Slot {
-                id,
-                subtask,
-                producer,
-                marker,
-            }));
-        }
+        // Each initialization is a round trip to the transaction
+        // coordinator: make the slots in parallel.
+        let slots = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..self.max_open)
+                .map(|slot| {
+                    scope.spawn(move || -> Result<Arc<Slot>> {
+                        let id = self.id(subtask, slot);
+                        let producer = Arc::new(self.init_producer(&id)?);
+                        let marker = self.marker_metadata(&id)?;
+                        Ok(Arc::new(Slot {
+                            id,
+                            subtask,
+                            producer,
+                            marker,
+                        }))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::Internal(
+                            "a transactional producer thread panicked".into(),
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
         if subtask == 0 {
-            for other in parallelism..self.fence_subtasks.max(parallelism) {
-                for slot in 0..self.max_open {
-                    self.init_producer(&self.id(other, slot))?;
-                }
-            }
+            let others: Vec<String> = (parallelism..self.fence_subtasks.max(parallelism))
+                .flat_map(|other| (0..self.max_open).map(move |slot| (other, slot)))
+                .map(|(other, slot)| self.id(other, slot))
+                .collect();
+            self.fence_all(&others)?;
         }
         let mut state = self.state();
         state.opened.push(subtask);
@@ -693,22 +729,23 @@ impl Committer for Transactions {
             *self.lineage.lock().unwrap_or_else(PoisonError::into_inner) = Some(txn.lineage);
         }
         let lineage = self.lineage();
-        for subtask in 0..parallelism.max(1) {
-            for slot in 0..max_open {
-                let id = self.id(subtask, slot);
-                self.init_producer(&id)?;
-                if let Some((checkpoint, marked)) = self.read_marker(&id)? {
-                    if marked == lineage && checkpoint > restored {
-                        return Err(Error::config(
-                            "kafka sink restore",
-                            format!(
-                                "transaction '{id}' already committed the output of checkpoint \
-                                 {checkpoint}, which is after checkpoint {restored} being restored: \
-                                 its records would be written twice. Restore checkpoint {checkpoint} \
-                                 or later, or use a new transactional id prefix to accept duplicates"
-                            ),
-                        ));
-                    }
+        let ids: Vec<String> = (0..parallelism.max(1))
+            .flat_map(|subtask| (0..max_open).map(move |slot| (subtask, slot)))
+            .map(|(subtask, slot)| self.id(subtask, slot))
+            .collect();
+        self.fence_all(&ids)?;
+        for id in &ids {
+            if let Some((checkpoint, marked)) = self.read_marker(id)? {
+                if marked == lineage && checkpoint > restored {
+                    return Err(Error::config(
+                        "kafka sink restore",
+                        format!(
+                            "transaction '{id}' already committed the output of checkpoint \
+                             {checkpoint}, which is after checkpoint {restored} being restored: \
+                             its records would be written twice. Restore checkpoint {checkpoint} \
+                             or later, or use a new transactional id prefix to accept duplicates"
+                        ),
+                    ));
                 }
             }
         }

@@ -122,8 +122,10 @@ pub struct KafkaSourceBuilder {
 /// watermark (see the [module docs](self) for the guarantees).
 ///
 /// ```no_run
-/// use tideline::prelude::*;
-/// use tideline::kafka::{KafkaSource, StartOffset};
+/// use std::time::Duration;
+/// use tideline_engine::time::WatermarkStrategy;
+/// use tideline_engine::Job;
+/// use tideline_kafka::{KafkaSource, StartOffset};
 /// # #[derive(Clone, Debug, serde::Deserialize)] struct Click { user: String, at: i64 }
 /// let clicks = KafkaSource::builder("127.0.0.1:9092")
 ///     .topic("clicks")
@@ -131,9 +133,12 @@ pub struct KafkaSourceBuilder {
 ///     .start(StartOffset::Earliest)
 ///     .json::<Click>()?;
 /// let job = Job::new();
-/// job.source(clicks, WatermarkStrategy::bounded_out_of_orderness(std::time::Duration::from_secs(5)))
-///     .print();
-/// # Ok::<(), tideline::Error>(())
+/// let stream = job.source(
+///     clicks,
+///     WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(5))
+///         .with_timestamps(|c: &Click| c.at),
+/// );
+/// # Ok::<(), tideline_engine::Error>(())
 /// ```
 pub struct KafkaSource<T> {
     inner: Arc<Inner<T>>,
@@ -832,17 +837,17 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
 /// Errors the client does not recover from by itself.
 fn is_fatal(e: &KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as Code;
-    match e.rdkafka_error_code() {
+    matches!(
+        e.rdkafka_error_code(),
         Some(
             Code::Fatal
-            | Code::Fenced
-            | Code::OffsetOutOfRange
-            | Code::TopicAuthorizationFailed
-            | Code::GroupAuthorizationFailed
-            | Code::ClusterAuthorizationFailed
-            | Code::Authentication
-            | Code::SaslAuthenticationFailed,
-        ) => true,
-        _ => false,
-    }
+                | Code::Fenced
+                | Code::OffsetOutOfRange
+                | Code::TopicAuthorizationFailed
+                | Code::GroupAuthorizationFailed
+                | Code::ClusterAuthorizationFailed
+                | Code::Authentication
+                | Code::SaslAuthenticationFailed
+        )
+    )
 }

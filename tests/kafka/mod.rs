@@ -3,6 +3,10 @@
 //! uniquely named topics. Without a broker a test says so and passes, unless
 //! `CI` is set: then it fails, loudly.
 
+// Test setup (topics, producers, child processes) fails by panicking, with
+// the step that failed.
+#![allow(clippy::expect_used)]
+
 mod exactly_once;
 mod live_and_replay;
 mod source;
@@ -99,21 +103,6 @@ pub(crate) fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     panic!("topic {topic} has no leaders");
 }
 
-/// Adds partitions to `topic` so it has `total`.
-pub(crate) fn add_partitions(brokers: &str, topic: &str, total: usize) {
-    use tideline::kafka::rdkafka::admin::NewPartitions;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let new = NewPartitions::new(topic, total);
-    for r in
-        block_on(admin.create_partitions([&new], &AdminOptions::new())).expect("create partitions")
-    {
-        r.expect("partitions created");
-    }
-}
-
 /// A click: the tests' input records.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub(crate) struct Click {
@@ -173,11 +162,9 @@ pub(crate) fn produce(brokers: &str, topic: &str, records: &[Produce]) {
     producer.flush(Duration::from_secs(60)).expect("flush");
 }
 
-/// A consumed record: partition, offset, key, value.
+/// A consumed record's value.
 #[derive(Debug)]
 pub(crate) struct Consumed {
-    pub(crate) partition: i32,
-    pub(crate) offset: i64,
     pub(crate) value: Vec<u8>,
 }
 
@@ -213,8 +200,6 @@ pub(crate) fn consume_all(brokers: &str, topic: &str) -> Vec<Consumed> {
             );
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => out.push(Consumed {
-                    partition: p,
-                    offset: m.offset(),
                     value: m.payload().unwrap_or_default().to_vec(),
                 }),
                 Some(Err(KafkaError::PartitionEOF(_))) | None => {
@@ -243,4 +228,51 @@ pub(crate) fn consume_json<T: serde::de::DeserializeOwned>(brokers: &str, topic:
         .into_iter()
         .map(|c| serde_json::from_slice(&c.value).expect("json"))
         .collect()
+}
+
+#[allow(dead_code)]
+#[path = "../../examples/kafka_windows.rs"]
+mod kafka_windows;
+
+#[test]
+fn example_kafka_windows_runs_bounded() -> tideline::Result<()> {
+    use clap::Parser;
+    let Some(brokers) = brokers() else {
+        return Ok(());
+    };
+    let topic = unique_topic("example");
+    let dir = tempfile::tempdir().map_err(|e| tideline::Error::io("create", "tempdir", e))?;
+    let chk = dir.path().join("chk");
+    let args = kafka_windows::Args::parse_from([
+        "kafka_windows",
+        "--brokers",
+        &brokers,
+        "--clicks",
+        &format!("{topic}-clicks"),
+        "--results",
+        &format!("{topic}-results"),
+        "--late",
+        &format!("{topic}-late"),
+        "--dead-letters",
+        &format!("{topic}-dlq"),
+        "--transactional-id",
+        &topic,
+        "--checkpoint-dir",
+        &chk.display().to_string(),
+        "--create-topics",
+        "--generate",
+        "5000",
+        "--bounded",
+    ]);
+    kafka_windows::run(&args)?;
+    let results: Vec<kafka_windows::UserClicks> =
+        consume_json(&brokers, &format!("{topic}-results"));
+    let late = consume_all(&brokers, &format!("{topic}-late")).len();
+    let dead = consume_all(&brokers, &format!("{topic}-dlq")).len();
+    let counted: u64 = results.iter().map(|r| r.clicks).sum();
+    // 1 in 1,000 malformed; every other click counted or late.
+    assert_eq!(dead, 5);
+    assert!(late > 0, "the sample has late clicks");
+    assert_eq!(counted as usize + late + dead, 5000);
+    Ok(())
 }

@@ -1,0 +1,252 @@
+//! Kafka throughput on this machine, against the broker `scripts/kafka.sh
+//! start` runs (`TIDELINE_KAFKA_BROKERS`, default 127.0.0.1:19092):
+//!
+//! - **raw**: a bare rdkafka consumer reading the input topic to its end
+//!   (the limit: nothing is decoded);
+//! - **pipeline**: topic → JSON decode → key_by → tumbling 1 s counts →
+//!   topic, bounded, at parallelism 1 and 2, at least once and exactly once
+//!   (checkpoints every second).
+//!
+//! Each figure is the input records per second, with its ratio to the raw
+//! rate (the best of three reads) measured in the same run: the machine is
+//! shared, with the broker on the same 2 cores, so ratios are what count.
+//!
+//! `cargo bench --features kafka --bench kafka` (2 M records; `-- --quick`,
+//! and `cargo test`, use 100 k). Without a broker it says so and does
+//! nothing, unless `CI` is set: then it fails.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tideline::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use tideline::kafka::rdkafka::client::DefaultClientContext;
+use tideline::kafka::rdkafka::config::ClientConfig;
+use tideline::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use tideline::kafka::rdkafka::error::KafkaError;
+use tideline::kafka::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use tideline::kafka::rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tideline::kafka::{Bound, KafkaSink, KafkaSource};
+use tideline::prelude::*;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Click {
+    user: u32,
+    ts: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Row {
+    user: u32,
+    start: i64,
+    count: u64,
+}
+
+fn fail(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::external("Kafka", what, e.to_string())
+}
+
+fn create_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    partitions: i32,
+) -> Result<()> {
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for r in futures_executor::block_on(admin.create_topics([&new], &AdminOptions::new()))
+        .map_err(|e| fail("create topic", e))?
+    {
+        r.map_err(|(t, e)| fail(&format!("create topic {t}"), e))?;
+    }
+    // Metadata propagates to the broker's cache before the topic is usable.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(())
+}
+
+fn write_input(brokers: &str, topic: &str, records: u64) -> Result<()> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .create()
+        .map_err(|e| fail("producer", e))?;
+    for i in 0..records {
+        // 20 clicks per ms: a 1 s window holds 20 per user.
+        let value = format!(
+            "{{\"user\":{},\"ts\":{}}}",
+            i * 7 % 1000,
+            1_000_000 + i as i64 / 20
+        );
+        let key = (i % 1000).to_string();
+        let mut record = BaseRecord::to(topic)
+            .partition((i % 2) as i32)
+            .key(&key)
+            .payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    producer.poll(Duration::from_millis(5));
+                    record = back;
+                }
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(120))
+        .map_err(|e| fail("flush", e))
+}
+
+/// Records per second of a bare consumer reading `topic` to its end.
+fn raw_consume(brokers: &str, topic: &str, records: u64) -> Result<f64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "tideline-bench-raw")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| fail("consumer", e))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..2 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(|e| fail("tpl", e))?;
+    }
+    consumer.assign(&tpl).map_err(|e| fail("assign", e))?;
+    let started = Instant::now();
+    let mut read = 0;
+    let mut bytes = 0usize;
+    while read < records {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => {
+                use tideline::kafka::rdkafka::message::Message;
+                bytes += m.payload().map_or(0, <[u8]>::len);
+                read += 1;
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => return Err(fail("consume", e)),
+            None => return Err(fail("consume", "no record for 10 s")),
+        }
+    }
+    std::hint::black_box(bytes);
+    Ok(records as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Records per second of the windows pipeline over `input` into `output`.
+fn pipeline(
+    brokers: &str,
+    input: &str,
+    output: &str,
+    parallelism: usize,
+    exactly_once: bool,
+    records: u64,
+) -> Result<f64> {
+    let dir = tempfile::tempdir().map_err(|e| Error::io("create", "tempdir", e))?;
+    let job = Job::new()
+        .parallelism(parallelism)
+        .mode(ExecutionMode::Bounded)
+        .checkpointing(Duration::from_secs(1), dir.path().join("chk"));
+    let source = KafkaSource::builder(brokers)
+        .topic(input)
+        .bounded(Bound::EndOffsets)
+        .json::<Click>()?;
+    let sink = KafkaSink::<Row>::json(brokers, output)
+        .key(|r: &Row| Some(r.user.to_string().into_bytes()));
+    let sink = if exactly_once {
+        sink.exactly_once(format!("{output}-{parallelism}"))
+    } else {
+        sink.at_least_once()
+    };
+    job.source(
+        source,
+        WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(100))
+            .with_timestamps(|c: &Click| c.ts),
+    )
+    .key_by(|c: &Click| c.user)
+    .window(Tumbling::of(Duration::from_secs(1)))
+    .aggregate(tideline::window::Count)
+    .map(|r| Row {
+        user: r.key,
+        start: r.window.start,
+        count: r.value,
+    })
+    .sink(sink.build()?);
+    let started = Instant::now();
+    let summary = job.run()?;
+    let seconds = started.elapsed().as_secs_f64();
+    let read = summary.operator("kafka").map_or(0, |o| o.records_out);
+    if read != records {
+        return Err(Error::Internal(format!("read {read} of {records} records")));
+    }
+    Ok(records as f64 / seconds)
+}
+
+fn main() -> Result<()> {
+    // `cargo bench` passes `--bench`; without it (`cargo test`) runs are small.
+    let quick = std::env::args().all(|a| a != "--bench")
+        || std::env::args().any(|a| a == "--quick" || a == "--test");
+    let records: u64 = if quick { 100_000 } else { 2_000_000 };
+    let brokers =
+        std::env::var("TIDELINE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
+    let reachable = brokers
+        .split(',')
+        .filter_map(|b| b.parse().ok())
+        .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    if !reachable {
+        if std::env::var_os("CI").is_some() {
+            return Err(fail(
+                "reach the broker",
+                format!("CI is set but nothing answers at {brokers}"),
+            ));
+        }
+        println!("kafka bench: no broker at {brokers} (scripts/kafka.sh start); nothing measured");
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .map_err(|e| fail("admin", e))?;
+    let run = std::process::id();
+    let input = format!("bench-in-{run}");
+    create_topic(&admin, &input, 2)?;
+    write_input(&brokers, &input, records)?;
+    println!(
+        "kafka bench: {records} JSON clicks in 2 partitions, events/s (input records per second)"
+    );
+    // The raw rate is noisy here (the broker shares the 2 cores): the best
+    // of three reads is the reference.
+    let mut raw: f64 = 0.0;
+    for _ in 0..3 {
+        raw = raw.max(raw_consume(&brokers, &input, records)?);
+    }
+    println!("  raw rdkafka consumer (best of 3) {raw:>10.0}");
+    for parallelism in [1, 2] {
+        for exactly_once in [false, true] {
+            let output = format!("bench-out-{run}-{parallelism}-{exactly_once}");
+            create_topic(&admin, &output, 2)?;
+            let rate = pipeline(
+                &brokers,
+                &input,
+                &output,
+                parallelism,
+                exactly_once,
+                records,
+            )?;
+            let mode = if exactly_once {
+                "exactly once "
+            } else {
+                "at least once"
+            };
+            println!(
+                "  pipeline p={parallelism} {mode}       {rate:>12.0}   {:>5.2} x raw",
+                rate / raw
+            );
+        }
+    }
+    let topics: Vec<String> = std::iter::once(input)
+        .chain([1, 2].iter().flat_map(|p| {
+            [false, true]
+                .iter()
+                .map(move |e| format!("bench-out-{run}-{p}-{e}"))
+        }))
+        .collect();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let _ = futures_executor::block_on(admin.delete_topics(&names, &AdminOptions::new()));
+    Ok(())
+}
