@@ -22,7 +22,6 @@ use crate::runtime::push::BoxPush;
 use crate::runtime::shared::Shared;
 use crate::runtime::source_task::{Partition, SourceTask};
 use crate::runtime::task::{ChainHead, Task, TaskCheckpoint};
-use crate::sink::SubtaskInfo;
 use crate::source::{ReaderContext, Source, SourceOffset};
 use crate::time::EventTime;
 use crate::time::WatermarkStrategy;
@@ -128,10 +127,7 @@ impl<T: Data> TaskFactory for SourceFactory<T> {
         let reader_ctx = ReaderContext {
             clock: Arc::clone(&ctx.config.clock),
             partitions: total,
-            subtask: SubtaskInfo {
-                subtask: ctx.subtask,
-                parallelism: ctx.parallelism(),
-            },
+            subtask: ctx.subtask_info(),
         };
         let partitions = (ctx.subtask..total)
             .step_by(ctx.parallelism())

@@ -68,6 +68,14 @@ impl BuildCtx<'_> {
         self.layout[self.node].parallelism
     }
 
+    /// Which subtask is being built, for sinks and source readers.
+    pub(crate) fn subtask_info(&self) -> crate::sink::SubtaskInfo {
+        crate::sink::SubtaskInfo {
+            subtask: self.subtask,
+            parallelism: self.parallelism(),
+        }
+    }
+
     pub(crate) fn operator_context(&self, op: OpId) -> OperatorContext {
         OperatorContext {
             name: self.op_name(op),

@@ -259,10 +259,7 @@ impl<T: Data> Stream<T> {
             .borrow_mut()
             .add_op(name, self.node, OpKind::Sink);
         self.port.add(Box::new(move |ctx| {
-            let info = SubtaskInfo {
-                subtask: ctx.subtask,
-                parallelism: ctx.parallelism(),
-            };
+            let info = ctx.subtask_info();
             let name = ctx.op_name(op);
             let uid = ctx.op_uid(op);
             let mut sink = factory(info).map_err(|e| e.in_operator(&name))?;
