@@ -63,8 +63,13 @@ impl ClientSettings {
     }
 
     /// A consumer for metadata and offset queries (no group membership).
+    /// It reads committed offsets as read_committed consumers do: a pending
+    /// transactional offset commit is waited for, not skipped.
     pub(crate) fn metadata_consumer(&self, group: Option<&str>) -> Result<BaseConsumer, Error> {
-        let mut config = self.config(&[("enable.auto.commit", "false")]);
+        let mut config = self.config(&[
+            ("enable.auto.commit", "false"),
+            ("isolation.level", "read_committed"),
+        ]);
         if let Some(group) = group {
             config.set("group.id", group);
         }

@@ -52,13 +52,18 @@ pub(crate) struct StoredRecord {
 /// How long a flush, a transaction call or a full queue may block.
 pub(crate) const PRODUCE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Creates a producer with `defaults` (and the user's properties on top).
-pub(crate) fn create(
-    settings: &ClientSettings,
-    defaults: &[(&str, &str)],
-) -> Result<KafkaProducer> {
+/// Creates an idempotent producer (acks from all replicas, Kafka's Java
+/// partitioner) with `extra` properties, and the user's on top.
+pub(crate) fn create(settings: &ClientSettings, extra: &[(&str, &str)]) -> Result<KafkaProducer> {
+    const COMMON: [(&str, &str); 4] = [
+        ("enable.idempotence", "true"),
+        ("acks", "all"),
+        ("partitioner", "murmur2_random"),
+        ("linger.ms", "5"),
+    ];
+    let defaults: Vec<(&str, &str)> = COMMON.iter().chain(extra).copied().collect();
     settings
-        .config(defaults)
+        .config(&defaults)
         .create_with_context(DeliveryContext::default())
         .map_err(|e| crate::client::invalid_property(settings, e))
 }

@@ -1,7 +1,6 @@
 //! A consumed Kafka record as the deserializer sees it, and the built-in
 //! deserializers.
 
-use std::fmt;
 use std::sync::Arc;
 
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -48,6 +47,11 @@ impl<'a> KafkaRecord<'a> {
     pub fn payload_or_err(&self) -> Result<&'a [u8], String> {
         self.payload
             .ok_or_else(|| "the record has no value (a tombstone)".to_string())
+    }
+
+    /// Where the record is, for dead letters: `topic/partition@offset`.
+    pub(crate) fn position(&self) -> String {
+        format!("{}/{}@{}", self.topic, self.partition, self.offset)
     }
 
     /// The record's value as text for a dead letter (lossy UTF-8, at most
@@ -132,13 +136,4 @@ pub(crate) fn with_metadata<V: 'static>(inner: DeserializeFn<V>) -> DeserializeF
             value: inner(record)?,
         })
     })
-}
-
-/// Where a record is, for dead letters: `topic/partition@offset`.
-pub(crate) struct Position<'a>(pub(crate) &'a str, pub(crate) i32, pub(crate) i64);
-
-impl fmt::Display for Position<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}@{}", self.0, self.1, self.2)
-    }
 }

@@ -78,7 +78,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
+use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
 use rdkafka::producer::Producer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -389,7 +389,6 @@ struct OpenTransaction {
 struct TransactionRecord {
     /// The transactional id.
     id: String,
-    subtask: usize,
     /// The sink's parallelism and slots when it was written: a restore
     /// fences every id they name.
     parallelism: usize,
@@ -451,10 +450,6 @@ impl Transactions {
             &self.settings,
             &[
                 ("transactional.id", id),
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
-                ("partitioner", "murmur2_random"),
-                ("linger.ms", "5"),
                 ("transaction.timeout.ms", "60000"),
             ],
         )?;
@@ -468,21 +463,7 @@ impl Transactions {
     /// Initializes a producer for each of `ids` (in parallel: each is a
     /// round trip to the transaction coordinator), fencing them all.
     fn fence_all(&self, ids: &[String]) -> Result<()> {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = ids
-                .iter()
-                .map(|id| scope.spawn(move || self.init_producer(id).map(drop)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(Error::Internal("a fencing thread panicked".into()))
-                    })
-                })
-                .collect::<Result<Vec<()>>>()
-        })
-        .map(drop)
+        in_parallel(ids, |id| self.init_producer(id).map(drop)).map(drop)
     }
 
     /// The commit-marker group metadata of `id`.
@@ -496,16 +477,9 @@ impl Transactions {
 
     /// The last committed marker of `id`: `(checkpoint, lineage)`.
     fn read_marker(&self, id: &str) -> Result<Option<(u64, u64)>> {
-        let group = Self::marker_group(id);
-        let mut config = self.settings.config(&[
-            ("enable.auto.commit", "false"),
-            // Waits for a pending transactional commit to resolve.
-            ("isolation.level", "read_committed"),
-        ]);
-        config.set("group.id", &group);
-        let consumer: BaseConsumer = config
-            .create()
-            .map_err(|e| crate::client::invalid_property(&self.settings, e))?;
+        let consumer = self
+            .settings
+            .metadata_consumer(Some(&Self::marker_group(id)))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.topic, 0);
         let committed = consumer
@@ -556,32 +530,17 @@ impl Transactions {
         }
         // Each initialization is a round trip to the transaction
         // coordinator: make the slots in parallel.
-        let slots = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..self.max_open)
-                .map(|slot| {
-                    scope.spawn(move || -> Result<Arc<Slot>> {
-                        let id = self.id(subtask, slot);
-                        let producer = Arc::new(self.init_producer(&id)?);
-                        let marker = self.marker_metadata(&id)?;
-                        Ok(Arc::new(Slot {
-                            id,
-                            subtask,
-                            producer,
-                            marker,
-                        }))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(Error::Internal(
-                            "a transactional producer thread panicked".into(),
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()
+        let slots: Vec<usize> = (0..self.max_open).collect();
+        let slots = in_parallel(&slots, |&slot| -> Result<Arc<Slot>> {
+            let id = self.id(subtask, slot);
+            let producer = Arc::new(self.init_producer(&id)?);
+            let marker = self.marker_metadata(&id)?;
+            Ok(Arc::new(Slot {
+                id,
+                subtask,
+                producer,
+                marker,
+            }))
         })?;
         if subtask == 0 {
             let others: Vec<String> = (parallelism..self.fence_subtasks.max(parallelism))
@@ -656,6 +615,29 @@ impl Transactions {
                 .error(format!("commit transaction '{}'", txn.id), e)
         })
     }
+}
+
+/// `f` of every item, each on its own thread (they are round trips to the
+/// broker), or the first error.
+fn in_parallel<I: Sync, R: Send>(
+    items: &[I],
+    f: impl Fn(&I) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    std::thread::scope(|scope| {
+        let f = &f;
+        let handles: Vec<_> = items
+            .iter()
+            .map(|item| scope.spawn(move || f(item)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::Internal("a Kafka client thread panicked".into()))
+                })
+            })
+            .collect()
+    })
 }
 
 /// A lineage token: unique enough across fresh starts of one job.
@@ -781,40 +763,29 @@ impl<T: Data> KafkaSink<T> {
     }
 
     fn plain_producer(&mut self) -> Result<&KafkaProducer> {
-        if self.producer.is_none() {
-            self.producer = Some(producer::create(
-                &self.shared.settings,
-                &[
-                    ("enable.idempotence", "true"),
-                    ("acks", "all"),
-                    ("partitioner", "murmur2_random"),
-                    ("linger.ms", "5"),
-                ],
-            )?);
-        }
-        self.producer
-            .as_ref()
-            .ok_or_else(|| Error::Internal("the producer was just made".into()))
+        let producer = match self.producer.take() {
+            Some(producer) => producer,
+            None => producer::create(&self.shared.settings, &[])?,
+        };
+        Ok(self.producer.insert(producer))
     }
 
     fn open_transaction(&mut self) -> Result<&mut OpenTransaction> {
-        if self.open.is_none() {
-            let shared = &self.shared;
-            shared.open_slots(self.subtask.subtask, self.subtask.parallelism)?;
-            let slot = shared.take_slot(self.subtask.subtask)?;
-            slot.producer.begin_transaction().map_err(|e| {
-                shared
-                    .settings
-                    .error(format!("begin transaction '{}'", slot.id), e)
-            })?;
-            self.open = Some(OpenTransaction {
-                slot,
-                records: Vec::new(),
-            });
+        if let Some(open) = self.open.take() {
+            return Ok(self.open.insert(open));
         }
-        self.open
-            .as_mut()
-            .ok_or_else(|| Error::Internal("the transaction was just opened".into()))
+        let shared = &self.shared;
+        shared.open_slots(self.subtask.subtask, self.subtask.parallelism)?;
+        let slot = shared.take_slot(self.subtask.subtask)?;
+        slot.producer.begin_transaction().map_err(|e| {
+            shared
+                .settings
+                .error(format!("begin transaction '{}'", slot.id), e)
+        })?;
+        Ok(self.open.insert(OpenTransaction {
+            slot,
+            records: Vec::new(),
+        }))
     }
 }
 
@@ -836,20 +807,22 @@ impl<T: Data> Sink<T> for KafkaSink<T> {
             .iter()
             .map(|r| self.stored(&r.value))
             .collect::<Result<Vec<_>>>()?;
-        let settings = self.shared.settings.clone();
+        // The Arc, not the settings: a clone per batch would copy strings.
+        let shared = Arc::clone(&self.shared);
+        let settings = &shared.settings;
         match self.fns.guarantee {
             DeliveryGuarantee::AtLeastOnce => {
                 let producer = self.plain_producer()?;
                 for record in &records {
-                    producer::send(producer, &settings, record)?;
+                    producer::send(producer, settings, record)?;
                 }
                 producer.poll(std::time::Duration::ZERO);
-                producer::take_failure(producer, &settings, "the sink")
+                producer::take_failure(producer, settings, "the sink")
             }
             DeliveryGuarantee::ExactlyOnce => {
                 let open = self.open_transaction()?;
                 for record in &records {
-                    producer::send(&open.slot.producer, &settings, record)?;
+                    producer::send(&open.slot.producer, settings, record)?;
                 }
                 open.slot.producer.poll(std::time::Duration::ZERO);
                 open.records.extend(records);
@@ -859,11 +832,13 @@ impl<T: Data> Sink<T> for KafkaSink<T> {
     }
 
     fn pre_commit(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
-        let settings = self.shared.settings.clone();
+        // The Arc, not the settings: a clone per batch would copy strings.
+        let shared = Arc::clone(&self.shared);
+        let settings = &shared.settings;
         match self.fns.guarantee {
             DeliveryGuarantee::AtLeastOnce => {
                 if let Some(producer) = &self.producer {
-                    producer::flush(producer, &settings, &format!("checkpoint {checkpoint}"))?;
+                    producer::flush(producer, settings, &format!("checkpoint {checkpoint}"))?;
                 }
                 Ok(None)
             }
@@ -871,18 +846,16 @@ impl<T: Data> Sink<T> for KafkaSink<T> {
                 let Some(open) = self.open.take() else {
                     return Ok(None);
                 };
-                let shared = &self.shared;
                 let lineage = shared.lineage();
                 let slot = open.slot;
                 shared.add_marker(&slot.producer, &slot.marker, &slot.id, checkpoint, lineage)?;
                 producer::flush(
                     &slot.producer,
-                    &settings,
+                    settings,
                     &format!("transaction '{}'", slot.id),
                 )?;
                 let txn = TransactionRecord {
                     id: slot.id.clone(),
-                    subtask: self.subtask.subtask,
                     parallelism: self.subtask.parallelism,
                     max_open: shared.max_open,
                     checkpoint,

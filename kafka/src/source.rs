@@ -51,7 +51,7 @@ use tideline_engine::{
 };
 
 use crate::client::{invalid_property, ClientSettings, REQUEST_TIMEOUT};
-use crate::record::{self, DeserializeFn, KafkaMessage, KafkaRecord, Position};
+use crate::record::{self, DeserializeFn, KafkaMessage, KafkaRecord};
 
 /// Where a partition is read from when the job does not restore it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -494,9 +494,15 @@ impl<T: Data> Inner<T> {
         }
     }
 
-    /// The concrete start offset of a partition that is not restored.
-    fn start_offset(&self, consumer: &BaseConsumer, topic: &str, partition: i32) -> Result<i64> {
-        let (low, high) = self.watermarks(consumer, topic, partition)?;
+    /// The concrete start offset of a partition that is not restored, whose
+    /// offsets run from `low` to `high`.
+    fn start_offset(
+        &self,
+        consumer: &BaseConsumer,
+        topic: &str,
+        partition: i32,
+        (low, high): (i64, i64),
+    ) -> Result<i64> {
         Ok(match &self.start {
             StartOffset::Earliest => low,
             StartOffset::Latest => high,
@@ -539,12 +545,18 @@ impl<T: Data> Inner<T> {
         })
     }
 
-    /// The offset a bounded partition ends at (exclusive).
-    fn end_offset(&self, consumer: &BaseConsumer, topic: &str, partition: i32) -> Result<u64> {
+    /// The offset a bounded partition whose offsets end at `high` ends at
+    /// (exclusive).
+    fn end_offset(
+        &self,
+        consumer: &BaseConsumer,
+        topic: &str,
+        partition: i32,
+        high: i64,
+    ) -> Result<u64> {
         let Some(bound) = self.bound else {
             return Ok(UNBOUNDED);
         };
-        let (_, high) = self.watermarks(consumer, topic, partition)?;
         let end = match bound {
             Bound::EndOffsets => high,
             Bound::Timestamp(ts) => self
@@ -572,10 +584,13 @@ impl<T: Data> Inner<T> {
         let consumer = self.consumer(ctx.subtask.subtask)?;
         let (next, end) = match resume {
             Some(resume) => resume,
-            None => (
-                self.start_offset(&consumer, topic, kafka_partition)?,
-                self.end_offset(&consumer, topic, kafka_partition)?,
-            ),
+            None => {
+                let range = self.watermarks(&consumer, topic, kafka_partition)?;
+                (
+                    self.start_offset(&consumer, topic, kafka_partition, range)?,
+                    self.end_offset(&consumer, topic, kafka_partition, range.1)?,
+                )
+            }
         };
         let finished = end != UNBOUNDED && next as u64 >= end;
         // Split the partition's queue off before assigning it, so no record
@@ -806,11 +821,7 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
                         .map_or(EventTime::MIN, EventTime::from_millis);
                     out.push(Record::new(ts, value));
                 }
-                Err(reason) => out.dead_letter_at(
-                    reason,
-                    record.payload_text(),
-                    Position(record.topic, record.partition, record.offset).to_string(),
-                ),
+                Err(reason) => out.dead_letter_at(reason, record.payload_text(), record.position()),
             }
             self.next = record.offset + 1;
             if self.reached_end() {
