@@ -107,28 +107,6 @@ pub(crate) fn kind_of(dir: &Path) -> Result<SnapshotKind> {
     }
 }
 
-/// CRC-32 (IEEE 802.3, as in zlib), computed by `crc32fast`.
-#[derive(Debug, Clone)]
-pub(crate) struct Crc32(crc32fast::Hasher);
-
-impl Crc32 {
-    pub(crate) fn new() -> Self {
-        Crc32(crc32fast::Hasher::new())
-    }
-
-    pub(crate) fn update(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
-    }
-
-    pub(crate) fn finish(self) -> u32 {
-        self.0.finalize()
-    }
-
-    pub(crate) fn of(bytes: &[u8]) -> u32 {
-        crc32fast::hash(bytes)
-    }
-}
-
 fn len_u32(path: &Path, len: usize) -> Result<[u8; 4]> {
     u32::try_from(len)
         .map(u32::to_le_bytes)
@@ -251,7 +229,7 @@ impl MemoryWriter {
                 offset: self.offset,
                 len: bucket.bytes.len() as u64,
                 entries: bucket.entries,
-                crc: Crc32::of(&bucket.bytes),
+                crc: crc32fast::hash(&bucket.bytes),
             };
             self.put(&bucket.bytes)?;
             // Keep the allocation for the next state.
@@ -282,13 +260,13 @@ impl MemoryWriter {
                 index.extend_from_slice(&s.crc.to_le_bytes());
             }
         }
-        let mut crc = Crc32::new();
+        let mut crc = crc32fast::Hasher::new();
         crc.update(&self.header);
         crc.update(&index);
         let mut footer = Vec::with_capacity(FOOTER_LEN);
         footer.extend_from_slice(&index_offset.to_le_bytes());
         footer.extend_from_slice(&(index.len() as u64).to_le_bytes());
-        footer.extend_from_slice(&crc.finish().to_le_bytes());
+        footer.extend_from_slice(&crc.finalize().to_le_bytes());
         footer.extend_from_slice(FOOTER_MAGIC);
         self.put(&index)?;
         self.put(&footer)?;
@@ -435,10 +413,10 @@ pub(crate) fn read_memory_index(path: &Path, key_groups: u16) -> Result<Vec<Stat
         ));
     }
     let index = read_at(&mut file, path, index_offset, index_len)?;
-    let mut crc = Crc32::new();
+    let mut crc = crc32fast::Hasher::new();
     crc.update(&header);
     crc.update(&index);
-    if crc.finish() != index_crc {
+    if crc.finalize() != index_crc {
         return Err(StateError::snapshot(
             path,
             "index checksum mismatch (the file is truncated or corrupt)",
@@ -546,7 +524,7 @@ pub(crate) fn read_sections(path: &Path, sections: &[Section]) -> Result<RawChun
             .get(start..start.saturating_add(len))
             .ok_or_else(|| StateError::snapshot(path, "sections are not contiguous"))?;
         start += len;
-        if Crc32::of(body) != section.crc {
+        if crc32fast::hash(body) != section.crc {
             return Err(StateError::snapshot(
                 path,
                 format!(
@@ -627,7 +605,7 @@ pub(crate) fn write_rocks_meta(dir: &Path, key_groups: u16, groups: Range<u16>) 
     bytes.extend_from_slice(&key_groups.to_le_bytes());
     bytes.extend_from_slice(&groups.start.to_le_bytes());
     bytes.extend_from_slice(&groups.end.to_le_bytes());
-    let crc = Crc32::of(&bytes);
+    let crc = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
     let mut file = File::create_new(&path).map_err(|e| StateError::io(&path, e))?;
     file.write_all(&bytes)
@@ -659,7 +637,7 @@ pub(crate) fn read_rocks_meta(dir: &Path, key_groups: u16) -> Result<Range<u16>>
         ));
     }
     let (body, crc) = bytes.split_at(ROCKS_META_LEN - 4);
-    if Crc32::of(body).to_le_bytes() != crc {
+    if crc32fast::hash(body).to_le_bytes() != crc {
         return Err(StateError::snapshot(&path, "checksum mismatch"));
     }
     check_key_groups(&path, u16::from_le_bytes([body[12], body[13]]), key_groups)?;
@@ -680,7 +658,7 @@ mod tests {
 
     #[test]
     fn crc32_matches_the_reference_value() {
-        assert_eq!(Crc32::of(b"123456789"), 0xcbf4_3926);
+        assert_eq!(crc32fast::hash(b"123456789"), 0xcbf4_3926);
     }
 
     #[test]

@@ -94,11 +94,11 @@ pub(crate) struct Coordinator {
     io_thread: Mutex<Option<JoinHandle<()>>>,
     stats: Arc<Mutex<Vec<CheckpointStats>>>,
     aborted: Mutex<Vec<AbortedCheckpoint>>,
-    /// A requested stop with a savepoint into this directory, not yet triggered.
-    savepoint_request: Mutex<Option<PathBuf>>,
-    /// The id of the stop-with-savepoint barrier (0: none), and where it goes.
-    stop_id: AtomicU64,
+    /// Where a requested stop with a savepoint exports it.
     savepoint_dir: Mutex<Option<PathBuf>>,
+    /// The id of the stop-with-savepoint barrier; 0 while none is triggered
+    /// (a requested one is then still waiting for its barrier).
+    stop_id: AtomicU64,
     /// The exported savepoint, once complete.
     savepoint: Mutex<Option<PathBuf>>,
     shared: Arc<Shared>,
@@ -161,9 +161,8 @@ impl Coordinator {
             io_thread: Mutex::new(None),
             stats: Arc::default(),
             aborted: Mutex::default(),
-            savepoint_request: Mutex::default(),
-            stop_id: AtomicU64::new(0),
             savepoint_dir: Mutex::default(),
+            stop_id: AtomicU64::new(0),
             savepoint: Mutex::default(),
             shared,
         });
@@ -202,8 +201,8 @@ impl Coordinator {
                 "must not be the checkpoint directory (pruning would delete it); give another one",
             ));
         }
-        let mut request = lock(&self.savepoint_request);
-        if request.is_some() || self.stop_id.load(Ordering::SeqCst) != 0 {
+        let mut request = lock(&self.savepoint_dir);
+        if request.is_some() {
             return Err(Error::config(
                 "stop_with_savepoint",
                 "a stop with a savepoint is already under way",
@@ -234,8 +233,7 @@ impl Coordinator {
                 progress.last_id += 1;
                 progress.in_progress = Some((progress.last_id, Instant::now()));
                 progress.acks.iter_mut().for_each(|a| *a = None);
-                if let Some(dir) = lock(&self.savepoint_request).take() {
-                    *lock(&self.savepoint_dir) = Some(dir);
+                if lock(&self.savepoint_dir).is_some() {
                     self.stop_id.store(progress.last_id, Ordering::SeqCst);
                 }
                 self.trigger.store(progress.last_id, Ordering::SeqCst);
@@ -416,7 +414,9 @@ impl Coordinator {
     /// due an interval from now, or at once when a stop with a savepoint
     /// waits for it.
     fn schedule_next(&self) {
-        let next = if lock(&self.savepoint_request).is_some() {
+        let waiting =
+            lock(&self.savepoint_dir).is_some() && self.stop_id.load(Ordering::SeqCst) == 0;
+        let next = if waiting {
             i64::MIN
         } else {
             self.clock.now_millis().saturating_add(self.interval)

@@ -140,7 +140,8 @@ impl SnapshotWriter<'_> {
     /// # Errors
     /// When the directory cannot be created.
     pub fn subdir(&mut self, name: &str) -> Result<PathBuf> {
-        let dir = self.dir()?.join(name);
+        // Creating it creates `dir` too.
+        let dir = self.dir.join(name);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
         Ok(dir)
     }

@@ -249,14 +249,19 @@ impl CheckpointStorage {
     /// # Errors
     /// When the store cannot be listed.
     pub fn complete_ids(&self) -> Result<Vec<u64>> {
-        let mut ids = Vec::new();
-        for id in self.dir_ids()? {
+        self.complete_of(&self.dir_ids()?)
+    }
+
+    /// Those of `ids` (ascending) that have a metadata file, newest first.
+    fn complete_of(&self, ids: &[u64]) -> Result<Vec<u64>> {
+        let mut complete = Vec::new();
+        for &id in ids {
             if self.store.exists(&metadata_key(id))? {
-                ids.push(id);
+                complete.push(id);
             }
         }
-        ids.reverse();
-        Ok(ids)
+        complete.reverse();
+        Ok(complete)
     }
 
     fn read_metadata(&self, id: u64) -> Result<Metadata> {
@@ -382,8 +387,10 @@ impl CheckpointStorage {
     /// Removes the files of checkpoints that never completed (a run stopped
     /// while writing them). Called before a job starts.
     pub(crate) fn remove_incomplete(&self) -> Result<()> {
-        let complete: BTreeSet<u64> = self.complete_ids()?.into_iter().collect();
-        for id in self.dir_ids()? {
+        // One listing: it walks every checkpoint's files.
+        let ids = self.dir_ids()?;
+        let complete: BTreeSet<u64> = self.complete_of(&ids)?.into_iter().collect();
+        for id in ids {
             if !complete.contains(&id) {
                 self.delete_prefix(&format!("{}/", checkpoint_dir_name(id)))?;
             }
@@ -396,10 +403,12 @@ impl CheckpointStorage {
     /// file no retained checkpoint references — except under `own_final`,
     /// the finished-subtask snapshots of the running job.
     pub(crate) fn prune(&self, retain: usize, own_final: &str) -> Result<()> {
-        let complete = self.complete_ids()?;
+        // One listing: it walks every checkpoint's files.
+        let ids = self.dir_ids()?;
+        let complete = self.complete_of(&ids)?;
         let kept: Vec<u64> = complete.iter().copied().take(retain.max(1)).collect();
         let oldest_kept = kept.last().copied().unwrap_or(0);
-        for id in self.dir_ids()? {
+        for id in ids {
             if id < oldest_kept || (complete.contains(&id) && !kept.contains(&id)) {
                 self.delete_prefix(&format!("{}/", checkpoint_dir_name(id)))?;
             }

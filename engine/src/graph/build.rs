@@ -222,7 +222,6 @@ impl Graph {
             None => Ok((None, Vec::new())),
             Some(RestoreFrom::Path(dir)) => {
                 let checkpoint = CheckpointStorage::open_dir(dir)?;
-                refuse_drained(&checkpoint)?;
                 Ok((Some(Restored::new(checkpoint)), Vec::new()))
             }
             Some(RestoreFrom::Latest) => {
@@ -247,9 +246,6 @@ impl Graph {
                         ),
                     });
                 }
-                if let Some(latest) = &latest {
-                    refuse_drained(latest)?;
-                }
                 Ok((latest.map(Restored::new), skipped))
             }
         }
@@ -273,7 +269,7 @@ impl Graph {
     /// Refuses a checkpoint that holds state, offsets or transactions under
     /// a uid this job does not have (it would be dropped silently), unless
     /// the job allows it.
-    fn check_restored_uids(&self, restored: &Restored) -> Result<()> {
+    fn check_restored_uids(&self, restored: &Restored, uids: &[Arc<str>]) -> Result<()> {
         if self.config.allow_non_restored_state {
             return Ok(());
         }
@@ -285,7 +281,7 @@ impl Graph {
             .chain(meta.transactions.keys());
         let mut unknown: Vec<&str> = held
             .map(String::as_str)
-            .filter(|uid| !self.ops.iter().any(|o| self.effective_uid(o) == *uid))
+            .filter(|uid| !uids.iter().any(|u| &**u == *uid))
             .collect();
         unknown.sort_unstable();
         unknown.dedup();
@@ -304,7 +300,8 @@ impl Graph {
         ))
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks the graph; `uids` are the operators' effective uids, in order.
+    fn validate(&self, uids: &[Arc<str>]) -> Result<()> {
         self.config.validate()?;
         if !self.ops.iter().any(|o| o.kind == OpKind::Sink) {
             return Err(Error::NoSink);
@@ -316,16 +313,10 @@ impl Graph {
                     "two operators have this name; names must be unique",
                 ));
             }
-            if self.ops[..i]
-                .iter()
-                .any(|o| self.effective_uid(o) == self.effective_uid(op))
-            {
+            if uids[..i].contains(&uids[i]) {
                 return Err(Error::config(
                     format!("operator '{}'.uid", op.name),
-                    format!(
-                        "uid '{}' is used twice; uids must be unique",
-                        self.effective_uid(op)
-                    ),
+                    format!("uid '{}' is used twice; uids must be unique", uids[i]),
                 ));
             }
             if op.kind != OpKind::Sink && op.ports.iter().all(|p| p.consumer_count() == 0) {
@@ -399,24 +390,25 @@ impl Graph {
     /// restart restores the new tasks from the latest checkpoint); every
     /// build counts records afresh.
     pub(crate) fn build(&self, capacity: Option<usize>) -> Result<BuiltJob> {
-        self.validate()?;
+        let op_uids: Vec<Arc<str>> = self
+            .ops
+            .iter()
+            .map(|o| Arc::from(self.effective_uid(o).as_str()))
+            .collect();
+        self.validate(&op_uids)?;
         let layout = self.layout();
         let op_names: Vec<Arc<str>> = self
             .ops
             .iter()
             .map(|o| Arc::from(o.name.as_str()))
             .collect();
-        let op_uids: Vec<Arc<str>> = self
-            .ops
-            .iter()
-            .map(|o| Arc::from(self.effective_uid(o).as_str()))
-            .collect();
         let op_counters: Vec<Arc<OpCounters>> = self.ops.iter().map(|_| Arc::default()).collect();
         let job_counters = Arc::new(JobCounters::default());
         let shared = Arc::new(Shared::default());
         let (restored, skipped_checkpoints) = self.resolve_restore()?;
         if let Some(restored) = &restored {
-            self.check_restored_uids(restored)?;
+            refuse_drained(&restored.checkpoint)?;
+            self.check_restored_uids(restored, &op_uids)?;
         }
         let task_count: usize = layout.iter().map(|l| l.parallelism).sum();
         let coordinator = match &self.config.checkpointing {

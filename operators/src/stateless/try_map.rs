@@ -24,9 +24,7 @@ where
     fn process_batch(&mut self, batch: Vec<Record<I>>, out: &mut Output<O>) -> Result<()> {
         for r in batch {
             match (self.0)(&r.value) {
-                Ok(v) => out.push(
-                    Record::new(r.timestamp, v).with_lateness_watermark(r.lateness_watermark),
-                ),
+                Ok(v) => out.push(r.map(|_| v)),
                 Err(e) => out.dead_letter(r.timestamp, e, &r.value)?,
             }
         }

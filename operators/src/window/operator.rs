@@ -145,7 +145,6 @@ where
         window.max_timestamp().saturating_add_millis(self.lateness)
     }
 
-    /// Why a record that arrived as `arrival` is late for `window`, if it is.
     /// A record as its dead letter shows it.
     fn record_text(&self, key: &K, record: &T) -> String {
         match &self.describe {
@@ -157,6 +156,7 @@ where
         }
     }
 
+    /// Why a record that arrived as `arrival` is late for `window`, if it is.
     fn late_for(&self, window: &TimeWindow, arrival: Arrival) -> Option<LateReason> {
         let cleanup = self.cleanup_time(window);
         (cleanup <= arrival.judge).then(|| self.rule.reason(arrival.mark, cleanup))

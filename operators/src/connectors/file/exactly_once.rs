@@ -134,10 +134,6 @@ impl Transaction {
     }
 }
 
-fn io_error(action: &'static str, path: &Path, e: std::io::Error) -> Error {
-    Error::io(action, path, e)
-}
-
 /// A committed part file that cannot be parsed as the sink's records.
 fn unreadable(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::user(format!("cannot read {}: {e}", path.display()))
@@ -145,7 +141,7 @@ fn unreadable(path: &Path, e: impl std::fmt::Display) -> Error {
 
 fn exists(path: &Path) -> Result<bool> {
     path.try_exists()
-        .map_err(|e| io_error("check for", path, e))
+        .map_err(|e| Error::io("check for", path, e))
 }
 
 /// Syncs a file's contents to disk.
@@ -154,7 +150,7 @@ fn sync_file(path: &Path) -> Result<()> {
         .write(true)
         .open(path)
         .and_then(|f| f.sync_all())
-        .map_err(|e| io_error("sync", path, e))
+        .map_err(|e| Error::io("sync", path, e))
 }
 
 /// Syncs a directory, so renames and deletions in it survive a crash.
@@ -163,7 +159,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
     {
         File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| io_error("sync directory", dir, e))
+            .map_err(|e| Error::io("sync directory", dir, e))
     }
     #[cfg(not(unix))]
     {
@@ -179,13 +175,13 @@ fn rename(from: &Path, to: &Path) -> Result<()> {
 
 /// The file names in `dir` (not descending into subdirectories).
 fn file_names(dir: &Path) -> Result<Vec<String>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| io_error("list", dir, e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
     let mut names = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| io_error("list", dir, e))?;
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
         let is_file = entry
             .file_type()
-            .map_err(|e| io_error("inspect", &entry.path(), e))?
+            .map_err(|e| Error::io("inspect", entry.path(), e))?
             .is_file();
         if let (true, Some(name)) = (is_file, entry.file_name().to_str()) {
             names.push(name.to_string());
@@ -215,7 +211,7 @@ impl Parts {
         if *started {
             return Ok(());
         }
-        std::fs::create_dir_all(&self.dir).map_err(|e| io_error("create", &self.dir, e))?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io("create", &self.dir, e))?;
         if !self.restored.load(Ordering::SeqCst) {
             if let Some(first) = file_names(&self.dir)?
                 .into_iter()
@@ -251,7 +247,7 @@ impl Parts {
         for name in file_names(&self.dir)? {
             if doomed(&name) {
                 let path = self.dir.join(&name);
-                std::fs::remove_file(&path).map_err(|e| io_error("delete", &path, e))?;
+                std::fs::remove_file(&path).map_err(|e| Error::io("delete", &path, e))?;
                 removed = true;
             }
         }
@@ -397,7 +393,7 @@ impl<T, F: FileFormatWriter<T> + PartExtension> ExactlyOnceFileSink<T, F> {
     /// When the directory cannot be created.
     pub fn new(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
         Ok(Self {
             parts: Arc::new(Parts {
                 dir,
@@ -446,7 +442,7 @@ impl<T: Data + Serialize, F: FileFormatWriter<T> + PartExtension> Sink<T>
         let writer = self.claim_writer()?;
         let path = self.in_progress_path(writer);
         if self.open.is_none() {
-            let file = File::create(&path).map_err(|e| io_error("create", &path, e))?;
+            let file = File::create(&path).map_err(|e| Error::io("create", &path, e))?;
             self.open = Some(F::open(file)?);
         }
         let Some(format) = self.open.as_mut() else {
@@ -575,9 +571,9 @@ fn read_csv<T: DeserializeOwned>(path: &Path, out: &mut Vec<T>) -> Result<()> {
 }
 
 fn read_json_lines<T: DeserializeOwned>(path: &Path, out: &mut Vec<T>) -> Result<()> {
-    let file = File::open(path).map_err(|e| io_error("read", path, e))?;
+    let file = File::open(path).map_err(|e| Error::io("read", path, e))?;
     for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| io_error("read", path, e))?;
+        let line = line.map_err(|e| Error::io("read", path, e))?;
         if line.trim().is_empty() {
             continue;
         }
@@ -590,7 +586,7 @@ fn read_json_lines<T: DeserializeOwned>(path: &Path, out: &mut Vec<T>) -> Result
 
 fn read_parquet<T: DeserializeOwned>(path: &Path, out: &mut Vec<T>) -> Result<()> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let file = File::open(path).map_err(|e| io_error("read", path, e))?;
+    let file = File::open(path).map_err(|e| Error::io("read", path, e))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.build())
         .map_err(|e| FormatError::from(e).into_error("read", path))?;
