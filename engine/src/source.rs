@@ -53,6 +53,42 @@ pub trait Source<T>: Send + Sync + 'static {
         ))
     }
 
+    /// How often each source subtask asks [`Source::discover_partitions`]
+    /// whether partitions were added. `None` (the default): never. Only
+    /// unbounded sources are asked.
+    fn partition_discovery_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// The number of partitions now, never fewer than before: partitions
+    /// numbered from the previous count up are new, and the subtask that
+    /// owns each (`partition % parallelism`) opens a reader for it with
+    /// [`Source::create_reader`] and a watermark generator of its own. Its
+    /// watermark starts at `-inf`, so the subtask's watermark waits for it
+    /// (or for its idleness). Called on the subtask's thread: a source that
+    /// cannot reach its system now should answer the count it knows.
+    ///
+    /// # Errors
+    /// Any error fails the job.
+    fn discover_partitions(&self) -> Result<usize> {
+        Ok(self.partitions())
+    }
+
+    /// A restored job is about to open this source's readers; `offsets` are
+    /// every partition offset the checkpoint holds for it (all subtasks'),
+    /// by partition number. A source whose partition numbering depends on
+    /// history (partitions discovered while it ran) makes the same numbering
+    /// again here; [`Source::partitions`] is asked after this. The default
+    /// does nothing.
+    ///
+    /// # Errors
+    /// When the checkpoint's partitions do not fit the source; the job does
+    /// not start.
+    fn restore_partitions(&self, offsets: &[(usize, SourceOffset)]) -> Result<()> {
+        let _ = offsets;
+        Ok(())
+    }
+
     /// Checkpoint `checkpoint` is complete and durable; `offsets` are the
     /// positions it recorded for every partition of this source (finished
     /// ones included). The moment to commit consumer-group offsets or to

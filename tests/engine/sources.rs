@@ -83,3 +83,105 @@ fn vec_source_partitions_read_in_parallel() -> Result<()> {
     assert_eq!(summary.operator("collect").map(|o| o.parallelism), Some(2));
     Ok(())
 }
+
+/// An unbounded source whose partition count grows when the test says:
+/// partition `p` emits `(p, i, subtask)` for `i` in `0..3`, then waits.
+#[derive(Clone)]
+struct Growing(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+struct GrowingReader {
+    partition: usize,
+    subtask: usize,
+    done: bool,
+}
+
+impl tideline::SourceReader<(usize, u64, usize)> for GrowingReader {
+    fn poll(
+        &mut self,
+        out: &mut tideline::SourceOutput<(usize, u64, usize)>,
+    ) -> Result<tideline::SourceStatus> {
+        if !self.done {
+            self.done = true;
+            for i in 0..3 {
+                out.push(Record::new(
+                    1_000 * self.partition as i64 + i as i64,
+                    (self.partition, i, self.subtask),
+                ));
+            }
+        }
+        Ok(tideline::SourceStatus::Pending)
+    }
+}
+
+impl tideline::Source<(usize, u64, usize)> for Growing {
+    fn partitions(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn is_bounded(&self) -> bool {
+        false
+    }
+
+    fn create_reader(
+        &self,
+        partition: usize,
+        ctx: &tideline::ReaderContext,
+    ) -> Result<Box<dyn tideline::SourceReader<(usize, u64, usize)>>> {
+        Ok(Box::new(GrowingReader {
+            partition,
+            subtask: ctx.subtask.subtask,
+            done: false,
+        }))
+    }
+
+    fn partition_discovery_interval(&self) -> Option<Duration> {
+        Some(Duration::from_millis(100))
+    }
+
+    fn discover_partitions(&self) -> Result<usize> {
+        Ok(self.partitions())
+    }
+}
+
+#[test]
+fn discovered_partitions_are_read_by_the_subtask_that_owns_them() -> Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let count = Arc::new(AtomicUsize::new(2));
+    let clock = Arc::new(ManualClock::new(0));
+    let job = Job::new()
+        .parallelism(2)
+        .clock(Arc::clone(&clock) as Arc<dyn tideline::time::Clock>);
+    let out = CollectSink::new();
+    job.source(Growing(Arc::clone(&count)), WatermarkStrategy::none())
+        .sink(out.clone());
+    let mut run = job.start_local()?;
+    run.step()?;
+    let sorted = |out: &CollectSink<(usize, u64, usize)>| {
+        let mut v = out.values();
+        v.sort_unstable();
+        v
+    };
+    let expected = |partitions: usize| -> Vec<(usize, u64, usize)> {
+        (0..partitions)
+            .flat_map(|p| (0..3).map(move |i| (p, i, p % 2)))
+            .collect()
+    };
+    assert_eq!(sorted(&out), expected(2));
+    count.store(5, Ordering::SeqCst);
+    // Not due yet: nothing new is opened.
+    clock.advance(Duration::from_millis(50));
+    run.step()?;
+    assert_eq!(sorted(&out), expected(2));
+    clock.advance(Duration::from_millis(60));
+    run.step()?;
+    assert_eq!(
+        sorted(&out),
+        expected(5),
+        "each new partition once, by partition % 2"
+    );
+    clock.advance(Duration::from_millis(200));
+    run.step()?;
+    assert_eq!(sorted(&out), expected(5), "no partition is opened twice");
+    Ok(())
+}

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use crate::checkpoint::storage::Metadata;
 use crate::error::{guarded, Result};
 use crate::sink::Committer;
-use crate::source::{Source, SourceOffset};
+use crate::source::Source;
 
 /// Something told of completed and aborted checkpoints.
 pub(crate) trait CompletionHook: Send + Sync {
@@ -104,13 +104,7 @@ impl<T: 'static> CompletionHook for SourceHook<T> {
     }
 
     fn completed(&self, checkpoint: &Metadata) -> Result<()> {
-        let offsets: Vec<(usize, SourceOffset)> = checkpoint
-            .sources
-            .get(&self.uid)
-            .into_iter()
-            .flatten()
-            .map(|(partition, state)| (*partition, SourceOffset(state.offset.clone())))
-            .collect();
+        let offsets = checkpoint.source_offsets(&self.uid);
         guarded(&self.uid, || {
             self.source
                 .notify_checkpoint_complete(checkpoint.id, &offsets)

@@ -97,6 +97,23 @@ pub(crate) struct Metadata {
     pub(crate) transactions: BTreeMap<String, Vec<Vec<u8>>>,
 }
 
+impl Metadata {
+    /// Every partition offset held for source `uid`, by partition.
+    pub(crate) fn source_offsets(&self, uid: &str) -> Vec<(usize, crate::source::SourceOffset)> {
+        self.sources
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .map(|(partition, state)| {
+                (
+                    *partition,
+                    crate::source::SourceOffset(state.offset.clone()),
+                )
+            })
+            .collect()
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct MetadataFile {
     crc32: u32,

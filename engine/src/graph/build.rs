@@ -20,7 +20,7 @@ use crate::runtime::input_task::InputTask;
 use crate::runtime::metrics::{JobCounters, OpCounters};
 use crate::runtime::push::BoxPush;
 use crate::runtime::shared::Shared;
-use crate::runtime::source_task::{Partition, SourceTask};
+use crate::runtime::source_task::{Discovery, Partition, SourceTask};
 use crate::runtime::task::{ChainHead, Task, TaskCheckpoint};
 use crate::source::{ReaderContext, Source, SourceOffset};
 use crate::time::EventTime;
@@ -123,6 +123,12 @@ impl<T: Data> TaskFactory for SourceFactory<T> {
     fn build(&self, ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Task>> {
         let name = ctx.op_name(self.op);
         let uid = ctx.op_uid(self.op);
+        if let Some(restored) = ctx.restored {
+            let offsets = restored.checkpoint.metadata.source_offsets(&uid);
+            self.source
+                .restore_partitions(&offsets)
+                .map_err(|e| e.in_operator(&name))?;
+        }
         let total = self.source.partitions();
         let reader_ctx = ReaderContext {
             clock: Arc::clone(&ctx.config.clock),
@@ -160,9 +166,21 @@ impl<T: Data> TaskFactory for SourceFactory<T> {
             uid: uid.to_string(),
             source: Arc::clone(&self.source),
         }));
+        let discovery = self
+            .source
+            .partition_discovery_interval()
+            .filter(|_| !self.source.is_bounded())
+            .map(|interval| Discovery {
+                source: Arc::clone(&self.source),
+                strategy: self.strategy.clone(),
+                reader_ctx: reader_ctx.clone(),
+                interval_millis: i64::try_from(interval.as_millis()).unwrap_or(i64::MAX),
+                next_due: ctx.config.clock.now_millis(),
+            });
         Ok(Box::new(SourceTask {
             head,
             partitions,
+            discovery,
             timestamps: self.strategy.timestamps.clone(),
             started_at: ctx.config.clock.now_millis(),
             batch_size: ctx.config.batch_size,

@@ -14,8 +14,8 @@ use crate::operator::{reject, DeadLetter};
 use crate::record::Data;
 use crate::runtime::metrics::{JobCounters, OpCounters};
 use crate::runtime::task::{ChainHead, Step, Task};
-use crate::source::{SourceOutput, SourceReader, SourceStatus};
-use crate::time::{EventTime, TimestampFn, WatermarkGenerator};
+use crate::source::{ReaderContext, Source, SourceOutput, SourceReader, SourceStatus};
+use crate::time::{EventTime, TimestampFn, WatermarkGenerator, WatermarkStrategy};
 
 pub(crate) struct Partition<T> {
     /// The partition's number in its source.
@@ -25,9 +25,21 @@ pub(crate) struct Partition<T> {
     pub(crate) finished: bool,
 }
 
+/// Asks the source for new partitions now and then (unbounded sources
+/// that discover partitions).
+pub(crate) struct Discovery<T> {
+    pub(crate) source: Arc<dyn Source<T>>,
+    pub(crate) strategy: WatermarkStrategy<T>,
+    /// `partitions` is the count known so far.
+    pub(crate) reader_ctx: ReaderContext,
+    pub(crate) interval_millis: i64,
+    pub(crate) next_due: i64,
+}
+
 pub(crate) struct SourceTask<T> {
     pub(crate) head: ChainHead<T>,
     pub(crate) partitions: Vec<Partition<T>>,
+    pub(crate) discovery: Option<Discovery<T>>,
     pub(crate) timestamps: Option<TimestampFn<T>>,
     pub(crate) started_at: i64,
     pub(crate) batch_size: usize,
@@ -78,6 +90,41 @@ impl<T: Data> SourceTask<T> {
             Vec::new()
         };
         self.head.finish(sources)
+    }
+
+    /// Opens readers for the partitions added since the last look that this
+    /// subtask owns (`partition % parallelism == subtask`), when a look is due.
+    fn discover(&mut self, now: i64) -> Result<()> {
+        let Some(d) = &mut self.discovery else {
+            return Ok(());
+        };
+        if now < d.next_due {
+            return Ok(());
+        }
+        d.next_due = now.saturating_add(d.interval_millis);
+        let source = &d.source;
+        let total = guarded(&self.head.name, || source.discover_partitions())
+            .map_err(|e| e.in_operator(&self.operator))?;
+        let known = d.reader_ctx.partitions;
+        if total <= known {
+            return Ok(());
+        }
+        d.reader_ctx.partitions = total;
+        let info = d.reader_ctx.subtask;
+        for index in (known..total).filter(|p| p % info.parallelism == info.subtask) {
+            let reader = d
+                .source
+                .create_reader(index, &d.reader_ctx)
+                .map_err(|e| e.in_operator(&self.operator))?;
+            self.partitions.push(Partition {
+                index,
+                reader,
+                generator: d.strategy.generator(),
+                finished: false,
+            });
+            self.head.tracker.add_input();
+        }
+        Ok(())
     }
 
     fn poll_partition(&mut self, index: usize, now: i64) -> Result<bool> {
@@ -182,6 +229,7 @@ impl<T: Data> Task for SourceTask<T> {
             }
         }
         let now = self.head.clock.now_millis();
+        self.discover(now)?;
         let mut progressed = false;
         for index in 0..self.partitions.len() {
             if !self.partitions[index].finished {

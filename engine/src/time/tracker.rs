@@ -56,6 +56,17 @@ impl WatermarkTracker {
         }
     }
 
+    /// Adds an input, active at `-inf` (a partition discovered while the job
+    /// runs): nothing is emitted until it catches up, goes idle or ends.
+    /// Returns its number.
+    pub fn add_input(&mut self) -> usize {
+        self.inputs.push(Input {
+            watermark: EventTime::MIN,
+            status: Status::Active,
+        });
+        self.inputs.len() - 1
+    }
+
     /// The last watermark emitted.
     pub fn current(&self) -> EventTime {
         self.current
