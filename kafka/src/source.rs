@@ -8,9 +8,17 @@
 //!   decisions whatever the read speeds.
 //! - The partitions are the subscribed topics' partitions, sorted by topic
 //!   name, then partition number; source subtask `s` of `n` reads the
-//!   partitions `s, s + n, …` of that list. A checkpointed offset carries
-//!   a fingerprint of its topic and partition, so a restore against a
-//!   changed partition layout fails instead of reading the wrong partition.
+//!   partitions `s, s + n, …` of that list.
+//! - A running unbounded source looks for new partitions every 30 s (see
+//!   [`KafkaSourceBuilder::partition_discovery`]): partitions added to its
+//!   topics, and the partitions of new topics a pattern matches. They are
+//!   appended to the list (sorted among themselves), so no partition changes
+//!   number, and each is read from its start by the subtask that owns its
+//!   number. A bounded source reads the partitions it had at start.
+//! - A checkpointed offset carries a fingerprint of its topic and partition.
+//!   A restore numbers the partitions as the checkpoint did (the appended
+//!   ones included), then the partitions it did not know, sorted; a
+//!   checkpointed partition whose topic is gone fails the restore.
 //! - A reader's offset is the offset after the last record it emitted; a
 //!   restore assigns exactly that offset. The start position is turned into
 //!   a concrete offset when a reader is created, and a bounded reader's end
@@ -38,10 +46,12 @@
 //!   records are never seen.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::metadata::Metadata;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use regex::Regex;
 use serde::de::DeserializeOwned;
@@ -106,6 +116,55 @@ enum Topics {
     Pattern(String),
 }
 
+/// The subscribed topics, as a running source resolves them.
+#[derive(Debug)]
+enum Subscription {
+    /// These topics (sorted, without duplicates).
+    Names(Vec<String>),
+    /// Every topic whose whole name matches.
+    Pattern(String, Regex),
+}
+
+impl Subscription {
+    /// Every partition of the subscribed topics, sorted by topic, then
+    /// partition; a named topic that is missing, or a pattern that matches
+    /// none, is an error.
+    fn partitions(
+        &self,
+        settings: &ClientSettings,
+        metadata: &Metadata,
+        field: &str,
+    ) -> Result<Vec<(String, i32)>> {
+        let matched;
+        let topics = match self {
+            Subscription::Names(names) => names,
+            Subscription::Pattern(pattern, regex) => {
+                let mut names: Vec<String> = metadata
+                    .topics()
+                    .iter()
+                    .map(|t| t.name().to_string())
+                    .filter(|name| !name.starts_with("__") && regex.is_match(name))
+                    .collect();
+                names.sort();
+                if names.is_empty() {
+                    return Err(Error::config(
+                        format!("{field}.topic_pattern"),
+                        format!("no topic on {} matches '{pattern}'", settings.system()),
+                    ));
+                }
+                matched = names;
+                &matched
+            }
+        };
+        let counts = settings.partition_counts(metadata, topics, &format!("{field}.topic"))?;
+        Ok(topics
+            .iter()
+            .zip(counts)
+            .flat_map(|(topic, n)| (0..n as i32).map(move |p| (topic.clone(), p)))
+            .collect())
+    }
+}
+
 /// Configures a [`KafkaSource`]; the last call names the value type and
 /// builds it (connecting to the cluster to read the partitions).
 #[derive(Clone, Debug)]
@@ -116,7 +175,15 @@ pub struct KafkaSourceBuilder {
     group_id: Option<String>,
     start: StartOffset,
     bound: Option<Bound>,
+    discovery: Option<Duration>,
 }
+
+/// How often a running source looks for new partitions by default.
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a look for new partitions may wait for the cluster: a look that
+/// fails is tried again at the next interval.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reads Kafka topics: each partition a source partition with its own
 /// watermark (see the [module docs](self) for the guarantees).
@@ -156,7 +223,7 @@ impl<T> std::fmt::Debug for KafkaSource<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaSource")
             .field("name", &self.inner.name)
-            .field("partitions", &self.inner.layout)
+            .field("partitions", &*self.inner.layout())
             .finish_non_exhaustive()
     }
 }
@@ -167,8 +234,15 @@ struct Inner<T> {
     group_id: Option<String>,
     start: StartOffset,
     bound: Option<Bound>,
-    /// `(topic, partition)` of every source partition, in order.
-    layout: Vec<(String, i32)>,
+    subscription: Subscription,
+    /// How often running subtasks look for new partitions.
+    discovery: Option<Duration>,
+    /// Asks the cluster for its metadata when looking.
+    metadata: Mutex<BaseConsumer>,
+    /// `(topic, partition)` of every source partition, in order: sorted at
+    /// build, partitions found later appended, renumbered as the checkpoint
+    /// says on restore.
+    layout: Mutex<Vec<(String, i32)>>,
     deserialize: DeserializeFn<T>,
     /// One consumer per source subtask: its readers share it.
     consumers: Mutex<HashMap<usize, Arc<BaseConsumer>>>,
@@ -188,6 +262,7 @@ impl KafkaSource<()> {
             group_id: None,
             start: StartOffset::Earliest,
             bound: None,
+            discovery: Some(DISCOVERY_INTERVAL),
         }
     }
 }
@@ -234,6 +309,15 @@ impl KafkaSourceBuilder {
     /// job ends like a file replay does.
     pub fn bounded(mut self, bound: Bound) -> Self {
         self.bound = Some(bound);
+        self
+    }
+
+    /// How often a running (unbounded) source looks for partitions added to
+    /// its topics, or to a pattern's new topics (default every 30 s; `None`:
+    /// never). A new partition is read from its start, by the subtask that
+    /// owns its number, with a watermark of its own.
+    pub fn partition_discovery(mut self, interval: Option<Duration>) -> Self {
+        self.discovery = interval;
         self
     }
 
@@ -300,20 +384,17 @@ impl KafkaSourceBuilder {
                 "StartOffset::Committed needs a consumer group (KafkaSourceBuilder::group_id)",
             ));
         }
-        let consumer = self.settings.metadata_consumer(None)?;
-        let metadata = self.settings.metadata(&consumer)?;
-        let topics = match &self.topics {
+        let subscription = match self.topics {
             Topics::Names(names) if names.is_empty() => {
                 return Err(Error::config(
                     format!("{field}.topics"),
                     "no topic: call KafkaSourceBuilder::topic or topic_pattern",
                 ))
             }
-            Topics::Names(names) => {
-                let mut names = names.clone();
+            Topics::Names(mut names) => {
                 names.sort();
                 names.dedup();
-                names
+                Subscription::Names(names)
             }
             Topics::Pattern(pattern) => {
                 let regex = Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
@@ -322,30 +403,12 @@ impl KafkaSourceBuilder {
                         format!("'{pattern}': {e}"),
                     )
                 })?;
-                let mut names: Vec<String> = metadata
-                    .topics()
-                    .iter()
-                    .map(|t| t.name().to_string())
-                    .filter(|name| !name.starts_with("__") && regex.is_match(name))
-                    .collect();
-                names.sort();
-                if names.is_empty() {
-                    return Err(Error::config(
-                        format!("{field}.topic_pattern"),
-                        format!("no topic on {} matches '{pattern}'", self.settings.system()),
-                    ));
-                }
-                names
+                Subscription::Pattern(pattern, regex)
             }
         };
-        let counts =
-            self.settings
-                .partition_counts(&metadata, &topics, &format!("{field}.topic"))?;
-        let layout = topics
-            .iter()
-            .zip(counts)
-            .flat_map(|(topic, n)| (0..n as i32).map(move |p| (topic.clone(), p)))
-            .collect();
+        let consumer = self.settings.metadata_consumer(None)?;
+        let metadata = self.settings.metadata(&consumer)?;
+        let layout = subscription.partitions(&self.settings, &metadata, &field)?;
         Ok(KafkaSource {
             inner: Arc::new(Inner {
                 settings: self.settings,
@@ -353,7 +416,10 @@ impl KafkaSourceBuilder {
                 group_id: self.group_id,
                 start: self.start,
                 bound: self.bound,
-                layout,
+                subscription,
+                discovery: self.discovery,
+                metadata: Mutex::new(consumer),
+                layout: Mutex::new(layout),
                 deserialize,
                 consumers: Mutex::new(HashMap::new()),
                 committer: OnceLock::new(),
@@ -365,8 +431,8 @@ impl KafkaSourceBuilder {
 
 impl<T> KafkaSource<T> {
     /// The `(topic, partition)` of each source partition, in order.
-    pub fn partition_layout(&self) -> &[(String, i32)] {
-        &self.inner.layout
+    pub fn partition_layout(&self) -> Vec<(String, i32)> {
+        self.inner.layout().clone()
     }
 
     /// Why the last commit of offsets to the consumer group failed, if it
@@ -394,22 +460,88 @@ fn fingerprint(topic: &str, partition: i32) -> u64 {
 /// "No end offset" in a checkpointed offset.
 const UNBOUNDED: u64 = u64::MAX;
 
+impl<T> Inner<T> {
+    fn layout(&self) -> MutexGuard<'_, Vec<(String, i32)>> {
+        self.layout.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 impl<T: Data> Inner<T> {
     fn field(&self) -> String {
         format!("kafka source '{}'", self.name)
     }
 
-    fn topic_partition(&self, partition: usize) -> Result<(&str, i32)> {
-        self.layout
-            .get(partition)
-            .map(|(t, p)| (t.as_str(), *p))
-            .ok_or_else(|| {
-                Error::Internal(format!(
-                    "{}: partition {partition} of {}",
-                    self.field(),
-                    self.layout.len()
-                ))
-            })
+    fn topic_partition(&self, partition: usize) -> Result<(String, i32)> {
+        let layout = self.layout();
+        layout.get(partition).cloned().ok_or_else(|| {
+            Error::Internal(format!(
+                "{}: partition {partition} of {}",
+                self.field(),
+                layout.len()
+            ))
+        })
+    }
+
+    /// Appends the subscription's partitions the layout does not have yet
+    /// (sorted), and returns the layout's length. A cluster that does not
+    /// answer in time is asked again at the next look.
+    fn discover(&self) -> usize {
+        let found = {
+            let consumer = self.metadata.lock().unwrap_or_else(PoisonError::into_inner);
+            consumer
+                .fetch_metadata(None, DISCOVERY_TIMEOUT)
+                .ok()
+                .and_then(|md| self.subscription.partitions(&self.settings, &md, "").ok())
+        };
+        let mut layout = self.layout();
+        if let Some(found) = found {
+            let known: std::collections::HashSet<&(String, i32)> = layout.iter().collect();
+            let new: Vec<(String, i32)> =
+                found.into_iter().filter(|tp| !known.contains(tp)).collect();
+            layout.extend(new);
+        }
+        layout.len()
+    }
+
+    /// Numbers the partitions as the checkpoint did: each offset's
+    /// fingerprint names its partition; the rest follow, sorted.
+    fn renumber(&self, offsets: &[(usize, SourceOffset)]) -> Result<()> {
+        let mut layout = self.layout();
+        let mut remaining: Vec<(String, i32)> = layout.clone();
+        remaining.sort();
+        let mut numbered: BTreeMap<usize, (String, i32)> = BTreeMap::new();
+        for (partition, offset) in offsets {
+            let print = offset.0.get(1).copied();
+            let position = remaining
+                .iter()
+                .position(|(t, p)| Some(fingerprint(t, *p)) == print)
+                .ok_or_else(|| {
+                    Error::config(
+                        format!("{}.offset", self.field()),
+                        format!(
+                            "the checkpoint's partition {partition} is in none of the \
+                             subscribed topics now (was its topic deleted?)"
+                        ),
+                    )
+                })?;
+            numbered.insert(*partition, remaining.remove(position));
+        }
+        let total = remaining.len() + numbered.len();
+        let mut rest = remaining.into_iter();
+        *layout = (0..total)
+            .filter_map(|i| numbered.remove(&i).or_else(|| rest.next()))
+            .collect();
+        if !numbered.is_empty() {
+            return Err(Error::config(
+                format!("{}.offset", self.field()),
+                format!(
+                    "the checkpoint numbers partitions {:?}, beyond the {total} the \
+                     subscribed topics have",
+                    numbered.keys().collect::<Vec<_>>()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn consumer(&self, subtask: usize) -> Result<Arc<BaseConsumer>> {
@@ -454,8 +586,17 @@ impl<T: Data> Inner<T> {
         topic: &str,
         partition: i32,
     ) -> Result<(i64, i64)> {
-        consumer
-            .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
+        let query = || consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT);
+        query()
+            .or_else(|e| match e.rdkafka_error_code() {
+                // A partition added since the consumer last asked for the
+                // topic's metadata (one found by discovery): ask, then again.
+                Some(rdkafka::types::RDKafkaErrorCode::UnknownPartition) => {
+                    consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+                    query()
+                }
+                _ => Err(e),
+            })
             .map_err(|e| {
                 self.settings
                     .error(format!("read the offsets of {topic}/{partition}"), e)
@@ -581,6 +722,7 @@ impl<T: Data> Inner<T> {
         resume: Option<(i64, u64)>,
     ) -> Result<KafkaReader<T>> {
         let (topic, kafka_partition) = self.topic_partition(partition)?;
+        let topic = topic.as_str();
         let consumer = self.consumer(ctx.subtask.subtask)?;
         let (next, end) = match resume {
             Some(resume) => resume,
@@ -632,7 +774,19 @@ impl<T: Data> Source<T> for KafkaSource<T> {
     }
 
     fn partitions(&self) -> usize {
-        self.inner.layout.len()
+        self.inner.layout().len()
+    }
+
+    fn partition_discovery_interval(&self) -> Option<Duration> {
+        self.inner.discovery
+    }
+
+    fn discover_partitions(&self) -> Result<usize> {
+        Ok(self.inner.discover())
+    }
+
+    fn restore_partitions(&self, offsets: &[(usize, SourceOffset)]) -> Result<()> {
+        self.inner.renumber(offsets)
     }
 
     fn is_bounded(&self) -> bool {
@@ -654,6 +808,7 @@ impl<T: Data> Source<T> for KafkaSource<T> {
         offset: &SourceOffset,
     ) -> Result<Box<dyn SourceReader<T>>> {
         let (topic, kafka_partition) = self.inner.topic_partition(partition)?;
+        let topic = topic.as_str();
         let [next, print, end] = offset.0[..] else {
             return Err(Error::config(
                 format!("{}.offset", self.inner.field()),
@@ -695,7 +850,7 @@ impl<T: Data> Source<T> for KafkaSource<T> {
             let (topic, p) = inner.topic_partition(*partition)?;
             if let Some(next) = offset.0.first() {
                 // An error here is a bug in this file (a valid offset).
-                tpl.add_partition_offset(topic, p, Offset::Offset(*next as i64))
+                tpl.add_partition_offset(&topic, p, Offset::Offset(*next as i64))
                     .map_err(|e| Error::Internal(e.to_string()))?;
             }
         }

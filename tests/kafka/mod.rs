@@ -7,6 +7,7 @@
 // the step that failed.
 #![allow(clippy::expect_used)]
 
+mod discovery;
 mod exactly_once;
 mod live_and_replay;
 mod source;
@@ -101,6 +102,21 @@ pub(crate) fn create_topic(brokers: &str, topic: &str, partitions: i32) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("topic {topic} has no leaders");
+}
+
+/// Adds partitions to `topic` so it has `total`.
+pub(crate) fn add_partitions(brokers: &str, topic: &str, total: usize) {
+    use tideline::kafka::rdkafka::admin::NewPartitions;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let new = NewPartitions::new(topic, total);
+    for r in
+        block_on(admin.create_partitions([&new], &AdminOptions::new())).expect("add partitions")
+    {
+        r.expect("partitions added");
+    }
 }
 
 /// A click: the tests' input records.
