@@ -30,7 +30,8 @@ use crate::error::{Error, Result};
 
 /// Name of the metadata file inside a checkpoint directory.
 pub(crate) const METADATA: &str = "_metadata";
-pub(crate) const FORMAT: u32 = 2;
+/// 3: transactions as hex strings, the checksum over the body as stored.
+pub(crate) const FORMAT: u32 = 3;
 
 /// Length and CRC-32 of one stored file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +95,7 @@ pub(crate) struct Metadata {
     /// By source name, then partition.
     pub(crate) sources: BTreeMap<String, BTreeMap<usize, PartitionState>>,
     /// By sink name: the transactions to commit, in subtask order.
+    #[serde(with = "hex_blobs")]
     pub(crate) transactions: BTreeMap<String, Vec<Vec<u8>>>,
 }
 
@@ -114,10 +116,90 @@ impl Metadata {
     }
 }
 
+/// The metadata file: the body as written, and its CRC-32 over those
+/// bytes (so reading it checks the bytes, without encoding it again).
 #[derive(Serialize, Deserialize)]
 struct MetadataFile {
     crc32: u32,
-    body: Metadata,
+    body: Box<serde_json::value::RawValue>,
+}
+
+/// Transactions as hex strings: serde writes bytes as an array of numbers,
+/// about twice as long and many times slower to read back, and an
+/// exactly-once sink's transaction may hold every record since the last
+/// checkpoint.
+mod hex_blobs {
+    use std::collections::BTreeMap;
+
+    use serde::de::Visitor;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    struct Hex<'a>(&'a [u8]);
+
+    impl Serialize for Hex<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            let mut text = String::with_capacity(self.0.len() * 2);
+            for byte in self.0 {
+                text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+                text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+            }
+            serializer.serialize_str(&text)
+        }
+    }
+
+    struct Blob(Vec<u8>);
+
+    impl<'de> Deserialize<'de> for Blob {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct BlobVisitor;
+            impl<'de> Visitor<'de> for BlobVisitor {
+                type Value = Blob;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a transaction as a hex string")
+                }
+                fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Blob, E> {
+                    let digit = |c: u8| {
+                        char::from(c)
+                            .to_digit(16)
+                            .map(|d| d as u8)
+                            .ok_or_else(|| E::custom("a transaction is not hex"))
+                    };
+                    let bytes = text.as_bytes();
+                    if bytes.len() % 2 != 0 {
+                        return Err(E::custom("a transaction has an odd number of hex digits"));
+                    }
+                    bytes
+                        .chunks_exact(2)
+                        .map(|pair| Ok(digit(pair[0])? << 4 | digit(pair[1])?))
+                        .collect::<Result<Vec<u8>, E>>()
+                        .map(Blob)
+                }
+            }
+            deserializer.deserialize_str(BlobVisitor)
+        }
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        map: &BTreeMap<String, Vec<Vec<u8>>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let view: BTreeMap<&String, Vec<Hex<'_>>> = map
+            .iter()
+            .map(|(sink, txns)| (sink, txns.iter().map(|t| Hex(t)).collect()))
+            .collect();
+        view.serialize(serializer)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<String, Vec<Vec<u8>>>, D::Error> {
+        let map: BTreeMap<String, Vec<Blob>> = Deserialize::deserialize(deserializer)?;
+        Ok(map
+            .into_iter()
+            .map(|(sink, txns)| (sink, txns.into_iter().map(|b| b.0).collect()))
+            .collect())
+    }
 }
 
 /// A complete checkpoint: its metadata was read and every file it references
@@ -286,29 +368,38 @@ impl CheckpointStorage {
         let bytes = self.store.read(&key)?;
         let file: MetadataFile = serde_json::from_slice(&bytes)
             .map_err(|e| self.corrupt(&key, format!("malformed metadata: {e}")))?;
-        if file.body.format != FORMAT {
+        let checksum_ok = crc32fast::hash(file.body.get().as_bytes()) == file.crc32;
+        // The format first: another version's file may not even parse.
+        #[derive(Deserialize)]
+        struct Format {
+            format: u32,
+        }
+        let format = serde_json::from_str::<Format>(file.body.get())
+            .map(|f| f.format)
+            .map_err(|e| self.corrupt(&key, format!("malformed metadata: {e}")))?;
+        if format != FORMAT {
             return Err(self.corrupt(
                 &key,
                 format!(
-                    "metadata of format {} (this build reads format {FORMAT}): written by another version of Tideline",
-                    file.body.format
+                    "metadata of format {format} (this build reads format {FORMAT}): written by another version of Tideline"
                 ),
             ));
         }
-        let body = serde_json::to_vec(&file.body).map_err(|e| self.corrupt(&key, e))?;
-        if crc32fast::hash(&body) != file.crc32 {
+        if !checksum_ok {
             return Err(self.corrupt(&key, "metadata checksum mismatch (altered file)"));
         }
-        if file.body.id != id {
+        let body: Metadata = serde_json::from_str(file.body.get())
+            .map_err(|e| self.corrupt(&key, format!("malformed metadata: {e}")))?;
+        if body.id != id {
             return Err(self.corrupt(
                 &key,
                 format!(
                     "metadata of format {} for checkpoint {} found in the directory of checkpoint {id}",
-                    file.body.format, file.body.id
+                    body.format, body.id
                 ),
             ));
         }
-        Ok(file.body)
+        Ok(body)
     }
 
     /// Opens checkpoint `id`, verifying every file it references.
@@ -374,13 +465,14 @@ impl CheckpointStorage {
     /// Writes the metadata of a checkpoint whose files are in place,
     /// atomically and durably: the checkpoint exists from then on.
     pub(crate) fn write_metadata(&self, metadata: &Metadata) -> Result<()> {
-        let body = serde_json::to_vec(metadata)
+        let body = serde_json::to_string_pretty(metadata)
             .map_err(|e| Error::Internal(format!("encoding checkpoint metadata: {e}")))?;
         let file = MetadataFile {
-            crc32: crc32fast::hash(&body),
-            body: metadata.clone(),
+            crc32: crc32fast::hash(body.as_bytes()),
+            body: serde_json::value::RawValue::from_string(body)
+                .map_err(|e| Error::Internal(format!("encoding checkpoint metadata: {e}")))?,
         };
-        let bytes = serde_json::to_vec_pretty(&file)
+        let bytes = serde_json::to_vec(&file)
             .map_err(|e| Error::Internal(format!("encoding checkpoint metadata: {e}")))?;
         self.store.write(&metadata_key(metadata.id), &bytes)
     }
