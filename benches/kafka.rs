@@ -101,6 +101,10 @@ fn raw_consume(brokers: &str, topic: &str, records: u64) -> Result<f64> {
         .set("bootstrap.servers", brokers)
         .set("group.id", "tideline-bench-raw")
         .set("enable.auto.commit", "false")
+        // The fetch settings KafkaSource uses: librdkafka's default 1 s
+        // fetch backoff after a full queue throttles a fast reader.
+        .set("queued.max.messages.kbytes", "8192")
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .map_err(|e| fail("consumer", e))?;
     let mut tpl = TopicPartitionList::new();

@@ -46,10 +46,13 @@
 //!   again, with the marker, in a new transaction, and commits it.
 //!
 //! Before that, every transactional id the sink may have used (all slots of
-//! every subtask of the old and the new parallelism, and at a fresh start
-//! those of [`KafkaSinkBuilder::fence_subtasks`] subtasks) is initialized
-//! once, which fences zombies and aborts their open transactions, so
-//! read_committed consumers are not blocked by an earlier run.
+//! every subtask of the old and the new parallelism) is initialized once,
+//! which fences zombies and aborts their open transactions, so
+//! read_committed consumers are not blocked by an earlier run. At a fresh
+//! start each subtask fences its first slot before it writes, and its other
+//! slots (and subtask 0 the ids of [`KafkaSinkBuilder::fence_subtasks`]
+//! subtasks) right after, in the background: none of those ids writes
+//! before it is fenced, and a failure fails the sink's next transaction.
 //!
 //! Why nothing is lost or written twice, crash by crash:
 //! - **before the barrier**: the open transaction is aborted by fencing; the
@@ -151,6 +154,10 @@ pub struct KafkaSink<T> {
     producer: Option<KafkaProducer>,
     /// Exactly once: the open transaction.
     open: Option<OpenTransaction>,
+    /// Exactly once: the slots and fencing still being made; the first
+    /// pre-commit waits for them, so no checkpoint completes before every
+    /// id an earlier run may have left open is fenced.
+    background: Option<Background>,
 }
 
 impl<T> Clone for KafkaSink<T> {
@@ -161,6 +168,7 @@ impl<T> Clone for KafkaSink<T> {
             subtask: self.subtask,
             producer: None,
             open: None,
+            background: None,
         }
     }
 }
@@ -359,6 +367,7 @@ impl<T> KafkaSinkBuilder<T> {
                 lineage: Mutex::new(None),
                 state: Mutex::new(SlotState::default()),
                 freed: Condvar::new(),
+                background_error: Mutex::new(None),
             }),
             subtask: SubtaskInfo {
                 subtask: 0,
@@ -366,6 +375,7 @@ impl<T> KafkaSinkBuilder<T> {
             },
             producer: None,
             open: None,
+            background: None,
         })
     }
 }
@@ -377,6 +387,9 @@ struct Slot {
     producer: SharedProducer,
     marker: ConsumerGroupMetadata,
 }
+
+/// The background making of a subtask's other slots (and fencing).
+type Background = std::thread::JoinHandle<Result<()>>;
 
 /// The transaction a subtask is writing.
 struct OpenTransaction {
@@ -423,6 +436,8 @@ struct Transactions {
     state: Mutex<SlotState>,
     /// Signalled when a slot becomes free.
     freed: Condvar,
+    /// Why making slots or fencing in the background failed.
+    background_error: Mutex<Option<Error>>,
 }
 
 impl Transactions {
@@ -524,38 +539,89 @@ impl Transactions {
 
     /// Makes the slots of `subtask` (once), fencing their ids; subtask 0 of
     /// a fresh start also fences the ids of subtasks beyond the parallelism.
-    fn open_slots(&self, subtask: usize, parallelism: usize) -> Result<()> {
+    fn open_slots(
+        self: &Arc<Self>,
+        subtask: usize,
+        parallelism: usize,
+    ) -> Result<Option<Background>> {
         if self.state().opened.contains(&subtask) {
-            return Ok(());
+            return Ok(None);
         }
-        // Each initialization is a round trip to the transaction
-        // coordinator: make the slots in parallel.
-        let slots: Vec<usize> = (0..self.max_open).collect();
-        let slots = in_parallel(&slots, |&slot| -> Result<Arc<Slot>> {
-            let id = self.id(subtask, slot);
-            let producer = Arc::new(self.init_producer(&id)?);
-            let marker = self.marker_metadata(&id)?;
-            Ok(Arc::new(Slot {
-                id,
-                subtask,
-                producer,
-                marker,
-            }))
-        })?;
-        if subtask == 0 {
-            let others: Vec<String> = (parallelism..self.fence_subtasks.max(parallelism))
+        let first = self.make_slot(subtask, 0)?;
+        {
+            let mut state = self.state();
+            state.opened.push(subtask);
+            state.idle.insert(subtask, vec![first]);
+        }
+        // The other slots, and the ids beyond the parallelism, are not
+        // needed to start writing, only to abort what an earlier run left
+        // open: each is a round trip to the transaction coordinator, so
+        // they are made in the background (a failure fails the next
+        // transaction of any subtask).
+        let others: Vec<String> = if subtask == 0 {
+            (parallelism..self.fence_subtasks.max(parallelism))
                 .flat_map(|other| (0..self.max_open).map(move |slot| (other, slot)))
                 .map(|(other, slot)| self.id(other, slot))
-                .collect();
-            self.fence_all(&others)?;
-        }
-        let mut state = self.state();
-        state.opened.push(subtask);
-        state.idle.insert(subtask, slots);
-        Ok(())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let this = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("tideline:kafka-fence".into())
+            .spawn(move || {
+                let slots: Vec<usize> = (1..this.max_open).collect();
+                let result = in_parallel(&slots, |&slot| this.make_slot(subtask, slot))
+                    .map(|slots| {
+                        this.state().idle.entry(subtask).or_default().extend(slots);
+                    })
+                    .and_then(|()| this.fence_all(&others));
+                if let Err(e) = &result {
+                    // A subtask waiting for a slot hears of it too.
+                    *this
+                        .background_error
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(Error::external(
+                        this.settings.system(),
+                        "make transactional producers",
+                        e.to_string(),
+                    ));
+                }
+                this.freed.notify_all();
+                result
+            });
+        spawned
+            .map(Some)
+            .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))
     }
 
-    /// A free slot of `subtask`, waiting while all await their commit.
+    /// Slot `slot` of `subtask`: its producer initialized (fencing its id)
+    /// and its commit-marker group.
+    fn make_slot(&self, subtask: usize, slot: usize) -> Result<Arc<Slot>> {
+        let id = self.id(subtask, slot);
+        let producer = Arc::new(self.init_producer(&id)?);
+        let marker = self.marker_metadata(&id)?;
+        Ok(Arc::new(Slot {
+            id,
+            subtask,
+            producer,
+            marker,
+        }))
+    }
+
+    /// The error of the background slot making and fencing, once.
+    fn background_failure(&self) -> Result<()> {
+        match self
+            .background_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     fn take_slot(&self, subtask: usize) -> Result<Arc<Slot>> {
         let deadline = std::time::Instant::now() + PRODUCE_TIMEOUT;
         let mut state = self.state();
@@ -563,6 +629,7 @@ impl Transactions {
             if let Some(slot) = state.idle.get_mut(&subtask).and_then(Vec::pop) {
                 return Ok(slot);
             }
+            self.background_failure()?;
             let now = std::time::Instant::now();
             if now >= deadline {
                 return Err(Error::external(
@@ -775,7 +842,11 @@ impl<T: Data> KafkaSink<T> {
             return Ok(self.open.insert(open));
         }
         let shared = &self.shared;
-        shared.open_slots(self.subtask.subtask, self.subtask.parallelism)?;
+        if let Some(background) =
+            shared.open_slots(self.subtask.subtask, self.subtask.parallelism)?
+        {
+            self.background = Some(background);
+        }
         let slot = shared.take_slot(self.subtask.subtask)?;
         slot.producer.begin_transaction().map_err(|e| {
             shared
@@ -843,6 +914,11 @@ impl<T: Data> Sink<T> for KafkaSink<T> {
                 Ok(None)
             }
             DeliveryGuarantee::ExactlyOnce => {
+                if let Some(background) = self.background.take() {
+                    background.join().unwrap_or_else(|_| {
+                        Err(Error::Internal("a Kafka client thread panicked".into()))
+                    })?;
+                }
                 let Some(open) = self.open.take() else {
                     return Ok(None);
                 };

@@ -40,7 +40,8 @@
 //! - **Backpressure**: the source task stops polling when downstream is
 //!   full; librdkafka stops fetching a partition once its queue holds
 //!   `queued.max.messages.kbytes` (8 MiB by default here), so memory stays
-//!   bounded however far behind the job is.
+//!   bounded however far behind the job is; it fetches again 10 ms after
+//!   the queue has room (`fetch.queue.backoff.ms`, 1 s in librdkafka).
 //! - **Transactions**: the consumer reads with `isolation.level =
 //!   read_committed` by default, so an exactly-once producer's aborted
 //!   records are never seen.
@@ -561,6 +562,10 @@ impl<T: Data> Inner<T> {
             // is an error.
             ("auto.offset.reset", "error"),
             ("queued.max.messages.kbytes", "8192"),
+            // librdkafka waits 1 s (its default) before fetching again for a
+            // partition whose queue was full: a job that drains fast would
+            // read in bursts with second-long gaps.
+            ("fetch.queue.backoff.ms", "10"),
             ("fetch.wait.max.ms", "100"),
         ]);
         // librdkafka assigns partitions only to a consumer with a group id;

@@ -10,6 +10,7 @@
 mod discovery;
 mod exactly_once;
 mod live_and_replay;
+mod sink;
 mod source;
 
 use std::sync::atomic::{AtomicU32, Ordering};
