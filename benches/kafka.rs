@@ -185,7 +185,7 @@ fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; without it (`cargo test`) runs are small.
     let quick = std::env::args().all(|a| a != "--bench")
         || std::env::args().any(|a| a == "--quick" || a == "--test");
-    let records: u64 = if quick { 100_000 } else { 2_000_000 };
+    let records: u64 = if quick { 100_000 } else { 6_000_000 };
     let brokers =
         std::env::var("TIDELINE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
     let reachable = brokers
