@@ -574,6 +574,8 @@ impl Transactions {
                 let result = in_parallel(&slots, |&slot| this.make_slot(subtask, slot))
                     .map(|slots| {
                         this.state().idle.entry(subtask).or_default().extend(slots);
+                        // A subtask may be waiting for one already.
+                        this.freed.notify_all();
                     })
                     .and_then(|()| this.fence_all(&others));
                 if let Err(e) = &result {
