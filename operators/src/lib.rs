@@ -6,6 +6,7 @@
 //! (`Stream::transform`, `KeyedStream::transform`, `Operator`), the same one
 //! users can build their own operators on.
 
+pub mod changelog;
 pub mod connectors;
 pub mod join;
 mod keyed_snapshot;

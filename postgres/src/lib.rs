@@ -1,0 +1,1 @@
+//! Tideline's PostgreSQL connectors.
