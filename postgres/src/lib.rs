@@ -1,1 +1,5 @@
 //! Tideline's PostgreSQL connectors.
+
+mod connect;
+pub mod pgoutput;
+pub mod row;

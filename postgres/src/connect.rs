@@ -1,0 +1,162 @@
+//! Connection settings: one libpq-style string (`host=... port=... user=...
+//! dbname=...` or a `postgresql://` URL) for both the SQL connection
+//! (tokio-postgres) and the replication connection (pgwire-replication).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use tideline_engine::{Error, Result};
+use tokio_postgres::config::Host;
+
+/// Parsed connection settings.
+#[derive(Clone)]
+pub(crate) struct ConnectionSettings {
+    pub(crate) sql: tokio_postgres::Config,
+    host: String,
+    port: u16,
+    user: String,
+    password: String,
+    dbname: String,
+}
+
+impl std::fmt::Debug for ConnectionSettings {
+    /// Never prints the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.system())
+    }
+}
+
+impl ConnectionSettings {
+    /// Parses `text`; `field` names the setting in errors.
+    pub(crate) fn parse(text: &str, field: &str) -> Result<Self> {
+        let sql = tokio_postgres::Config::from_str(text)
+            .map_err(|e| Error::config(field, format!("not a PostgreSQL connection string: {e}")))?;
+        let host = match sql.get_hosts().first() {
+            Some(Host::Tcp(host)) => host.clone(),
+            #[cfg(unix)]
+            Some(Host::Unix(path)) => path.display().to_string(),
+            None => "localhost".to_string(),
+        };
+        let port = sql.get_ports().first().copied().unwrap_or(5432);
+        let user = sql
+            .get_user()
+            .ok_or_else(|| Error::config(field, "names no user (user=...)"))?
+            .to_string();
+        let password = match sql.get_password() {
+            Some(bytes) => String::from_utf8(bytes.to_vec())
+                .map_err(|_| Error::config(field, "the password is not UTF-8"))?,
+            None => String::new(),
+        };
+        let dbname = sql.get_dbname().unwrap_or(&user).to_string();
+        let mut sql = sql;
+        sql.connect_timeout(Duration::from_secs(10));
+        Ok(Self {
+            sql,
+            host,
+            port,
+            user,
+            password,
+            dbname,
+        })
+    }
+
+    /// `PostgreSQL at host:port/db` for errors.
+    pub(crate) fn system(&self) -> String {
+        format!("PostgreSQL at {}:{}/{}", self.host, self.port, self.dbname)
+    }
+
+    /// Settings of a replication session on `slot`, streaming `publication`.
+    pub(crate) fn replication(
+        &self,
+        slot: &str,
+        publication: &str,
+    ) -> pgwire_replication::ReplicationConfig {
+        pgwire_replication::ReplicationConfig::new(
+            self.host.clone(),
+            self.user.clone(),
+            self.password.clone(),
+            self.dbname.clone(),
+            slot,
+            publication,
+        )
+        .with_port(self.port)
+        .with_application_name("tideline-cdc")
+        .with_status_interval(Duration::from_secs(1))
+        .with_wakeup_interval(Duration::from_secs(1))
+    }
+
+    /// Opens a SQL connection, its driver spawned on the current runtime.
+    pub(crate) async fn connect(&self) -> Result<tokio_postgres::Client> {
+        let (client, connection) = self
+            .sql
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| Error::external(self.system(), "connect", e))?;
+        tokio::spawn(async move {
+            // The client's next call reports a broken connection.
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+}
+
+/// `name` as an SQL identifier, quoted.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `text` as an SQL string literal.
+pub(crate) fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// A table name given as `schema.name` or `name` (in `public`), split.
+pub(crate) fn split_table(name: &str, field: &str) -> Result<(String, String)> {
+    let (schema, table) = match name.split_once('.') {
+        Some((schema, table)) => (schema, table),
+        None => ("public", name),
+    };
+    if schema.is_empty() || table.is_empty() || table.contains('.') {
+        return Err(Error::config(
+            field,
+            format!("{name:?} is not a table name (`schema.table` or `table`)"),
+        ));
+    }
+    Ok((schema.to_string(), table.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_value_and_url_forms_parse() {
+        let kv = ConnectionSettings::parse(
+            "host=127.0.0.1 port=15432 user=postgres dbname=tideline",
+            "c",
+        )
+        .unwrap();
+        assert_eq!(kv.system(), "PostgreSQL at 127.0.0.1:15432/tideline");
+        let url = ConnectionSettings::parse("postgresql://bob:pw@db:5433/shop", "c").unwrap();
+        assert_eq!(url.system(), "PostgreSQL at db:5433/shop");
+        assert_eq!(url.password, "pw");
+        assert!(!format!("{url:?}").contains("pw"));
+        let err = ConnectionSettings::parse("host=x", "source.connection").unwrap_err();
+        assert!(err.to_string().contains("source.connection"), "{err}");
+    }
+
+    #[test]
+    fn names_are_split_and_quoted() {
+        assert_eq!(
+            split_table("orders", "t").unwrap(),
+            ("public".into(), "orders".into())
+        );
+        assert_eq!(
+            split_table("shop.orders", "t").unwrap(),
+            ("shop".into(), "orders".into())
+        );
+        assert!(split_table("a.b.c", "t").is_err());
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}
