@@ -31,7 +31,9 @@
 #
 # Settings: wal_level=logical, max_replication_slots=20, max_wal_senders=20,
 # listen_addresses='127.0.0.1', timezone UTC; fsync, synchronous_commit and
-# full_page_writes off (a crash loses the cluster, which no one keeps).
+# full_page_writes off (a crash loses the cluster, which no one keeps), and
+# wal_writer_delay=10ms, so that a commit reaches logical decoding at once
+# all the same.
 #
 # Environment:
 #   TIDELINE_POSTGRES_PORT           port, default 15432
@@ -185,6 +187,11 @@ max_wal_senders = 20
 fsync = off
 synchronous_commit = off
 full_page_writes = off
+# A commit returns before its WAL is flushed, and logical decoding (a
+# walsender, pg_logical_slot_*_changes) reads only flushed WAL, which the WAL
+# writer flushes every wal_writer_delay: 200 ms by default, a delay each
+# change data capture test would wait out.
+wal_writer_delay = '10ms'
 timezone = 'UTC'
 log_timezone = 'UTC'
 EOF
