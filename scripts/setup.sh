@@ -6,7 +6,9 @@
 # Today: libclang and clang, for the `rocksdb` feature (librocksdb-sys builds
 # RocksDB from C++ sources and runs bindgen, which loads libclang); a Java
 # runtime and Maven for the Kafka broker the `kafka` feature's tests run
-# against (scripts/kafka.sh fetches the broker's jars with Maven).
+# against (scripts/kafka.sh fetches the broker's jars with Maven); Debian's
+# PostgreSQL server and clients for the cluster the `postgres` feature's tests
+# and benchmarks run against (scripts/postgres.sh).
 # Later features add their packages here, in one place.
 set -euo pipefail
 
@@ -31,4 +33,17 @@ fi
 if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
   echo "setup: installing openjdk-17-jre-headless maven (for the Kafka broker of the kafka feature's tests)"
   apt_install openjdk-17-jre-headless maven
+fi
+
+# PostgreSQL server and client binaries (/usr/lib/postgresql/VERSION/bin:
+# initdb, pg_ctl, postgres, pg_isready, psql, and pg_recvlogical, which the
+# CDC benchmark reads a slot with), for scripts/postgres.sh. Debian's package
+# also creates a cluster of its own (/etc/postgresql/VERSION/main, port 5432)
+# and starts it where services can start (not in a container whose
+# policy-rc.d forbids it). We do not use that cluster: scripts/postgres.sh
+# makes a private one on another port. Whether it runs or not, it is the
+# system's: leave it alone.
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  echo "setup: installing postgresql (for the PostgreSQL cluster of the postgres feature's tests)"
+  apt_install postgresql
 fi

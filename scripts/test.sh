@@ -8,7 +8,10 @@
 # 2. starts the services the suite needs, and stops them on exit: a
 #    single-node Kafka broker on 127.0.0.1:${TIDELINE_KAFKA_PORT:-19092}
 #    (scripts/kafka.sh; the first run downloads its jars from Maven Central
-#    into $HOME/.cache/tideline), exported as TIDELINE_KAFKA_BROKERS;
+#    into $HOME/.cache/tideline), exported as TIDELINE_KAFKA_BROKERS; a
+#    private PostgreSQL cluster on 127.0.0.1:${TIDELINE_POSTGRES_PORT:-15432}
+#    with logical replication on (scripts/postgres.sh), its connection string
+#    exported as TIDELINE_POSTGRES_URL;
 # 3. runs `cargo test --workspace --all-features`.
 #
 # The build cache is $CARGO_TARGET_DIR, by default under $HOME/.cache, so
@@ -25,7 +28,7 @@ scripts/setup.sh
 # (e.g. TIDELINE_KAFKA_BROKERS); stop_services stops every one that was
 # started, whatever way this script exits.
 #
-# Planned: PostgreSQL (`postgres`), Chromium for the web UI (`web`).
+# Planned: Chromium for the web UI (`web`).
 started_services=()
 
 stop_services() {
@@ -34,6 +37,7 @@ stop_services() {
     echo "test.sh: stopping $service"
     case "$service" in
       kafka) scripts/kafka.sh stop || true ;;
+      postgres) scripts/postgres.sh stop || true ;;
     esac
   done
 }
@@ -48,6 +52,17 @@ case "$kafka_env" in
   *) echo "test.sh: unexpected output of scripts/kafka.sh start: $kafka_env" >&2; exit 1 ;;
 esac
 echo "test.sh: Kafka broker at $TIDELINE_KAFKA_BROKERS"
+
+# PostgreSQL (`postgres` feature): a fresh cluster (only the empty database
+# `tideline`) at each run, wal_level=logical; tests make their own tables,
+# publications and slots.
+started_services+=("postgres")
+postgres_env="$(scripts/postgres.sh start)"
+case "$postgres_env" in
+  TIDELINE_POSTGRES_URL=?*) export TIDELINE_POSTGRES_URL="${postgres_env#TIDELINE_POSTGRES_URL=}" ;;
+  *) echo "test.sh: unexpected output of scripts/postgres.sh start: $postgres_env" >&2; exit 1 ;;
+esac
+echo "test.sh: PostgreSQL at $TIDELINE_POSTGRES_URL"
 
 # --- 3. the suite -------------------------------------------------------------
 cargo test --workspace --all-features "$@"
