@@ -11,6 +11,8 @@ mod quickstart;
 mod checkpoint;
 #[cfg(feature = "kafka")]
 mod kafka;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod replay;
 
 #[test]

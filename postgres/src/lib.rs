@@ -1,5 +1,20 @@
 //! Tideline's PostgreSQL connectors.
+//!
+//! - [`PostgresCdcSource`]: log-based change data capture: an initial
+//!   snapshot of a set of tables, then their changes from the write-ahead
+//!   log through logical replication (`pgoutput`), exactly once with
+//!   checkpoints.
+//! - [`PostgresQuerySource`]: query-based ("batch") change capture for
+//!   tables without logical replication: polls rows changed since a
+//!   checkpointed `(updated_at, key)` cursor.
+//!
+//! Both produce [`Change<T>`](tideline_operators::changelog::Change)
+//! records for the changelog operators of
+//! [`tideline_operators::changelog`].
 
+mod cdc;
 mod connect;
 pub mod pgoutput;
 pub mod row;
+
+pub use cdc::{CdcBound, CdcMetrics, PostgresCdcBuilder, PostgresCdcSource, SnapshotMode};
