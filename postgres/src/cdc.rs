@@ -1247,28 +1247,32 @@ impl<T: Data + DeserializeOwned> Pump<T> {
         };
         let table = relation.qualified_name();
         let columns = &relation.columns;
-        let decoded = match change {
-            RawChange::Insert(new) => decode_row::<T>(columns, &new).map(|after| (ChangeOp::Insert, None, Some(after))),
-            RawChange::Update(old, mut new) => {
-                if let Some((OldRow::Full, old)) = &old {
+        let decoded = match &change {
+            RawChange::Insert(new) => {
+                decode_row::<T>(columns, new).map(|after| (ChangeOp::Insert, None, Some(after)))
+            }
+            RawChange::Update(old, new) => {
+                let mut new = new.clone();
+                if let Some((OldRow::Full, old)) = old {
                     for (value, old) in new.iter_mut().zip(old) {
                         if *value == Datum::UnchangedToast {
                             *value = old.clone();
                         }
                     }
                 }
-                let before = match &old {
+                let before = match old {
                     Some((OldRow::Full, old)) => decode_row::<T>(columns, old).map(Some),
                     Some((OldRow::Key, old)) => decode_key_row::<T>(columns, old).map(Some),
                     None => Ok(None),
                 };
                 before.and_then(|before| {
-                    decode_row::<T>(columns, &new).map(|after| (ChangeOp::Update, before, Some(after)))
+                    decode_row::<T>(columns, &new)
+                        .map(|after| (ChangeOp::Update, before, Some(after)))
                 })
             }
             RawChange::Delete((kind, old)) => match kind {
-                OldRow::Full => decode_row::<T>(columns, &old),
-                OldRow::Key => decode_key_row::<T>(columns, &old),
+                OldRow::Full => decode_row::<T>(columns, old),
+                OldRow::Key => decode_key_row::<T>(columns, old),
             }
             .map(|before| (ChangeOp::Delete, Some(before), None)),
             RawChange::Truncate(_) => return Ok(()),
@@ -1283,11 +1287,26 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                 commit_time: tx.commit_time,
                 tx_id: tx.xid,
             }),
-            Err(e) => Item::Rejected(Rejected {
-                reason: format!("cannot decode a change of {table}: {e}"),
-                record: format!("{table} change"),
-                offset: Some(at),
-            }),
+            Err(e) => {
+                let record = match &change {
+                    RawChange::Insert(new) => format!("INSERT {}", render_row(columns, new)),
+                    RawChange::Update(None, new) => {
+                        format!("UPDATE {}", render_row(columns, new))
+                    }
+                    RawChange::Update(Some((_, old)), new) => format!(
+                        "UPDATE {} TO {}",
+                        render_row(columns, old),
+                        render_row(columns, new)
+                    ),
+                    RawChange::Delete((_, old)) => format!("DELETE {}", render_row(columns, old)),
+                    RawChange::Truncate(_) => String::new(),
+                };
+                Item::Rejected(Rejected {
+                    reason: format!("cannot decode a change of {table}: {e}"),
+                    record: format!("{table}: {record}"),
+                    offset: Some(at),
+                })
+            }
         };
         batch.push((item, position));
         Ok(())
@@ -1341,6 +1360,12 @@ fn render_row(columns: &[Column], values: &[Datum]) -> String {
         .map(|(column, value)| match value {
             Datum::Null => format!("{}=NULL", column.name),
             Datum::UnchangedToast => format!("{}=(unchanged TOAST)", column.name),
+            Datum::Text(text) if text.len() > 200 => format!(
+                "{}={}...({} bytes)",
+                column.name,
+                String::from_utf8_lossy(&text[..200]),
+                text.len()
+            ),
             Datum::Text(text) => format!("{}={}", column.name, String::from_utf8_lossy(text)),
         })
         .collect::<Vec<_>>()

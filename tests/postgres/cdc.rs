@@ -85,3 +85,148 @@ fn snapshot_then_stream_reads_every_change_once() {
     assert!(changes.iter().all(|c| c.table == format!("public.{table}")));
     psql(&url, &format!("SELECT pg_drop_replication_slot('{slot}')"));
 }
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Doc {
+    id: i32,
+    n: i32,
+    body: Option<String>,
+}
+
+/// Runs a bounded source over `tables` in a job while `write` runs (after
+/// the snapshot); returns the changes and the dead letters.
+fn capture(
+    url: &str,
+    tables: &[&str],
+    write: impl FnOnce(),
+) -> (
+    Vec<Change<Doc>>,
+    Vec<DeadLetter>,
+    tideline::postgres::CdcMetrics,
+) {
+    let slot = unique_name("slot");
+    let mut builder = PostgresCdcSource::builder(url, slot.clone()).bounded();
+    for table in tables {
+        builder = builder.table(*table);
+    }
+    let source = builder.build::<Doc>().unwrap();
+    let (bound, metrics) = (source.bound(), source.metrics());
+    let job = Job::new();
+    let (changes, dead) = (CollectSink::new(), CollectSink::new());
+    let stream = job.source(source, WatermarkStrategy::none());
+    stream.dead_letters().sink(dead.clone());
+    stream.sink(changes.clone());
+    let running = job.spawn().unwrap();
+    wait_for("the snapshot", || metrics.snapshot_done());
+    write();
+    bound.set(marker_lsn(url));
+    running.join().unwrap();
+    psql(url, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+    (changes.values(), dead.values(), metrics)
+}
+
+#[test]
+fn replica_identity_toast_schema_changes_and_rows_that_do_not_fit() {
+    let Some(url) = postgres_url() else { return };
+    let (plain, full) = (unique_name("docs"), unique_name("docs_full"));
+    psql(
+        &url,
+        &format!(
+            "CREATE TABLE {plain} (id int PRIMARY KEY, n int NOT NULL, body text);
+             CREATE TABLE {full} (id int PRIMARY KEY, n int NOT NULL, body text);
+             ALTER TABLE {plain} ALTER COLUMN body SET STORAGE EXTERNAL;
+             ALTER TABLE {full} ALTER COLUMN body SET STORAGE EXTERNAL;
+             ALTER TABLE {full} REPLICA IDENTITY FULL;"
+        ),
+    );
+    // 10 KB stored out of line (TOAST).
+    let big = "(SELECT string_agg(md5(g::text), '') FROM generate_series(1, 320) g)";
+    let (changes, dead, metrics) = capture(&url, &[&plain, &full], || {
+        psql(
+            &url,
+            &format!(
+                "INSERT INTO {plain} VALUES (1, 1, {big});
+                 INSERT INTO {full} VALUES (1, 1, {big});
+                 UPDATE {plain} SET n = 2 WHERE id = 1;
+                 UPDATE {full} SET n = 2 WHERE id = 1;
+                 DELETE FROM {full} WHERE id = 1;
+                 ALTER TABLE {plain} ADD COLUMN extra text;
+                 INSERT INTO {plain} VALUES (2, 1, 'small', 'ignored');
+                 ALTER TABLE {plain} ALTER COLUMN n TYPE text;
+                 INSERT INTO {plain} VALUES (3, 'three', NULL, NULL);
+                 INSERT INTO {plain} VALUES (4, '4', NULL, NULL);
+                 TRUNCATE {full};"
+            ),
+        );
+    });
+    let big_value = psql(
+        &url,
+        "SELECT string_agg(md5(g::text), '') FROM generate_series(1, 320) g",
+    )
+    .trim()
+    .to_string();
+    assert_eq!(big_value.len(), 10_240);
+    let doc = |id, n, body: Option<&str>| Doc {
+        id,
+        n,
+        body: body.map(str::to_string),
+    };
+    let summary: Vec<_> = changes
+        .iter()
+        .map(|c| {
+            (
+                c.table.trim_start_matches("public.").to_string(),
+                c.op,
+                c.before.clone(),
+                c.after.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (plain.clone(), ChangeOp::Insert, None, Some(doc(1, 1, Some(&big_value)))),
+            (full.clone(), ChangeOp::Insert, None, Some(doc(1, 1, Some(&big_value)))),
+            // The plain table's update is a dead letter (below). FULL: the
+            // old row, and the unchanged TOAST value taken from it.
+            (
+                full.clone(),
+                ChangeOp::Update,
+                Some(doc(1, 1, Some(&big_value))),
+                Some(doc(1, 2, Some(&big_value)))
+            ),
+            (full.clone(), ChangeOp::Delete, Some(doc(1, 2, Some(&big_value))), None),
+            // A column added: the row still decodes.
+            (plain.clone(), ChangeOp::Insert, None, Some(doc(2, 1, Some("small")))),
+            // `n` became text: "4" still decodes, "three" does not (below).
+            (plain.clone(), ChangeOp::Insert, None, Some(doc(4, 4, None))),
+        ]
+    );
+    let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:#?}");
+    assert!(
+        reasons[0].contains(&format!("public.{plain}"))
+            && reasons[0].contains("column `body`")
+            && reasons[0].contains("TOAST"),
+        "{}",
+        reasons[0]
+    );
+    assert!(
+        reasons[1].contains("column `n`") && reasons[1].contains("\"three\""),
+        "{}",
+        reasons[1]
+    );
+    assert!(
+        dead[1].record.contains("id=3") && dead[1].record.contains("n=three"),
+        "{}",
+        dead[1].record
+    );
+    assert!(reasons[2].starts_with(&format!("TRUNCATE of public.{full}")), "{}", reasons[2]);
+    assert!(dead.iter().all(|d| d.offset.as_deref().is_some_and(|o| o.starts_with("lsn "))));
+    assert_eq!(metrics.truncates(), 1);
+    // Two changes of the plain table's columns (a column added, a type
+    // changed).
+    assert_eq!(metrics.schema_changes(), 2);
+    let last = metrics.last_schema_change().unwrap();
+    assert!(last.contains(&format!("public.{plain}")) && last.contains("n (25)"), "{last}");
+}

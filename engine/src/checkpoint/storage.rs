@@ -218,6 +218,13 @@ impl CompletedCheckpoint {
         self.metadata.id
     }
 
+    /// The partition offsets it holds for the source with uid `uid` (its
+    /// name unless it was given one), by partition: where a restore from
+    /// it resumes each partition.
+    pub fn source_offsets(&self, uid: &str) -> Vec<(usize, crate::source::SourceOffset)> {
+        self.metadata.source_offsets(uid)
+    }
+
     /// Whether it was taken at the end of a bounded job (every input done).
     pub fn is_final(&self) -> bool {
         self.metadata.is_final
