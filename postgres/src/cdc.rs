@@ -405,7 +405,7 @@ impl CdcMetrics {
     }
 
     /// Rows read by the initial snapshot so far, and the tables' estimated
-    /// row count (`pg_class.reltuples`).
+    /// row count (`pg_class.reltuples`; tables never analyzed count 0).
     pub fn snapshot_progress(&self) -> (u64, u64) {
         (
             self.0.snapshot_rows.load(Ordering::Relaxed),
@@ -555,7 +555,8 @@ impl<T: Data + DeserializeOwned> Source<Change<T>> for PostgresCdcSource<T> {
 
 impl<T: Data + DeserializeOwned> PostgresCdcSource<T> {
     fn spawn(&self, start: Option<Position>) -> Result<CdcReader<T>> {
-        let (sender, receiver) = mpsc::channel(64);
+        // At most CHANNEL × BATCH changes in flight between the threads.
+        let (sender, receiver) = mpsc::channel(CHANNEL);
         let stop = Arc::new(AtomicBool::new(false));
         let pump = Pump {
             settings: self.settings.clone(),
@@ -663,6 +664,9 @@ impl<T> Drop for CdcReader<T> {
 
 /// How many changes go to the task thread at a time (at most).
 const BATCH: usize = 512;
+
+/// How many batches the channel between the threads holds.
+const CHANNEL: usize = 32;
 
 /// The reader's thread: connections, snapshot, stream, decoding.
 struct Pump<T> {
@@ -1026,8 +1030,13 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                 .snapshot_rows
                 .store(rows_read, Ordering::Relaxed);
             let done = items.len() < self.settings.snapshot_chunk;
-            if !items.is_empty() && !self.send(Event::Items(items)).await {
-                return Err(Error::Cancelled);
+            // In pieces, so that the rows in flight stay bounded whatever
+            // the chunk size.
+            while !items.is_empty() {
+                let rest = items.split_off(items.len().min(BATCH));
+                if !self.send(Event::Items(std::mem::replace(&mut items, rest))).await {
+                    return Err(Error::Cancelled);
+                }
             }
             if done {
                 break;

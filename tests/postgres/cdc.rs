@@ -230,3 +230,100 @@ fn replica_identity_toast_schema_changes_and_rows_that_do_not_fit() {
     let last = metrics.last_schema_change().unwrap();
     assert!(last.contains(&format!("public.{plain}")) && last.contains("n (25)"), "{last}");
 }
+
+/// `id|status|amount` rows of `SELECT` as orders.
+fn select_orders(url: &str, table: &str) -> Vec<Order> {
+    psql(url, &format!("SELECT id, status, amount FROM {table} ORDER BY id"))
+        .lines()
+        .map(|line| {
+            let mut cols = line.split('|');
+            let mut next = || cols.next().expect("a column");
+            Order {
+                id: next().parse().expect("id"),
+                status: next().to_string(),
+                amount: next().parse().expect("amount"),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_snapshot_taken_while_a_writer_changes_the_table_misses_nothing_and_duplicates_nothing() {
+    let Some(url) = postgres_url() else { return };
+    let table = unique_name("orders");
+    let slot = unique_name("slot");
+    psql(
+        &url,
+        &format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, status text NOT NULL, amount bigint NOT NULL);
+             INSERT INTO {table} SELECT g, 'pending', g FROM generate_series(1, 100000) g;
+             ANALYZE {table};"
+        ),
+    );
+    let source = PostgresCdcSource::builder(url.clone(), slot.clone())
+        .table(table.clone())
+        .bounded()
+        .build::<Order>()
+        .unwrap();
+    let (bound, metrics) = (source.bound(), source.metrics());
+    let job = Job::new();
+    let changes = CollectSink::new();
+    // The job holds the snapshot at its 5,000th row until the writer is
+    // done, so the writes land while the snapshot is read (its
+    // transaction open, most rows not read yet).
+    let writer_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = std::sync::Arc::clone(&writer_done);
+    let seen = std::sync::atomic::AtomicU64::new(0);
+    job.source(source, WatermarkStrategy::none())
+        .inspect(move |_| {
+            if seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 5_000 {
+                wait_for("the writer", || gate.load(std::sync::atomic::Ordering::SeqCst));
+            }
+        })
+        .sink(changes.clone());
+    let running = job.spawn().unwrap();
+    wait_for("the snapshot to start", || metrics.snapshot_progress().0 > 5_000);
+    // While the snapshot is read: updates, deletes and inserts, each
+    // statement its own transaction, some touching rows read already and
+    // some rows not read yet.
+    let mut writes = String::new();
+    for round in 0..20 {
+        writes.push_str(&format!(
+            "UPDATE {table} SET status = 'paid', amount = amount + {round} WHERE id % 97 = {round};
+             DELETE FROM {table} WHERE id % 101 = {round};
+             INSERT INTO {table} SELECT 100000 + {round} * 100 + g, 'new', g FROM generate_series(1, 100) g;
+             UPDATE {table} SET id = id + 1000000 WHERE id % 1009 = {round};\n"
+        ));
+    }
+    psql(&url, &writes);
+    let (read_while_writing, _) = metrics.snapshot_progress();
+    assert!(
+        read_while_writing < 50_000,
+        "the snapshot was held: {read_while_writing} rows read"
+    );
+    writer_done.store(true, std::sync::atomic::Ordering::SeqCst);
+    bound.set(super::marker_lsn(&url));
+    running.join().unwrap();
+    assert!(metrics.snapshot_done());
+    let (read, estimate) = metrics.snapshot_progress();
+    assert_eq!(read, 100_000);
+    assert!((90_000..=110_000).contains(&estimate), "estimate {estimate}");
+
+    let mut table_rows = std::collections::BTreeMap::new();
+    let changes: Vec<Change<Order>> = changes.values();
+    let reads = changes.iter().filter(|c| c.op == ChangeOp::Read).count();
+    assert_eq!(reads, 100_000, "the snapshot reads the table as it was");
+    for change in changes {
+        if let Some(before) = &change.before {
+            table_rows.remove(&before.id);
+        }
+        if let Some(after) = change.after {
+            table_rows.insert(after.id, after);
+        }
+    }
+    let materialized: Vec<Order> = table_rows.into_values().collect();
+    let expected = select_orders(&url, &table);
+    assert_eq!(materialized.len(), expected.len());
+    assert!(materialized == expected, "the materialized table differs from SELECT *");
+    psql(&url, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+}
