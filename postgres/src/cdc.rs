@@ -441,6 +441,8 @@ impl CdcMetrics {
 /// Where the reader stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Position {
+    /// Nothing read yet: a restore starts afresh.
+    NotStarted,
     /// In the initial snapshot, which a restore cannot resume.
     Snapshot { consistent_point: u64, rows: u64 },
     /// Streaming: after the transaction ending at `resume` and `skip`
@@ -450,6 +452,7 @@ enum Position {
 
 const SNAPSHOT_TAG: u64 = 0;
 const STREAM_TAG: u64 = 1;
+const NOT_STARTED_TAG: u64 = 2;
 
 impl Position {
     fn to_offset(self) -> SourceOffset {
@@ -459,12 +462,14 @@ impl Position {
                 rows,
             } => SourceOffset(vec![SNAPSHOT_TAG, consistent_point, rows]),
             Position::Stream { resume, skip } => SourceOffset(vec![STREAM_TAG, resume, skip]),
+            Position::NotStarted => SourceOffset(vec![NOT_STARTED_TAG]),
         }
     }
 
     fn from_offset(offset: &SourceOffset, source: &str) -> Result<Self> {
         match offset.0.as_slice() {
             &[STREAM_TAG, resume, skip] => Ok(Position::Stream { resume, skip }),
+            &[NOT_STARTED_TAG] => Ok(Position::NotStarted),
             &[SNAPSHOT_TAG, consistent_point, rows] => Ok(Position::Snapshot {
                 consistent_point,
                 rows,
@@ -523,6 +528,9 @@ impl<T: Data + DeserializeOwned> Source<Change<T>> for PostgresCdcSource<T> {
         offset: &SourceOffset,
     ) -> Result<Box<dyn SourceReader<Change<T>>>> {
         let position = Position::from_offset(offset, &self.settings.name)?;
+        if position == Position::NotStarted {
+            return Ok(Box::new(self.spawn(None)?));
+        }
         if let Position::Snapshot { rows, .. } = position {
             return Err(Error::config(
                 format!("source '{}'.offset", self.settings.name),
@@ -571,11 +579,10 @@ impl<T: Data + DeserializeOwned> PostgresCdcSource<T> {
             .name(format!("{name}-replication"))
             .spawn(move || pump.run(start))
             .map_err(|e| Error::Internal(format!("cannot start the replication thread: {e}")))?;
-        let position = start.unwrap_or(Position::Stream { resume: 0, skip: 0 });
         Ok(CdcReader {
             receiver,
             pending: VecDeque::new(),
-            position: if start.is_some() { Some(position) } else { None },
+            position: start.unwrap_or(Position::NotStarted),
             ended: false,
             stop,
             thread: Some(thread),
@@ -589,8 +596,8 @@ struct CdcReader<T> {
     receiver: mpsc::Receiver<Event<T>>,
     /// Items of a batch that did not fit the engine's last batch.
     pending: VecDeque<(Item<T>, Position)>,
-    /// After the last item emitted; `None` before anything is known.
-    position: Option<Position>,
+    /// After the last item emitted.
+    position: Position,
     ended: bool,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -599,7 +606,7 @@ struct CdcReader<T> {
 
 impl<T> CdcReader<T> {
     fn set_position(&mut self, position: Position) {
-        self.position = Some(position);
+        self.position = position;
         if let Position::Stream { resume, .. } = position {
             self.shared.metrics.position.store(resume, Ordering::Relaxed);
         }
@@ -647,7 +654,7 @@ impl<T: Data> SourceReader<Change<T>> for CdcReader<T> {
     }
 
     fn offset(&self) -> Option<SourceOffset> {
-        self.position.map(Position::to_offset)
+        Some(self.position.to_offset())
     }
 }
 
@@ -752,8 +759,10 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                     ),
                 ));
             }
-            (Some(Position::Snapshot { .. }), _) => {
-                return Err(Error::Internal("a snapshot position reached the reader".into()));
+            (Some(Position::Snapshot { .. } | Position::NotStarted), _) => {
+                return Err(Error::Internal(
+                    "a snapshot or not-started position reached the reader".into(),
+                ));
             }
             (None, slot) => match self.settings.snapshot {
                 SnapshotMode::Never => {

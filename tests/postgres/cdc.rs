@@ -8,10 +8,10 @@ use tideline::prelude::*;
 use super::{marker_lsn, postgres_url, psql, unique_name, wait_for};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Order {
-    id: i64,
-    status: String,
-    amount: i64,
+pub(crate) struct Order {
+    pub(crate) id: i64,
+    pub(crate) status: String,
+    pub(crate) amount: i64,
 }
 
 fn order(id: i64, status: &str, amount: i64) -> Order {
@@ -232,7 +232,7 @@ fn replica_identity_toast_schema_changes_and_rows_that_do_not_fit() {
 }
 
 /// `id|status|amount` rows of `SELECT` as orders.
-fn select_orders(url: &str, table: &str) -> Vec<Order> {
+pub(crate) fn select_orders(url: &str, table: &str) -> Vec<Order> {
     psql(url, &format!("SELECT id, status, amount FROM {table} ORDER BY id"))
         .lines()
         .map(|line| {
