@@ -47,6 +47,9 @@
 //! - `kafka`: [`kafka::KafkaSource`] and [`kafka::KafkaSink`] (at least
 //!   once or exactly once), on `rdkafka`; builds librdkafka from its bundled
 //!   C sources, which needs a C compiler and `make`.
+//! - `postgres`: [`postgres::PostgresCdcSource`] (log-based change data
+//!   capture through logical replication, exactly once) and
+//!   [`postgres::PostgresQuerySource`] (query-based); pure Rust.
 //! - `full`: all of the above.
 //!
 //! ```toml
