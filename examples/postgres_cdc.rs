@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
-use tideline::connectors::ExactlyOnceParquetSink;
+use tideline::connectors::file::ExactlyOnceParquetSink;
 use tideline::operators::changelog::{
     AggregateChangelogExt, Change, ChangelogRow, ChangelogStreamExt, ToTableExt,
 };

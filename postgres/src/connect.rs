@@ -29,8 +29,9 @@ impl std::fmt::Debug for ConnectionSettings {
 impl ConnectionSettings {
     /// Parses `text`; `field` names the setting in errors.
     pub(crate) fn parse(text: &str, field: &str) -> Result<Self> {
-        let sql = tokio_postgres::Config::from_str(text)
-            .map_err(|e| Error::config(field, format!("not a PostgreSQL connection string: {e}")))?;
+        let sql = tokio_postgres::Config::from_str(text).map_err(|e| {
+            Error::config(field, format!("not a PostgreSQL connection string: {e}"))
+        })?;
         let host = match sql.get_hosts().first() {
             Some(Host::Tcp(host)) => host.clone(),
             #[cfg(unix)]
@@ -125,7 +126,60 @@ pub(crate) fn split_table(name: &str, field: &str) -> Result<(String, String)> {
     Ok((schema.to_string(), table.to_string()))
 }
 
+/// Runs a batch of SQL statements (separated by `;`) on the database
+/// `connection` names, blocking: for setup in examples, tests and tools,
+/// not for jobs' hot paths.
+///
+/// # Errors
+/// When the connection string does not parse, the server cannot be
+/// reached, or a statement fails.
+pub fn execute_batch(connection: &str, sql: &str) -> Result<()> {
+    let settings = ConnectionSettings::parse(connection, "connection")?;
+    block_on(async {
+        let client = settings.connect().await?;
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| Error::external(settings.system(), "run a SQL batch", e))
+    })
+}
+
+/// Runs `sql` and returns the first column of its first row as text
+/// (`None` for no row or `NULL`), blocking; see [`execute_batch`].
+///
+/// # Errors
+/// As [`execute_batch`].
+pub fn query_text(connection: &str, sql: &str) -> Result<Option<String>> {
+    let settings = ConnectionSettings::parse(connection, "connection")?;
+    block_on(async {
+        let client = settings.connect().await?;
+        let messages = client
+            .simple_query(sql)
+            .await
+            .map_err(|e| Error::external(settings.system(), "run a query", e))?;
+        Ok(messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => {
+                    Some(row.get(0).map(str::to_string))
+                }
+                _ => None,
+            })
+            .flatten())
+    })
+}
+
+fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start a tokio runtime: {e}")))?
+        .block_on(future)
+}
+
 #[cfg(test)]
+// Tests fail by panicking, on the value that was wrong.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -159,50 +213,4 @@ mod tests {
         assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
     }
-}
-
-/// Runs a batch of SQL statements (separated by `;`) on the database
-/// `connection` names, blocking: for setup in examples, tests and tools,
-/// not for jobs' hot paths.
-///
-/// # Errors
-/// When the connection string does not parse, the server cannot be
-/// reached, or a statement fails.
-pub fn execute_batch(connection: &str, sql: &str) -> Result<()> {
-    let settings = ConnectionSettings::parse(connection, "connection")?;
-    block_on(async {
-        let client = settings.connect().await?;
-        client
-            .batch_execute(sql)
-            .await
-            .map_err(|e| Error::external(settings.system(), "run a SQL batch", e))
-    })
-}
-
-/// Runs `sql` and returns the first column of its first row as text
-/// (`None` for no row or `NULL`), blocking; see [`execute_batch`].
-///
-/// # Errors
-/// As [`execute_batch`].
-pub fn query_text(connection: &str, sql: &str) -> Result<Option<String>> {
-    let settings = ConnectionSettings::parse(connection, "connection")?;
-    block_on(async {
-        let client = settings.connect().await?;
-        let messages = client
-            .simple_query(sql)
-            .await
-            .map_err(|e| Error::external(settings.system(), "run a query", e))?;
-        Ok(messages.iter().find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_string)),
-            _ => None,
-        }).flatten())
-    })
-}
-
-fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Internal(format!("cannot start a tokio runtime: {e}")))?
-        .block_on(future)
 }

@@ -17,5 +17,5 @@ mod connect;
 pub mod pgoutput;
 pub mod row;
 
-pub use connect::{execute_batch, query_text};
 pub use cdc::{CdcBound, CdcMetrics, PostgresCdcBuilder, PostgresCdcSource, SnapshotMode};
+pub use connect::{execute_batch, query_text};

@@ -24,8 +24,7 @@ fn fixture() -> Vec<(String, Message)> {
                 .step_by(2)
                 .map(|i| u8::from_str_radix(&line[i..i + 2], 16).unwrap())
                 .collect();
-            let message = decode(&Bytes::from(bytes))
-                .unwrap_or_else(|e| panic!("{comment}: {e}"));
+            let message = decode(&Bytes::from(bytes)).unwrap_or_else(|e| panic!("{comment}: {e}"));
             messages.push((comment.clone(), message));
         }
     }
@@ -53,15 +52,25 @@ fn relations(all: &[(String, Message)]) -> HashMap<String, Relation> {
 fn every_captured_message_decodes() {
     let all = fixture();
     assert_eq!(all.len(), 54);
-    let begins = all.iter().filter(|(_, m)| matches!(m, Message::Begin { .. })).count();
-    let commits = all.iter().filter(|(_, m)| matches!(m, Message::Commit { .. })).count();
+    let begins = all
+        .iter()
+        .filter(|(_, m)| matches!(m, Message::Begin { .. }))
+        .count();
+    let commits = all
+        .iter()
+        .filter(|(_, m)| matches!(m, Message::Commit { .. }))
+        .count();
     assert_eq!((begins, commits), (15, 15));
     // Begin's final LSN is its Commit's commit LSN.
     let mut open = None;
     for (_, message) in &all {
         match message {
             Message::Begin { final_lsn, .. } => open = Some(*final_lsn),
-            Message::Commit { commit_lsn, end_lsn, .. } => {
+            Message::Commit {
+                commit_lsn,
+                end_lsn,
+                ..
+            } => {
                 assert_eq!(Some(*commit_lsn), open.take());
                 assert!(end_lsn > commit_lsn);
             }
@@ -74,7 +83,9 @@ fn every_captured_message_decodes() {
 fn relations_describe_columns_keys_and_replica_identity() {
     let all = fixture();
     let first = find(&all, "Relation cap_default", "1");
-    let Message::Relation(default) = first[0] else { panic!() };
+    let Message::Relation(default) = first[0] else {
+        panic!()
+    };
     assert_eq!(default.namespace, "public");
     assert_eq!(default.replica_identity, ReplicaIdentity::Default);
     let names: Vec<(&str, bool, u32)> = default
@@ -94,10 +105,14 @@ fn relations_describe_columns_keys_and_replica_identity() {
             ("doc", false, 3802),
         ]
     );
-    let Message::Relation(full) = find(&all, "Relation cap_full", "8")[0] else { panic!() };
+    let Message::Relation(full) = find(&all, "Relation cap_full", "8")[0] else {
+        panic!()
+    };
     assert_eq!(full.replica_identity, ReplicaIdentity::Full);
     // ALTER TABLE ADD COLUMN: a new description with one more column.
-    let Message::Relation(altered) = find(&all, "Relation cap_default", "13")[0] else { panic!() };
+    let Message::Relation(altered) = find(&all, "Relation cap_default", "13")[0] else {
+        panic!()
+    };
     assert_eq!(altered.oid, default.oid);
     assert_eq!(altered.columns.len(), default.columns.len() + 1);
 }
@@ -113,28 +128,42 @@ fn inserts_updates_and_deletes_decode_into_rows() {
             _ => None,
         })
         .unwrap();
-    let Message::Insert { new, .. } = find(&all, "Insert", "1")[0] else { panic!() };
+    let Message::Insert { new, .. } = find(&all, "Insert", "1")[0] else {
+        panic!()
+    };
     let row: Value = decode_row(&default.columns, new).unwrap();
     assert_eq!(
         row,
         json!({"id": 1, "big": 9_000_000_000_i64, "name": "one", "amount": "12.345",
                "flag": true, "at": "2024-01-02 03:04:05.123456+00", "doc": {"a": [1, 2.5], "b": null}})
     );
-    let Message::Insert { new, .. } = find(&all, "Insert", "2")[0] else { panic!() };
+    let Message::Insert { new, .. } = find(&all, "Insert", "2")[0] else {
+        panic!()
+    };
     assert_eq!(new.iter().filter(|d| **d == Datum::Null).count(), 6);
 
     // Key unchanged under DEFAULT: no old row.
-    let Message::Update { old, .. } = find(&all, "Update", "4")[0] else { panic!() };
+    let Message::Update { old, .. } = find(&all, "Update", "4")[0] else {
+        panic!()
+    };
     assert_eq!(*old, None);
     // Key changed: the old key.
-    let Message::Update { old: Some((OldRow::Key, old)), new, .. } = find(&all, "Update", "5")[0]
+    let Message::Update {
+        old: Some((OldRow::Key, old)),
+        new,
+        ..
+    } = find(&all, "Update", "5")[0]
     else {
         panic!()
     };
     let old_key: Value = decode_key_row(&default.columns, old).unwrap();
     let new_row: Value = decode_row(&default.columns, new).unwrap();
     assert_ne!(old_key["id"], new_row["id"]);
-    let Message::Delete { old: (OldRow::Key, old), .. } = find(&all, "Delete", "7")[0] else {
+    let Message::Delete {
+        old: (OldRow::Key, old),
+        ..
+    } = find(&all, "Delete", "7")[0]
+    else {
         panic!()
     };
     assert_eq!(old[0], Datum::Text(Bytes::from_static(b"10")));
@@ -142,7 +171,11 @@ fn inserts_updates_and_deletes_decode_into_rows() {
 
     // FULL: the whole old row.
     let full = &rels["cap_full"];
-    let Message::Update { old: Some((OldRow::Full, old)), new, .. } = find(&all, "Update", "9")[0]
+    let Message::Update {
+        old: Some((OldRow::Full, old)),
+        new,
+        ..
+    } = find(&all, "Update", "9")[0]
     else {
         panic!()
     };
@@ -151,7 +184,11 @@ fn inserts_updates_and_deletes_decode_into_rows() {
     assert_eq!(before["id"], after["id"]);
     assert_eq!(after["name"], json!("A"));
     assert_ne!(before["name"], after["name"]);
-    let Message::Delete { old: (OldRow::Full, old), .. } = find(&all, "Delete", "10")[0] else {
+    let Message::Delete {
+        old: (OldRow::Full, old),
+        ..
+    } = find(&all, "Delete", "10")[0]
+    else {
         panic!()
     };
     assert!(old.contains(&Datum::Null));
@@ -162,10 +199,14 @@ fn an_update_that_keeps_a_toasted_value_does_not_send_it() {
     let all = fixture();
     let rels = relations(&all);
     let toast = &rels["cap_toast"];
-    let Message::Insert { new, .. } = find(&all, "Insert", "11")[0] else { panic!() };
+    let Message::Insert { new, .. } = find(&all, "Insert", "11")[0] else {
+        panic!()
+    };
     let Datum::Text(big) = &new[2] else { panic!() };
     assert_eq!(big.len(), 10240);
-    let Message::Update { old: None, new, .. } = find(&all, "Update", "12")[0] else { panic!() };
+    let Message::Update { old: None, new, .. } = find(&all, "Update", "12")[0] else {
+        panic!()
+    };
     assert_eq!(new[2], Datum::UnchangedToast);
     #[derive(serde::Deserialize, Debug)]
     #[allow(dead_code)]
@@ -179,7 +220,10 @@ fn an_update_that_keeps_a_toasted_value_does_not_send_it() {
         n: i32,
     }
     let err = decode_row::<WithBig>(&toast.columns, new).unwrap_err();
-    assert!(err.0.contains("column `big`") && err.0.contains("TOAST"), "{err}");
+    assert!(
+        err.0.contains("column `big`") && err.0.contains("TOAST"),
+        "{err}"
+    );
     let row: WithoutBig = decode_row(&toast.columns, new).unwrap();
     assert_eq!(row.id, 1);
 }
@@ -187,22 +231,39 @@ fn an_update_that_keeps_a_toasted_value_does_not_send_it() {
 #[test]
 fn truncates_name_their_tables_and_options() {
     let all = fixture();
-    let Message::Truncate { relations, cascade, restart_identity } = find(&all, "Truncate", "14")[0]
+    let Message::Truncate {
+        relations,
+        cascade,
+        restart_identity,
+    } = find(&all, "Truncate", "14")[0]
     else {
         panic!()
     };
-    assert_eq!((relations.len(), *cascade, *restart_identity), (2, false, false));
-    let Message::Truncate { relations, cascade, restart_identity } = find(&all, "Truncate", "15")[0]
+    assert_eq!(
+        (relations.len(), *cascade, *restart_identity),
+        (2, false, false)
+    );
+    let Message::Truncate {
+        relations,
+        cascade,
+        restart_identity,
+    } = find(&all, "Truncate", "15")[0]
     else {
         panic!()
     };
-    assert_eq!((relations.len(), *cascade, *restart_identity), (1, true, true));
+    assert_eq!(
+        (relations.len(), *cascade, *restart_identity),
+        (1, true, true)
+    );
 }
 
 #[test]
 fn every_cut_of_a_real_message_is_an_error_not_a_panic() {
     let text = include_str!("fixtures/pgoutput_v1.txt");
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
         let bytes: Vec<u8> = (0..line.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&line[i..i + 2], 16).unwrap())

@@ -8,7 +8,6 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod cdc;
-mod crash;
 mod harness;
 
 use std::time::{Duration, Instant};
