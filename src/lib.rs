@@ -73,7 +73,7 @@ pub use tideline_kafka as kafka;
 #[cfg(feature = "postgres")]
 pub use tideline_postgres as postgres;
 pub use tideline_operators as operators;
-pub use tideline_operators::{connectors, join, process, stateless, testing, window};
+pub use tideline_operators::{changelog, connectors, join, process, stateless, testing, window};
 pub use tideline_state as state;
 
 #[cfg(unix)]
@@ -81,6 +81,10 @@ pub mod signals;
 
 /// Everything a job needs, in one import: `use tideline::prelude::*;`.
 pub mod prelude {
+    pub use tideline_operators::changelog::{
+        AggregateChangelogExt, Change, ChangeOp, ChangelogRow, ChangelogStreamExt,
+        ChangelogTableSink, RetractingAggregate, RowKind, TableJoinExt, ToTableExt,
+    };
     pub use tideline_operators::connectors::{Rng, SeedableRng, SmallRng};
     pub use tideline_operators::join::{Either, JoinExt};
     pub use tideline_operators::prelude::*;

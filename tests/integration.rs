@@ -8,6 +8,7 @@ mod windows;
 #[path = "../examples/quickstart.rs"]
 mod quickstart;
 
+mod changelog;
 mod checkpoint;
 #[cfg(feature = "kafka")]
 mod kafka;

@@ -104,6 +104,22 @@ pub trait Committer: Send + Sync + 'static {
     /// When leftovers cannot be removed; the job does not start.
     fn abort_uncommitted(&self, restored: u64, keep: &[Vec<u8>]) -> Result<()>;
 
+    /// Every transaction of this sink that checkpoint `checkpoint` holds
+    /// was committed: called right after them, once per completed
+    /// checkpoint (also when it held none of this sink's), and again after
+    /// a restore's commits of the restored checkpoint. A sink whose
+    /// visible output is made from all its subtasks' transactions together
+    /// (a table snapshot) writes it here, once per checkpoint. Not called
+    /// without checkpointing (each subtask's transaction is committed at
+    /// the end of its input, with id 0). The default does nothing.
+    ///
+    /// # Errors
+    /// The job fails, and later checkpoints are not completed.
+    fn checkpoint_committed(&self, checkpoint: u64) -> Result<()> {
+        let _ = checkpoint;
+        Ok(())
+    }
+
     /// Checkpoint `checkpoint` was given up. Its transactions stay
     /// pre-committed: the next checkpoint that completes holds them and
     /// commits them. The default does nothing.

@@ -59,7 +59,7 @@ pub trait JoinExt<K, A> {
     ) -> IntervalJoin<K, A, B>;
 }
 
-fn tagged_union<K, A, B>(
+pub(crate) fn tagged_union<K, A, B>(
     left: &KeyedStream<K, A>,
     right: &KeyedStream<K, B>,
 ) -> KeyedStream<K, Either<A, B>>

@@ -243,6 +243,19 @@ impl<K: StateKey, O: Data> ProcessContext<'_, K, O> {
     ) -> Result<()> {
         self.out.dead_letter(self.timestamp, reason, record)
     }
+
+    /// Like [`ProcessContext::dead_letter`], for records that are not
+    /// `Debug`: `record` is the text the dead letter shows.
+    ///
+    /// # Errors
+    /// Under `FailurePolicy::FailFast`.
+    pub fn dead_letter_text(
+        &mut self,
+        reason: impl std::fmt::Display,
+        record: String,
+    ) -> Result<()> {
+        self.out.dead_letter_text(self.timestamp, reason, record)
+    }
 }
 
 /// Runs a [`KeyedProcessFunction`] in one subtask.
@@ -390,10 +403,26 @@ where
         O: Data,
         F: KeyedProcessFunction<K, T, O> + Clone,
     {
-        self.transform("process", move |ctx, key| {
-            let mut op = KeyedProcessOperator::new(function.clone(), key, ctx.keyed_state()?);
-            op.keyed.rule = ctx.config.lateness_rule;
-            Ok(op)
-        })
+        process_named(self, "process", function)
     }
+}
+
+/// [`KeyedProcessExt::process`] under another operator name (the built-in
+/// operators that are process functions: `to_table`, `aggregate_changelog`).
+pub(crate) fn process_named<K, T, O, F>(
+    stream: &KeyedStream<K, T>,
+    name: &str,
+    function: F,
+) -> Stream<O>
+where
+    K: StateKey,
+    T: Data,
+    O: Data,
+    F: KeyedProcessFunction<K, T, O> + Clone,
+{
+    stream.transform(name, move |ctx, key| {
+        let mut op = KeyedProcessOperator::new(function.clone(), key, ctx.keyed_state()?);
+        op.keyed.rule = ctx.config.lateness_rule;
+        Ok(op)
+    })
 }

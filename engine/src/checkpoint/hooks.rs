@@ -2,7 +2,8 @@
 //! checkpoint is complete (or will never be).
 //!
 //! A sink's [`Committer`] commits the transactions the
-//! checkpoint holds; a [`Source`] is told the offsets the
+//! checkpoint holds, then hears that they all are
+//! ([`Committer::checkpoint_committed`]); a [`Source`] is told the offsets the
 //! checkpoint recorded ([`Source::notify_checkpoint_complete`]),
 //! so it can commit Kafka group offsets or confirm a PostgreSQL LSN.
 //!
@@ -69,7 +70,9 @@ impl CompletionHook for SinkHook {
         for txn in checkpoint.transactions.get(&self.uid).into_iter().flatten() {
             guarded(&self.uid, || self.committer.commit(txn))?;
         }
-        Ok(())
+        guarded(&self.uid, || {
+            self.committer.checkpoint_committed(checkpoint.id)
+        })
     }
 
     fn aborted(&self, id: u64) -> Result<()> {

@@ -14,7 +14,7 @@ mod generator;
 mod pacing;
 mod print;
 mod push;
-mod upsert;
+pub(crate) mod upsert;
 mod vec;
 
 pub use channel::ChannelSink;

@@ -9,11 +9,91 @@ use tideline_engine::{Data, Record, Result, Sink};
 
 use super::file::write_csv;
 
+/// The latest value per key, sorted by key, with a count of the records
+/// received; shared by the clones of a sink (and its committer) that
+/// materialize a table: [`UpsertSink`] and
+/// [`ChangelogTableSink`](crate::changelog::ChangelogTableSink).
+pub(crate) struct SharedTable<K, V> {
+    inner: Arc<Mutex<Table<K, V>>>,
+}
+
 #[derive(Debug)]
-struct Table<K, V> {
-    rows: BTreeMap<K, V>,
+pub(crate) struct Table<K, V> {
+    pub(crate) rows: BTreeMap<K, V>,
     /// Records received, redeliveries included.
-    received: u64,
+    pub(crate) received: u64,
+}
+
+impl<K, V> Clone for SharedTable<K, V> {
+    /// A clone shares the same table.
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for SharedTable<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let table = self.lock();
+        f.debug_struct("Table")
+            .field("keys", &table.rows.len())
+            .field("received", &table.received)
+            .finish()
+    }
+}
+
+impl<K, V> SharedTable<K, V> {
+    /// An empty table.
+    pub(crate) fn new() -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Table {
+                rows: BTreeMap::new(),
+                received: 0,
+            })),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Table<K, V>> {
+        // A panic elsewhere cannot leave the map half-written; keep reading.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<K: Ord + Clone, V: Clone> SharedTable<K, V> {
+    /// The latest value of every key, sorted by key.
+    pub(crate) fn values(&self) -> Vec<V> {
+        self.lock().rows.values().cloned().collect()
+    }
+
+    /// The latest `(key, value)` pairs, sorted by key.
+    pub(crate) fn entries(&self) -> Vec<(K, V)> {
+        self.lock()
+            .rows
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The latest value of `key`.
+    pub(crate) fn get(&self, key: &K) -> Option<V> {
+        self.lock().rows.get(key).cloned()
+    }
+
+    /// How many keys the table holds.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().rows.len()
+    }
+
+    /// Records received, redeliveries included.
+    pub(crate) fn received(&self) -> u64 {
+        self.lock().received
+    }
+
+    /// Counts `n` records received.
+    pub(crate) fn count_received(&self, n: usize) {
+        self.lock().received += n as u64;
+    }
 }
 
 /// Keeps the latest value per key, in memory shared by every clone (clone
@@ -41,13 +121,13 @@ struct Table<K, V> {
 /// # Ok::<(), tideline_engine::Error>(())
 /// ```
 pub struct UpsertSink<K, V> {
-    table: Arc<Mutex<Table<K, V>>>,
+    table: SharedTable<K, V>,
     key: Arc<dyn Fn(&V) -> K + Send + Sync>,
 }
 
 impl<K, V> std::fmt::Debug for UpsertSink<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let table = self.table.lock();
         f.debug_struct("UpsertSink")
             .field("keys", &table.rows.len())
             .field("received", &table.received)
@@ -59,7 +139,7 @@ impl<K, V> Clone for UpsertSink<K, V> {
     /// A clone shares the same table.
     fn clone(&self) -> Self {
         Self {
-            table: Arc::clone(&self.table),
+            table: self.table.clone(),
             key: Arc::clone(&self.key),
         }
     }
@@ -69,41 +149,29 @@ impl<K: Ord + Clone + Send + 'static, V: Data> UpsertSink<K, V> {
     /// An empty table keyed by `key`.
     pub fn new(key: impl Fn(&V) -> K + Send + Sync + 'static) -> Self {
         Self {
-            table: Arc::new(Mutex::new(Table {
-                rows: BTreeMap::new(),
-                received: 0,
-            })),
+            table: SharedTable::new(),
             key: Arc::new(key),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Table<K, V>> {
-        // A panic elsewhere cannot leave the map half-written; keep reading.
-        self.table.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// The latest value of every key, sorted by key.
     pub fn values(&self) -> Vec<V> {
-        self.lock().rows.values().cloned().collect()
+        self.table.values()
     }
 
     /// The latest `(key, value)` pairs, sorted by key.
     pub fn entries(&self) -> Vec<(K, V)> {
-        self.lock()
-            .rows
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        self.table.entries()
     }
 
     /// The latest value of `key`.
     pub fn get(&self, key: &K) -> Option<V> {
-        self.lock().rows.get(key).cloned()
+        self.table.get(key)
     }
 
     /// How many keys the table holds.
     pub fn len(&self) -> usize {
-        self.lock().rows.len()
+        self.table.len()
     }
 
     /// Whether the table is empty.
@@ -114,7 +182,7 @@ impl<K: Ord + Clone + Send + 'static, V: Data> UpsertSink<K, V> {
     /// How many records were written, redeliveries included (at least
     /// [`UpsertSink::len`]).
     pub fn received(&self) -> u64 {
-        self.lock().received
+        self.table.received()
     }
 
     /// Writes the latest values, sorted by key, to a CSV file at `path`
@@ -142,7 +210,7 @@ impl<K: Ord + Clone + Send + 'static, V: Data> Sink<V> for UpsertSink<K, V> {
             .into_iter()
             .map(|r| ((self.key)(&r.value), r.value))
             .collect();
-        let mut table = self.lock();
+        let mut table = self.table.lock();
         table.received += keyed.len() as u64;
         for (k, v) in keyed {
             table.rows.insert(k, v);

@@ -107,6 +107,13 @@ macro_rules! field_aggregate {
             pub fn of(f: impl Fn(&T) -> N + Send + Sync + 'static) -> Self {
                 $name(Field(Arc::new(f)))
             }
+
+            /// The number of `value` this aggregate is over.
+            // Min and Max have no retracting form (yet).
+            #[allow(dead_code)]
+            pub(crate) fn extract(&self, value: &T) -> N {
+                (self.0 .0)(value)
+            }
         }
     };
 }

@@ -139,13 +139,13 @@ fn unreadable(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::user(format!("cannot read {}: {e}", path.display()))
 }
 
-fn exists(path: &Path) -> Result<bool> {
+pub(crate) fn exists(path: &Path) -> Result<bool> {
     path.try_exists()
         .map_err(|e| Error::io("check for", path, e))
 }
 
 /// Syncs a file's contents to disk.
-fn sync_file(path: &Path) -> Result<()> {
+pub(crate) fn sync_file(path: &Path) -> Result<()> {
     OpenOptions::new()
         .write(true)
         .open(path)
@@ -154,7 +154,7 @@ fn sync_file(path: &Path) -> Result<()> {
 }
 
 /// Syncs a directory, so renames and deletions in it survive a crash.
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         File::open(dir)
@@ -168,7 +168,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
     }
 }
 
-fn rename(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
     // The source is named: it is the file that exists (or should).
     std::fs::rename(from, to).map_err(|e| Error::io("rename", from, e))
 }

@@ -39,6 +39,7 @@ pub use exactly_once::{
     committed_files, read_committed, ExactlyOnceCsvSink, ExactlyOnceFileSink,
     ExactlyOnceJsonLinesSink, ExactlyOnceParquetSink, PartExtension,
 };
+pub(crate) use exactly_once::{exists, rename, sync_dir, sync_file};
 pub use sink::{
     write_csv, CsvSink, CsvWriter, FileFormatWriter, FileSink, FormatError, JsonLinesSink,
     JsonLinesWriter, ParquetSink, ParquetWriter, PartitionedParquetSink,

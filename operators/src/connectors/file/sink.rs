@@ -334,9 +334,14 @@ impl ParquetWriter {
     /// Takes the schema from `T`'s serde form rather than from the first
     /// batch, when `T` can be traced (records with optional fields that the
     /// first batch leaves empty); otherwise the first batch still decides.
-    pub(crate) fn use_schema_of<T: serde::de::DeserializeOwned>(&mut self) {
-        if let Some(fields) = super::traced_fields::<T>() {
-            self.fields = fields;
+    /// Whether `T` could be traced.
+    pub(crate) fn use_schema_of<T: serde::de::DeserializeOwned>(&mut self) -> bool {
+        match super::traced_fields::<T>() {
+            Some(fields) => {
+                self.fields = fields;
+                true
+            }
+            None => false,
         }
     }
 }
