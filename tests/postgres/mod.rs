@@ -8,6 +8,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod cdc;
+mod crash;
 mod harness;
 
 use std::time::{Duration, Instant};

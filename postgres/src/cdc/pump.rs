@@ -78,8 +78,23 @@ impl<T: Data + DeserializeOwned> Pump<T> {
 
     async fn read(&mut self, start: Option<Position>) -> Result<()> {
         let sql = self.settings.connection.connect().await?;
-        self.ensure_publication(&sql).await?;
+        let created_publication = self.ensure_publication(&sql).await?;
         let slot = self.slot_state(&sql).await?;
+        let fresh_snapshot = matches!(start, None | Some(Position::NotStarted))
+            && self.settings.snapshot == SnapshotMode::Initial;
+        if created_publication && slot.is_some() && !fresh_snapshot {
+            // The server decodes the log with the catalog as it was then:
+            // a publication made now does not exist for the WAL before.
+            return Err(Error::config(
+                "PostgresCdcSource.publication",
+                format!(
+                    "publication {} did not exist and was created now, after slot {}: the \
+                     slot's WAL from before cannot be decoded with it. Create the publication \
+                     before the slot (the source does so when it creates both), or drop the slot",
+                    self.settings.publication, self.settings.slot
+                ),
+            ));
+        }
         let slot_name = self.settings.slot.clone();
         let checkpointed = |resume: u64| -> Result<()> {
             match &slot {
@@ -287,7 +302,8 @@ impl<T: Data + DeserializeOwned> Pump<T> {
         Ok(())
     }
 
-    async fn ensure_publication(&self, sql: &tokio_postgres::Client) -> Result<()> {
+    /// Creates the publication when it is missing; says whether it did.
+    async fn ensure_publication(&self, sql: &tokio_postgres::Client) -> Result<bool> {
         let publication = &self.settings.publication;
         let exists = sql
             .query_opt(
@@ -298,7 +314,7 @@ impl<T: Data + DeserializeOwned> Pump<T> {
             .map_err(|e| self.external("look up the publication", e))?
             .is_some();
         if exists {
-            return Ok(());
+            return Ok(false);
         }
         let tables: Vec<String> = self
             .settings
@@ -312,10 +328,10 @@ impl<T: Data + DeserializeOwned> Pump<T> {
             tables.join(", ")
         );
         match sql.batch_execute(&create).await {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             // Another reader created it in between.
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
-                Ok(())
+                Ok(false)
             }
             Err(e) => Err(self.external(format!("create publication {publication}"), e)),
         }
