@@ -219,7 +219,7 @@ pub fn run(args: &Args) -> Result<JobSummary> {
     // with status `paid` (the sample pays each order once).
     orders
         .filter(|r: &ChangelogRow<Order>| r.kind.is_addition() && r.row.status == "paid")
-        .key_by(|_: &ChangelogRow<Order>| "paid")
+        .key_by(|_: &ChangelogRow<Order>| "paid".to_string())
         .window(Tumbling::of(Duration::from_secs(60)))
         .aggregate(Count)
         .map(|w| format!("paid-per-minute [{}, {}): {}", w.window.start, w.window.end, w.value))

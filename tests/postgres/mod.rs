@@ -35,3 +35,47 @@ pub(crate) fn marker_lsn(url: &str) -> u64 {
     );
     tideline::postgres::pgoutput::parse_lsn(text.trim()).expect("an LSN")
 }
+
+#[allow(dead_code)]
+#[path = "../../examples/postgres_cdc.rs"]
+mod postgres_cdc_example;
+
+#[test]
+fn example_postgres_cdc_runs_its_demo() {
+    use clap::Parser;
+    use tideline::connectors::file::read_committed;
+    let Some(url) = postgres_url() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let table = unique_name("example_orders");
+    let slot = unique_name("example");
+    let archive = dir.path().join("archive");
+    let args = postgres_cdc_example::Args::parse_from([
+        "postgres_cdc",
+        "--connection",
+        &url,
+        "--table",
+        &table,
+        "--slot",
+        &slot,
+        "--checkpoint-dir",
+        &dir.path().join("chk").display().to_string(),
+        "--archive",
+        &archive.display().to_string(),
+        "--demo",
+        "500",
+    ]);
+    let summary = postgres_cdc_example::run(&args).expect("the example runs");
+    // 250 rows snapshotted, 250 inserted, 350 paid, 25 refunded, 16 deleted.
+    let changes = 250 + 250 + 350 + 25 + 16;
+    let archived: Vec<postgres_cdc_example::ArchivedChange> =
+        read_committed(&archive).expect("the archive");
+    assert_eq!(archived.len(), changes);
+    assert_eq!(
+        summary.operator("archive").map(|o| o.records_in),
+        Some(changes as u64)
+    );
+    assert!(summary.operator("windows").is_some_and(|o| o.records_in > 0));
+    assert!(summary.operator("revenue").is_some_and(|o| o.records_in > 0));
+    assert_eq!(summary.dead_letters, 0);
+    psql(&url, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+}
