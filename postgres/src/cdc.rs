@@ -94,7 +94,7 @@ use bytes::Bytes;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
 use serde::de::DeserializeOwned;
 use tideline_engine::{
-    Data, Error, Record, Rejected, ReaderContext, Result, Source, SourceOffset, SourceOutput,
+    Data, Error, ReaderContext, Record, Rejected, Result, Source, SourceOffset, SourceOutput,
     SourceReader, SourceStatus,
 };
 use tideline_operators::changelog::{Change, ChangeOp};
@@ -266,7 +266,8 @@ impl PostgresCdcBuilder {
     /// When the connection string does not parse, or no table or an
     /// invalid table or slot name was given.
     pub fn build<T: Data + DeserializeOwned>(self) -> Result<PostgresCdcSource<T>> {
-        let connection = ConnectionSettings::parse(&self.connection, "PostgresCdcSource.connection")?;
+        let connection =
+            ConnectionSettings::parse(&self.connection, "PostgresCdcSource.connection")?;
         if self.tables.is_empty() {
             return Err(Error::config(
                 "PostgresCdcSource.table",
@@ -574,7 +575,11 @@ impl<T: Data + DeserializeOwned> PostgresCdcSource<T> {
         Ok(CdcReader {
             receiver,
             pending: VecDeque::new(),
-            position: if start.is_some() { Some(position) } else { None },
+            position: if start.is_some() {
+                Some(position)
+            } else {
+                None
+            },
             ended: false,
             stop,
             thread: Some(thread),
@@ -600,7 +605,10 @@ impl<T> CdcReader<T> {
     fn set_position(&mut self, position: Position) {
         self.position = Some(position);
         if let Position::Stream { resume, .. } = position {
-            self.shared.metrics.position.store(resume, Ordering::Relaxed);
+            self.shared
+                .metrics
+                .position
+                .store(resume, Ordering::Relaxed);
         }
     }
 }
@@ -691,9 +699,11 @@ impl<T: Data + DeserializeOwned> Pump<T> {
         {
             Ok(runtime) => runtime,
             Err(e) => {
-                let _ = self.sender.blocking_send(Event::Failed(Error::Internal(format!(
-                    "cannot start a tokio runtime: {e}"
-                ))));
+                let _ = self
+                    .sender
+                    .blocking_send(Event::Failed(Error::Internal(format!(
+                        "cannot start a tokio runtime: {e}"
+                    ))));
                 return;
             }
         };
@@ -708,7 +718,11 @@ impl<T: Data + DeserializeOwned> Pump<T> {
         self.settings.connection.system()
     }
 
-    fn external(&self, action: impl Into<String>, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+    fn external(
+        &self,
+        action: impl Into<String>,
+        e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
         Error::external(self.system(), action, e)
     }
 
@@ -749,7 +763,9 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                 ));
             }
             (Some(Position::Snapshot { .. }), _) => {
-                return Err(Error::Internal("a snapshot position reached the reader".into()));
+                return Err(Error::Internal(
+                    "a snapshot position reached the reader".into(),
+                ));
             }
             (None, slot) => match self.settings.snapshot {
                 SnapshotMode::Never => {
@@ -782,7 +798,10 @@ impl<T: Data + DeserializeOwned> Pump<T> {
     async fn ensure_publication(&self, sql: &tokio_postgres::Client) -> Result<()> {
         let publication = &self.settings.publication;
         let exists = sql
-            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[publication])
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[publication],
+            )
             .await
             .map_err(|e| self.external("look up the publication", e))?
             .is_some();
@@ -803,7 +822,9 @@ impl<T: Data + DeserializeOwned> Pump<T> {
         match sql.batch_execute(&create).await {
             Ok(()) => Ok(()),
             // Another reader created it in between.
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => Ok(()),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
+                Ok(())
+            }
             Err(e) => Err(self.external(format!("create publication {publication}"), e)),
         }
     }
@@ -831,7 +852,10 @@ impl<T: Data + DeserializeOwned> Pump<T> {
         }
         let confirmed: Option<String> = row.get(1);
         let confirmed = confirmed.as_deref().and_then(parse_lsn).unwrap_or(0);
-        self.shared.metrics.confirmed.store(confirmed, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .confirmed
+            .store(confirmed, Ordering::Relaxed);
         Ok(Some(SlotState { confirmed }))
     }
 
@@ -897,10 +921,16 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
         };
         let consistent_point = text(1).as_deref().and_then(parse_lsn).ok_or_else(|| {
-            self.external(format!("create slot {slot}"), "no consistent point in the answer")
+            self.external(
+                format!("create slot {slot}"),
+                "no consistent point in the answer",
+            )
         })?;
         let snapshot_name = text(2).ok_or_else(|| {
-            self.external(format!("create slot {slot}"), "no exported snapshot in the answer")
+            self.external(
+                format!("create slot {slot}"),
+                "no exported snapshot in the answer",
+            )
         })?;
         sql.batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
@@ -917,13 +947,23 @@ impl<T: Data + DeserializeOwned> Pump<T> {
         let tables = self.settings.tables.clone();
         for (schema, table) in &tables {
             rows_read = self
-                .snapshot_table(sql, schema, table, consistent_point, snapshot_time, rows_read)
+                .snapshot_table(
+                    sql,
+                    schema,
+                    table,
+                    consistent_point,
+                    snapshot_time,
+                    rows_read,
+                )
                 .await?;
         }
         sql.batch_execute("COMMIT")
             .await
             .map_err(|e| self.external("end the snapshot transaction", e))?;
-        self.shared.metrics.snapshot_done.store(true, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .snapshot_done
+            .store(true, Ordering::Relaxed);
         self.moved(Position::Stream {
             resume: consistent_point,
             skip: 0,
@@ -937,7 +977,10 @@ impl<T: Data + DeserializeOwned> Pump<T> {
         for (schema, table) in &self.settings.tables {
             let name = format!("{}.{}", quote_ident(schema), quote_ident(table));
             if let Ok(row) = sql
-                .query_one("SELECT reltuples::float8 FROM pg_class WHERE oid = $1::text::regclass", &[&name])
+                .query_one(
+                    "SELECT reltuples::float8 FROM pg_class WHERE oid = $1::text::regclass",
+                    &[&name],
+                )
                 .await
             {
                 let tuples: f64 = row.get(0);
@@ -984,7 +1027,10 @@ impl<T: Data + DeserializeOwned> Pump<T> {
         ))
         .await
         .map_err(|e| self.external(format!("read {schema}.{table}"), e))?;
-        let fetch = format!("FETCH {} FROM tideline_snapshot", self.settings.snapshot_chunk);
+        let fetch = format!(
+            "FETCH {} FROM tideline_snapshot",
+            self.settings.snapshot_chunk
+        );
         let table_name = format!("{schema}.{table}");
         loop {
             let messages = sql
@@ -1057,10 +1103,12 @@ impl<T: Data + DeserializeOwned> Pump<T> {
         let mut client = ReplicationClient::connect(config)
             .await
             .map_err(|e| self.external("open a replication session", e))?;
-        client
-            .wait_started()
-            .await
-            .map_err(|e| self.external(format!("start replication on slot {}", self.settings.slot), e))?;
+        client.wait_started().await.map_err(|e| {
+            self.external(
+                format!("start replication on slot {}", self.settings.slot),
+                e,
+            )
+        })?;
         Ok(client)
     }
 
@@ -1080,22 +1128,29 @@ impl<T: Data + DeserializeOwned> Pump<T> {
             let confirmable = self.shared.confirmable.load(Ordering::SeqCst);
             if confirmable > confirmed_sent {
                 client.update_applied_lsn(Lsn::from_u64(confirmable));
-                self.shared.metrics.confirmed.fetch_max(confirmable, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .confirmed
+                    .fetch_max(confirmable, Ordering::Relaxed);
                 confirmed_sent = confirmable;
             }
-            let event = match tokio::time::timeout(Duration::from_millis(200), client.recv()).await {
-                Err(_elapsed) => {
-                    // A bound set after the stream went quiet.
-                    if transaction.is_none() && resume.is_some_and(|r| self.reached_bound(r)) {
-                        let _ = self.send(Event::End).await;
-                        return Ok(());
+            let event =
+                match tokio::time::timeout(Duration::from_millis(200), client.recv()).await {
+                    Err(_elapsed) => {
+                        // A bound set after the stream went quiet.
+                        if transaction.is_none() && resume.is_some_and(|r| self.reached_bound(r)) {
+                            let _ = self.send(Event::End).await;
+                            return Ok(());
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                Ok(Ok(Some(event))) => event,
-                Ok(Ok(None)) => return Err(self.external("stream changes", "the server ended the replication stream")),
-                Ok(Err(e)) => return Err(self.external("stream changes", e)),
-            };
+                    Ok(Ok(Some(event))) => event,
+                    Ok(Ok(None)) => {
+                        return Err(self
+                            .external("stream changes", "the server ended the replication stream"))
+                    }
+                    Ok(Err(e)) => return Err(self.external("stream changes", e)),
+                };
             match event {
                 ReplicationEvent::Begin {
                     final_lsn,
@@ -1119,8 +1174,15 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                         self.decode(&data, None, &mut batch, resume.unwrap_or(0))?;
                         continue;
                     };
-                    self.decode(&data, Some((tx, &mut skip)), &mut batch, resume.unwrap_or(0))?;
-                    if batch.len() >= BATCH && !self.send(Event::Items(std::mem::take(&mut batch))).await {
+                    self.decode(
+                        &data,
+                        Some((tx, &mut skip)),
+                        &mut batch,
+                        resume.unwrap_or(0),
+                    )?;
+                    if batch.len() >= BATCH
+                        && !self.send(Event::Items(std::mem::take(&mut batch))).await
+                    {
                         return Ok(());
                     }
                 }
@@ -1133,12 +1195,18 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                     skip = 0;
                     let end = end_lsn.as_u64();
                     resume = Some(end);
+                    self.shared.metrics.last_commit_time.store(
+                        pgoutput::pg_to_unix_micros(commit_time_micros),
+                        Ordering::Relaxed,
+                    );
                     self.shared
                         .metrics
-                        .last_commit_time
-                        .store(pgoutput::pg_to_unix_micros(commit_time_micros), Ordering::Relaxed);
-                    self.shared.metrics.server_wal_end.fetch_max(end, Ordering::Relaxed);
-                    let position = Position::Stream { resume: end, skip: 0 };
+                        .server_wal_end
+                        .fetch_max(end, Ordering::Relaxed);
+                    let position = Position::Stream {
+                        resume: end,
+                        skip: 0,
+                    };
                     if !batch.is_empty() {
                         // The last change of the transaction carries the
                         // position after the whole transaction.
@@ -1158,10 +1226,19 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
                     let end = wal_end.as_u64();
-                    self.shared.metrics.server_wal_end.fetch_max(end, Ordering::Relaxed);
+                    self.shared
+                        .metrics
+                        .server_wal_end
+                        .fetch_max(end, Ordering::Relaxed);
                     if transaction.is_none() && resume.is_none_or(|r| end > r) {
                         resume = Some(end);
-                        if !self.send(Event::Moved(Position::Stream { resume: end, skip: 0 })).await {
+                        if !self
+                            .send(Event::Moved(Position::Stream {
+                                resume: end,
+                                skip: 0,
+                            }))
+                            .await
+                        {
                             return Ok(());
                         }
                         if self.reached_bound(end) {
@@ -1217,14 +1294,22 @@ impl<T: Data + DeserializeOwned> Pump<T> {
             *skip -= 1;
             return Ok(());
         }
-        let at = format!("lsn {} tx {} change {}", format_lsn(tx.commit_lsn), tx.xid, tx.seen);
+        let at = format!(
+            "lsn {} tx {} change {}",
+            format_lsn(tx.commit_lsn),
+            tx.xid,
+            tx.seen
+        );
         if let RawChange::Truncate(oids) = change {
             for oid in oids {
                 let table = self
                     .relations
                     .get(&oid)
                     .map_or_else(|| format!("relation {oid}"), Relation::qualified_name);
-                self.shared.metrics.truncates.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .truncates
+                    .fetch_add(1, Ordering::Relaxed);
                 batch.push((
                     Item::Rejected(Rejected {
                         reason: format!(
@@ -1248,7 +1333,9 @@ impl<T: Data + DeserializeOwned> Pump<T> {
         let table = relation.qualified_name();
         let columns = &relation.columns;
         let decoded = match change {
-            RawChange::Insert(new) => decode_row::<T>(columns, &new).map(|after| (ChangeOp::Insert, None, Some(after))),
+            RawChange::Insert(new) => {
+                decode_row::<T>(columns, &new).map(|after| (ChangeOp::Insert, None, Some(after)))
+            }
             RawChange::Update(old, mut new) => {
                 if let Some((OldRow::Full, old)) = &old {
                     for (value, old) in new.iter_mut().zip(old) {
@@ -1263,7 +1350,8 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                     None => Ok(None),
                 };
                 before.and_then(|before| {
-                    decode_row::<T>(columns, &new).map(|after| (ChangeOp::Update, before, Some(after)))
+                    decode_row::<T>(columns, &new)
+                        .map(|after| (ChangeOp::Update, before, Some(after)))
                 })
             }
             RawChange::Delete((kind, old)) => match kind {
@@ -1309,7 +1397,10 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                     describe(known),
                     describe(&relation)
                 );
-                self.shared.metrics.schema_changes.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .schema_changes
+                    .fetch_add(1, Ordering::Relaxed);
                 *self
                     .shared
                     .metrics

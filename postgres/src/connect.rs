@@ -29,8 +29,9 @@ impl std::fmt::Debug for ConnectionSettings {
 impl ConnectionSettings {
     /// Parses `text`; `field` names the setting in errors.
     pub(crate) fn parse(text: &str, field: &str) -> Result<Self> {
-        let sql = tokio_postgres::Config::from_str(text)
-            .map_err(|e| Error::config(field, format!("not a PostgreSQL connection string: {e}")))?;
+        let sql = tokio_postgres::Config::from_str(text).map_err(|e| {
+            Error::config(field, format!("not a PostgreSQL connection string: {e}"))
+        })?;
         let host = match sql.get_hosts().first() {
             Some(Host::Tcp(host)) => host.clone(),
             #[cfg(unix)]

@@ -193,7 +193,9 @@ pub fn decode(payload: &Bytes) -> Result<Message, DecodeError> {
                 b'n' => ReplicaIdentity::Nothing,
                 b'f' => ReplicaIdentity::Full,
                 b'i' => ReplicaIdentity::Index,
-                other => return Err(r.error(format!("unknown replica identity {:?}", other as char))),
+                other => {
+                    return Err(r.error(format!("unknown replica identity {:?}", other as char)))
+                }
             };
             let count = r.u16()?;
             let mut columns = Vec::with_capacity(usize::from(count));
@@ -443,6 +445,9 @@ mod tests {
         assert!(err.reason.contains("runs past"), "{err}");
         let mut begin = hex("42 0000000000000010 0000000000000020 00000005").to_vec();
         begin.push(0);
-        assert!(decode(&begin.into()).unwrap_err().reason.contains("left over"));
+        assert!(decode(&begin.into())
+            .unwrap_err()
+            .reason
+            .contains("left over"));
     }
 }

@@ -169,9 +169,7 @@ impl DatumDeserializer<'_> {
         match self.datum {
             Datum::Text(bytes) => std::str::from_utf8(bytes)
                 .map_err(|e| RowError(format!("the value is not UTF-8: {e}"))),
-            Datum::Null => Err(RowError(
-                "is NULL, and its field is not an Option".into(),
-            )),
+            Datum::Null => Err(RowError("is NULL, and its field is not an Option".into())),
             Datum::UnchangedToast => Err(unchanged_toast()),
         }
     }
@@ -382,7 +380,11 @@ fn unchanged_toast() -> RowError {
 
 impl DatumDeserializer<'_> {
     /// A JSON column read by a structured field; other types cannot be.
-    fn structured<'de, V: Visitor<'de>>(self, visitor: V, what: &str) -> Result<V::Value, RowError> {
+    fn structured<'de, V: Visitor<'de>>(
+        self,
+        visitor: V,
+        what: &str,
+    ) -> Result<V::Value, RowError> {
         if self.is_json() {
             self.json(visitor)
         } else {
@@ -593,17 +595,26 @@ mod tests {
             None,
         ]);
         let err = decode_row::<Order>(&order_columns(), &values).unwrap_err();
-        assert!(err.0.contains("column `id`") && err.0.contains("seven"), "{err}");
+        assert!(
+            err.0.contains("column `id`") && err.0.contains("seven"),
+            "{err}"
+        );
 
         values[0] = Datum::Text(Bytes::from_static(b"7"));
         values[1] = Datum::Text(Bytes::from_static(b"refunded"));
         let err = decode_row::<Order>(&order_columns(), &values).unwrap_err();
-        assert!(err.0.contains("column `status`") && err.0.contains("refunded"), "{err}");
+        assert!(
+            err.0.contains("column `status`") && err.0.contains("refunded"),
+            "{err}"
+        );
 
         values[1] = Datum::Text(Bytes::from_static(b"paid"));
         values[4] = Datum::Null;
         let err = decode_row::<Order>(&order_columns(), &values).unwrap_err();
-        assert!(err.0.contains("column `paid`") && err.0.contains("NULL"), "{err}");
+        assert!(
+            err.0.contains("column `paid`") && err.0.contains("NULL"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -622,8 +633,14 @@ mod tests {
         let columns = vec![column("id", oid::INT4), column("body", 25)];
         let values = vec![Datum::Text(Bytes::from_static(b"1")), Datum::UnchangedToast];
         let err = decode_row::<Doc>(&columns, &values).unwrap_err();
-        assert!(err.0.contains("column `body`") && err.0.contains("TOAST"), "{err}");
-        assert_eq!(decode_row::<IdOnly>(&columns, &values), Ok(IdOnly { id: 1 }));
+        assert!(
+            err.0.contains("column `body`") && err.0.contains("TOAST"),
+            "{err}"
+        );
+        assert_eq!(
+            decode_row::<IdOnly>(&columns, &values),
+            Ok(IdOnly { id: 1 })
+        );
     }
 
     #[test]
