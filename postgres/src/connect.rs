@@ -127,6 +127,8 @@ pub(crate) fn split_table(name: &str, field: &str) -> Result<(String, String)> {
 }
 
 #[cfg(test)]
+// Tests fail by panicking.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

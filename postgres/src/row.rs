@@ -515,6 +515,8 @@ pub fn text_datums<'a>(values: impl IntoIterator<Item = Option<&'a str>>) -> Vec
 }
 
 #[cfg(test)]
+// Tests fail by panicking.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use serde::Deserialize;
