@@ -100,9 +100,9 @@ use tideline_engine::{
 use tideline_operators::changelog::{Change, ChangeOp};
 use tokio::sync::mpsc;
 
-use crate::connect::{quote_ident, quote_literal, split_table, ConnectionSettings};
-use crate::pgoutput::{self, format_lsn, parse_lsn, Column, Datum, Message, OldRow, Relation};
-use crate::row::{decode_key_row, decode_row, text_datums};
+use crate::connect::{quote_ident, quote_literal, split_table, table_columns, ConnectionSettings};
+use crate::pgoutput::{self, format_lsn, parse_lsn, Datum, Message, OldRow, Relation};
+use crate::row::{decode_key_row, decode_row, render_row, text_datums};
 
 /// How a fresh start (no checkpoint) begins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1003,22 +1003,11 @@ impl<T: Data + DeserializeOwned> Pump<T> {
         mut rows_read: u64,
     ) -> Result<u64> {
         let qualified = format!("{}.{}", quote_ident(schema), quote_ident(table));
-        let columns = sql
-            .query(
-                "SELECT attname::text, atttypid::oid FROM pg_attribute \
-                 WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped \
-                 ORDER BY attnum",
-                &[&qualified],
-            )
+        let columns = table_columns(sql, schema, table)
             .await
             .map_err(|e| self.external(format!("read the columns of {schema}.{table}"), e))?
-            .iter()
-            .map(|row| Column {
-                key: false,
-                name: row.get(0),
-                type_oid: row.get(1),
-                type_mod: -1,
-            })
+            .into_iter()
+            .map(|c| c.column)
             .collect::<Vec<_>>();
         let names: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
         sql.batch_execute(&format!(
@@ -1422,20 +1411,6 @@ enum RawChange {
 
 struct SlotState {
     confirmed: u64,
-}
-
-/// A row as `column=value` pairs, for dead letters.
-fn render_row(columns: &[Column], values: &[Datum]) -> String {
-    columns
-        .iter()
-        .zip(values)
-        .map(|(column, value)| match value {
-            Datum::Null => format!("{}=NULL", column.name),
-            Datum::UnchangedToast => format!("{}=(unchanged TOAST)", column.name),
-            Datum::Text(text) => format!("{}={}", column.name, String::from_utf8_lossy(text)),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn now_micros() -> i64 {

@@ -8,6 +8,8 @@ use std::time::Duration;
 use tideline_engine::{Error, Result};
 use tokio_postgres::config::Host;
 
+use crate::pgoutput::Column;
+
 /// Parsed connection settings.
 #[derive(Clone)]
 pub(crate) struct ConnectionSettings {
@@ -124,6 +126,46 @@ pub(crate) fn split_table(name: &str, field: &str) -> Result<(String, String)> {
         ));
     }
     Ok((schema.to_string(), table.to_string()))
+}
+
+/// A column of a table, as the catalog (`pg_attribute`) describes it.
+#[derive(Clone, Debug)]
+pub(crate) struct CatalogColumn {
+    /// Name, type and type modifier (`key` is false: the catalog's answer
+    /// says nothing about replica identity).
+    pub(crate) column: Column,
+}
+
+/// The columns of `schema.table` in table order, dropped ones left out.
+///
+/// # Errors
+/// When the table does not exist or the catalog cannot be read.
+pub(crate) async fn table_columns(
+    sql: &tokio_postgres::Client,
+    schema: &str,
+    table: &str,
+) -> std::result::Result<Vec<CatalogColumn>, tokio_postgres::Error> {
+    let qualified = format!("{}.{}", quote_ident(schema), quote_ident(table));
+    let rows = sql
+        .query(
+            "SELECT attname::text, atttypid::oid, atttypmod FROM pg_attribute \
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped \
+             ORDER BY attnum",
+            &[&qualified],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(CatalogColumn {
+                column: Column {
+                    key: false,
+                    name: row.try_get(0)?,
+                    type_oid: row.try_get(1)?,
+                    type_mod: row.try_get(2)?,
+                },
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
