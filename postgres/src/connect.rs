@@ -134,6 +134,11 @@ pub(crate) struct CatalogColumn {
     /// Name, type and type modifier (`key` is false: the catalog's answer
     /// says nothing about replica identity).
     pub(crate) column: Column,
+    /// The type's SQL name, without modifiers (`format_type(oid, NULL)`):
+    /// `bigint`, `timestamp with time zone`.
+    pub(crate) type_name: String,
+    /// Whether the column is `NOT NULL`.
+    pub(crate) not_null: bool,
 }
 
 /// The columns of `schema.table` in table order, dropped ones left out.
@@ -148,7 +153,8 @@ pub(crate) async fn table_columns(
     let qualified = format!("{}.{}", quote_ident(schema), quote_ident(table));
     let rows = sql
         .query(
-            "SELECT attname::text, atttypid::oid, atttypmod FROM pg_attribute \
+            "SELECT attname::text, atttypid::oid, atttypmod, format_type(atttypid, NULL), \
+             attnotnull FROM pg_attribute \
              WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped \
              ORDER BY attnum",
             &[&qualified],
@@ -163,6 +169,8 @@ pub(crate) async fn table_columns(
                     type_oid: row.try_get(1)?,
                     type_mod: row.try_get(2)?,
                 },
+                type_name: row.try_get(3)?,
+                not_null: row.try_get(4)?,
             })
         })
         .collect()

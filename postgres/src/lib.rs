@@ -15,6 +15,8 @@
 mod cdc;
 mod connect;
 pub mod pgoutput;
+pub mod query;
 pub mod row;
 
 pub use cdc::{CdcBound, CdcMetrics, PostgresCdcBuilder, PostgresCdcSource, SnapshotMode};
+pub use query::{PostgresQueryBuilder, PostgresQuerySource, QueryMetrics};
