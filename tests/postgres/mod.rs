@@ -9,10 +9,11 @@
 
 mod cdc;
 mod harness;
+mod query;
 
 use std::time::{Duration, Instant};
 
-pub(crate) use harness::{postgres_url, psql, unique_name};
+pub(crate) use harness::{begin, postgres_url, psql, unique_name};
 
 /// Waits until `done` holds, polling; panics naming `what` after 60 s.
 /// For conditions set by another thread (a job's progress), never to
