@@ -68,7 +68,7 @@
 //!
 //! Every change of a transaction carries its commit LSN, commit time and
 //! transaction id. Event time is the commit time (in milliseconds) unless
-//! [`PostgresCdcBuilder::event_time`] says otherwise.
+//! [`PostgresCdcSource::event_time`] says otherwise.
 //!
 //! # Failure analysis
 //!

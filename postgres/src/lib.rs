@@ -12,7 +12,7 @@
 //! records for the changelog operators of
 //! [`tideline_operators::changelog`].
 
-mod cdc;
+pub mod cdc;
 mod connect;
 pub mod pgoutput;
 pub mod query;
