@@ -40,7 +40,10 @@
 //!   and later takes the answer from a channel, so
 //!   [`SourceReader::poll`] never waits for the database, and a slow query
 //!   delays neither checkpoint barriers nor the job's other partitions.
-//!   One query is in flight at a time, and the next is sent once every row
+//!   (A runtime on the task thread would need a query timeout short enough
+//!   not to stall the task, yet a chunk of a large backlog on a table
+//!   without the index can take seconds: the timeout would fail healthy
+//!   jobs, or be too long to protect the task.) One query is in flight at a time, and the next is sent once every row
 //!   of the last one was emitted: at most one chunk is held in memory. All
 //!   decisions about time (when to query, the cutoff, when a bounded source
 //!   ends) are taken on the task thread from the job's clock, so they are
