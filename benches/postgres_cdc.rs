@@ -71,7 +71,17 @@ fn program(name: &str) -> String {
 
 fn psql(url: &str, sql: &str) -> Result<String> {
     let out = Command::new(program("psql"))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-d", url, "-c", sql])
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ])
         .output()
         .map_err(|e| fail("run psql", e))?;
     if !out.status.success() {
@@ -101,7 +111,10 @@ fn main() -> Result<()> {
         .unwrap_or_else(|_| "host=127.0.0.1 port=15432 user=postgres dbname=tideline".into());
     if !reachable(&url) {
         if std::env::var_os("CI").is_some() {
-            return Err(fail("connect", format!("CI is set but nothing answers at {url}")));
+            return Err(fail(
+                "connect",
+                format!("CI is set but nothing answers at {url}"),
+            ));
         }
         println!("no PostgreSQL at {url}: benchmark not run (scripts/postgres.sh start)");
         return Ok(());

@@ -153,7 +153,9 @@ fn write_demo(args: &Args, n: u64) -> Result<u64> {
             ));
         }
         if id % 20 == 3 {
-            sql.push_str(&format!("UPDATE {table} SET status = 'refunded' WHERE id = {id};\n"));
+            sql.push_str(&format!(
+                "UPDATE {table} SET status = 'refunded' WHERE id = {id};\n"
+            ));
         }
         if id % 33 == 5 {
             sql.push_str(&format!("DELETE FROM {table} WHERE id = {id};\n"));
@@ -182,13 +184,11 @@ pub fn run(args: &Args) -> Result<JobSummary> {
         source = source.bounded();
     }
     // Event time: when an order was paid, else when its change committed.
-    let source = source
-        .build::<Order>()?
-        .event_time(|c: &Change<Order>| {
-            c.row()
-                .and_then(|o| o.paid_at)
-                .unwrap_or(c.commit_time / 1000)
-        });
+    let source = source.build::<Order>()?.event_time(|c: &Change<Order>| {
+        c.row()
+            .and_then(|o| o.paid_at)
+            .unwrap_or(c.commit_time / 1000)
+    });
     let (bound, metrics) = (source.bound(), source.metrics());
     let changes = job.source(
         source,
@@ -197,7 +197,9 @@ pub fn run(args: &Args) -> Result<JobSummary> {
     changes.dead_letters().sink(PrintSink::new("dead-letter"));
     changes
         .flat_map(|c: Change<Order>| ArchivedChange::of(&c))
-        .sink(ExactlyOnceParquetSink::<ArchivedChange>::new(&args.archive)?)
+        .sink(ExactlyOnceParquetSink::<ArchivedChange>::new(
+            &args.archive,
+        )?)
         .named("archive");
 
     // The table by id, as its changelog; an update that changes the id is
@@ -222,7 +224,12 @@ pub fn run(args: &Args) -> Result<JobSummary> {
         .key_by(|_: &ChangelogRow<Order>| "paid".to_string())
         .window(Tumbling::of(Duration::from_secs(60)))
         .aggregate(Count)
-        .map(|w| format!("paid-per-minute [{}, {}): {}", w.window.start, w.window.end, w.value))
+        .map(|w| {
+            format!(
+                "paid-per-minute [{}, {}): {}",
+                w.window.start, w.window.end, w.value
+            )
+        })
         .sink(PrintSink::new("paid"))
         .named("windows");
 

@@ -70,10 +70,10 @@ pub use tideline_engine::{
 };
 #[cfg(feature = "kafka")]
 pub use tideline_kafka as kafka;
-#[cfg(feature = "postgres")]
-pub use tideline_postgres as postgres;
 pub use tideline_operators as operators;
 pub use tideline_operators::{changelog, connectors, join, process, stateless, testing, window};
+#[cfg(feature = "postgres")]
+pub use tideline_postgres as postgres;
 pub use tideline_state as state;
 
 #[cfg(unix)]

@@ -8,6 +8,8 @@ use std::time::Duration;
 use tideline_engine::{Error, Result};
 use tokio_postgres::config::Host;
 
+use crate::pgoutput::Column;
+
 /// Parsed connection settings.
 #[derive(Clone)]
 pub(crate) struct ConnectionSettings {
@@ -175,6 +177,54 @@ fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T
         .build()
         .map_err(|e| Error::Internal(format!("cannot start a tokio runtime: {e}")))?
         .block_on(future)
+}
+
+/// A column of a table, as the catalog (`pg_attribute`) describes it.
+#[derive(Clone, Debug)]
+pub(crate) struct CatalogColumn {
+    /// Name, type and type modifier (`key` is false: the catalog's answer
+    /// says nothing about replica identity).
+    pub(crate) column: Column,
+    /// The type's SQL name, without modifiers (`format_type(oid, NULL)`):
+    /// `bigint`, `timestamp with time zone`.
+    pub(crate) type_name: String,
+    /// Whether the column is `NOT NULL`.
+    pub(crate) not_null: bool,
+}
+
+/// The columns of `schema.table` in table order, dropped ones left out.
+///
+/// # Errors
+/// When the table does not exist or the catalog cannot be read.
+pub(crate) async fn table_columns(
+    sql: &tokio_postgres::Client,
+    schema: &str,
+    table: &str,
+) -> std::result::Result<Vec<CatalogColumn>, tokio_postgres::Error> {
+    let qualified = format!("{}.{}", quote_ident(schema), quote_ident(table));
+    let rows = sql
+        .query(
+            "SELECT attname::text, atttypid::oid, atttypmod, format_type(atttypid, NULL), \
+             attnotnull FROM pg_attribute \
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped \
+             ORDER BY attnum",
+            &[&qualified],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(CatalogColumn {
+                column: Column {
+                    key: false,
+                    name: row.try_get(0)?,
+                    type_oid: row.try_get(1)?,
+                    type_mod: row.try_get(2)?,
+                },
+                type_name: row.try_get(3)?,
+                not_null: row.try_get(4)?,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -12,10 +12,12 @@
 //! records for the changelog operators of
 //! [`tideline_operators::changelog`].
 
-mod cdc;
+pub mod cdc;
 mod connect;
 pub mod pgoutput;
+pub mod query;
 pub mod row;
 
 pub use cdc::{CdcBound, CdcMetrics, PostgresCdcBuilder, PostgresCdcSource, SnapshotMode};
 pub use connect::{execute_batch, query_text};
+pub use query::{PostgresQueryBuilder, PostgresQuerySource, QueryMetrics};

@@ -514,6 +514,27 @@ pub fn text_datums<'a>(values: impl IntoIterator<Item = Option<&'a str>>) -> Vec
         .collect()
 }
 
+/// A row as `column=value` pairs (`NULL` for nulls), for dead letters.
+pub(crate) fn render_row(columns: &[Column], values: &[Datum]) -> String {
+    columns
+        .iter()
+        .zip(values)
+        .map(|(column, value)| match value {
+            Datum::Null => format!("{}=NULL", column.name),
+            Datum::UnchangedToast => format!("{}=(unchanged TOAST)", column.name),
+            // Long values (a TOASTed document) cut, with their length.
+            Datum::Text(text) if text.len() > 200 => format!(
+                "{}={}...({} bytes)",
+                column.name,
+                String::from_utf8_lossy(&text[..200]),
+                text.len()
+            ),
+            Datum::Text(text) => format!("{}={}", column.name, String::from_utf8_lossy(text)),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 // Tests fail by panicking, on the value that was wrong.
 #[allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,9 +1,9 @@
 //! `PostgresCdcSource` against a real server.
 
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use tideline::operators::changelog::{Change, ChangeOp};
 use tideline::postgres::PostgresCdcSource;
-use std::time::Duration;
 
 use tideline::prelude::*;
 
@@ -187,8 +187,18 @@ fn replica_identity_toast_schema_changes_and_rows_that_do_not_fit() {
     assert_eq!(
         summary,
         vec![
-            (plain.clone(), ChangeOp::Insert, None, Some(doc(1, 1, Some(&big_value)))),
-            (full.clone(), ChangeOp::Insert, None, Some(doc(1, 1, Some(&big_value)))),
+            (
+                plain.clone(),
+                ChangeOp::Insert,
+                None,
+                Some(doc(1, 1, Some(&big_value)))
+            ),
+            (
+                full.clone(),
+                ChangeOp::Insert,
+                None,
+                Some(doc(1, 1, Some(&big_value)))
+            ),
             // The plain table's update is a dead letter (below). FULL: the
             // old row, and the unchanged TOAST value taken from it.
             (
@@ -197,9 +207,19 @@ fn replica_identity_toast_schema_changes_and_rows_that_do_not_fit() {
                 Some(doc(1, 1, Some(&big_value))),
                 Some(doc(1, 2, Some(&big_value)))
             ),
-            (full.clone(), ChangeOp::Delete, Some(doc(1, 2, Some(&big_value))), None),
+            (
+                full.clone(),
+                ChangeOp::Delete,
+                Some(doc(1, 2, Some(&big_value))),
+                None
+            ),
             // A column added: the row still decodes.
-            (plain.clone(), ChangeOp::Insert, None, Some(doc(2, 1, Some("small")))),
+            (
+                plain.clone(),
+                ChangeOp::Insert,
+                None,
+                Some(doc(2, 1, Some("small")))
+            ),
             // `n` became text: "4" still decodes, "three" does not (below).
             (plain.clone(), ChangeOp::Insert, None, Some(doc(4, 4, None))),
         ]
@@ -223,30 +243,42 @@ fn replica_identity_toast_schema_changes_and_rows_that_do_not_fit() {
         "{}",
         dead[1].record
     );
-    assert!(reasons[2].starts_with(&format!("TRUNCATE of public.{full}")), "{}", reasons[2]);
-    assert!(dead.iter().all(|d| d.offset.as_deref().is_some_and(|o| o.starts_with("lsn "))));
+    assert!(
+        reasons[2].starts_with(&format!("TRUNCATE of public.{full}")),
+        "{}",
+        reasons[2]
+    );
+    assert!(dead
+        .iter()
+        .all(|d| d.offset.as_deref().is_some_and(|o| o.starts_with("lsn "))));
     assert_eq!(metrics.truncates(), 1);
     // Two changes of the plain table's columns (a column added, a type
     // changed).
     assert_eq!(metrics.schema_changes(), 2);
     let last = metrics.last_schema_change().unwrap();
-    assert!(last.contains(&format!("public.{plain}")) && last.contains("n (25)"), "{last}");
+    assert!(
+        last.contains(&format!("public.{plain}")) && last.contains("n (25)"),
+        "{last}"
+    );
 }
 
 /// `id|status|amount` rows of `SELECT` as orders.
 pub(crate) fn select_orders(url: &str, table: &str) -> Vec<Order> {
-    psql(url, &format!("SELECT id, status, amount FROM {table} ORDER BY id"))
-        .lines()
-        .map(|line| {
-            let mut cols = line.split('|');
-            let mut next = || cols.next().expect("a column");
-            Order {
-                id: next().parse().expect("id"),
-                status: next().to_string(),
-                amount: next().parse().expect("amount"),
-            }
-        })
-        .collect()
+    psql(
+        url,
+        &format!("SELECT id, status, amount FROM {table} ORDER BY id"),
+    )
+    .lines()
+    .map(|line| {
+        let mut cols = line.split('|');
+        let mut next = || cols.next().expect("a column");
+        Order {
+            id: next().parse().expect("id"),
+            status: next().to_string(),
+            amount: next().parse().expect("amount"),
+        }
+    })
+    .collect()
 }
 
 #[test]
@@ -279,12 +311,16 @@ fn a_snapshot_taken_while_a_writer_changes_the_table_misses_nothing_and_duplicat
     job.source(source, WatermarkStrategy::none())
         .inspect(move |_| {
             if seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 5_000 {
-                wait_for("the writer", || gate.load(std::sync::atomic::Ordering::SeqCst));
+                wait_for("the writer", || {
+                    gate.load(std::sync::atomic::Ordering::SeqCst)
+                });
             }
         })
         .sink(changes.clone());
     let running = job.spawn().unwrap();
-    wait_for("the snapshot to start", || metrics.snapshot_progress().0 > 5_000);
+    wait_for("the snapshot to start", || {
+        metrics.snapshot_progress().0 > 5_000
+    });
     // While the snapshot is read: updates, deletes and inserts, each
     // statement its own transaction, some touching rows read already and
     // some rows not read yet.
@@ -309,7 +345,10 @@ fn a_snapshot_taken_while_a_writer_changes_the_table_misses_nothing_and_duplicat
     assert!(metrics.snapshot_done());
     let (read, estimate) = metrics.snapshot_progress();
     assert_eq!(read, 100_000);
-    assert!((90_000..=110_000).contains(&estimate), "estimate {estimate}");
+    assert!(
+        (90_000..=110_000).contains(&estimate),
+        "estimate {estimate}"
+    );
 
     let mut table_rows = std::collections::BTreeMap::new();
     let changes: Vec<Change<Order>> = changes.values();
@@ -326,7 +365,10 @@ fn a_snapshot_taken_while_a_writer_changes_the_table_misses_nothing_and_duplicat
     let materialized: Vec<Order> = table_rows.into_values().collect();
     let expected = select_orders(&url, &table);
     assert_eq!(materialized.len(), expected.len());
-    assert!(materialized == expected, "the materialized table differs from SELECT *");
+    assert!(
+        materialized == expected,
+        "the materialized table differs from SELECT *"
+    );
     psql(&url, &format!("SELECT pg_drop_replication_slot('{slot}')"));
 }
 
@@ -376,7 +418,9 @@ fn a_snapshot_stopped_half_way_resumes_where_it_stopped() {
     };
     let (job, metrics) = run(None, None);
     let running = job.spawn().unwrap();
-    wait_for("the snapshot to be under way", || metrics.snapshot_progress().0 > 3_000);
+    wait_for("the snapshot to be under way", || {
+        metrics.snapshot_progress().0 > 3_000
+    });
     running
         .stop_handle()
         .savepoint(dir.path().join("savepoints"))
@@ -386,9 +430,15 @@ fn a_snapshot_stopped_half_way_resumes_where_it_stopped() {
     let offsets = CheckpointStorage::open_dir(&savepoint)
         .unwrap()
         .source_offsets("postgres-cdc");
-    assert_eq!(offsets[0].1 .0[0], 0, "the savepoint is within the snapshot: {offsets:?}");
+    assert_eq!(
+        offsets[0].1 .0[0], 0,
+        "the savepoint is within the snapshot: {offsets:?}"
+    );
     let first_run = read_committed::<Change<Order>>(&out).unwrap().len();
-    assert!((1..20_000).contains(&first_run), "{first_run} rows before the savepoint");
+    assert!(
+        (1..20_000).contains(&first_run),
+        "{first_run} rows before the savepoint"
+    );
 
     // While the job is stopped: rows read and not read yet change, move
     // across the point the snapshot stopped at, appear and go.
@@ -446,6 +496,9 @@ fn a_snapshot_stopped_half_way_resumes_where_it_stopped() {
     let expected = select_orders(&url, &table);
     assert_eq!(materialized.len(), expected.len());
     assert_eq!(count, expected.len() as i64, "inserts minus deletes");
-    assert!(materialized == expected, "the materialized table differs from SELECT *");
+    assert!(
+        materialized == expected,
+        "the materialized table differs from SELECT *"
+    );
     psql(&url, &format!("SELECT pg_drop_replication_slot('{slot}')"));
 }

@@ -11,11 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use tideline::engine::checkpoint::CheckpointStorage;
 use tideline::connectors::file::{read_committed, ExactlyOnceJsonLinesSink};
+use tideline::engine::checkpoint::CheckpointStorage;
 use tideline::operators::changelog::{
-    AggregateChangelogExt, Change, ChangelogRow, ChangelogStreamExt, ChangelogTableSink,
-    ToTableExt,
+    AggregateChangelogExt, Change, ChangelogRow, ChangelogStreamExt, ChangelogTableSink, ToTableExt,
 };
 use tideline::postgres::{PostgresCdcSource, SnapshotMode};
 use tideline::prelude::*;
@@ -94,7 +93,9 @@ fn run_job(config: &ChildConfig) -> Result<JobSummary> {
     table
         .key_by_row(|o: &Order| o.status.clone())
         .aggregate_changelog((Count, Sum::of(|o: &Order| o.amount)))
-        .sink(ExactlyOnceJsonLinesSink::<StatusTotals>::new(config.dir.join("totals"))?);
+        .sink(ExactlyOnceJsonLinesSink::<StatusTotals>::new(
+            config.dir.join("totals"),
+        )?);
     job.run()
 }
 
@@ -138,7 +139,9 @@ fn writes(table: &str, rng: &mut SmallRng, next_id: &mut i64) -> String {
 fn confirmed_lsn(url: &str, slot: &str) -> u64 {
     let text = psql(
         url,
-        &format!("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+        &format!(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ),
     );
     tideline::postgres::pgoutput::parse_lsn(text.trim()).expect("the slot's LSN")
 }
@@ -230,7 +233,11 @@ fn exactly_once_across_kills_while_the_table_changes() {
     .expect("the reference run");
 
     let expected = select_orders(&url, &table);
-    assert!(expected.len() > 100, "the writer left {} rows", expected.len());
+    assert!(
+        expected.len() > 100,
+        "the writer left {} rows",
+        expected.len()
+    );
     let table_file = |d: &Path| std::fs::read_to_string(d.join("orders.csv")).expect("orders.csv");
     assert_eq!(
         table_file(dir.path()),
@@ -239,11 +246,18 @@ fn exactly_once_across_kills_while_the_table_changes() {
     );
     let reference_totals = committed_totals(reference_dir.path());
     assert!(reference_totals.len() > 100);
-    assert_eq!(committed_totals(dir.path()), reference_totals, "the totals changelog");
+    assert_eq!(
+        committed_totals(dir.path()),
+        reference_totals,
+        "the totals changelog"
+    );
     // And the table is the database's.
     let mut csv = csv_rows(&table_file(dir.path()));
     csv.sort_by_key(|o| o.id);
-    assert!(csv == expected, "the materialized table differs from SELECT *");
+    assert!(
+        csv == expected,
+        "the materialized table differs from SELECT *"
+    );
     psql(
         &url,
         &format!(

@@ -9,10 +9,10 @@
 use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// `scripts/postgres.sh`'s cluster on its default port, in the libpq
 /// key=value form it prints (and tokio-postgres accepts).
@@ -179,6 +179,79 @@ pub(crate) fn psql(url: &str, sql: &str) -> String {
         Some(Err(_)) => panic!("the thread writing the SQL to psql panicked"),
     }
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A transaction left open in a `psql` session of its own, to be committed
+/// later (see [`begin`]). Dropped without [`OpenTransaction::commit`], its
+/// session reads the end of its input and rolls back.
+pub(crate) struct OpenTransaction {
+    child: Child,
+}
+
+/// Starts a `psql` session against `url`, runs `BEGIN` and `sql` (which must
+/// write) in it, and returns once `sql` has run, with the transaction still
+/// open: its session shows in `pg_stat_activity` as idle in a transaction
+/// that holds a transaction id.
+pub(crate) fn begin(url: &str, sql: &str) -> OpenTransaction {
+    let binary = psql_binary();
+    let name = unique_name("open_tx");
+    let mut child = Command::new(binary)
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At"])
+        .args(["-d", url, "-f", "-"])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PGAPPNAME", &name)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+    if let Some(stdin) = child.stdin.as_mut() {
+        stdin
+            .write_all(format!("BEGIN;\n{sql}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| panic!("writing to psql: {e}"));
+    }
+    let open = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{name}' \
+         AND state = 'idle in transaction' AND backend_xid IS NOT NULL"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while psql(url, &open).trim() != "1" {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+            }
+            panic!("psql ended ({status}) before its transaction was open:\n{sql}\n{stderr}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out opening a transaction for:\n{sql}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    OpenTransaction { child }
+}
+
+impl OpenTransaction {
+    /// Commits the transaction and waits for its session to end.
+    pub(crate) fn commit(self) {
+        let mut child = self.child;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(b"COMMIT;\n")
+                .unwrap_or_else(|e| panic!("writing to psql: {e}"));
+        }
+        let output = child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("waiting for psql: {e}"));
+        assert!(
+            output.status.success(),
+            "the commit failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 /// A name no other test (or earlier run) uses, valid unquoted as a table,

@@ -10,10 +10,11 @@
 mod cdc;
 mod crash;
 mod harness;
+mod query;
 
 use std::time::{Duration, Instant};
 
-pub(crate) use harness::{postgres_url, psql, unique_name};
+pub(crate) use harness::{begin, postgres_url, psql, unique_name};
 
 /// Waits until `done` holds, polling; panics naming `what` after 60 s.
 /// For conditions set by another thread (a job's progress), never to
@@ -74,8 +75,12 @@ fn example_postgres_cdc_runs_its_demo() {
         summary.operator("archive").map(|o| o.records_in),
         Some(changes as u64)
     );
-    assert!(summary.operator("windows").is_some_and(|o| o.records_in > 0));
-    assert!(summary.operator("revenue").is_some_and(|o| o.records_in > 0));
+    assert!(summary
+        .operator("windows")
+        .is_some_and(|o| o.records_in > 0));
+    assert!(summary
+        .operator("revenue")
+        .is_some_and(|o| o.records_in > 0));
     assert_eq!(summary.dead_letters, 0);
     psql(&url, &format!("SELECT pg_drop_replication_slot('{slot}')"));
 }

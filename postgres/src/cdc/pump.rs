@@ -17,7 +17,7 @@ use super::snapshot::{Copied, TableInfo};
 use super::stream::StreamEnd;
 use super::{EventTimeFn, Settings, SharedState, SnapshotMode};
 use crate::connect::{quote_ident, quote_literal};
-use crate::pgoutput::{format_lsn, parse_lsn, Column, Datum, Relation};
+use crate::pgoutput::{format_lsn, parse_lsn, Relation};
 
 /// How many changes go to the task thread at a time (at most).
 pub(super) const BATCH: usize = 512;
@@ -458,26 +458,6 @@ impl<T: Data + DeserializeOwned> Pump<T> {
 
 struct SlotState {
     confirmed: u64,
-}
-
-/// A row as `column=value` pairs, for dead letters.
-pub(super) fn render_row(columns: &[Column], values: &[Datum]) -> String {
-    columns
-        .iter()
-        .zip(values)
-        .map(|(column, value)| match value {
-            Datum::Null => format!("{}=NULL", column.name),
-            Datum::UnchangedToast => format!("{}=(unchanged TOAST)", column.name),
-            Datum::Text(text) if text.len() > 200 => format!(
-                "{}={}...({} bytes)",
-                column.name,
-                String::from_utf8_lossy(&text[..200]),
-                text.len()
-            ),
-            Datum::Text(text) => format!("{}={}", column.name, String::from_utf8_lossy(text)),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 pub(super) fn now_micros() -> i64 {

@@ -18,11 +18,11 @@ use tideline_engine::{Data, Error, Rejected, Result};
 use tideline_operators::changelog::{Change, ChangeOp};
 
 use super::position::Position;
-use super::pump::{render_row, Pump, BATCH};
+use super::pump::{Pump, BATCH};
 use super::reader::{Event, Item};
-use crate::connect::{quote_ident, quote_literal};
+use crate::connect::{quote_ident, quote_literal, table_columns};
 use crate::pgoutput::{Column, Datum, Relation};
-use crate::row::{decode_row, text_datums};
+use crate::row::{decode_row, render_row, text_datums};
 
 /// How a primary-key column orders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,22 +93,11 @@ impl TableInfo {
         for (schema, table) in tables {
             let sql_name = format!("{}.{}", quote_ident(schema), quote_ident(table));
             let qualified = format!("{schema}.{table}");
-            let columns: Vec<Column> = sql
-                .query(
-                    "SELECT attname::text, atttypid::oid FROM pg_attribute \
-                     WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped \
-                     ORDER BY attnum",
-                    &[&sql_name],
-                )
+            let columns: Vec<Column> = table_columns(sql, schema, table)
                 .await
                 .map_err(|e| fail(format!("read the columns of {qualified}"), e))?
-                .iter()
-                .map(|row| Column {
-                    key: false,
-                    name: row.get(0),
-                    type_oid: row.get(1),
-                    type_mod: -1,
-                })
+                .into_iter()
+                .map(|c| c.column)
                 .collect();
             let key_names: Vec<String> = sql
                 .query(

@@ -19,11 +19,11 @@ use tideline_engine::{Data, Rejected, Result};
 use tideline_operators::changelog::{Change, ChangeOp};
 
 use super::position::Position;
-use super::pump::{render_row, Pump, BATCH};
+use super::pump::{Pump, BATCH};
 use super::reader::{Event, Item};
 use super::snapshot::Copied;
 use crate::pgoutput::{self, format_lsn, Datum, Message, OldRow, Relation};
-use crate::row::{decode_key_row, decode_row};
+use crate::row::{decode_key_row, decode_row, render_row};
 
 /// The transaction being read.
 struct Transaction {
