@@ -45,7 +45,8 @@ pub(crate) type KafkaProducer = BaseProducer<DeliveryContext>;
 pub(crate) struct StoredRecord {
     pub(crate) topic: String,
     pub(crate) key: Option<Vec<u8>>,
-    pub(crate) value: Vec<u8>,
+    /// `None`: a tombstone (deletes the key in a compacted topic).
+    pub(crate) value: Option<Vec<u8>>,
     pub(crate) headers: Vec<(String, Vec<u8>)>,
 }
 
@@ -85,8 +86,10 @@ pub(crate) fn send(
                 })
             })
     });
-    let mut base: BaseRecord<'_, [u8], [u8]> =
-        BaseRecord::to(&record.topic).payload(&record.value[..]);
+    let mut base: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&record.topic);
+    if let Some(value) = &record.value {
+        base = base.payload(&value[..]);
+    }
     if let Some(key) = &record.key {
         base = base.key(&key[..]);
     }

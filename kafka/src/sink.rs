@@ -101,7 +101,9 @@ pub enum DeliveryGuarantee {
     ExactlyOnce,
 }
 
-type SerializeFn<T> = Arc<dyn Fn(&T) -> std::result::Result<Vec<u8>, String> + Send + Sync>;
+/// A record's value; `None` writes a tombstone.
+type SerializeFn<T> =
+    Arc<dyn Fn(&T) -> std::result::Result<Option<Vec<u8>>, String> + Send + Sync>;
 type KeyFn<T> = Arc<dyn Fn(&T) -> Option<Vec<u8>> + Send + Sync>;
 type HeadersFn<T> = Arc<dyn Fn(&T) -> Vec<(String, Vec<u8>)> + Send + Sync>;
 type TopicFn<T> = Arc<dyn Fn(&T) -> String + Send + Sync>;
@@ -201,6 +203,29 @@ impl<T: serde::Serialize + 'static> KafkaSink<T> {
     }
 }
 
+impl<K, V> KafkaSink<(K, Option<V>)>
+where
+    K: serde::Serialize + 'static,
+    V: serde::Serialize + 'static,
+{
+    /// A sink of upserts, the records of a compacted topic: `(key,
+    /// Some(row))` writes the row as JSON under the key (as JSON), `(key,
+    /// None)` a tombstone for the key. A changelog becomes upserts with
+    /// `ChangelogStreamExt::upserts` (in `tideline_operators::changelog`).
+    pub fn json_upserts(
+        brokers: impl Into<String>,
+        topic: impl Into<String>,
+    ) -> KafkaSinkBuilder<(K, Option<V>)> {
+        Self::serialize_or_tombstone(brokers, topic, |(_, value): &(K, Option<V>)| {
+            value
+                .as_ref()
+                .map(|v| serde_json::to_vec(v).map_err(|e| e.to_string()))
+                .transpose()
+        })
+        .key(|(key, _): &(K, Option<V>)| serde_json::to_vec(key).ok())
+    }
+}
+
 impl KafkaSink<Vec<u8>> {
     /// A sink writing each record's bytes as they are.
     pub fn bytes(
@@ -221,6 +246,20 @@ impl<T> KafkaSink<T> {
     ) -> KafkaSinkBuilder<T>
     where
         F: Fn(&T) -> std::result::Result<Vec<u8>, String> + Send + Sync + 'static,
+    {
+        Self::serialize_or_tombstone(brokers, topic, move |value: &T| serialize(value).map(Some))
+    }
+
+    /// Like [`KafkaSink::serialize`], where `Ok(None)` writes a tombstone
+    /// (a record without a value, which deletes its key when the topic is
+    /// compacted).
+    pub fn serialize_or_tombstone<F>(
+        brokers: impl Into<String>,
+        topic: impl Into<String>,
+        serialize: F,
+    ) -> KafkaSinkBuilder<T>
+    where
+        F: Fn(&T) -> std::result::Result<Option<Vec<u8>>, String> + Send + Sync + 'static,
     {
         KafkaSinkBuilder {
             settings: ClientSettings::new(brokers),
@@ -409,6 +448,66 @@ struct TransactionRecord {
     checkpoint: u64,
     lineage: u64,
     records: Vec<StoredRecord>,
+}
+
+/// Starts a [`TransactionRecord`] blob of this version (records may be
+/// tombstones). A blob of the first version (before tombstones) starts with
+/// the varint length of its id, which is never ten `0xFF` bytes.
+const TRANSACTION_V2: [u8; 11] = [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 2];
+
+impl TransactionRecord {
+    fn encode(&self) -> Result<Vec<u8>> {
+        postcard::to_extend(self, TRANSACTION_V2.to_vec())
+            .map_err(|e| Error::Internal(format!("encode a Kafka transaction: {e}")))
+    }
+
+    /// Decodes a blob of either version; `topic` names the sink in errors.
+    fn decode(blob: &[u8], topic: &str) -> Result<Self> {
+        let corrupt = |e: postcard::Error| Error::Checkpoint {
+            path: format!("kafka sink transaction on topic '{topic}'"),
+            reason: format!("cannot decode: {e}"),
+        };
+        if let Some(body) = blob.strip_prefix(&TRANSACTION_V2[..]) {
+            return postcard::from_bytes(body).map_err(corrupt);
+        }
+        let v1: TransactionRecordV1 = postcard::from_bytes(blob).map_err(corrupt)?;
+        Ok(TransactionRecord {
+            id: v1.id,
+            parallelism: v1.parallelism,
+            max_open: v1.max_open,
+            checkpoint: v1.checkpoint,
+            lineage: v1.lineage,
+            records: v1
+                .records
+                .into_iter()
+                .map(|r| StoredRecord {
+                    topic: r.topic,
+                    key: r.key,
+                    value: Some(r.value),
+                    headers: r.headers,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// A transaction as checkpoints of the first version stored it.
+#[derive(Deserialize)]
+struct TransactionRecordV1 {
+    id: String,
+    parallelism: usize,
+    max_open: usize,
+    checkpoint: u64,
+    lineage: u64,
+    records: Vec<StoredRecordV1>,
+}
+
+#[derive(Deserialize)]
+struct StoredRecordV1 {
+    topic: String,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
 }
 
 #[derive(Default)]
@@ -724,11 +823,7 @@ fn new_lineage() -> u64 {
 
 impl Committer for Transactions {
     fn commit(&self, transaction: &[u8]) -> Result<()> {
-        let txn: TransactionRecord =
-            postcard::from_bytes(transaction).map_err(|e| Error::Checkpoint {
-                path: format!("kafka sink transaction on topic '{}'", self.topic),
-                reason: format!("cannot decode: {e}"),
-            })?;
+        let txn = TransactionRecord::decode(transaction, &self.topic)?;
         let live = {
             let mut state = self.state();
             match state.pending.get(&txn.id) {
@@ -770,11 +865,7 @@ impl Committer for Transactions {
         let mut parallelism = self.parallelism.load(Ordering::Relaxed);
         let mut max_open = self.max_open;
         for blob in keep {
-            let txn: TransactionRecord =
-                postcard::from_bytes(blob).map_err(|e| Error::Checkpoint {
-                    path: format!("kafka sink transaction on topic '{}'", self.topic),
-                    reason: format!("cannot decode: {e}"),
-                })?;
+            let txn = TransactionRecord::decode(blob, &self.topic)?;
             parallelism = parallelism.max(txn.parallelism);
             max_open = max_open.max(txn.max_open);
             *self.lineage.lock().unwrap_or_else(PoisonError::into_inner) = Some(txn.lineage);
@@ -940,8 +1031,7 @@ impl<T: Data> Sink<T> for KafkaSink<T> {
                     lineage,
                     records: open.records,
                 };
-                let blob = postcard::to_allocvec(&txn)
-                    .map_err(|e| Error::Internal(format!("encode a Kafka transaction: {e}")))?;
+                let blob = txn.encode()?;
                 shared
                     .state()
                     .pending
@@ -963,5 +1053,63 @@ impl<T: Data> Sink<T> for KafkaSink<T> {
             DeliveryGuarantee::ExactlyOnce => Some(Arc::clone(&self.shared) as Arc<dyn Committer>),
             DeliveryGuarantee::AtLeastOnce => None,
         }
+    }
+}
+
+#[cfg(test)]
+// Tests fail by panicking, on the value that was wrong.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct V1 {
+        id: String,
+        parallelism: usize,
+        max_open: usize,
+        checkpoint: u64,
+        lineage: u64,
+        records: Vec<(String, Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>)>,
+    }
+
+    #[test]
+    fn transactions_of_both_versions_decode() {
+        let txn = TransactionRecord {
+            id: "p-0-1".into(),
+            parallelism: 2,
+            max_open: 4,
+            checkpoint: 7,
+            lineage: 9,
+            records: vec![
+                StoredRecord {
+                    topic: "t".into(),
+                    key: Some(b"k".to_vec()),
+                    value: None,
+                    headers: vec![],
+                },
+                StoredRecord {
+                    topic: "t".into(),
+                    key: None,
+                    value: Some(b"v".to_vec()),
+                    headers: vec![("h".into(), b"x".to_vec())],
+                },
+            ],
+        };
+        let decoded = TransactionRecord::decode(&txn.encode().unwrap(), "t").unwrap();
+        assert_eq!(decoded.records, txn.records);
+        // Written before tombstones: every record has a value.
+        let v1 = postcard::to_allocvec(&V1 {
+            id: "p-0-1".into(),
+            parallelism: 2,
+            max_open: 4,
+            checkpoint: 7,
+            lineage: 9,
+            records: vec![("t".into(), None, b"v".to_vec(), vec![])],
+        })
+        .unwrap();
+        let decoded = TransactionRecord::decode(&v1, "t").unwrap();
+        assert_eq!((decoded.id.as_str(), decoded.checkpoint), ("p-0-1", 7));
+        assert_eq!(decoded.records[0].value, Some(b"v".to_vec()));
+        assert!(TransactionRecord::decode(&[0xFF; 3], "t").is_err());
     }
 }

@@ -182,7 +182,11 @@ pub(crate) fn produce(brokers: &str, topic: &str, records: &[Produce]) {
 /// A consumed record's value.
 #[derive(Debug)]
 pub(crate) struct Consumed {
+    pub(crate) key: Option<Vec<u8>>,
+    /// Empty for a tombstone.
     pub(crate) value: Vec<u8>,
+    /// A record without a value.
+    pub(crate) tombstone: bool,
 }
 
 /// Everything committed in `topic` (read_committed), to the end offsets it
@@ -217,7 +221,9 @@ pub(crate) fn consume_all(brokers: &str, topic: &str) -> Vec<Consumed> {
             );
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => out.push(Consumed {
+                    key: m.key().map(<[u8]>::to_vec),
                     value: m.payload().unwrap_or_default().to_vec(),
+                    tombstone: m.payload().is_none(),
                 }),
                 Some(Err(KafkaError::PartitionEOF(_))) | None => {
                     let position = consumer.position().expect("position");

@@ -8,7 +8,9 @@ use tideline::kafka::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tideline::kafka::KafkaSink;
 use tideline::prelude::*;
 
-use super::{brokers, consume_json, create_topic, unique_topic, Click};
+use tideline::operators::changelog::{ChangelogRow, ChangelogStreamExt};
+
+use super::{brokers, consume_all, consume_json, create_topic, unique_topic, Click};
 
 #[test]
 fn an_earlier_runs_open_transaction_is_aborted_on_start() -> Result<()> {
@@ -65,5 +67,51 @@ fn an_earlier_runs_open_transaction_is_aborted_on_start() -> Result<()> {
     read.sort();
     assert_eq!(read, clicks);
     drop(zombie);
+    Ok(())
+}
+
+#[test]
+fn a_changelog_becomes_upserts_and_tombstones_of_a_compacted_topic() -> Result<()> {
+    let Some(brokers) = brokers() else {
+        return Ok(());
+    };
+    let output = unique_topic("upserts");
+    create_topic(&brokers, &output, 1);
+    let job = Job::new().parallelism(1).mode(ExecutionMode::Bounded);
+    job.source(
+        VecSource::new(vec![
+            ChangelogRow::insert((1u32, "ada".to_string())),
+            ChangelogRow::insert((2, "bob".to_string())),
+            ChangelogRow::update_before((1, "ada".to_string())),
+            ChangelogRow::update_after((1, "ada l.".to_string())),
+            ChangelogRow::delete((2, "bob".to_string())),
+        ]),
+        WatermarkStrategy::none(),
+    )
+    .upserts(|row: &(u32, String)| row.0)
+    .sink(
+        KafkaSink::<(u32, Option<(u32, String)>)>::json_upserts(&brokers, &output)
+            .exactly_once(unique_topic("upserts-txn"))
+            .build()?,
+    );
+    job.run()?;
+    let records: Vec<(String, Option<String>)> = consume_all(&brokers, &output)
+        .into_iter()
+        .map(|c| {
+            let key = String::from_utf8(c.key.expect("a key")).expect("utf-8");
+            let value = (!c.tombstone).then(|| String::from_utf8(c.value).expect("utf-8"));
+            (key, value)
+        })
+        .collect();
+    assert_eq!(
+        records,
+        vec![
+            ("1".to_string(), Some(r#"[1,"ada"]"#.to_string())),
+            ("2".to_string(), Some(r#"[2,"bob"]"#.to_string())),
+            ("1".to_string(), Some(r#"[1,"ada l."]"#.to_string())),
+            // A tombstone: a compacted topic forgets key 2.
+            ("2".to_string(), None),
+        ]
+    );
     Ok(())
 }
