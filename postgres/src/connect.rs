@@ -74,7 +74,7 @@ impl ConnectionSettings {
         slot: &str,
         publication: &str,
     ) -> pgwire_replication::ReplicationConfig {
-        pgwire_replication::ReplicationConfig::new(
+        let config = pgwire_replication::ReplicationConfig::new(
             self.host.clone(),
             self.user.clone(),
             self.password.clone(),
@@ -85,7 +85,13 @@ impl ConnectionSettings {
         .with_port(self.port)
         .with_application_name("tideline-cdc")
         .with_status_interval(Duration::from_secs(1))
-        .with_wakeup_interval(Duration::from_secs(1))
+        .with_wakeup_interval(Duration::from_secs(1));
+        // The connection string's `options` (e.g. `-c wal_sender_timeout=10s`)
+        // apply to the replication session too.
+        match self.sql.get_options() {
+            Some(options) => config.with_options(options),
+            None => config,
+        }
     }
 
     /// Opens a SQL connection, its driver spawned on the current runtime.

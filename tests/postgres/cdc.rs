@@ -502,3 +502,50 @@ fn a_snapshot_stopped_half_way_resumes_where_it_stopped() {
     );
     psql(&url, &format!("SELECT pg_drop_replication_slot('{slot}')"));
 }
+
+#[test]
+fn a_job_backpressured_longer_than_the_server_timeout_keeps_its_replication_session() {
+    let Some(url) = postgres_url() else { return };
+    // The server drops a replication session that says nothing for 2 s.
+    let url = format!("{url} options='-c wal_sender_timeout=2000'");
+    let table = unique_name("orders");
+    let slot = unique_name("slot");
+    psql(
+        &url,
+        &format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, status text NOT NULL, amount bigint NOT NULL);"
+        ),
+    );
+    let source = PostgresCdcSource::builder(url.clone(), slot.clone())
+        .table(table.clone())
+        .bounded()
+        .build::<Order>()
+        .unwrap();
+    let (bound, metrics) = (source.bound(), source.metrics());
+    let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = std::sync::Arc::clone(&release);
+    let job = Job::new();
+    let changes = CollectSink::new();
+    job.source(source, WatermarkStrategy::none())
+        .inspect(move |_| wait_for("the release", || gate.load(std::sync::atomic::Ordering::SeqCst)))
+        .sink(changes.clone());
+    let running = job.spawn().unwrap();
+    wait_for("the snapshot", || metrics.snapshot_done());
+    // 20,000 changes: far more than fit between the threads, so the
+    // stream is held back while the job is blocked.
+    psql(
+        &url,
+        &format!("INSERT INTO {table} SELECT g, 'new', g FROM generate_series(1, 20000) g;"),
+    );
+    bound.set(marker_lsn(&url));
+    // Blocked for three times the server's timeout: only the session's
+    // status updates keep it open.
+    std::thread::sleep(Duration::from_secs(6));
+    release.store(true, std::sync::atomic::Ordering::SeqCst);
+    running.join().unwrap();
+    let changes: Vec<Change<Order>> = changes.values();
+    assert_eq!(changes.len(), 20_000);
+    assert!(changes.iter().all(|c| c.op == ChangeOp::Insert));
+    assert_eq!(metrics.slot_lag_bytes(), 0, "caught up");
+    psql(&url, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+}
