@@ -102,8 +102,7 @@ pub enum DeliveryGuarantee {
 }
 
 /// A record's value; `None` writes a tombstone.
-type SerializeFn<T> =
-    Arc<dyn Fn(&T) -> std::result::Result<Option<Vec<u8>>, String> + Send + Sync>;
+type SerializeFn<T> = Arc<dyn Fn(&T) -> std::result::Result<Option<Vec<u8>>, String> + Send + Sync>;
 type KeyFn<T> = Arc<dyn Fn(&T) -> Option<Vec<u8>> + Send + Sync>;
 type HeadersFn<T> = Arc<dyn Fn(&T) -> Vec<(String, Vec<u8>)> + Send + Sync>;
 type TopicFn<T> = Arc<dyn Fn(&T) -> String + Send + Sync>;
@@ -453,7 +452,9 @@ struct TransactionRecord {
 /// Starts a [`TransactionRecord`] blob of this version (records may be
 /// tombstones). A blob of the first version (before tombstones) starts with
 /// the varint length of its id, which is never ten `0xFF` bytes.
-const TRANSACTION_V2: [u8; 11] = [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 2];
+const TRANSACTION_V2: [u8; 11] = [
+    0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 2,
+];
 
 impl TransactionRecord {
     fn encode(&self) -> Result<Vec<u8>> {

@@ -527,7 +527,11 @@ fn a_job_backpressured_longer_than_the_server_timeout_keeps_its_replication_sess
     let job = Job::new();
     let changes = CollectSink::new();
     job.source(source, WatermarkStrategy::none())
-        .inspect(move |_| wait_for("the release", || gate.load(std::sync::atomic::Ordering::SeqCst)))
+        .inspect(move |_| {
+            wait_for("the release", || {
+                gate.load(std::sync::atomic::Ordering::SeqCst)
+            })
+        })
         .sink(changes.clone());
     let running = job.spawn().unwrap();
     wait_for("the snapshot", || metrics.snapshot_done());

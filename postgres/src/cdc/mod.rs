@@ -18,33 +18,59 @@
 //!    slot of that name left by an earlier run is dropped first: without a
 //!    checkpoint nothing read from it was committed);
 //! 3. on a SQL connection, opens a `REPEATABLE READ` transaction on that
-//!    snapshot and reads every table through a cursor, `snapshot_chunk`
-//!    rows at a time (memory stays bounded by the chunk and the channel),
-//!    as [`ChangeOp::Read`] changes;
+//!    snapshot and reads every table through a cursor in primary-key
+//!    order, `snapshot_chunk` rows at a time (memory stays bounded by the
+//!    chunk and the channel), as [`ChangeOp::Read`](tideline_operators::changelog::ChangeOp::Read) changes;
 //! 4. starts streaming at the slot's consistent point, which is exactly
 //!    where the snapshot stands: no change is missed or read twice.
 //!
+//! The publication must exist before the slot: the server decodes the
+//! log with the catalog as it was when each change was written, so a
+//! publication created after a slot cannot decode the slot's earlier WAL.
+//! The source creates both in that order; a publication it would have to
+//! create for a slot that already exists is refused with that reason.
+//!
 //! # Positions and exactly-once
 //!
-//! A position is `(resume LSN, changes to skip)`: the end LSN of the last
-//! transaction read whole, and how many changes of the next one were
-//! emitted. Checkpoints record it. The slot's confirmed LSN is advanced to
-//! a checkpoint's resume LSN only in [`Source::notify_checkpoint_complete`],
-//! so the server keeps all WAL a restore may need. A restore starts
-//! streaming at the resume LSN (the server skips transactions that
-//! committed before it) and skips the changes already emitted of the first
-//! transaction: together with the engine's exactly-once sinks, every change
-//! is delivered once. A restore from a checkpoint older than the slot's
-//! confirmed LSN (the WAL is gone) is refused, naming both positions.
-//! While the published tables are idle, keepalives move the position (and
-//! so, after a checkpoint, the slot) forward, so the server does not keep
-//! WAL of other tables' traffic for it.
+//! A stream position is `(resume LSN, changes to skip)`: the end LSN of
+//! the last transaction read whole, and how many changes of the next one
+//! were emitted. Checkpoints record it. The slot's confirmed LSN is
+//! advanced to a checkpoint's resume LSN only in
+//! [`Source::notify_checkpoint_complete`], so the server keeps all WAL a
+//! restore may need. A restore starts streaming at the resume LSN (the
+//! server skips transactions that committed before it) and skips the
+//! changes already emitted of the first transaction: together with the
+//! engine's exactly-once sinks, every change is delivered once. A restore
+//! from a checkpoint older than the slot's confirmed LSN (the WAL is gone)
+//! is refused, naming both positions. While the published tables are
+//! idle, keepalives move the position (and so, after a checkpoint, the
+//! slot) forward, so the server does not keep WAL of other tables' traffic
+//! for it.
 //!
-//! Limit: a checkpoint taken during the initial snapshot cannot be resumed
-//! (the exported snapshot ends with the session that made it); a restore
-//! from one is refused with a message saying so. Restart such a job
-//! without the checkpoint: it takes a new snapshot.
+//! # Resuming a snapshot
 //!
+//! A checkpoint taken during the snapshot records how far the copy got:
+//! the tables before table `i` whole, and the rows of table `i` up to
+//! primary key `k`, all as of a log position `p` (at first the slot's
+//! consistent point). The exported snapshot is gone after a crash, so a
+//! restore:
+//! 1. creates a temporary slot with a new exported snapshot, at a later
+//!    point `q`, and opens a transaction on it;
+//! 2. streams the job's slot from `p` to `q`, emitting only what touches
+//!    the copied rows (an update that moves a row out of them becomes a
+//!    delete, one that moves a row in an insert): they are now as of `q`;
+//! 3. copies the rest (table `i` after `k`, the tables after `i`) from the
+//!    new snapshot, as of `q`;
+//! 4. streams on from `q`.
+//!
+//! A checkpoint during step 2 or 3 records the same shape (copied rows as
+//! of a position), so a restore from it works the same way. Keys must
+//! order alike in SQL and in the reader: integer, `text`/`varchar`
+//! (ordered `COLLATE "C"`) and `uuid` primary keys do. A snapshot with a
+//! table without such a key cannot be resumed: a restore from a checkpoint
+//! taken during it is refused with a message saying so (start the job
+//! without that checkpoint: it takes a new snapshot).
+
 //! # What a change holds
 //!
 //! - `after`: the new row (inserts, updates, snapshot reads).
@@ -68,7 +94,7 @@
 //!
 //! Every change of a transaction carries its commit LSN, commit time and
 //! transaction id. Event time is the commit time (in milliseconds) unless
-//! [`PostgresCdcBuilder::event_time`] says otherwise.
+//! [`PostgresCdcSource::event_time`] says otherwise.
 //!
 //! # Failure analysis
 //!
@@ -84,6 +110,13 @@
 //!   drop the slot of a job that will not come back.
 //! - The slot is dropped behind the job's back: a restore is refused
 //!   ("slot ... does not exist"): the WAL since the checkpoint is gone.
+//! - The job is backpressured: the channel fills, the reader's thread
+//!   waits, and the replication session keeps answering the server's
+//!   keepalives and sending status updates, so the server does not drop it
+//!   (`wal_sender_timeout`) however long the job is blocked; the server
+//!   buffers the stream.
+//! - A crash during a snapshot: see "Resuming a snapshot". The temporary
+//!   slot of a resume lives only as long as its session.
 
 mod position;
 mod pump;
