@@ -231,13 +231,19 @@ fn main() -> Result<()> {
         "median: pg_recvlogical {recv:.0}/s, tideline {tl:.0}/s, ratio {:.2}",
         tl / recv
     );
-    for (recv, tl) in &slots {
-        psql(
-            &url,
-            &format!(
-                "SELECT pg_drop_replication_slot('{recv}'); SELECT pg_drop_replication_slot('{tl}');"
-            ),
-        )?;
+    for slot in slots.iter().flat_map(|(recv, tl)| [recv, tl]) {
+        // A session that just ended may hold its slot for a moment.
+        for _ in 0..100 {
+            let active = psql(
+                &url,
+                &format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+            )?;
+            if active.trim() != "t" {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        psql(&url, &format!("SELECT pg_drop_replication_slot('{slot}')"))?;
     }
     psql(
         &url,

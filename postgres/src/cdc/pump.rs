@@ -212,9 +212,11 @@ impl<T: Data + DeserializeOwned> Pump<T> {
             },
         };
         drop(sql);
-        self.stream(&mut client, from, skip, None, first)
-            .await
-            .map(|_| ())
+        let result = self.stream(&mut client, from, skip, None, first).await;
+        // Ends the session cleanly, so the server releases the slot now
+        // rather than when it notices the connection is gone.
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await;
+        result.map(|_| ())
     }
 
     /// Creates slot `slot` (a temporary one: `temporary`) with an exported
