@@ -494,6 +494,7 @@ impl TransactionRecord {
 
 /// A transaction as checkpoints of the first version stored it.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct TransactionRecordV1 {
     id: String,
     parallelism: usize,
@@ -504,6 +505,7 @@ struct TransactionRecordV1 {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct StoredRecordV1 {
     topic: String,
     key: Option<Vec<u8>>,
@@ -1063,16 +1065,6 @@ impl<T: Data> Sink<T> for KafkaSink<T> {
 mod tests {
     use super::*;
 
-    #[derive(Serialize)]
-    struct V1 {
-        id: String,
-        parallelism: usize,
-        max_open: usize,
-        checkpoint: u64,
-        lineage: u64,
-        records: Vec<(String, Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>)>,
-    }
-
     #[test]
     fn transactions_of_both_versions_decode() {
         let txn = TransactionRecord {
@@ -1099,13 +1091,18 @@ mod tests {
         let decoded = TransactionRecord::decode(&txn.encode().unwrap(), "t").unwrap();
         assert_eq!(decoded.records, txn.records);
         // Written before tombstones: every record has a value.
-        let v1 = postcard::to_allocvec(&V1 {
+        let v1 = postcard::to_allocvec(&TransactionRecordV1 {
             id: "p-0-1".into(),
             parallelism: 2,
             max_open: 4,
             checkpoint: 7,
             lineage: 9,
-            records: vec![("t".into(), None, b"v".to_vec(), vec![])],
+            records: vec![StoredRecordV1 {
+                topic: "t".into(),
+                key: None,
+                value: b"v".to_vec(),
+                headers: vec![],
+            }],
         })
         .unwrap();
         let decoded = TransactionRecord::decode(&v1, "t").unwrap();
