@@ -178,11 +178,31 @@ pub fn query_text(connection: &str, sql: &str) -> Result<Option<String>> {
 }
 
 fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    runtime()?.block_on(future)
+}
+
+/// A current-thread runtime, for a connector thread of its own.
+///
+/// # Errors
+/// When the runtime cannot start (the process is out of threads or file
+/// descriptors).
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::Internal(format!("cannot start a tokio runtime: {e}")))?
-        .block_on(future)
+        .map_err(|e| Error::Internal(format!("cannot start a tokio runtime: {e}")))
+}
+
+/// `schema.table`, each part quoted, for SQL.
+pub(crate) fn quoted_table(schema: &str, table: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
+/// Now, in microseconds since the Unix epoch.
+pub(crate) fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// A column of a table, as the catalog (`pg_attribute`) describes it.
@@ -207,7 +227,7 @@ pub(crate) async fn table_columns(
     schema: &str,
     table: &str,
 ) -> std::result::Result<Vec<CatalogColumn>, tokio_postgres::Error> {
-    let qualified = format!("{}.{}", quote_ident(schema), quote_ident(table));
+    let qualified = quoted_table(schema, table);
     let rows = sql
         .query(
             "SELECT attname::text, atttypid::oid, atttypmod, format_type(atttypid, NULL), \

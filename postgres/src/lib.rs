@@ -17,6 +17,7 @@ mod connect;
 pub mod pgoutput;
 pub mod query;
 pub mod row;
+mod words;
 
 pub use cdc::{CdcBound, CdcMetrics, PostgresCdcBuilder, PostgresCdcSource, SnapshotMode};
 pub use connect::{execute_batch, query_text};

@@ -151,8 +151,9 @@ use tokio::sync::mpsc;
 use crate::connect::{
     quote_ident, quote_literal, split_table, table_columns, CatalogColumn, ConnectionSettings,
 };
-use crate::pgoutput::{Column, Datum};
+use crate::pgoutput::{oid, Column, Datum};
 use crate::row::{decode_row, render_row, text_datums};
+use crate::words::{pack_text, unpack_text};
 
 /// Computes a change's event time in milliseconds.
 type EventTimeFn<T> = Arc<dyn Fn(&Change<T>) -> i64 + Send + Sync>;
@@ -545,12 +546,8 @@ impl Position {
             match key {
                 KeyValue::Int(v) => words.extend([INT_KEY, *v as u64]),
                 KeyValue::Text(text) => {
-                    words.extend([TEXT_KEY, text.len() as u64]);
-                    words.extend(text.as_bytes().chunks(8).map(|chunk| {
-                        let mut word = [0u8; 8];
-                        word[..chunk.len()].copy_from_slice(chunk);
-                        u64::from_be_bytes(word)
-                    }));
+                    words.push(TEXT_KEY);
+                    pack_text(text, &mut words);
                 }
             }
         }
@@ -582,19 +579,10 @@ impl Position {
                     keys.push(KeyValue::Int(*v as i64));
                     rest = tail;
                 }
-                [TEXT_KEY, len, tail @ ..] => {
-                    let len = usize::try_from(*len).map_err(|_| invalid())?;
-                    let n = len.div_ceil(8);
-                    if tail.len() < n {
-                        return Err(invalid());
-                    }
-                    let mut bytes: Vec<u8> =
-                        tail[..n].iter().flat_map(|w| w.to_be_bytes()).collect();
-                    bytes.truncate(len);
-                    keys.push(KeyValue::Text(
-                        String::from_utf8(bytes).map_err(|_| invalid())?,
-                    ));
-                    rest = &tail[n..];
+                [TEXT_KEY, tail @ ..] => {
+                    let (text, tail) = unpack_text(tail).ok_or_else(invalid)?;
+                    keys.push(KeyValue::Text(text));
+                    rest = tail;
                 }
                 _ => return Err(invalid()),
             }
@@ -789,19 +777,6 @@ struct Table {
     order: String,
 }
 
-/// Type OIDs the source accepts for cursor and key columns.
-mod oid {
-    pub(super) const INT8: u32 = 20;
-    pub(super) const INT2: u32 = 21;
-    pub(super) const INT4: u32 = 23;
-    pub(super) const TEXT: u32 = 25;
-    pub(super) const BPCHAR: u32 = 1042;
-    pub(super) const VARCHAR: u32 = 1043;
-    pub(super) const TIMESTAMP: u32 = 1114;
-    pub(super) const TIMESTAMPTZ: u32 = 1184;
-    pub(super) const UUID: u32 = 2950;
-}
-
 impl Table {
     fn describe(settings: &Settings, catalog: Vec<CatalogColumn>) -> Result<Self> {
         let name = settings.table_name();
@@ -988,17 +963,10 @@ struct Worker<T> {
 
 impl<T: Data + DeserializeOwned> Worker<T> {
     fn run(mut self) {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        let runtime = match crate::connect::runtime() {
             Ok(runtime) => runtime,
-            Err(e) => {
-                let _ = self
-                    .responses
-                    .blocking_send(Response::Failed(Error::Internal(format!(
-                        "cannot start a tokio runtime: {e}"
-                    ))));
+            Err(error) => {
+                let _ = self.responses.blocking_send(Response::Failed(error));
                 return;
             }
         };

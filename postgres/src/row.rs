@@ -22,7 +22,7 @@ use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
 use serde::Deserializer;
 
-use crate::pgoutput::{Column, Datum};
+use crate::pgoutput::{oid, Column, Datum};
 
 /// Why a row did not decode into the user's type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,20 +143,6 @@ impl<'de> MapAccess<'de> for RowMap<'_> {
         seed.deserialize(DatumDeserializer { column, datum })
             .map_err(|e| RowError(format!("column `{}`: {}", column.name, e.0)))
     }
-}
-
-/// Type OIDs (`pg_type.oid`) the decoder treats specially.
-mod oid {
-    pub(super) const BOOL: u32 = 16;
-    pub(super) const BYTEA: u32 = 17;
-    pub(super) const INT8: u32 = 20;
-    pub(super) const INT2: u32 = 21;
-    pub(super) const INT4: u32 = 23;
-    pub(super) const OID: u32 = 26;
-    pub(super) const JSON: u32 = 114;
-    pub(super) const FLOAT4: u32 = 700;
-    pub(super) const FLOAT8: u32 = 701;
-    pub(super) const JSONB: u32 = 3802;
 }
 
 struct DatumDeserializer<'a> {

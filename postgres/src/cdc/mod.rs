@@ -424,10 +424,8 @@ impl CdcMetrics {
         if last == 0 {
             return Duration::ZERO;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-        Duration::from_micros(u64::try_from(now.saturating_sub(last)).unwrap_or(0))
+        let behind = crate::connect::now_micros().saturating_sub(last);
+        Duration::from_micros(u64::try_from(behind).unwrap_or(0))
     }
 
     /// The LSN up to which the job has read.

@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use tideline_engine::{Error, Result, SourceOffset};
 
+use crate::words::{pack_text, unpack_text};
+
 /// Where the reader stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Position {
@@ -70,7 +72,7 @@ impl Position {
                 let key = key.as_deref().unwrap_or_default();
                 words.push(key.len() as u64);
                 for column in key {
-                    pack(column.as_bytes(), &mut words);
+                    pack_text(column, &mut words);
                 }
                 SourceOffset(words)
             }
@@ -97,7 +99,7 @@ impl Position {
                 let mut rest = rest;
                 let mut key = Vec::new();
                 for _ in 0..*columns {
-                    let (column, tail) = unpack(rest).ok_or_else(invalid)?;
+                    let (column, tail) = unpack_text(rest).ok_or_else(invalid)?;
                     key.push(column);
                     rest = tail;
                 }
@@ -114,30 +116,6 @@ impl Position {
             _ => Err(invalid()),
         }
     }
-}
-
-/// Appends `bytes` as its length and big-endian 8-byte words.
-fn pack(bytes: &[u8], words: &mut Vec<u64>) {
-    words.push(bytes.len() as u64);
-    for chunk in bytes.chunks(8) {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        words.push(u64::from_be_bytes(word));
-    }
-}
-
-/// Reads what [`pack`] wrote from the front of `words`: the text and the
-/// words after it.
-fn unpack(words: &[u64]) -> Option<(String, &[u64])> {
-    let (&len, rest) = words.split_first()?;
-    let len = usize::try_from(len).ok()?;
-    let count = len.div_ceil(8);
-    if rest.len() < count {
-        return None;
-    }
-    let mut bytes: Vec<u8> = rest[..count].iter().flat_map(|w| w.to_be_bytes()).collect();
-    bytes.truncate(len);
-    Some((String::from_utf8(bytes).ok()?, &rest[count..]))
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use super::reader::{Event, Item};
 use super::snapshot::{Copied, TableInfo};
 use super::stream::StreamEnd;
 use super::{EventTimeFn, Settings, SharedState, SnapshotMode};
-use crate::connect::{quote_ident, quote_literal};
+use crate::connect::{quote_ident, quote_literal, quoted_table};
 use crate::pgoutput::{format_lsn, parse_lsn, Relation};
 
 /// How many changes go to the task thread at a time (at most).
@@ -38,17 +38,10 @@ pub(super) struct Pump<T> {
 
 impl<T: Data + DeserializeOwned> Pump<T> {
     pub(super) fn run(mut self, start: Option<Position>) {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        let runtime = match crate::connect::runtime() {
             Ok(runtime) => runtime,
-            Err(e) => {
-                let _ = self
-                    .sender
-                    .blocking_send(Event::Failed(Error::Internal(format!(
-                        "cannot start a tokio runtime: {e}"
-                    ))));
+            Err(error) => {
+                let _ = self.sender.blocking_send(Event::Failed(error));
                 return;
             }
         };
@@ -322,7 +315,7 @@ impl<T: Data + DeserializeOwned> Pump<T> {
             .settings
             .tables
             .iter()
-            .map(|(schema, table)| format!("{}.{}", quote_ident(schema), quote_ident(table)))
+            .map(|(schema, table)| quoted_table(schema, table))
             .collect();
         let create = format!(
             "CREATE PUBLICATION {} FOR TABLE {}",
@@ -412,7 +405,7 @@ impl<T: Data + DeserializeOwned> Pump<T> {
     async fn estimate_rows(&self, sql: &tokio_postgres::Client) {
         let mut estimate = 0u64;
         for (schema, table) in &self.settings.tables {
-            let name = format!("{}.{}", quote_ident(schema), quote_ident(table));
+            let name = quoted_table(schema, table);
             if let Ok(row) = sql
                 .query_one(
                     "SELECT reltuples::float8 FROM pg_class WHERE oid = $1::text::regclass",
@@ -462,8 +455,3 @@ struct SlotState {
     confirmed: u64,
 }
 
-pub(super) fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}

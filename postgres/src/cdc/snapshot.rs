@@ -20,8 +20,8 @@ use tideline_operators::changelog::{Change, ChangeOp};
 use super::position::Position;
 use super::pump::{Pump, BATCH};
 use super::reader::{Event, Item};
-use crate::connect::{quote_ident, quote_literal, table_columns};
-use crate::pgoutput::{Column, Datum, Relation};
+use crate::connect::{now_micros, quote_ident, quote_literal, quoted_table, table_columns};
+use crate::pgoutput::{oid, Column, Datum, Relation};
 use crate::row::{decode_row, render_row, text_datums};
 
 /// How a primary-key column orders.
@@ -39,12 +39,9 @@ pub(super) enum KeyOrder {
 impl KeyOrder {
     fn of(type_oid: u32) -> Option<Self> {
         match type_oid {
-            // int8, int2, int4
-            20 | 21 | 23 => Some(KeyOrder::Integer),
-            // name, text, varchar
-            19 | 25 | 1043 => Some(KeyOrder::Bytes { collate: true }),
-            // uuid
-            2950 => Some(KeyOrder::Bytes { collate: false }),
+            oid::INT2 | oid::INT4 | oid::INT8 => Some(KeyOrder::Integer),
+            oid::NAME | oid::TEXT | oid::VARCHAR => Some(KeyOrder::Bytes { collate: true }),
+            oid::UUID => Some(KeyOrder::Bytes { collate: false }),
             _ => None,
         }
     }
@@ -91,7 +88,7 @@ impl TableInfo {
     ) -> Result<Vec<TableInfo>> {
         let mut infos = Vec::with_capacity(tables.len());
         for (schema, table) in tables {
-            let sql_name = format!("{}.{}", quote_ident(schema), quote_ident(table));
+            let sql_name = quoted_table(schema, table);
             let qualified = format!("{schema}.{table}");
             let columns: Vec<Column> = table_columns(sql, schema, table)
                 .await
@@ -237,7 +234,7 @@ impl<T: Data + DeserializeOwned> Pump<T> {
         from: (u64, Option<Arc<[String]>>),
         resume: u64,
     ) -> Result<()> {
-        let snapshot_time = super::pump::now_micros();
+        let snapshot_time = now_micros();
         let resumable = tables.iter().all(|t| t.key.is_some());
         let mut rows_read = 0u64;
         for (index, table) in tables.iter().enumerate().skip(from.0 as usize) {
