@@ -215,7 +215,10 @@ where
         brokers: impl Into<String>,
         topic: impl Into<String>,
     ) -> KafkaSinkBuilder<(K, Option<V>)> {
-        Self::serialize_or_tombstone(brokers, topic, |(_, value): &(K, Option<V>)| {
+        Self::serialize_or_tombstone(brokers, topic, |(key, value): &(K, Option<V>)| {
+            // A key that does not serialize fails the job here, rather than
+            // writing a record without a key a compacted topic refuses.
+            serde_json::to_vec(key).map_err(|e| format!("the key: {e}"))?;
             value
                 .as_ref()
                 .map(|v| serde_json::to_vec(v).map_err(|e| e.to_string()))

@@ -553,3 +553,44 @@ fn a_job_backpressured_longer_than_the_server_timeout_keeps_its_replication_sess
     assert_eq!(metrics.slot_lag_bytes(), 0, "caught up");
     psql(&url, &format!("SELECT pg_drop_replication_slot('{slot}')"));
 }
+
+#[test]
+fn a_bounded_read_ends_at_its_lsn_whatever_committed_after() {
+    let Some(url) = postgres_url() else { return };
+    let table = unique_name("orders");
+    let slot = unique_name("slot");
+    psql(
+        &url,
+        &format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, status text NOT NULL, amount bigint NOT NULL);"
+        ),
+    );
+    let source = PostgresCdcSource::builder(url.clone(), slot.clone())
+        .table(table.clone())
+        .bounded()
+        .build::<Order>()
+        .unwrap();
+    let (bound, metrics) = (source.bound(), source.metrics());
+    let job = Job::new();
+    let changes = CollectSink::new();
+    job.source(source, WatermarkStrategy::none())
+        .sink(changes.clone());
+    let running = job.spawn().unwrap();
+    wait_for("the snapshot", || metrics.snapshot_done());
+    psql(&url, &format!("INSERT INTO {table} VALUES (1, 'before', 1);"));
+    bound.set(marker_lsn(&url));
+    // Committed after the bound: whenever the reader sees them (before or
+    // after the marker's own transaction), they are not read.
+    psql(
+        &url,
+        &format!("INSERT INTO {table} VALUES (2, 'after', 2); INSERT INTO {table} VALUES (3, 'after', 3);"),
+    );
+    running.join().unwrap();
+    let ids: Vec<i64> = changes
+        .values()
+        .iter()
+        .map(|c: &Change<Order>| c.after.as_ref().unwrap().id)
+        .collect();
+    assert_eq!(ids, vec![1]);
+    psql(&url, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+}

@@ -19,7 +19,8 @@
 //!    checkpoint nothing read from it was committed);
 //! 3. on a SQL connection, opens a `REPEATABLE READ` transaction on that
 //!    snapshot and reads every table through a cursor in primary-key
-//!    order, `snapshot_chunk` rows at a time (memory stays bounded by the
+//!    order (a table without a primary key the reader can order by, see
+//!    "Resuming a snapshot", unordered), `snapshot_chunk` rows at a time (memory stays bounded by the
 //!    chunk and the channel), as [`ChangeOp::Read`](tideline_operators::changelog::ChangeOp::Read) changes;
 //! 4. starts streaming at the slot's consistent point, which is exactly
 //!    where the snapshot stands: no change is missed or read twice.
@@ -65,8 +66,10 @@
 //!
 //! A checkpoint during step 2 or 3 records the same shape (copied rows as
 //! of a position), so a restore from it works the same way. Keys must
-//! order alike in SQL and in the reader: integer, `text`/`varchar`
-//! (ordered `COLLATE "C"`) and `uuid` primary keys do. A snapshot with a
+//! order alike in SQL and in the reader: integer, `text`/`varchar`/`name`
+//! (ordered `COLLATE "C"`) and `uuid` primary keys do. The resume needs a
+//! free replication slot (`max_replication_slots`) for the temporary one,
+//! and refuses a checkpoint of other tables or keys than the job's. A snapshot with a
 //! table without such a key cannot be resumed: a restore from a checkpoint
 //! taken during it is refused with a message saying so (start the job
 //! without that checkpoint: it takes a new snapshot).
@@ -88,7 +91,8 @@
 //!   table, so it is never silently ignored, and is counted in
 //!   [`CdcMetrics::truncates`].
 //! - A `Relation` message whose columns differ from the table's earlier
-//!   one (a schema change) is counted in [`CdcMetrics::schema_changes`];
+//!   one in the same session (a schema change while the job runs) is
+//!   counted in [`CdcMetrics::schema_changes`];
 //!   rows that still decode go on, rows that do not go to the dead-letter
 //!   output with the reason.
 //!
@@ -101,13 +105,17 @@
 //! - The job crashes: a restore resumes at its checkpoint's position (see
 //!   above); the slot, confirmed only up to a completed checkpoint, still
 //!   has the WAL. A connection of the crashed process may hold the slot
-//!   for a moment: the reader waits up to 30 s for it to be released.
+//!   until the server notices it is gone: the reader waits up to 90 s for
+//!   it to be released (longer than the default `wal_sender_timeout`).
 //! - The connection breaks or the server restarts: the reader fails, and
 //!   with it the job, which restarts from its last checkpoint by its
 //!   restart strategy.
 //! - The job is stopped for long: the slot keeps WAL on the server
 //!   (`pg_replication_slots`); watch [`CdcMetrics::slot_lag_bytes`], or
 //!   drop the slot of a job that will not come back.
+//! - A bounded job ends before its last checkpoint completes: that
+//!   checkpoint confirms the slot at the next run's start (the server keeps
+//!   the WAL since the one before until then; nothing is lost).
 //! - The slot is dropped behind the job's back: a restore is refused
 //!   ("slot ... does not exist"): the WAL since the checkpoint is gone.
 //! - The job is backpressured: the channel fills, the reader's thread

@@ -33,6 +33,9 @@ pub(super) enum Position {
         table: u64,
         /// The primary key of the last row copied of `table`, as text.
         key: Option<Arc<[String]>>,
+        /// A fingerprint of the tables and their keys (a restore refuses
+        /// to resume a snapshot of other tables or keys).
+        layout: u64,
     },
     /// In an initial snapshot that a restore cannot resume (a table has no
     /// primary key of a type the reader can order by).
@@ -67,8 +70,9 @@ impl Position {
                 skip,
                 table,
                 key,
+                layout,
             } => {
-                let mut words = vec![SNAPSHOT_TAG, *resume, *skip, *table];
+                let mut words = vec![SNAPSHOT_TAG, *resume, *skip, *table, *layout];
                 let key = key.as_deref().unwrap_or_default();
                 words.push(key.len() as u64);
                 for column in key {
@@ -95,7 +99,7 @@ impl Position {
             &[NOT_STARTED_TAG] => Ok(Position::NotStarted),
             &[STREAM_TAG, resume, skip] => Ok(Position::Stream { resume, skip }),
             &[UNRESUMABLE_TAG, rows] => Ok(Position::UnresumableSnapshot { rows }),
-            [SNAPSHOT_TAG, resume, skip, table, columns, rest @ ..] => {
+            [SNAPSHOT_TAG, resume, skip, table, layout, columns, rest @ ..] => {
                 let mut rest = rest;
                 let mut key = Vec::new();
                 for _ in 0..*columns {
@@ -111,6 +115,7 @@ impl Position {
                     skip: *skip,
                     table: *table,
                     key: (!key.is_empty()).then(|| key.into()),
+                    layout: *layout,
                 })
             }
             _ => Err(invalid()),
@@ -138,6 +143,7 @@ mod tests {
                 skip: 0,
                 table: 1,
                 key: None,
+                layout: 5,
             },
             Position::Snapshot {
                 resume: 77,
@@ -151,6 +157,7 @@ mod tests {
                     ]
                     .into(),
                 ),
+                layout: u64::MAX,
             },
         ];
         for position in positions {
@@ -161,7 +168,7 @@ mod tests {
 
     #[test]
     fn malformed_offsets_are_refused() {
-        for words in [vec![], vec![9], vec![0, 1, 2, 3, 1, 20, 0], vec![1, 2]] {
+        for words in [vec![], vec![9], vec![0, 1, 2, 3, 4, 1, 20, 0], vec![1, 2]] {
             let err = Position::from_offset(&SourceOffset(words), "orders").unwrap_err();
             assert!(err.to_string().contains("orders"), "{err}");
         }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::position::Position;
 use super::reader::{Event, Item};
-use super::snapshot::{Copied, TableInfo};
+use super::snapshot::{self, Copied, TableInfo};
 use super::stream::StreamEnd;
 use super::{EventTimeFn, Settings, SharedState, SnapshotMode};
 use crate::connect::{quote_ident, quote_literal, quoted_table};
@@ -122,6 +122,7 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                 skip,
                 table,
                 key,
+                layout,
             }) => {
                 checkpointed(resume)?;
                 self.wait_until_released(&sql).await?;
@@ -132,6 +133,8 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                     "{}_resume",
                     self.settings.slot.chars().take(55).collect::<String>()
                 );
+                // A crashed run's resume session may still hold it.
+                self.wait_for_slot(&sql, &temporary).await?;
                 let consistent_point = self.export_snapshot(&sql, &temporary, true).await?;
                 self.mark_the_log().await;
                 let tables = TableInfo::load(&sql, &self.settings.tables, |what, e| {
@@ -139,10 +142,19 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                 })
                 .await?;
                 let mut client = self.start_stream(resume).await?;
+                if snapshot::layout(&tables) != layout {
+                    return Err(Error::config(
+                        format!("source '{}'.offset", self.settings.name),
+                        "the checkpoint was taken during a snapshot of other tables, or of \
+                         tables with other primary keys, than the job's now: it cannot be \
+                         resumed. Start the job without it: it takes a new snapshot",
+                    ));
+                }
                 let copied = Copied {
                     tables: tables.clone(),
                     table,
                     key: key.clone(),
+                    layout,
                 };
                 let first = match self
                     .stream(
@@ -186,12 +198,12 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                             .await
                             .map_err(|e| self.external(format!("drop slot {slot_name}"), e))?;
                     }
+                    self.estimate_rows(&sql).await;
                     let consistent_point = self.export_snapshot(&sql, &slot_name, false).await?;
                     let tables = TableInfo::load(&sql, &self.settings.tables, |what, e| {
                         self.external(what, e)
                     })
                     .await?;
-                    self.estimate_rows(&sql).await;
                     self.copy_tables(&sql, &tables, (0, None), consistent_point)
                         .await?;
                     self.end_snapshot(&sql, consistent_point).await?;
@@ -365,12 +377,22 @@ impl<T: Data + DeserializeOwned> Pump<T> {
     /// Waits until no session holds the slot (a crashed run's session may,
     /// until the server notices it is gone).
     async fn wait_until_released(&self, sql: &tokio_postgres::Client) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.wait_for_slot(sql, &self.settings.slot).await
+    }
+
+    /// Waits until no session holds slot `slot` (a crashed run's session
+    /// may, until the server notices it is gone: at the latest after
+    /// `wal_sender_timeout`, 60 s by default, for a peer that vanished
+    /// without closing its connection). Gives up after 90 s, or when the
+    /// reader is dropped.
+    async fn wait_for_slot(&self, sql: &tokio_postgres::Client, slot: &str) -> Result<()> {
+        const PATIENCE: Duration = Duration::from_secs(90);
+        let deadline = Instant::now() + PATIENCE;
         loop {
             let active: Option<bool> = sql
                 .query_opt(
                     "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&self.settings.slot],
+                    &[&slot],
                 )
                 .await
                 .map_err(|e| self.external("look up the replication slot", e))?
@@ -378,10 +400,16 @@ impl<T: Data + DeserializeOwned> Pump<T> {
             if active != Some(true) {
                 return Ok(());
             }
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
             if Instant::now() > deadline {
                 return Err(self.external(
-                    format!("acquire replication slot {}", self.settings.slot),
-                    "another session has held it for 30 s (another job with the same slot?)",
+                    format!("acquire replication slot {slot}"),
+                    format!(
+                        "another session has held it for {} s (another job with the same slot?)",
+                        PATIENCE.as_secs()
+                    ),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -397,11 +425,17 @@ impl<T: Data + DeserializeOwned> Pump<T> {
             .await
             .map_err(|e| self.external(format!("create slot {}", self.settings.slot), e))?;
         let lsn: String = row.get(0);
-        Ok(parse_lsn(&lsn).unwrap_or(0))
+        parse_lsn(&lsn).ok_or_else(|| {
+            self.external(
+                format!("create slot {}", self.settings.slot),
+                format!("the server answered {lsn:?}, not an LSN"),
+            )
+        })
     }
 
-    /// Creates the slot with an exported snapshot and reads every table in
-    /// it; returns the slot's consistent point.
+    /// Publishes the tables' estimated row count for the snapshot's
+    /// progress (outside the snapshot's transaction: a failure here must
+    /// not abort it).
     async fn estimate_rows(&self, sql: &tokio_postgres::Client) {
         let mut estimate = 0u64;
         for (schema, table) in &self.settings.tables {
@@ -454,4 +488,3 @@ impl<T: Data + DeserializeOwned> Pump<T> {
 struct SlotState {
     confirmed: u64,
 }
-

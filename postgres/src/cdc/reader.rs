@@ -60,8 +60,12 @@ impl<T> CdcReader<T> {
 
 impl<T: Data> SourceReader<Change<T>> for CdcReader<T> {
     fn poll(&mut self, out: &mut SourceOutput<Change<T>>) -> Result<SourceStatus> {
+        // Dead letters count against the batch too: a stream of rows that
+        // do not decode must not keep one poll going.
+        let capacity = out.remaining();
+        let mut budget = capacity;
         loop {
-            while out.remaining() > 0 {
+            while budget > 0 {
                 let Some((item, position)) = self.pending.pop_front() else {
                     break;
                 };
@@ -69,9 +73,10 @@ impl<T: Data> SourceReader<Change<T>> for CdcReader<T> {
                     Item::Change(record) => out.push(record),
                     Item::Rejected(rejected) => out.reject(rejected),
                 }
+                budget -= 1;
                 self.set_position(position);
             }
-            if out.remaining() == 0 {
+            if budget == 0 {
                 return Ok(SourceStatus::Ready);
             }
             if self.ended {
@@ -83,10 +88,11 @@ impl<T: Data> SourceReader<Change<T>> for CdcReader<T> {
                 Ok(Event::End) => self.ended = true,
                 Ok(Event::Failed(error)) => return Err(error),
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    return Ok(if out.is_empty() {
-                        SourceStatus::Pending
-                    } else {
+                    let emitted = budget < capacity || !out.is_empty();
+                    return Ok(if emitted {
                         SourceStatus::Ready
+                    } else {
+                        SourceStatus::Pending
                     });
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => {
@@ -108,8 +114,18 @@ impl<T> Drop for CdcReader<T> {
         self.stop.store(true, Ordering::SeqCst);
         // Unblocks a thread waiting for channel space.
         self.receiver.close();
+        // The thread sees the stop within 200 ms in the stream, at its next
+        // send elsewhere; a long SQL call (the first chunk of a snapshot
+        // that sorts) may keep it longer: then it is left to end on its
+        // own rather than block the task thread.
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
         }
     }
 }

@@ -176,6 +176,26 @@ impl TableInfo {
     }
 }
 
+/// A fingerprint of `tables` and their primary keys (FNV-1a over their
+/// names): a snapshot position is only meaningful for the same tables, in
+/// the same order, with the same keys.
+pub(super) fn layout(tables: &[TableInfo]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for byte in bytes.iter().chain(&[0]) {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for table in tables {
+        feed(table.qualified.as_bytes());
+        for column in table.key.iter().flatten() {
+            feed(column.name.as_bytes());
+        }
+        feed(b"\n");
+    }
+    hash
+}
+
 /// The rows a snapshot position says were copied: the tables before
 /// `table`, and the rows of `table` up to `key`.
 #[derive(Clone, Debug)]
@@ -183,6 +203,8 @@ pub(super) struct Copied {
     pub(super) tables: Vec<TableInfo>,
     pub(super) table: u64,
     pub(super) key: Option<Arc<[String]>>,
+    /// [`layout`] of `tables`.
+    pub(super) layout: u64,
 }
 
 impl Copied {
@@ -236,6 +258,7 @@ impl<T: Data + DeserializeOwned> Pump<T> {
     ) -> Result<()> {
         let snapshot_time = now_micros();
         let resumable = tables.iter().all(|t| t.key.is_some());
+        let layout = layout(tables);
         let mut rows_read = 0u64;
         for (index, table) in tables.iter().enumerate().skip(from.0 as usize) {
             let after = match (&from.1, index as u64 == from.0) {
@@ -274,6 +297,7 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                             skip: 0,
                             table: index as u64,
                             key: Some(key),
+                            layout,
                         },
                         _ => Position::UnresumableSnapshot { rows: rows_read },
                     };
@@ -324,6 +348,7 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                     skip: 0,
                     table: index as u64 + 1,
                     key: None,
+                    layout,
                 })
                 .await;
             }

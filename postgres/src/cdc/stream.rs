@@ -65,6 +65,7 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                 skip,
                 table: copied.table,
                 key: copied.key.clone(),
+                layout: copied.layout,
             },
             None => Position::Stream { resume, skip },
         };
@@ -115,6 +116,12 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                             xid,
                             commit_time_micros,
                         })));
+                    }
+                    // Committed at or after the bound: not part of a
+                    // bounded read, however it is reached.
+                    if until.is_none() && self.reached_bound(final_lsn.as_u64()) {
+                        let _ = self.send(Event::End).await;
+                        return Ok(StreamEnd::Stopped);
                     }
                     transaction = Some(Transaction {
                         xid,
@@ -189,7 +196,10 @@ impl<T: Data + DeserializeOwned> Pump<T> {
                         return Ok(StreamEnd::Reached(None));
                     }
                     resume = end;
-                    if !self.send(Event::Moved(position(end, 0))).await {
+                    // `skip` still counts the changes of the next
+                    // transaction emitted before a restore: it is the next
+                    // one after `end` too.
+                    if !self.send(Event::Moved(position(end, skip))).await {
                         return Ok(StreamEnd::Stopped);
                     }
                     if until.is_none() && self.reached_bound(end) {
@@ -220,8 +230,6 @@ impl<T: Data + DeserializeOwned> Pump<T> {
         self.settings.bounded && end >= self.shared.until.load(Ordering::SeqCst)
     }
 
-    /// Decodes one message; changes go into `batch`. `tx` is the open
-    /// transaction and the number of its changes still to skip.
     /// Decodes one message; what it emits goes into `batch`, each item
     /// with `position(changes of the transaction seen)`. `tx` is the open
     /// transaction and the number of its changes still to skip; `copied`,
