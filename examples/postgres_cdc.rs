@@ -18,8 +18,9 @@
 //! amount bigint, paid_at bigint)` (`paid_at`: epoch milliseconds, set
 //! when the order is paid). The first run snapshots it, then streams its
 //! changes; a restart resumes from the last checkpoint
-//! (`--checkpoint-dir`). Output: `revenue +I/-U/+U/-D (status, (orders,
-//! amount))` lines, `paid-per-minute` window lines, a Parquet archive of
+//! (`--checkpoint-dir`). Output: `revenue` lines (a `+I`/`-U`/`+U`/`-D`
+//! changelog of orders and amount per status), `paid` lines (orders paid
+//! per minute of payment time), a Parquet archive of
 //! the changes in `--archive` (committed files `part-*.parquet`), and the
 //! last line `changes=N revenue_updates=N windows=N dead_letters=N
 //! checkpoints=N`.
@@ -86,6 +87,31 @@ impl ArchivedChange {
     }
 }
 
+/// One line of the revenue changelog: `+I`/`-U`/`+U`/`-D` of a status's
+/// totals.
+#[derive(Clone, Debug)]
+pub struct Revenue {
+    /// `+I`, `-U`, `+U` or `-D`.
+    pub change: &'static str,
+    /// The order status.
+    pub status: String,
+    /// Orders with it.
+    pub orders: u64,
+    /// Their amount.
+    pub cents: i64,
+}
+
+/// Orders paid in one minute of payment time.
+#[derive(Clone, Debug)]
+pub struct PaidPerMinute {
+    /// The window's start, epoch milliseconds.
+    pub start: i64,
+    /// Its end (exclusive).
+    pub end: i64,
+    /// Orders paid in it.
+    pub orders: u64,
+}
+
 /// Command-line options.
 #[derive(Debug, Parser)]
 pub struct Args {
@@ -116,8 +142,17 @@ fn now_millis() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Creates the sample table with the first half of `n` orders.
+/// Creates the sample table with the first half of `n` orders; an earlier
+/// demo's slot, checkpoints and archive go.
 fn create_demo(args: &Args, n: u64) -> Result<()> {
+    for dir in [&args.checkpoint_dir, &args.archive] {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io("remove", dir, e));
+            }
+            _ => {}
+        }
+    }
     let (table, slot) = (&args.table, &args.slot);
     execute_batch(
         &args.connection,
@@ -212,8 +247,13 @@ pub fn run(args: &Args) -> Result<JobSummary> {
         .key_by_row(|o: &Order| o.status.clone())
         .aggregate_changelog((Count, Sum::of(|o: &Order| o.amount)))
         .map(|r: ChangelogRow<(String, (u64, i64))>| {
-            let (status, (orders, amount)) = &r.row;
-            format!("{} {status}: {orders} orders, {amount} cents", r.kind)
+            let (status, (orders, cents)) = r.row;
+            Revenue {
+                change: r.kind.short(),
+                status,
+                orders,
+                cents,
+            }
         })
         .sink(PrintSink::new("revenue"))
         .named("revenue");
@@ -224,11 +264,10 @@ pub fn run(args: &Args) -> Result<JobSummary> {
         .key_by(|_: &ChangelogRow<Order>| "paid".to_string())
         .window(Tumbling::of(Duration::from_secs(60)))
         .aggregate(Count)
-        .map(|w| {
-            format!(
-                "paid-per-minute [{}, {}): {}",
-                w.window.start, w.window.end, w.value
-            )
+        .map(|w| PaidPerMinute {
+            start: w.window.start,
+            end: w.window.end,
+            orders: w.value,
         })
         .sink(PrintSink::new("paid"))
         .named("windows");

@@ -24,18 +24,56 @@ fn order(id: i64, status: &str, amount: i64) -> Order {
     }
 }
 
+impl Order {
+    /// A row as `psql -At` or a CSV file shows it: `id`, `status`,
+    /// `amount` separated by `separator`.
+    pub(crate) fn parse(line: &str, separator: char) -> Order {
+        let mut cols = line.split(separator);
+        let mut next = || cols.next().expect("a column");
+        Order {
+            id: next().parse().expect("id"),
+            status: next().to_string(),
+            amount: next().parse().expect("amount"),
+        }
+    }
+}
+
+/// A new `orders (id, status, amount)` table with `rows` pending orders,
+/// and a slot name for it.
+pub(crate) fn create_orders(url: &str, rows: u64) -> (String, String) {
+    let (table, slot) = (unique_name("orders"), unique_name("slot"));
+    psql(
+        url,
+        &format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, status text NOT NULL, amount bigint NOT NULL);
+             INSERT INTO {table} SELECT g, 'pending', g FROM generate_series(1, {rows}) g;"
+        ),
+    );
+    (table, slot)
+}
+
+pub(crate) fn drop_slot(url: &str, slot: &str) {
+    psql(url, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+}
+
+/// The table the changes describe, by id.
+fn materialize(changes: impl IntoIterator<Item = Change<Order>>) -> Vec<Order> {
+    let mut rows = std::collections::BTreeMap::new();
+    for change in changes {
+        if let Some(before) = &change.before {
+            rows.remove(&before.id);
+        }
+        if let Some(after) = change.after {
+            rows.insert(after.id, after);
+        }
+    }
+    rows.into_values().collect()
+}
+
 #[test]
 fn snapshot_then_stream_reads_every_change_once() {
     let Some(url) = postgres_url() else { return };
-    let table = unique_name("orders");
-    let slot = unique_name("slot");
-    psql(
-        &url,
-        &format!(
-            "CREATE TABLE {table} (id bigint PRIMARY KEY, status text NOT NULL, amount bigint NOT NULL);
-             INSERT INTO {table} SELECT g, 'pending', g * 10 FROM generate_series(1, 25) g;"
-        ),
-    );
+    let (table, slot) = create_orders(&url, 25);
     let source = PostgresCdcSource::builder(url.clone(), slot.clone())
         .table(table.clone())
         .snapshot_chunk(10)
@@ -74,7 +112,7 @@ fn snapshot_then_stream_reads_every_change_once() {
     assert_eq!(
         streamed,
         vec![
-            (ChangeOp::Update, None, Some(order(3, "paid", 30))),
+            (ChangeOp::Update, None, Some(order(3, "paid", 3))),
             // REPLICA IDENTITY DEFAULT: the key, other fields zero.
             (ChangeOp::Delete, Some(order(4, "", 0)), None),
             (ChangeOp::Insert, None, Some(order(26, "new", 1))),
@@ -85,7 +123,7 @@ fn snapshot_then_stream_reads_every_change_once() {
     assert_eq!(changes[26].tx_id, changes[27].tx_id);
     assert!(changes[25].lsn < changes[26].lsn);
     assert!(changes.iter().all(|c| c.table == format!("public.{table}")));
-    psql(&url, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+    drop_slot(&url, &slot);
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,31 +307,15 @@ pub(crate) fn select_orders(url: &str, table: &str) -> Vec<Order> {
         &format!("SELECT id, status, amount FROM {table} ORDER BY id"),
     )
     .lines()
-    .map(|line| {
-        let mut cols = line.split('|');
-        let mut next = || cols.next().expect("a column");
-        Order {
-            id: next().parse().expect("id"),
-            status: next().to_string(),
-            amount: next().parse().expect("amount"),
-        }
-    })
+    .map(|line| Order::parse(line, '|'))
     .collect()
 }
 
 #[test]
 fn a_snapshot_taken_while_a_writer_changes_the_table_misses_nothing_and_duplicates_nothing() {
     let Some(url) = postgres_url() else { return };
-    let table = unique_name("orders");
-    let slot = unique_name("slot");
-    psql(
-        &url,
-        &format!(
-            "CREATE TABLE {table} (id bigint PRIMARY KEY, status text NOT NULL, amount bigint NOT NULL);
-             INSERT INTO {table} SELECT g, 'pending', g FROM generate_series(1, 100000) g;
-             ANALYZE {table};"
-        ),
-    );
+    let (table, slot) = create_orders(&url, 100_000);
+    psql(&url, &format!("ANALYZE {table}"));
     let source = PostgresCdcSource::builder(url.clone(), slot.clone())
         .table(table.clone())
         .bounded()
@@ -350,26 +372,17 @@ fn a_snapshot_taken_while_a_writer_changes_the_table_misses_nothing_and_duplicat
         "estimate {estimate}"
     );
 
-    let mut table_rows = std::collections::BTreeMap::new();
     let changes: Vec<Change<Order>> = changes.values();
     let reads = changes.iter().filter(|c| c.op == ChangeOp::Read).count();
     assert_eq!(reads, 100_000, "the snapshot reads the table as it was");
-    for change in changes {
-        if let Some(before) = &change.before {
-            table_rows.remove(&before.id);
-        }
-        if let Some(after) = change.after {
-            table_rows.insert(after.id, after);
-        }
-    }
-    let materialized: Vec<Order> = table_rows.into_values().collect();
+    let materialized = materialize(changes);
     let expected = select_orders(&url, &table);
     assert_eq!(materialized.len(), expected.len());
     assert!(
         materialized == expected,
         "the materialized table differs from SELECT *"
     );
-    psql(&url, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+    drop_slot(&url, &slot);
 }
 
 #[test]
@@ -379,15 +392,7 @@ fn a_snapshot_stopped_half_way_resumes_where_it_stopped() {
     use tideline::RestoreFrom;
 
     let Some(url) = postgres_url() else { return };
-    let table = unique_name("orders");
-    let slot = unique_name("slot");
-    psql(
-        &url,
-        &format!(
-            "CREATE TABLE {table} (id bigint PRIMARY KEY, status text NOT NULL, amount bigint NOT NULL);
-             INSERT INTO {table} SELECT g, 'pending', g FROM generate_series(1, 20000) g;"
-        ),
-    );
+    let (table, slot) = create_orders(&url, 20_000);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("changes");
     let run = |restore: Option<std::path::PathBuf>, until: Option<u64>| {
@@ -483,16 +488,7 @@ fn a_snapshot_stopped_half_way_resumes_where_it_stopped() {
             ChangeOp::Update => 0,
         })
         .sum();
-    let mut rows = std::collections::BTreeMap::new();
-    for change in all {
-        if let Some(before) = &change.before {
-            rows.remove(&before.id);
-        }
-        if let Some(after) = change.after {
-            rows.insert(after.id, after);
-        }
-    }
-    let materialized: Vec<Order> = rows.into_values().collect();
+    let materialized = materialize(all);
     let expected = select_orders(&url, &table);
     assert_eq!(materialized.len(), expected.len());
     assert_eq!(count, expected.len() as i64, "inserts minus deletes");
@@ -500,7 +496,7 @@ fn a_snapshot_stopped_half_way_resumes_where_it_stopped() {
         materialized == expected,
         "the materialized table differs from SELECT *"
     );
-    psql(&url, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+    drop_slot(&url, &slot);
 }
 
 #[test]
@@ -508,14 +504,7 @@ fn a_job_backpressured_longer_than_the_server_timeout_keeps_its_replication_sess
     let Some(url) = postgres_url() else { return };
     // The server drops a replication session that says nothing for 2 s.
     let url = format!("{url} options='-c wal_sender_timeout=2000'");
-    let table = unique_name("orders");
-    let slot = unique_name("slot");
-    psql(
-        &url,
-        &format!(
-            "CREATE TABLE {table} (id bigint PRIMARY KEY, status text NOT NULL, amount bigint NOT NULL);"
-        ),
-    );
+    let (table, slot) = create_orders(&url, 0);
     let source = PostgresCdcSource::builder(url.clone(), slot.clone())
         .table(table.clone())
         .bounded()
@@ -551,20 +540,13 @@ fn a_job_backpressured_longer_than_the_server_timeout_keeps_its_replication_sess
     assert_eq!(changes.len(), 20_000);
     assert!(changes.iter().all(|c| c.op == ChangeOp::Insert));
     assert_eq!(metrics.slot_lag_bytes(), 0, "caught up");
-    psql(&url, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+    drop_slot(&url, &slot);
 }
 
 #[test]
 fn a_bounded_read_ends_at_its_lsn_whatever_committed_after() {
     let Some(url) = postgres_url() else { return };
-    let table = unique_name("orders");
-    let slot = unique_name("slot");
-    psql(
-        &url,
-        &format!(
-            "CREATE TABLE {table} (id bigint PRIMARY KEY, status text NOT NULL, amount bigint NOT NULL);"
-        ),
-    );
+    let (table, slot) = create_orders(&url, 0);
     let source = PostgresCdcSource::builder(url.clone(), slot.clone())
         .table(table.clone())
         .bounded()
@@ -577,7 +559,10 @@ fn a_bounded_read_ends_at_its_lsn_whatever_committed_after() {
         .sink(changes.clone());
     let running = job.spawn().unwrap();
     wait_for("the snapshot", || metrics.snapshot_done());
-    psql(&url, &format!("INSERT INTO {table} VALUES (1, 'before', 1);"));
+    psql(
+        &url,
+        &format!("INSERT INTO {table} VALUES (1, 'before', 1);"),
+    );
     bound.set(marker_lsn(&url));
     // Committed after the bound: whenever the reader sees them (before or
     // after the marker's own transaction), they are not read.
@@ -592,5 +577,5 @@ fn a_bounded_read_ends_at_its_lsn_whatever_committed_after() {
         .map(|c: &Change<Order>| c.after.as_ref().unwrap().id)
         .collect();
     assert_eq!(ids, vec![1]);
-    psql(&url, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+    drop_slot(&url, &slot);
 }

@@ -270,15 +270,5 @@ fn exactly_once_across_kills_while_the_table_changes() {
 fn csv_rows(text: &str) -> Vec<Order> {
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("id,status,amount"));
-    lines
-        .map(|line| {
-            let mut cols = line.split(',');
-            let mut next = || cols.next().expect("a column");
-            Order {
-                id: next().parse().expect("id"),
-                status: next().to_string(),
-                amount: next().parse().expect("amount"),
-            }
-        })
-        .collect()
+    lines.map(|line| Order::parse(line, ',')).collect()
 }

@@ -26,8 +26,10 @@ impl<T: Debug + Send + 'static> Sink<T> for PrintSink {
     fn write_batch(&mut self, batch: Vec<Record<T>>) -> Result<()> {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
+        let space = if self.prefix.is_empty() { "" } else { " " };
         for r in batch {
-            writeln!(out, "{}{} {:?}", self.prefix, r.timestamp, r.value).map_err(Error::user)?;
+            writeln!(out, "{}{space}{} {:?}", self.prefix, r.timestamp, r.value)
+                .map_err(Error::user)?;
         }
         Ok(())
     }
