@@ -69,8 +69,11 @@ fn program(name: &str) -> String {
         .map_or_else(|| name.to_string(), |p| p.display().to_string())
 }
 
+/// Runs `sql` as a script (`-f`: each statement its own transaction
+/// unless the script says otherwise; with `-c` all would be one).
 fn psql(url: &str, sql: &str) -> Result<String> {
-    let out = Command::new(program("psql"))
+    use std::io::Write;
+    let mut child = Command::new(program("psql"))
         .args([
             "-X",
             "-q",
@@ -79,11 +82,26 @@ fn psql(url: &str, sql: &str) -> Result<String> {
             "-At",
             "-d",
             url,
-            "-c",
-            sql,
+            "-f",
+            "-",
         ])
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| fail("run psql", e))?;
+    // Written from another thread: psql's output could fill its pipe.
+    let writer = child.stdin.take().map(|mut stdin| {
+        let sql = sql.to_string();
+        std::thread::spawn(move || stdin.write_all(sql.as_bytes()))
+    });
+    let out = child.wait_with_output().map_err(|e| fail("run psql", e))?;
+    if let Some(writer) = writer {
+        writer
+            .join()
+            .map_err(|_| fail("write to psql", "the writer panicked"))?
+            .map_err(|e| fail("write to psql", e))?;
+    }
     if !out.status.success() {
         return Err(fail("psql", String::from_utf8_lossy(&out.stderr)));
     }
@@ -160,21 +178,57 @@ fn main() -> Result<()> {
     let written = Instant::now();
     psql(&url, &workload)?;
     let changes = inserts + inserts / 5;
-    let end = psql(&url, "SELECT pg_current_wal_lsn()::text")?;
-    let end_lsn = parse_lsn(end.trim()).ok_or_else(|| fail("read the WAL position", &end))?;
+    // A logical message after the workload bounds both readers (the WAL
+    // write position, pg_current_wal_lsn, can lag the last commit).
+    let end = psql(
+        &url,
+        "SELECT pg_logical_emit_message(true, 'tideline-bench', 'end')::text",
+    )?;
     println!(
         "workload: {changes} changes written in {:.1} s, end LSN {}",
         written.elapsed().as_secs_f64(),
         end.trim()
     );
 
+    let measured = measure(&url, &table, &publication, &slots, changes, &end);
+    for slot in slots.iter().flat_map(|(recv, tl)| [recv, tl]) {
+        // A session that just ended may hold its slot for a moment.
+        for _ in 0..100 {
+            let active = psql(
+                &url,
+                &format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+            )?;
+            if active.trim() != "t" {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        psql(&url, &format!("SELECT pg_drop_replication_slot('{slot}')"))?;
+    }
+    psql(
+        &url,
+        &format!("DROP PUBLICATION {publication}; DROP TABLE {table};"),
+    )?;
+    measured
+}
+
+/// The alternating runs over `slots`; prints the rates and their medians.
+fn measure(
+    url: &str,
+    table: &str,
+    publication: &str,
+    slots: &[(String, String)],
+    changes: u64,
+    end: &str,
+) -> Result<()> {
+    let end_lsn = parse_lsn(end.trim()).ok_or_else(|| fail("read the WAL position", end))?;
     let (mut recv_rates, mut tl_rates) = (Vec::new(), Vec::new());
-    for (recv, tl) in &slots {
+    for (recv, tl) in slots {
         let started = Instant::now();
         let status = Command::new(program("pg_recvlogical"))
             .args([
                 "-d",
-                &url,
+                url,
                 "--slot",
                 recv,
                 "--start",
@@ -201,9 +255,9 @@ fn main() -> Result<()> {
         );
 
         let count = CountSink::default();
-        let source = PostgresCdcSource::builder(url.clone(), tl.clone())
-            .table(table.clone())
-            .publication(publication.clone())
+        let source = PostgresCdcSource::builder(url, tl.clone())
+            .table(table)
+            .publication(publication)
             .snapshot(SnapshotMode::Never)
             .until_lsn(end_lsn)
             .build::<Row>()?;
@@ -231,23 +285,5 @@ fn main() -> Result<()> {
         "median: pg_recvlogical {recv:.0}/s, tideline {tl:.0}/s, ratio {:.2}",
         tl / recv
     );
-    for slot in slots.iter().flat_map(|(recv, tl)| [recv, tl]) {
-        // A session that just ended may hold its slot for a moment.
-        for _ in 0..100 {
-            let active = psql(
-                &url,
-                &format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"),
-            )?;
-            if active.trim() != "t" {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        psql(&url, &format!("SELECT pg_drop_replication_slot('{slot}')"))?;
-    }
-    psql(
-        &url,
-        &format!("DROP PUBLICATION {publication}; DROP TABLE {table};"),
-    )?;
     Ok(())
 }

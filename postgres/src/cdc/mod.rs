@@ -281,8 +281,11 @@ impl PostgresCdcBuilder {
     }
 
     /// Makes the source bounded: it ends once it has read every
-    /// transaction that committed before `lsn` (e.g. `pg_current_wal_lsn()`
-    /// read when the history to replay was written).
+    /// transaction that committed before `lsn`. Take `lsn` from
+    /// `pg_current_wal_insert_lsn()` or `pg_logical_emit_message(...)` once
+    /// the history to replay is written: `pg_current_wal_lsn()` is where
+    /// the WAL is *written* to, which can be before the last commit (with
+    /// `synchronous_commit = off`), and would leave it out.
     pub fn until_lsn(mut self, lsn: u64) -> Self {
         self.bounded = true;
         self.until_lsn = Some(lsn);
@@ -376,7 +379,8 @@ impl<T> PostgresCdcSource<T> {
 
     /// Where a [`bounded`](PostgresCdcBuilder::bounded) source ends, to be
     /// set while it runs (e.g. once a writer is done, to the LSN
-    /// `pg_logical_emit_message` or `pg_current_wal_lsn()` returned).
+    /// `pg_logical_emit_message` or `pg_current_wal_insert_lsn()` returned;
+    /// see [`PostgresCdcBuilder::until_lsn`]).
     pub fn bound(&self) -> CdcBound {
         CdcBound(Arc::clone(&self.shared.until))
     }
