@@ -592,3 +592,74 @@ fn a_bounded_read_ends_at_its_lsn_whatever_committed_after() {
     assert_eq!(ids, vec![1]);
     drop_slot(&url, &slot);
 }
+
+#[test]
+fn a_replication_session_killed_by_the_server_restarts_the_job_exactly_once() {
+    use tideline::connectors::file::{read_committed, ExactlyOnceJsonLinesSink};
+    use tideline::RestartStrategy;
+
+    let Some(url) = postgres_url() else { return };
+    let (table, slot) = create_orders(&url, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("changes");
+    let source = PostgresCdcSource::builder(url.clone(), slot.clone())
+        .table(table.clone())
+        .bounded()
+        .build::<Order>()
+        .unwrap();
+    let (bound, metrics) = (source.bound(), source.metrics());
+    let (chk, sink) = (dir.path().join("chk"), out.clone());
+    // `run` restarts the job by its strategy (`spawn` runs it once); a job
+    // is built on the thread that runs it.
+    let running = std::thread::spawn(move || {
+        let job = Job::new()
+            .checkpointing(Duration::from_millis(50), chk)
+            .restart_strategy(RestartStrategy::FixedDelay {
+                attempts: 10,
+                delay: Duration::from_millis(50),
+            });
+        job.source(source, WatermarkStrategy::none())
+            .sink(ExactlyOnceJsonLinesSink::<Change<Order>>::new(&sink)?);
+        job.run()
+    });
+    wait_for("the snapshot", || metrics.snapshot_done());
+    let active_pid = || {
+        psql(
+            &url,
+            &format!(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"
+            ),
+        )
+        .trim()
+        .to_string()
+    };
+    for round in 0..3 {
+        psql(
+            &url,
+            &format!(
+                "INSERT INTO {table} SELECT g, 'new', g FROM generate_series({}, {}) g;",
+                round * 1000 + 1,
+                round * 1000 + 1000
+            ),
+        );
+        // The server ends the job's replication session (as a restart or
+        // a failover would): the job fails and restarts from its last
+        // checkpoint.
+        wait_for("a replication session", || !active_pid().is_empty());
+        psql(
+            &url,
+            &format!("SELECT pg_terminate_backend({})", active_pid()),
+        );
+    }
+    bound.set(marker_lsn(&url));
+    let summary = running.join().expect("the job thread").unwrap();
+    assert!(!summary.restarts.is_empty(), "the job restarted");
+    let mut ids: Vec<i64> = read_committed::<Change<Order>>(&out)
+        .unwrap()
+        .iter()
+        .map(|c| c.after.as_ref().unwrap().id)
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=3000).collect::<Vec<_>>(), "every insert once");
+    drop_slot(&url, &slot);
+}
