@@ -195,6 +195,7 @@ wal_writer_delay = '10ms'
 timezone = 'UTC'
 log_timezone = 'UTC'
 EOF
+  write_tls
   cat >"$DATA/pg_hba.conf" <<EOF
 # Written by scripts/postgres.sh: anyone on this machine, no password.
 # TYPE  DATABASE     USER  ADDRESS        METHOD
@@ -203,6 +204,31 @@ host    all          all   127.0.0.1/32   trust
 local   replication  all                  trust
 host    replication  all   127.0.0.1/32   trust
 EOF
+}
+
+# TLS, for the tests of sslmode=verify-full: a throwaway CA ($BASE/ca.pem,
+# the file clients verify against) and a certificate for "localhost" signed
+# by it. Plain connections still work (pg_hba's "host" lines take both).
+write_tls() {
+  if ! command -v openssl >/dev/null 2>&1; then
+    say "no openssl: the cluster runs without TLS"
+    return 0
+  fi
+  openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj "/CN=tideline test CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -keyout "$BASE/ca.key" -out "$BASE/ca.pem" >/dev/null 2>&1 || die "openssl: cannot make the test CA"
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+    -keyout "$BASE/server.key" -out "$BASE/server.csr" >/dev/null 2>&1 || die "openssl: cannot make the server key"
+  printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >"$BASE/server.ext"
+  openssl x509 -req -in "$BASE/server.csr" -CA "$BASE/ca.pem" -CAkey "$BASE/ca.key" -CAcreateserial \
+    -days 7 -extfile "$BASE/server.ext" -out "$BASE/server.crt" >/dev/null 2>&1 || die "openssl: cannot sign the server certificate"
+  mv "$BASE/server.crt" "$BASE/server.key" "$DATA/"
+  chmod 0600 "$DATA/server.key"
+  if [ "$(id -u)" -eq 0 ]; then
+    chown postgres: "$DATA/server.crt" "$DATA/server.key"
+  fi
+  chmod 0644 "$BASE/ca.pem"
+  printf "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n" >>"$DATA/postgresql.conf"
 }
 
 start() {

@@ -47,3 +47,9 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   echo "setup: installing postgresql (for the PostgreSQL cluster of the postgres feature's tests)"
   apt_install postgresql
 fi
+
+# openssl, for the test cluster's TLS certificates (scripts/postgres.sh).
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "setup: installing openssl (for the PostgreSQL test cluster's TLS certificates)"
+  apt_install openssl
+fi

@@ -62,7 +62,10 @@ case "$postgres_env" in
   TIDELINE_POSTGRES_URL=?*) export TIDELINE_POSTGRES_URL="${postgres_env#TIDELINE_POSTGRES_URL=}" ;;
   *) echo "test.sh: unexpected output of scripts/postgres.sh start: $postgres_env" >&2; exit 1 ;;
 esac
-echo "test.sh: PostgreSQL at $TIDELINE_POSTGRES_URL"
+# Its TLS certificate is signed by a throwaway CA (the sslmode=verify-full
+# tests verify against it).
+export TIDELINE_POSTGRES_CA="${TIDELINE_POSTGRES_DIR:-${TMPDIR:-/tmp}/tideline-postgres-${TIDELINE_POSTGRES_PORT:-15432}}/ca.pem"
+echo "test.sh: PostgreSQL at $TIDELINE_POSTGRES_URL (TLS CA $TIDELINE_POSTGRES_CA)"
 
 # --- 3. the suite -------------------------------------------------------------
 cargo test --workspace --all-features "$@"

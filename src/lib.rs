@@ -50,6 +50,9 @@
 //! - `postgres`: [`postgres::PostgresCdcSource`] (log-based change data
 //!   capture through logical replication, exactly once) and
 //!   [`postgres::PostgresQuerySource`] (query-based); pure Rust.
+//! - `postgres-tls`: TLS for them (`sslmode=verify-full sslrootcert=PATH`
+//!   in the connection string), on rustls; builds C and assembly sources
+//!   (ring, aws-lc).
 //! - `full`: all of the above.
 //!
 //! ```toml

@@ -14,6 +14,9 @@ use crate::pgoutput::Column;
 #[derive(Clone)]
 pub(crate) struct ConnectionSettings {
     pub(crate) sql: tokio_postgres::Config,
+    /// TLS (`sslmode=verify-full`): the CA certificates to verify against.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    root_certificates: Option<std::path::PathBuf>,
     host: String,
     port: u16,
     user: String,
@@ -31,7 +34,8 @@ impl std::fmt::Debug for ConnectionSettings {
 impl ConnectionSettings {
     /// Parses `text`; `field` names the setting in errors.
     pub(crate) fn parse(text: &str, field: &str) -> Result<Self> {
-        let sql = tokio_postgres::Config::from_str(text).map_err(|e| {
+        let (text, tls) = crate::tls::split_tls_options(text, field)?;
+        let sql = tokio_postgres::Config::from_str(&text).map_err(|e| {
             Error::config(field, format!("not a PostgreSQL connection string: {e}"))
         })?;
         let host = match sql.get_hosts().first() {
@@ -53,8 +57,12 @@ impl ConnectionSettings {
         let dbname = sql.get_dbname().unwrap_or(&user).to_string();
         let mut sql = sql;
         sql.connect_timeout(Duration::from_secs(10));
+        if tls.root_certificates.is_some() {
+            sql.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
         Ok(Self {
             sql,
+            root_certificates: tls.root_certificates,
             host,
             port,
             user,
@@ -86,6 +94,13 @@ impl ConnectionSettings {
         .with_application_name("tideline-cdc")
         .with_status_interval(Duration::from_secs(1))
         .with_wakeup_interval(Duration::from_secs(1));
+        #[cfg(feature = "tls")]
+        let config = match &self.root_certificates {
+            Some(path) => config.with_tls(pgwire_replication::TlsConfig::verify_full(Some(
+                path.clone(),
+            ))),
+            None => config,
+        };
         // The connection string's `options` (e.g. `-c wal_sender_timeout=10s`)
         // apply to the replication session too.
         match self.sql.get_options() {
@@ -96,6 +111,25 @@ impl ConnectionSettings {
 
     /// Opens a SQL connection, its driver spawned on the current runtime.
     pub(crate) async fn connect(&self) -> Result<tokio_postgres::Client> {
+        #[cfg(feature = "tls")]
+        if let Some(path) = &self.root_certificates {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(crate::tls::client_config(
+                path,
+                "connection.sslrootcert",
+            )?);
+            let (client, connection) = self
+                .sql
+                .connect(tls)
+                .await
+                // The handshake's reason (an unknown issuer, a name that
+                // does not match) is in the error's sources.
+                .map_err(|e| Error::external(self.system(), "connect (TLS)", with_sources(&e)))?;
+            tokio::spawn(async move {
+                // The client's next call reports a broken connection.
+                let _ = connection.await;
+            });
+            return Ok(client);
+        }
         let (client, connection) = self
             .sql
             .connect(tokio_postgres::NoTls)
@@ -107,6 +141,19 @@ impl ConnectionSettings {
         });
         Ok(client)
     }
+}
+
+/// `error` and its sources, `: `-separated.
+#[cfg(feature = "tls")]
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// `name` as an SQL identifier, quoted.

@@ -8,6 +8,12 @@
 //!   tables without logical replication: polls rows changed since a
 //!   checkpointed `(updated_at, key)` cursor.
 //!
+//! Connections take a libpq-style string (`host=... port=... user=...
+//! dbname=...` or a `postgresql://` URL). With the `tls` feature,
+//! `sslmode=verify-full sslrootcert=PATH` encrypts both the SQL and the
+//! replication connection and verifies the server (see `tls.rs`'s docs);
+//! modes that encrypt without verifying are refused.
+//!
 //! Both produce [`Change<T>`](tideline_operators::changelog::Change)
 //! records for the changelog operators of
 //! [`tideline_operators::changelog`].
@@ -17,6 +23,7 @@ mod connect;
 pub mod pgoutput;
 pub mod query;
 pub mod row;
+mod tls;
 mod words;
 
 pub use cdc::{CdcBound, CdcMetrics, PostgresCdcBuilder, PostgresCdcSource, SnapshotMode};

@@ -11,6 +11,8 @@ mod cdc;
 mod crash;
 mod harness;
 mod query;
+#[cfg(feature = "postgres-tls")]
+mod tls;
 
 use std::time::{Duration, Instant};
 
