@@ -10,27 +10,14 @@
 //! - `backpressure`: an unbounded generator into a sink slowed to ~1 M
 //!   records/s for a few seconds, printing the process RSS over time.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::CountSink;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tideline::prelude::*;
-
-/// Counts records and drops them.
-#[derive(Clone, Default)]
-struct CountSink(Arc<AtomicU64>);
-
-impl<T: Data> Sink<T> for CountSink {
-    fn name(&self) -> &str {
-        "count"
-    }
-    fn write_batch(&mut self, batch: Vec<Record<T>>) -> Result<()> {
-        self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-use tideline::Data;
 
 fn report(name: &str, events: u64, elapsed: Duration) {
     let rate = events as f64 / elapsed.as_secs_f64();

@@ -18,15 +18,16 @@
 //! 200 k updates; `-- --quick`, and `cargo test`, use 20 k). Without a
 //! server it says so and does nothing, unless `CI` is set: then it fails.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::CountSink;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use serde::Deserialize;
 use tideline::postgres::{pgoutput::parse_lsn, PostgresCdcSource, SnapshotMode};
 use tideline::prelude::*;
-use tideline::Data;
 
 #[derive(Clone, Debug, Deserialize)]
 #[allow(dead_code)]
@@ -35,20 +36,6 @@ struct Row {
     user_id: i32,
     amount: i64,
     note: String,
-}
-
-/// Counts records and drops them.
-#[derive(Clone, Default)]
-struct CountSink(Arc<AtomicU64>);
-
-impl<T: Data> Sink<T> for CountSink {
-    fn name(&self) -> &str {
-        "count"
-    }
-    fn write_batch(&mut self, batch: Vec<Record<T>>) -> Result<()> {
-        self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
 }
 
 fn fail(what: &str, e: impl std::fmt::Display) -> Error {
