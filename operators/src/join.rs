@@ -289,12 +289,7 @@ where
             } = record;
             let judge = self.rule.judge(mark, self.watermark);
             if !timestamp.is_set() || timestamp <= judge {
-                let reason = if timestamp.is_set() {
-                    self.rule.reason(mark, timestamp)
-                } else {
-                    LateReason::OperatorWatermark
-                };
-                out.count_late_for(reason, 1);
+                out.count_late_for(late_reason(self.rule, mark, timestamp), 1);
                 if let Some(tag) = &self.late_tag {
                     out.push_to(tag, record);
                 }
@@ -392,5 +387,16 @@ where
             }
         }
         Ok(())
+    }
+}
+
+/// Why a join's record at `timestamp` with lateness watermark `mark` is
+/// late: a record without a timestamp can only be behind the operator's
+/// watermark.
+pub(crate) fn late_reason(rule: LatenessRule, mark: EventTime, timestamp: EventTime) -> LateReason {
+    if timestamp.is_set() {
+        rule.reason(mark, timestamp)
+    } else {
+        LateReason::OperatorWatermark
     }
 }

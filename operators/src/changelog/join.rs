@@ -49,7 +49,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tideline_engine::time::{LateReason, LatenessRule, TimerService};
+use tideline_engine::time::{LatenessRule, TimerService};
 use tideline_engine::{
     Data, EventTime, KeySelector, KeyedStream, Operator, Output, OutputTag, Record, RestoreContext,
     Result, SnapshotWriter, Stream,
@@ -57,7 +57,7 @@ use tideline_engine::{
 use tideline_state::{KeyedState, StateKey, StateValue, ValueStateDescriptor};
 
 use super::{ChangelogRow, RowKind};
-use crate::join::{tagged_union, Either};
+use crate::join::{late_reason, tagged_union, Either};
 
 /// Adds [`join_table`](TableJoinExt::join_table) to keyed streams.
 pub trait TableJoinExt<K, A> {
@@ -307,12 +307,7 @@ where
         match value {
             Either::Left(a) => {
                 if behind {
-                    let reason = if timestamp.is_set() {
-                        self.rule.reason(mark, timestamp)
-                    } else {
-                        LateReason::OperatorWatermark
-                    };
-                    out.count_late_for(reason, 1);
+                    out.count_late_for(late_reason(self.rule, mark, timestamp), 1);
                     if let Some(tag) = &self.late_tag {
                         out.push_to(tag, Record::new(timestamp, a).with_lateness_watermark(mark));
                     }
