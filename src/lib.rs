@@ -53,6 +53,10 @@
 //! - `postgres-tls`: TLS for them (`sslmode=verify-full sslrootcert=PATH`
 //!   in the connection string), on rustls; builds C and assembly sources
 //!   (ring, aws-lc).
+//! - `web`: [`web::WebUi`], the HTTP endpoint of a running job
+//!   (`job.web_ui("127.0.0.1:8081")` with [`web::JobWebUi`]): Prometheus
+//!   `/metrics`, `/healthz` and `/readyz`, a JSON API and a live page;
+//!   pure Rust (axum). Collecting the metrics ([`metrics`]) is always on.
 //! - `full`: all of the above.
 //!
 //! ```toml
@@ -64,12 +68,13 @@ pub use tideline_engine as engine;
 #[cfg(feature = "rocksdb")]
 pub use tideline_engine::RocksDbOptions;
 pub use tideline_engine::{
-    time, AbortedCheckpoint, CheckpointConfig, CheckpointStats, Committer, Data, DeadLetter, Error,
-    ErrorDomain, EventTime, ExecutionMode, FailurePolicy, Job, JobConfig, JobHandle, JobSummary,
-    KeyedStream, LocalRun, Operator, OperatorContext, OperatorSummary, Output, OutputTag,
-    ReaderContext, Record, Rejected, RestartStrategy, RestoreContext, RestoreFrom, Result, Sink,
-    SinkHandle, SnapshotWriter, Source, SourceOffset, SourceOutput, SourceReader, SourceStatus,
-    StateBackend, StopHandle, Stream, SubtaskInfo, Watermark,
+    metrics, time, AbortedCheckpoint, CheckpointConfig, CheckpointStats, Committer, Data,
+    DeadLetter, Error, ErrorDomain, EventTime, ExecutionMode, FailurePolicy, Job, JobConfig,
+    JobHandle, JobSummary, KeyedStream, LocalRun, Operator, OperatorContext, OperatorSummary,
+    Output, OutputTag, PartitionProgress, ReaderContext, Record, Rejected, RestartStrategy,
+    RestoreContext, RestoreFrom, Result, Sink, SinkHandle, SnapshotWriter, Source, SourceOffset,
+    SourceOutput, SourceReader, SourceStatus, StateBackend, StateSize, StopHandle, Stream,
+    SubtaskInfo, Watermark,
 };
 #[cfg(feature = "kafka")]
 pub use tideline_kafka as kafka;
@@ -78,6 +83,8 @@ pub use tideline_operators::{changelog, connectors, join, process, stateless, te
 #[cfg(feature = "postgres")]
 pub use tideline_postgres as postgres;
 pub use tideline_state as state;
+#[cfg(feature = "web")]
+pub use tideline_web as web;
 
 #[cfg(unix)]
 pub mod signals;

@@ -25,6 +25,7 @@ pub mod checkpoint;
 mod config;
 mod error;
 mod graph;
+pub mod metrics;
 mod operator;
 mod record;
 mod runtime;
@@ -39,14 +40,15 @@ pub use checkpoint::{
 pub use config::{ExecutionMode, FailurePolicy, JobConfig, RestartStrategy};
 pub use error::{BoxError, Error, ErrorDomain, Result};
 pub use graph::{Job, KeySelector, KeyedStream, SinkHandle, Stream};
-pub use operator::{DeadLetter, Operator, OperatorContext, Output, OutputTag};
+pub use operator::{DeadLetter, Operator, OperatorContext, Output, OutputTag, StateSize};
 pub use record::{Data, Record};
 pub use runtime::executor::{JobHandle, LocalRun};
 pub use runtime::metrics::{JobSummary, OperatorSummary};
 pub use runtime::stop::StopHandle;
 pub use sink::{Committer, Sink, SubtaskInfo};
 pub use source::{
-    ReaderContext, Rejected, Source, SourceOffset, SourceOutput, SourceReader, SourceStatus,
+    PartitionProgress, ReaderContext, Rejected, Source, SourceOffset, SourceOutput, SourceReader,
+    SourceStatus,
 };
 #[cfg(feature = "rocksdb")]
 pub use tideline_state::RocksDbOptions;

@@ -15,8 +15,9 @@ use crate::checkpoint::snapshot::BarrierCtx;
 use crate::checkpoint::{RestoreContext, SnapshotWriter};
 use crate::config::{FailurePolicy, JobConfig};
 use crate::error::{guarded, Error, Result};
+use crate::metrics::OpCounters;
 use crate::record::{Data, Record};
-use crate::runtime::metrics::{JobCounters, OpCounters};
+use crate::runtime::metrics::JobCounters;
 use crate::runtime::push::{BoxPush, Push};
 use crate::time::{EventTime, Watermark};
 
@@ -82,6 +83,31 @@ pub trait Operator<I, O>: Send + 'static {
     fn restore_state(&mut self, restore: &RestoreContext) -> Result<()> {
         let _ = restore;
         Ok(())
+    }
+
+    /// The size of the operator's state, for metrics (asked every 250 ms
+    /// of the job's clock, between batches: keep it cheap). Stateless
+    /// operators keep this default, `None`.
+    fn state_size(&mut self) -> Option<StateSize> {
+        None
+    }
+}
+
+/// The size of an operator subtask's state ([`Operator::state_size`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct StateSize {
+    /// Entries (keys × states), exact in memory, estimated with RocksDB.
+    pub entries: u64,
+    /// Bytes it takes on disk (RocksDB), if known.
+    pub bytes: Option<u64>,
+}
+
+impl From<tideline_state::StateSize> for StateSize {
+    fn from(size: tideline_state::StateSize) -> Self {
+        Self {
+            entries: size.entries,
+            bytes: size.disk_bytes,
+        }
     }
 }
 
@@ -316,6 +342,8 @@ pub struct Output<O> {
     watermark: Option<EventTime>,
     sides: Vec<Box<dyn SideChannel>>,
     job: Arc<JobCounters>,
+    /// The operator subtask's own counters (late records).
+    counters: Arc<OpCounters>,
     operator: Arc<str>,
     failure_policy: FailurePolicy,
 }
@@ -334,6 +362,7 @@ impl<O: Data> Output<O> {
         operator: Arc<str>,
         sides: Vec<Box<dyn SideChannel>>,
         job: Arc<JobCounters>,
+        counters: Arc<OpCounters>,
         failure_policy: FailurePolicy,
     ) -> Self {
         Self {
@@ -341,6 +370,7 @@ impl<O: Data> Output<O> {
             watermark: None,
             sides,
             job,
+            counters,
             operator,
             failure_policy,
         }
@@ -421,6 +451,7 @@ impl<O: Data> Output<O> {
     /// Adds `n` to the job's count of late records.
     pub fn count_late(&mut self, n: u64) {
         self.job.late_records.fetch_add(n, Ordering::Relaxed);
+        self.counters.add_late(n);
     }
 
     /// Adds `n` to the job's count of late records, late for `reason`.
@@ -469,6 +500,7 @@ pub(crate) fn reject(
         )));
     }
     job.dead_letters.fetch_add(1, Ordering::Relaxed);
+    job.dead_letter_log.record(&letter, job.clock.now_millis());
     let timestamp = letter.timestamp;
     emit_side(sides, DEAD_LETTER_TAG, Record::new(timestamp, letter));
     Ok(())
@@ -489,6 +521,8 @@ pub(crate) struct OperatorPush<I, O, Op> {
     /// Idle was passed on: the next watermark announces we are active again,
     /// even if it is not larger than the last one.
     idle_sent: bool,
+    /// When (job clock) the state size is sampled next.
+    next_state_sample: i64,
     _input: PhantomData<fn(I)>,
 }
 
@@ -511,6 +545,7 @@ impl<I: Data, O: Data, Op: Operator<I, O>> OperatorPush<I, O, Op> {
             counters,
             last_watermark: EventTime::MIN,
             idle_sent: false,
+            next_state_sample: i64::MIN,
             _input: PhantomData,
         }
     }
@@ -587,6 +622,10 @@ impl<I: Data, O: Data, Op: Operator<I, O>> Push<I> for OperatorPush<I, O, Op> {
     }
 
     fn on_tick(&mut self, now: i64) -> Result<()> {
+        if now >= self.next_state_sample {
+            self.next_state_sample = now.saturating_add(crate::metrics::SAMPLE_INTERVAL_MILLIS);
+            self.counters.set_state_size(self.op.state_size());
+        }
         let (op, out) = (&mut self.op, &mut self.out);
         guarded(&self.name, || op.on_processing_time(now, out))?;
         self.flush()?;

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use crate::checkpoint::snapshot::BarrierCtx;
 use crate::error::{guarded, Result};
+use crate::metrics::OpCounters;
 use crate::record::{Data, Record};
-use crate::runtime::metrics::OpCounters;
 use crate::runtime::push::Push;
 use crate::time::{EventTime, Watermark};
 

@@ -153,6 +153,25 @@ pub trait SourceReader<T>: Send {
     fn offset(&self) -> Option<SourceOffset> {
         None
     }
+
+    /// Where the reader stands and how much is left, for metrics and
+    /// progress bars (sampled a few times a second, on the subtask's
+    /// thread: keep it cheap, no network round trip). `None` (the default):
+    /// the source cannot tell.
+    fn progress(&self) -> Option<PartitionProgress> {
+        None
+    }
+}
+
+/// Where a reader stands in its partition, in a unit of the source's
+/// choosing (a Kafka offset, rows of a file, bytes of a log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// The position after what was read.
+    pub position: u64,
+    /// How much is left to read, in the same unit, if the source knows
+    /// (a bounded partition's remaining rows, an unbounded one's lag).
+    pub remaining: Option<u64>,
 }
 
 /// What [`SourceReader::poll`] says about its partition.

@@ -996,6 +996,23 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
         Ok(status)
     }
 
+    /// The offset after the last record emitted, and the lag: to the end
+    /// of a bounded partition, else to the partition's high watermark as
+    /// the last fetch response reported it (librdkafka's cached value: no
+    /// request to the broker).
+    fn progress(&self) -> Option<tideline_engine::PartitionProgress> {
+        let position = self.next.max(0) as u64;
+        let end = if self.end != UNBOUNDED {
+            Some(self.end)
+        } else {
+            cached_high_watermark(&self.consumer, &self.topic, self.partition)
+        };
+        Some(tideline_engine::PartitionProgress {
+            position,
+            remaining: end.map(|end| end.saturating_sub(position)),
+        })
+    }
+
     fn offset(&self) -> Option<SourceOffset> {
         Some(SourceOffset(vec![
             self.next.max(0) as u64,
@@ -1003,6 +1020,32 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
             self.end,
         ]))
     }
+}
+
+/// The high watermark of `topic`/`partition` as the last fetch response
+/// reported it. rdkafka exposes only the variant that asks the broker
+/// (`fetch_watermarks`, a network round trip); metrics are sampled on the
+/// reader's thread several times a second, so they read librdkafka's cache.
+fn cached_high_watermark(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<u64> {
+    use rdkafka::bindings::{rd_kafka_get_watermark_offsets, rd_kafka_resp_err_t};
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` is borrowed, the
+    // topic is a NUL-terminated string that outlives the call, and the call
+    // only writes the two integers (it reads a cache under its own lock).
+    let err = unsafe {
+        rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    let _ = low;
+    (err == rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .then_some(high)
+        .and_then(|h| u64::try_from(h).ok())
 }
 
 /// Errors the client does not recover from by itself.

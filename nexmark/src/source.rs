@@ -319,4 +319,11 @@ impl SourceReader<Event> for NexmarkReader {
     fn offset(&self) -> Option<SourceOffset> {
         Some(SourceOffset(vec![self.emitted]))
     }
+
+    fn progress(&self) -> Option<tideline::PartitionProgress> {
+        Some(tideline::PartitionProgress {
+            position: self.emitted,
+            remaining: self.limit.map(|l| l.saturating_sub(self.emitted)),
+        })
+    }
 }

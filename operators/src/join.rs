@@ -361,6 +361,10 @@ where
         crate::keyed_snapshot::restore_keyed(&mut self.state, &mut [&mut self.timers], restore)
     }
 
+    fn state_size(&mut self) -> Option<tideline_engine::StateSize> {
+        Some(self.state.size().into())
+    }
+
     fn on_watermark(&mut self, watermark: EventTime, _out: &mut Output<O>) -> Result<()> {
         let watermark = watermark.max(self.watermark);
         self.watermark = watermark;

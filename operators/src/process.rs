@@ -377,6 +377,10 @@ where
         )
     }
 
+    fn state_size(&mut self) -> Option<tideline_engine::StateSize> {
+        Some(self.keyed.state.size().into())
+    }
+
     fn on_processing_time(&mut self, now: i64, out: &mut Output<O>) -> Result<()> {
         self.keyed.processing_time = now;
         self.fire(TimeDomain::ProcessingTime, EventTime::from_millis(now), out)

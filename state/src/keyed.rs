@@ -903,6 +903,27 @@ impl<K: StateKey> KeyedState<K> {
         }
     }
 
+    /// The state's size, cheaply, for metrics: in memory the exact number
+    /// of entries; with RocksDB its estimate of the keys it holds plus the
+    /// entries cached in front of it (an upper bound: a cached entry may
+    /// be in the database too), and the bytes of the database on disk.
+    pub fn size(&self) -> StateSize {
+        let cached: u64 = self.tables.iter().map(|t| t.data.len() as u64).sum();
+        match &self.rocks {
+            #[cfg(feature = "rocksdb")]
+            Some(rocks) => StateSize {
+                entries: cached + rocks.store.estimate_keys(),
+                disk_bytes: Some(rocks.store.disk_bytes()),
+            },
+            #[cfg(not(feature = "rocksdb"))]
+            Some(rocks) => match *rocks {},
+            None => StateSize {
+                entries: cached,
+                disk_bytes: None,
+            },
+        }
+    }
+
     /// Bytes of the RocksDB working database on disk (0 in memory).
     pub fn disk_bytes(&self) -> u64 {
         match &self.rocks {
@@ -1045,4 +1066,13 @@ impl<K: StateKey, N: StateKey, V: StateValue> ListState<'_, K, N, V> {
             .remove(self.key, self.namespace)
             .unwrap_or_default()
     }
+}
+
+/// How big a [`KeyedState`] is ([`KeyedState::size`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct StateSize {
+    /// Entries of all its states (keys × namespaces).
+    pub entries: u64,
+    /// Bytes on disk (RocksDB), `None` in memory.
+    pub disk_bytes: Option<u64>,
 }

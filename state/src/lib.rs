@@ -41,7 +41,7 @@ pub use backend::RocksDbOptions;
 pub use backend::StateBackend;
 pub use descriptor::{ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor};
 pub use error::StateError;
-pub use keyed::{KeyedState, ListState, MapState, SnapshotFile, StateScope, ValueState};
+pub use keyed::{KeyedState, ListState, MapState, SnapshotFile, StateScope, StateSize, ValueState};
 
 /// The former name of [`KeyedState`], kept while operators migrate.
 pub type MemoryKeyedState<K> = KeyedState<K>;

@@ -403,6 +403,23 @@ impl RocksStore {
         Ok(total)
     }
 
+    /// RocksDB's estimate of the keys of all states (0 where it has none).
+    pub(crate) fn estimate_keys(&self) -> u64 {
+        let Ok(names) = self.state_names() else {
+            return 0;
+        };
+        names
+            .iter()
+            .filter_map(|name| self.handle(name).ok())
+            .filter_map(|cf| {
+                self.db
+                    .property_int_value_cf(cf, "rocksdb.estimate-num-keys")
+                    .ok()
+                    .flatten()
+            })
+            .sum()
+    }
+
     /// Bytes of all files of the working database on disk.
     pub(crate) fn disk_bytes(&self) -> u64 {
         dir_bytes(&self.path)

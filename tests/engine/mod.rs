@@ -3,6 +3,7 @@ mod dead_letters;
 mod determinism;
 mod exchanges;
 mod failures;
+mod metrics;
 mod parallelism;
 mod regressions;
 mod sources;

@@ -447,6 +447,7 @@ impl Coordinator {
                 .extend(snapshot.transactions.iter().cloned());
         }
         self.schedule_next();
+        tracing::warn!(checkpoint = id, %reason, "checkpoint given up");
         lock(&self.aborted).push(AbortedCheckpoint { id, reason });
         self.send(IoWork::Abort(id));
         true
@@ -548,7 +549,14 @@ impl Coordinator {
                 .map(|p| p.alignment)
                 .max()
                 .unwrap_or_default(),
+            completed_at_ms: self.clock.now_millis(),
         });
+        tracing::info!(
+            checkpoint = c.id,
+            duration_ms = c.started.elapsed().as_millis() as u64,
+            new_bytes,
+            "checkpoint completed"
+        );
         Ok(())
     }
 }

@@ -90,6 +90,8 @@ pub struct CheckpointStats {
     /// The longest any task spent aligning its barriers (from the first
     /// barrier to the last, on the job's clock).
     pub alignment: Duration,
+    /// When it completed, in milliseconds of the job's clock.
+    pub completed_at_ms: i64,
 }
 
 /// A checkpoint given up before it completed, as the job summary reports it.

@@ -12,12 +12,16 @@ use crate::error::{Error, Result};
 use crate::graph::context::{BuildCtx, EdgeLayout, NodeLayout};
 use crate::graph::port::{Port, SideRegistry};
 use crate::graph::{EdgeKind, Graph, NodeId, OpId, OpKind};
+use crate::metrics::{
+    EdgeKind as GraphEdgeKind, GraphEdge, GraphOperator, JobGraph, OpCounters, OperatorKind,
+    RunMetrics, RunOperator, SourceTaskMetrics, TaskCounters,
+};
 use crate::record::Data;
 use crate::runtime::channels::Channels;
 use crate::runtime::exchange::{ExchangeWriter, KeyHashFn, Route};
 use crate::runtime::executor::JobReport;
 use crate::runtime::input_task::InputTask;
-use crate::runtime::metrics::{JobCounters, OpCounters};
+use crate::runtime::metrics::JobCounters;
 use crate::runtime::push::BoxPush;
 use crate::runtime::shared::Shared;
 use crate::runtime::source_task::{Discovery, Partition, SourceTask};
@@ -52,6 +56,7 @@ fn chain_head<T: Data>(
         inputs,
         Arc::clone(&ctx.config.clock),
         Arc::clone(&ctx.shared.cancel),
+        ctx.task_counters(),
     );
     if let Some(restored) = ctx.restored {
         head.restored_watermark = restored
@@ -107,6 +112,7 @@ pub(crate) fn exchange_writer<T: Data>(
             route,
             ctx.config.batch_size,
             ctx.config.flush_interval_millis(),
+            ctx.task_counters(),
         )) as BoxPush<T>)
     })
 }
@@ -191,6 +197,8 @@ impl<T: Data> TaskFactory for SourceFactory<T> {
             operator: ctx.op_name(self.op),
             uid,
             last_barrier: 0,
+            metrics: ctx.source_metrics(),
+            next_sample: i64::MIN,
         }))
     }
 }
@@ -420,8 +428,26 @@ impl Graph {
             .iter()
             .map(|o| Arc::from(o.name.as_str()))
             .collect();
-        let op_counters: Vec<Arc<OpCounters>> = self.ops.iter().map(|_| Arc::default()).collect();
-        let job_counters = Arc::new(JobCounters::default());
+        let op_counters: Vec<Vec<Arc<OpCounters>>> = self
+            .ops
+            .iter()
+            .map(|o| per_subtask(layout[o.node].parallelism))
+            .collect();
+        let task_counters: Vec<Vec<Arc<TaskCounters>>> =
+            layout.iter().map(|l| per_subtask(l.parallelism)).collect();
+        let source_metrics: Vec<Vec<Arc<SourceTaskMetrics>>> = self
+            .nodes
+            .iter()
+            .zip(&layout)
+            .map(|(n, l)| match n.source {
+                Some(_) => per_subtask(l.parallelism),
+                None => Vec::new(),
+            })
+            .collect();
+        let job_counters = Arc::new(JobCounters::new(
+            Arc::clone(&self.metrics.dead_letters),
+            Arc::clone(&self.config.clock),
+        ));
         let shared = Arc::new(Shared::default());
         let (restored, skipped_checkpoints) = self.resolve_restore()?;
         if let Some(restored) = &restored {
@@ -448,8 +474,12 @@ impl Graph {
             &layout,
             &op_names,
             &op_uids,
-            &op_counters,
-            &job_counters,
+            Counters {
+                ops: &op_counters,
+                tasks: &task_counters,
+                sources: &source_metrics,
+                job: &job_counters,
+            },
             &shared,
             coordinator.as_ref(),
             restored.as_ref(),
@@ -467,25 +497,51 @@ impl Graph {
             c.set_hooks(hooks);
         }
         self.stop.attach(&shared, coordinator.as_ref());
+        self.metrics.begin_run(RunMetrics {
+            graph: self.job_graph(&layout),
+            operators: self
+                .ops
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.kind != OpKind::Exchange)
+                .enumerate()
+                .map(|(id, (op, o))| RunOperator {
+                    info: GraphOperator {
+                        id,
+                        name: o.name.clone(),
+                        kind: operator_kind(o.kind),
+                        parallelism: layout[o.node].parallelism,
+                        task: self.task_name(o.node).to_string(),
+                    },
+                    counters: op_counters[op].clone(),
+                    tasks: task_counters[o.node].clone(),
+                    partitions: if o.kind == OpKind::Source {
+                        source_metrics[o.node].clone()
+                    } else {
+                        Vec::new()
+                    },
+                })
+                .collect(),
+            job: Arc::clone(&job_counters),
+            coordinator: coordinator.clone(),
+            clock: Arc::clone(&self.config.clock),
+            restored_from: restored.as_ref().map(|r| r.checkpoint.id()),
+        });
         let report = JobReport {
             operators: self
                 .ops
                 .iter()
                 .zip(&op_counters)
                 .filter(|(o, _)| o.kind != OpKind::Exchange)
-                .map(|(o, counters)| {
-                    (
-                        o.name.clone(),
-                        layout[o.node].parallelism,
-                        Arc::clone(counters),
-                    )
-                })
+                .map(|(o, counters)| (o.name.clone(), layout[o.node].parallelism, counters.clone()))
                 .collect(),
             counters: job_counters,
             coordinator,
             restored_from: restored.as_ref().map(|r| r.checkpoint.id()),
             skipped_checkpoints,
             stop: self.stop.clone(),
+            metrics: Arc::clone(&self.metrics),
+            attachments: Vec::new(),
         };
         Ok((tasks, shared, report))
     }
@@ -499,8 +555,7 @@ impl Graph {
         layout: &[NodeLayout],
         op_names: &[Arc<str>],
         op_uids: &[Arc<str>],
-        op_counters: &[Arc<OpCounters>],
-        job_counters: &Arc<JobCounters>,
+        counters: Counters<'_>,
         shared: &Arc<Shared>,
         coordinator: Option<&Arc<Coordinator>>,
         restored: Option<&Restored>,
@@ -515,9 +570,11 @@ impl Graph {
                     layout,
                     op_names,
                     op_uids,
-                    op_counters,
+                    op_counters: counters.ops,
+                    task_counters: counters.tasks,
+                    source_metrics: counters.sources,
                     channels: &mut channels,
-                    job_counters,
+                    job_counters: counters.job,
                     shared,
                     node: node_id,
                     subtask,
@@ -540,5 +597,107 @@ impl Graph {
         // disconnects exactly when every upstream task has ended.
         drop(channels);
         Ok((tasks, hooks))
+    }
+}
+
+/// The metric cells a build hands to every task factory.
+#[derive(Clone, Copy)]
+struct Counters<'a> {
+    ops: &'a [Vec<Arc<OpCounters>>],
+    tasks: &'a [Vec<Arc<TaskCounters>>],
+    sources: &'a [Vec<Arc<SourceTaskMetrics>>],
+    job: &'a Arc<JobCounters>,
+}
+
+fn per_subtask<C: Default>(parallelism: usize) -> Vec<Arc<C>> {
+    (0..parallelism).map(|_| Arc::default()).collect()
+}
+
+fn operator_kind(kind: OpKind) -> OperatorKind {
+    match kind {
+        OpKind::Source => OperatorKind::Source,
+        OpKind::Sink => OperatorKind::Sink,
+        OpKind::Operator | OpKind::Exchange => OperatorKind::Operator,
+    }
+}
+
+fn edge_kind(kind: EdgeKind) -> GraphEdgeKind {
+    match kind {
+        EdgeKind::Forward => GraphEdgeKind::Forward,
+        EdgeKind::Rebalance => GraphEdgeKind::Rebalance,
+        EdgeKind::Broadcast => GraphEdgeKind::Broadcast,
+        EdgeKind::Keyed => GraphEdgeKind::Keyed,
+    }
+}
+
+impl Graph {
+    /// The name of node `node`'s head operator, which its tasks are named after.
+    fn task_name(&self, node: NodeId) -> &str {
+        self.ops
+            .iter()
+            .find(|o| o.node == node)
+            .map_or("", |o| o.name.as_str())
+    }
+
+    /// The graph as the metrics show it: exchange operators become the
+    /// kind of the edges through them.
+    fn job_graph(&self, layout: &[NodeLayout]) -> JobGraph {
+        let ids: Vec<Option<usize>> = {
+            let mut next = 0;
+            self.ops
+                .iter()
+                .map(|o| {
+                    (o.kind != OpKind::Exchange).then(|| {
+                        next += 1;
+                        next - 1
+                    })
+                })
+                .collect()
+        };
+        let operators = self
+            .ops
+            .iter()
+            .zip(&ids)
+            .filter_map(|(o, id)| {
+                id.map(|id| GraphOperator {
+                    id,
+                    name: o.name.clone(),
+                    kind: operator_kind(o.kind),
+                    parallelism: layout[o.node].parallelism,
+                    task: self.task_name(o.node).to_string(),
+                })
+            })
+            .collect();
+        let mut edges = Vec::new();
+        for (op, id) in self.ops.iter().zip(&ids) {
+            let Some(to) = *id else { continue };
+            for &(from, kind) in &op.inputs {
+                self.edges_into(from, kind, to, &ids, &mut edges);
+            }
+        }
+        JobGraph { operators, edges }
+    }
+
+    /// Edges from `from` (through exchanges) into graph operator `to`.
+    fn edges_into(
+        &self,
+        from: OpId,
+        kind: Option<EdgeKind>,
+        to: usize,
+        ids: &[Option<usize>],
+        edges: &mut Vec<GraphEdge>,
+    ) {
+        match ids[from] {
+            Some(from) => edges.push(GraphEdge {
+                from,
+                to,
+                kind: kind.map_or(GraphEdgeKind::Chained, edge_kind),
+            }),
+            None => {
+                for &(upstream, exchange) in &self.ops[from].inputs {
+                    self.edges_into(upstream, exchange.or(kind), to, ids, edges);
+                }
+            }
+        }
     }
 }

@@ -10,9 +10,10 @@ use crate::checkpoint::hooks::{Hooks, SinkHook};
 use crate::checkpoint::restore::Restored;
 use crate::config::JobConfig;
 use crate::graph::{NodeId, OpId};
+use crate::metrics::{OpCounters, SourceTaskMetrics, TaskCounters};
 use crate::operator::OperatorContext;
 use crate::runtime::channels::Channels;
-use crate::runtime::metrics::{JobCounters, OpCounters};
+use crate::runtime::metrics::JobCounters;
 use crate::runtime::shared::Shared;
 use crate::sink::Committer;
 
@@ -37,7 +38,12 @@ pub(crate) struct BuildCtx<'a> {
     pub(crate) layout: &'a [NodeLayout],
     pub(crate) op_names: &'a [Arc<str>],
     pub(crate) op_uids: &'a [Arc<str>],
-    pub(crate) op_counters: &'a [Arc<OpCounters>],
+    /// Per operator, per subtask.
+    pub(crate) op_counters: &'a [Vec<Arc<OpCounters>>],
+    /// Per node, per subtask: the task's cells.
+    pub(crate) task_counters: &'a [Vec<Arc<TaskCounters>>],
+    /// Per node, per subtask: a source task's partitions (empty for other nodes).
+    pub(crate) source_metrics: &'a [Vec<Arc<SourceTaskMetrics>>],
     pub(crate) channels: &'a mut Channels,
     pub(crate) job_counters: &'a Arc<JobCounters>,
     pub(crate) shared: &'a Arc<Shared>,
@@ -60,8 +66,21 @@ impl BuildCtx<'_> {
         Arc::clone(&self.op_uids[op])
     }
 
+    /// The counters of operator `op` in the subtask being built.
     pub(crate) fn op_counters(&self, op: OpId) -> Arc<OpCounters> {
-        Arc::clone(&self.op_counters[op])
+        Arc::clone(&self.op_counters[op][self.subtask])
+    }
+
+    /// The cells of the task being built.
+    pub(crate) fn task_counters(&self) -> Arc<TaskCounters> {
+        Arc::clone(&self.task_counters[self.node][self.subtask])
+    }
+
+    /// The partition cells of the source task being built.
+    pub(crate) fn source_metrics(&self) -> Arc<SourceTaskMetrics> {
+        self.source_metrics[self.node]
+            .get(self.subtask)
+            .map_or_else(Arc::default, Arc::clone)
     }
 
     pub(crate) fn parallelism(&self) -> usize {

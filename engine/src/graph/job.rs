@@ -190,6 +190,20 @@ impl Job {
         self.configure(|c| c.allow_non_restored_state = allow)
     }
 
+    /// The job's metrics registry: read it from any thread while the job
+    /// runs (and after), see [`crate::metrics`]. One per job, kept across
+    /// restarts.
+    pub fn metrics(&self) -> Arc<crate::metrics::JobMetrics> {
+        Arc::clone(&self.graph.borrow().metrics)
+    }
+
+    /// Keeps `value` alive until the job's run ends (a web UI serving the
+    /// job's metrics, say: dropping it stops the server).
+    pub fn attach(self, value: impl std::any::Any + Send) -> Self {
+        self.graph.borrow_mut().attachments.push(Box::new(value));
+        self
+    }
+
     /// The configuration as it stands.
     pub fn config(&self) -> JobConfig {
         self.graph.borrow().config.clone()
@@ -255,9 +269,12 @@ impl Job {
         let mut graph = self.take_graph();
         let capacity = graph.config.channel_capacity;
         let strategy = graph.config.restart_strategy;
+        let metrics = Arc::clone(&graph.metrics);
         let mut restarts: Vec<String> = Vec::new();
         loop {
-            let (tasks, shared, report) = graph.build(Some(capacity))?;
+            let (tasks, shared, report) = graph.build(Some(capacity)).inspect_err(|e| {
+                metrics.failed(e, false);
+            })?;
             let error = match JobHandle::spawn(tasks, shared, report)?.join() {
                 Ok(mut summary) => {
                     summary.restarts = restarts;
@@ -273,8 +290,16 @@ impl Job {
             let Some(delay) = delay else {
                 return Err(error);
             };
+            tracing::warn!(
+                error = %error,
+                restart = restarts.len() + 1,
+                delay_ms = delay.as_millis() as u64,
+                "job failed; restarting from its latest checkpoint"
+            );
+            metrics.failed(&error, true);
             restarts.push(error.to_string());
             if graph.stop.wait_unless_stopped(delay) {
+                metrics.failed(&error, false);
                 return Err(error);
             }
             graph.config.restore = Some(restart_from(&graph.config)?);
@@ -286,9 +311,10 @@ impl Job {
     /// # Errors
     /// A validation error; nothing has started then.
     pub fn spawn(self) -> Result<JobHandle> {
-        let graph = self.take_graph();
+        let mut graph = self.take_graph();
         let capacity = graph.config.channel_capacity;
-        let (tasks, shared, report) = graph.build(Some(capacity))?;
+        let (tasks, shared, mut report) = graph.build(Some(capacity))?;
+        report.attachments = std::mem::take(&mut graph.attachments);
         JobHandle::spawn(tasks, shared, report)
     }
 
@@ -298,7 +324,9 @@ impl Job {
     /// # Errors
     /// A validation error.
     pub fn start_local(self) -> Result<LocalRun> {
-        let (tasks, shared, report) = self.take_graph().build(None)?;
+        let mut graph = self.take_graph();
+        let (tasks, shared, mut report) = graph.build(None)?;
+        report.attachments = std::mem::take(&mut graph.attachments);
         Ok(LocalRun::new(tasks, shared, report))
     }
 }

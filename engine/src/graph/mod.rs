@@ -65,6 +65,9 @@ pub(crate) struct Op {
     pub(crate) node: NodeId,
     pub(crate) kind: OpKind,
     pub(crate) ports: Vec<Rc<dyn AnyPort>>,
+    /// The operators it reads from: chained (`None`) or over an exchange
+    /// of that kind (exchange operators only).
+    pub(crate) inputs: Vec<(OpId, Option<EdgeKind>)>,
     pub(crate) validate: Option<Box<dyn Fn() -> crate::Result<()>>>,
 }
 
@@ -76,6 +79,10 @@ pub(crate) struct Graph {
     pub(crate) ops: Vec<Op>,
     /// Stops whichever run of the job is current.
     pub(crate) stop: crate::runtime::stop::StopHandle,
+    /// The job's metrics, over every run.
+    pub(crate) metrics: std::sync::Arc<crate::metrics::JobMetrics>,
+    /// Kept alive while the job runs (a web UI serving its metrics, say).
+    pub(crate) attachments: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 impl Op {
@@ -119,6 +126,7 @@ impl Graph {
             node,
             kind,
             ports: Vec::new(),
+            inputs: Vec::new(),
             validate: None,
         });
         self.ops.len() - 1

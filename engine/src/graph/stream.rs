@@ -99,6 +99,7 @@ impl<T: Data> Stream<T> {
             OpKind::Operator,
             Rc::clone(&out) as Rc<dyn AnyPort>,
         );
+        self.graph.borrow_mut().ops[op].inputs = vec![(self.op, None)];
         let stream = Stream::from_parts(&self.graph, self.node, op, out);
         let (next_port, side_ports) = (Rc::clone(&stream.port), Rc::clone(&stream.sides));
         self.port.add(Box::new(move |ctx| {
@@ -124,6 +125,7 @@ impl<T: Data> Stream<T> {
                 Arc::clone(&op_ctx.name),
                 side_channels,
                 Arc::clone(ctx.job_counters),
+                ctx.op_counters(op),
                 ctx.config.failure_policy,
             );
             Ok(Box::new(OperatorPush::new(
@@ -234,7 +236,12 @@ impl<T: Data> Stream<T> {
                 }),
             });
             let port = Rc::clone(&head) as Rc<dyn AnyPort>;
-            (node, g.add_op_with_port(name, node, OpKind::Exchange, port))
+            let op = g.add_op_with_port(name, node, OpKind::Exchange, port);
+            g.ops[op].inputs = inputs
+                .iter()
+                .map(|(s, kind, _)| (s.op, Some(*kind)))
+                .collect();
+            (node, op)
         };
         for (edge, (stream, kind, hash)) in inputs.into_iter().enumerate() {
             stream.port.add(exchange_writer(node, edge, kind, hash));
@@ -258,6 +265,7 @@ impl<T: Data> Stream<T> {
             .graph
             .borrow_mut()
             .add_op(name, self.node, OpKind::Sink);
+        self.graph.borrow_mut().ops[op].inputs = vec![(self.op, None)];
         self.port.add(Box::new(move |ctx| {
             let info = ctx.subtask_info();
             let name = ctx.op_name(op);

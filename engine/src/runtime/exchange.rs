@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use crossbeam_channel::Sender;
+use std::time::Instant;
+
+use crossbeam_channel::{Sender, TrySendError};
 use tideline_state::key_group::{key_group_of_hash, subtask_for_key_group};
 
 use crate::checkpoint::snapshot::BarrierCtx;
@@ -37,6 +39,8 @@ pub(crate) struct ExchangeWriter<T> {
     batch_size: usize,
     flush_interval: i64,
     last_flush: i64,
+    /// The sending task's cells: time blocked on full channels.
+    metrics: Arc<crate::metrics::TaskCounters>,
 }
 
 impl<T: Data> ExchangeWriter<T> {
@@ -45,6 +49,7 @@ impl<T: Data> ExchangeWriter<T> {
         route: Route<T>,
         batch_size: usize,
         flush_interval: i64,
+        metrics: Arc<crate::metrics::TaskCounters>,
     ) -> Self {
         let buffers = senders.iter().map(|_| Vec::new()).collect();
         Self {
@@ -54,6 +59,7 @@ impl<T: Data> ExchangeWriter<T> {
             batch_size,
             flush_interval,
             last_flush: i64::MIN,
+            metrics,
         }
     }
 
@@ -63,7 +69,18 @@ impl<T: Data> ExchangeWriter<T> {
             .get(target)
             .ok_or_else(|| Error::Internal(format!("no channel to subtask {target}")))?;
         // A closed channel means the receiving task stopped: the job is failing.
-        sender.send(msg).map_err(|_| Error::Cancelled)
+        match sender.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Disconnected(_)) => Err(Error::Cancelled),
+            // Full: downstream is slower. Only this path reads the clock,
+            // so the time blocked (backpressure) costs nothing otherwise.
+            Err(TrySendError::Full(msg)) => {
+                let blocked = Instant::now();
+                let sent = sender.send(msg).map_err(|_| Error::Cancelled);
+                self.metrics.add_blocked(blocked.elapsed());
+                sent
+            }
+        }
     }
 
     fn flush_buffer(&mut self, target: usize) -> Result<()> {

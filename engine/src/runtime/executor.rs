@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::coordinator::Coordinator;
 use crate::checkpoint::SkippedCheckpoint;
 use crate::error::{Error, Result};
-use crate::runtime::metrics::{JobCounters, JobSummary, OpCounters, OperatorSummary};
+use crate::metrics::OpCounters;
+use crate::runtime::metrics::{JobCounters, JobSummary, OperatorSummary};
 use crate::runtime::shared::Shared;
 use crate::runtime::stop::StopHandle;
 use crate::runtime::task::{Step, Task};
@@ -23,12 +24,16 @@ use crate::runtime::task::{Step, Task};
 /// Everything needed to report on a job after it ran.
 #[derive(Debug)]
 pub(crate) struct JobReport {
-    pub(crate) operators: Vec<(String, usize, Arc<OpCounters>)>,
+    /// Name, parallelism and per-subtask counters of every operator.
+    pub(crate) operators: Vec<(String, usize, Vec<Arc<OpCounters>>)>,
     pub(crate) counters: Arc<JobCounters>,
     pub(crate) coordinator: Option<Arc<Coordinator>>,
     pub(crate) restored_from: Option<u64>,
     pub(crate) skipped_checkpoints: Vec<SkippedCheckpoint>,
     pub(crate) stop: StopHandle,
+    pub(crate) metrics: Arc<crate::metrics::JobMetrics>,
+    /// What the job keeps alive while it runs ([`crate::Job::attach`]).
+    pub(crate) attachments: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 impl Drop for JobReport {
@@ -45,19 +50,40 @@ impl JobReport {
         }
     }
 
+    /// The run ended with `result`: the metrics say so, and so do the logs.
+    fn ended(&self, result: Result<JobSummary>) -> Result<JobSummary> {
+        match &result {
+            Ok(summary) => {
+                self.metrics.set_status(crate::metrics::JobStatus::Finished);
+                tracing::info!(
+                    elapsed_ms = summary.elapsed.as_millis() as u64,
+                    late = summary.late_records,
+                    dead_letters = summary.dead_letters,
+                    checkpoints = summary.checkpoints.len(),
+                    "job finished"
+                );
+            }
+            Err(e) => {
+                self.metrics.failed(e, false);
+                tracing::error!(error = %e, "job failed");
+            }
+        }
+        result
+    }
+
     fn summary(&self, elapsed: Duration) -> JobSummary {
         JobSummary {
             elapsed,
             operators: self
                 .operators
                 .iter()
-                .map(|(name, parallelism, c)| {
-                    let (records_in, records_out) = c.snapshot();
+                .map(|(name, parallelism, subtasks)| {
+                    let counts = subtasks.iter().map(|c| c.counts());
                     OperatorSummary {
                         name: name.clone(),
                         parallelism: *parallelism,
-                        records_in,
-                        records_out,
+                        records_in: counts.clone().map(|c| c.records_in).sum(),
+                        records_out: counts.map(|c| c.records_out).sum(),
                     }
                 })
                 .collect(),
@@ -108,6 +134,11 @@ impl JobHandle {
         report: JobReport,
     ) -> Result<Self> {
         let started = Instant::now();
+        tracing::info!(
+            tasks = tasks.len(),
+            restored_from = report.restored_from,
+            "job started"
+        );
         let mut threads = Vec::with_capacity(tasks.len());
         for mut task in tasks {
             let shared_for_task = Arc::clone(&shared);
@@ -197,10 +228,11 @@ impl JobHandle {
             }
         }
         self.report.finish_checkpoints();
-        match self.shared.take_error() {
+        let result = match self.shared.take_error() {
             Some(e) => Err(e),
             None => Ok(self.report.summary(self.started.elapsed())),
-        }
+        };
+        self.report.ended(result)
     }
 }
 
@@ -326,10 +358,11 @@ impl LocalRun {
             ));
         }
         self.report.finish_checkpoints();
-        if let Some(e) = self.shared.take_error() {
-            return Err(e);
-        }
-        Ok(self.report.summary(self.started.elapsed()))
+        let result = match self.shared.take_error() {
+            Some(e) => Err(e),
+            None => Ok(self.report.summary(self.started.elapsed())),
+        };
+        self.report.ended(result)
     }
 
     /// A handle that stops this run (with a savepoint, a drain, or an

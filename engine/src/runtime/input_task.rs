@@ -57,7 +57,12 @@ pub(crate) struct InputTask<T> {
     given_up: u64,
     /// Longest alignment, in job-clock milliseconds, before giving up.
     alignment_timeout: Option<i64>,
+    /// Messages received since the input queues were last measured.
+    since_measured: u32,
 }
+
+/// Messages received between two measurements of the input queues.
+const MEASURE_QUEUES_EVERY: u32 = 16;
 
 impl<T: Data> InputTask<T> {
     pub(crate) fn new(
@@ -75,7 +80,24 @@ impl<T: Data> InputTask<T> {
             given_up: 0,
             alignment_timeout: alignment_timeout
                 .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX)),
+            since_measured: MEASURE_QUEUES_EVERY,
         }
+    }
+
+    /// Publishes how full the input channels are, every few messages.
+    fn measure_queues(&mut self) {
+        self.since_measured += 1;
+        if self.since_measured < MEASURE_QUEUES_EVERY {
+            return;
+        }
+        self.since_measured = 0;
+        let queued = self.receivers.iter().map(Receiver::len).sum();
+        let capacity = self
+            .receivers
+            .iter()
+            .map(|r| r.capacity().unwrap_or(0))
+            .sum();
+        self.head.metrics.set_queue(queued, capacity);
     }
 
     /// Whether channel `channel` may be read now.
@@ -276,6 +298,7 @@ impl<T: Data> Task for InputTask<T> {
         let progressed = received.is_some();
         let now = self.head.clock.now_millis();
         if let Some((channel, message)) = received {
+            self.measure_queues();
             self.handle(channel, message, now)?;
             if self.head.is_done() {
                 return Ok(Step::Done);

@@ -2,37 +2,45 @@
 //! and the summary `run()` returns.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::checkpoint::{AbortedCheckpoint, CheckpointStats, SkippedCheckpoint};
+use crate::time::Clock;
 
-#[derive(Debug, Default)]
-pub(crate) struct OpCounters {
-    records_in: AtomicU64,
-    records_out: AtomicU64,
-}
-
-impl OpCounters {
-    pub(crate) fn add_in(&self, n: usize) {
-        self.records_in.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    pub(crate) fn add_out(&self, n: usize) {
-        self.records_out.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    pub(crate) fn snapshot(&self) -> (u64, u64) {
-        (
-            self.records_in.load(Ordering::Relaxed),
-            self.records_out.load(Ordering::Relaxed),
-        )
-    }
-}
-
-#[derive(Debug, Default)]
+/// Counts of one run of the job (the summary's), and where dead letters
+/// are logged for the job's metrics.
 pub(crate) struct JobCounters {
     pub(crate) late_records: AtomicU64,
     pub(crate) late_by_operator_watermark: AtomicU64,
     pub(crate) dead_letters: AtomicU64,
+    pub(crate) dead_letter_log: Arc<crate::metrics::DeadLetterLog>,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for JobCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobCounters")
+            .field("late_records", &self.late_records)
+            .field("dead_letters", &self.dead_letters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobCounters {
+    pub(crate) fn new(
+        dead_letter_log: Arc<crate::metrics::DeadLetterLog>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            late_records: AtomicU64::new(0),
+            late_by_operator_watermark: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
+            dead_letter_log,
+            clock,
+        }
+    }
 }
 
 /// Records in and out of one operator, summed over its subtasks.

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use crate::checkpoint::storage::PartitionState;
 use crate::config::FailurePolicy;
 use crate::error::{guarded, Error, Result};
+use crate::metrics::{OpCounters, PartitionSample, SourceTaskMetrics, SAMPLE_INTERVAL_MILLIS};
 use crate::operator::{reject, DeadLetter};
 use crate::record::Data;
-use crate::runtime::metrics::{JobCounters, OpCounters};
+use crate::runtime::metrics::JobCounters;
 use crate::runtime::task::{ChainHead, Step, Task};
 use crate::source::{ReaderContext, Source, SourceOutput, SourceReader, SourceStatus};
 use crate::time::{EventTime, TimestampFn, WatermarkGenerator, WatermarkStrategy};
@@ -53,6 +54,10 @@ pub(crate) struct SourceTask<T> {
     pub(crate) uid: Arc<str>,
     /// The last checkpoint barrier emitted.
     pub(crate) last_barrier: u64,
+    /// Where its partitions stand, for metrics.
+    pub(crate) metrics: Arc<SourceTaskMetrics>,
+    /// When (job clock) they are sampled next.
+    pub(crate) next_sample: i64,
 }
 
 impl<T: Data> SourceTask<T> {
@@ -83,7 +88,33 @@ impl<T: Data> SourceTask<T> {
             .collect()
     }
 
+    /// Publishes where every partition stands, when a sample is due (or
+    /// the subtask has `ended`: every partition counts as finished).
+    fn sample(&mut self, now: i64, ended: bool) {
+        if now < self.next_sample && !ended {
+            return;
+        }
+        self.next_sample = now.saturating_add(SAMPLE_INTERVAL_MILLIS);
+        let samples = self
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(input, p)| {
+                let watermark = p.generator.current();
+                PartitionSample {
+                    partition: p.index,
+                    progress: p.reader.progress(),
+                    watermark: (watermark != EventTime::MIN).then_some(watermark),
+                    idle: self.head.tracker.is_idle(input),
+                    finished: p.finished || ended,
+                }
+            })
+            .collect();
+        self.metrics.publish(samples);
+    }
+
     fn finish(&mut self) -> Result<Step> {
+        self.sample(i64::MAX, true);
         let sources = if self.head.checkpoint.is_some() {
             self.partition_states()?
         } else {
@@ -239,6 +270,7 @@ impl<T: Data> Task for SourceTask<T> {
         if self.partitions.iter().all(|p| p.finished) {
             return self.finish();
         }
+        self.sample(now, false);
         self.head.tick(now)?;
         Ok(if progressed {
             Step::Progress

@@ -60,6 +60,8 @@ pub(crate) struct ChainHead<T> {
     /// How long the barrier about to be taken was aligned (input tasks set
     /// it; it goes into that checkpoint's snapshot).
     pub(crate) alignment: std::time::Duration,
+    /// The task's metric cells (watermark, idleness).
+    pub(crate) metrics: Arc<crate::metrics::TaskCounters>,
 }
 
 impl<T: Data> ChainHead<T> {
@@ -69,6 +71,7 @@ impl<T: Data> ChainHead<T> {
         inputs: usize,
         clock: Arc<dyn Clock>,
         cancel: Arc<AtomicBool>,
+        metrics: Arc<crate::metrics::TaskCounters>,
     ) -> Self {
         Self {
             name,
@@ -82,6 +85,7 @@ impl<T: Data> ChainHead<T> {
             checkpoint: None,
             restored_watermark: None,
             alignment: std::time::Duration::ZERO,
+            metrics,
         }
     }
 
@@ -152,6 +156,10 @@ impl<T: Data> ChainHead<T> {
         let Some(w) = watermark else {
             return Ok(());
         };
+        match w {
+            Watermark::EventTime(t) => self.metrics.set_watermark(t),
+            Watermark::Idle => self.metrics.set_idle(),
+        }
         for side in &mut self.sides {
             side.flush()?;
             side.push_watermark(w)?;

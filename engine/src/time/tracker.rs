@@ -94,6 +94,13 @@ impl WatermarkTracker {
         self.recompute()
     }
 
+    /// Whether input `input` is idle now.
+    pub fn is_idle(&self, input: usize) -> bool {
+        self.inputs
+            .get(input)
+            .is_some_and(|i| i.status == Status::Idle)
+    }
+
     /// Input `input` delivered records: an idle input becomes active again.
     pub fn on_data(&mut self, input: usize) -> Option<Watermark> {
         match self.inputs.get_mut(input) {

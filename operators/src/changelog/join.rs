@@ -419,4 +419,8 @@ where
     fn restore_state(&mut self, restore: &RestoreContext) -> Result<()> {
         crate::keyed_snapshot::restore_keyed(&mut self.state, &mut [&mut self.timers], restore)
     }
+
+    fn state_size(&mut self) -> Option<tideline_engine::StateSize> {
+        Some(self.state.size().into())
+    }
 }

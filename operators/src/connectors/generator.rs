@@ -203,4 +203,11 @@ where
     fn offset(&self) -> Option<SourceOffset> {
         Some(SourceOffset(vec![self.produced]))
     }
+
+    fn progress(&self) -> Option<tideline_engine::PartitionProgress> {
+        Some(tideline_engine::PartitionProgress {
+            position: self.produced,
+            remaining: self.limit.map(|l| l.saturating_sub(self.produced)),
+        })
+    }
 }

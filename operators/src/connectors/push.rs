@@ -125,19 +125,24 @@ impl<T: Data> Source<T> for PushSource<T> {
                 "does not exist",
             )
         })?;
-        Ok(Box::new(PushReader { receiver }))
+        Ok(Box::new(PushReader { receiver, read: 0 }))
     }
 }
 
 struct PushReader<T> {
     receiver: Receiver<Event<T>>,
+    /// Records read so far.
+    read: u64,
 }
 
 impl<T: Data> SourceReader<T> for PushReader<T> {
     fn poll(&mut self, out: &mut SourceOutput<T>) -> Result<SourceStatus> {
         while out.remaining() > 0 {
             match self.receiver.try_recv() {
-                Ok(Event::Record(r)) => out.push(r),
+                Ok(Event::Record(r)) => {
+                    self.read += 1;
+                    out.push(r);
+                }
                 // A watermark ends the batch so it lands after exactly the
                 // records sent before it.
                 Ok(Event::Watermark(w)) => {
@@ -151,5 +156,14 @@ impl<T: Data> SourceReader<T> for PushReader<T> {
             }
         }
         Ok(SourceStatus::Ready)
+    }
+
+    /// Records read, and what was pushed but not read yet (records and
+    /// watermarks alike).
+    fn progress(&self) -> Option<tideline_engine::PartitionProgress> {
+        Some(tideline_engine::PartitionProgress {
+            position: self.read,
+            remaining: Some(self.receiver.len() as u64),
+        })
     }
 }

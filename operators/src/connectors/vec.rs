@@ -140,4 +140,11 @@ impl<T: Data> SourceReader<T> for VecReader<T> {
     fn offset(&self) -> Option<SourceOffset> {
         Some(SourceOffset(vec![self.emitted]))
     }
+
+    fn progress(&self) -> Option<tideline_engine::PartitionProgress> {
+        Some(tideline_engine::PartitionProgress {
+            position: self.emitted,
+            remaining: Some(self.records.len() as u64),
+        })
+    }
 }

@@ -818,6 +818,10 @@ where
         Ok(())
     }
 
+    fn state_size(&mut self) -> Option<tideline_engine::StateSize> {
+        Some(self.state.size().into())
+    }
+
     fn on_watermark(&mut self, watermark: EventTime, out: &mut Output<O>) -> Result<()> {
         // A restored task replays its watermark; it never goes backwards.
         let watermark = watermark.max(self.watermark);

@@ -107,6 +107,25 @@ impl<T: Data> SourceReader<Change<T>> for CdcReader<T> {
     fn offset(&self) -> Option<SourceOffset> {
         Some(self.position.to_offset())
     }
+
+    /// While the snapshot is read: rows copied and rows left by the
+    /// planner's estimate; then the log position read and the replication
+    /// slot's lag in WAL bytes.
+    fn progress(&self) -> Option<tideline_engine::PartitionProgress> {
+        let metrics = super::CdcMetrics(Arc::clone(&self.shared.metrics));
+        Some(if metrics.snapshot_done() {
+            tideline_engine::PartitionProgress {
+                position: metrics.position(),
+                remaining: Some(metrics.slot_lag_bytes()),
+            }
+        } else {
+            let (rows, estimate) = metrics.snapshot_progress();
+            tideline_engine::PartitionProgress {
+                position: rows,
+                remaining: Some(estimate.saturating_sub(rows)),
+            }
+        })
+    }
 }
 
 impl<T> Drop for CdcReader<T> {

@@ -187,6 +187,10 @@ impl<T: Data + Serialize> SourceReader<T> for ArchivingReader<T> {
     fn offset(&self) -> Option<SourceOffset> {
         self.inner.offset()
     }
+
+    fn progress(&self) -> Option<tideline_engine::PartitionProgress> {
+        self.inner.progress()
+    }
 }
 
 impl<T> Drop for ArchivingReader<T> {

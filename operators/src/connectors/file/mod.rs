@@ -245,6 +245,12 @@ pub(crate) trait FileRows<T>: Send {
     /// Input rows consumed so far (records, dead letters and blank lines alike).
     fn position(&self) -> u64;
 
+    /// The rows the file holds (that it will read), if known without
+    /// reading it (Parquet metadata).
+    fn total_rows(&self) -> Option<u64> {
+        None
+    }
+
     /// Consumes exactly `rows` more input rows (fewer at the end of the file)
     /// without emitting them: resuming from an offset.
     fn skip(&mut self, rows: u64) -> Result<()>;
@@ -688,6 +694,7 @@ impl<T: Data + Serialize + DeserializeOwned + Sync> FileSource<T> {
             #[cfg(feature = "sql")]
             predicate,
             done: 0,
+            rows_done: 0,
             range: match (&self.range, &self.event_time) {
                 (Some((_, start, end)), Some(time)) => Some((*start, *end, Arc::clone(time))),
                 _ => None,

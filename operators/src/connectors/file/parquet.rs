@@ -43,6 +43,8 @@ pub(crate) struct ParquetRows<T> {
     pending: VecDeque<std::result::Result<T, (String, String, String)>>,
     /// Rows read but not converted yet (the rest of a batch after a skip).
     unread: Option<RecordBatch>,
+    /// Rows of the row groups read (after pruning).
+    total_rows: u64,
 }
 
 /// The broad kind of a column type, for the before-start compatibility check.
@@ -170,6 +172,10 @@ impl<T: Data + DeserializeOwned> ParquetRows<T> {
             ProjectionMask::columns(builder.parquet_schema(), needed.iter().map(String::as_str))
         };
         let (row_groups, _) = prunable(&builder, prune);
+        let total_rows = row_groups
+            .iter()
+            .map(|&g| u64::try_from(builder.metadata().row_group(g).num_rows()).unwrap_or(0))
+            .sum();
         let reader = builder
             .with_row_groups(row_groups)
             .with_projection(mask)
@@ -189,6 +195,7 @@ impl<T: Data + DeserializeOwned> ParquetRows<T> {
             row: 0,
             pending: VecDeque::new(),
             unread: None,
+            total_rows,
         })
     }
 
@@ -298,6 +305,10 @@ impl<T: Data + DeserializeOwned> FileRows<T> for ParquetRows<T> {
 
     fn position(&self) -> u64 {
         self.row - self.pending.len() as u64
+    }
+
+    fn total_rows(&self) -> Option<u64> {
+        Some(self.total_rows)
     }
 
     fn skip(&mut self, rows: u64) -> Result<()> {

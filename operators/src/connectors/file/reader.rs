@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tideline_engine::time::Clock;
 use tideline_engine::{
-    Data, Error, Record, Rejected, Result, SourceOffset, SourceOutput, SourceReader, SourceStatus,
+    Data, Error, PartitionProgress, Record, Rejected, Result, SourceOffset, SourceOutput,
+    SourceReader, SourceStatus,
 };
 
 #[cfg(feature = "sql")]
@@ -28,6 +29,8 @@ pub(crate) struct Files<T> {
     pub(crate) predicate: Option<Arc<Predicate>>,
     /// Files finished so far.
     pub(crate) done: u64,
+    /// Rows those files held.
+    pub(crate) rows_done: u64,
 }
 
 impl<T: Data + Serialize> Files<T> {
@@ -63,6 +66,7 @@ impl<T: Data + Serialize> Files<T> {
                 return Ok(SourceStatus::Finished);
             };
             if !file.read(out)? {
+                self.rows_done += file.position();
                 self.files.pop_front();
                 self.done += 1;
             }
@@ -76,6 +80,22 @@ impl<T: Data + Serialize> Files<T> {
 }
 
 impl<T> Files<T> {
+    /// Rows consumed over all files, and rows left when every file knows
+    /// its row count.
+    fn progress(&self) -> PartitionProgress {
+        let current = self.files.front().map_or(0, |f| f.position());
+        let left = self
+            .files
+            .iter()
+            .map(|f| f.total_rows())
+            .sum::<Option<u64>>()
+            .map(|total| total.saturating_sub(current));
+        PartitionProgress {
+            position: self.rows_done + current,
+            remaining: left,
+        }
+    }
+
     /// `(files finished, rows consumed in the current file)`.
     fn position(&self) -> (u64, u64) {
         (self.done, self.files.front().map_or(0, |f| f.position()))
@@ -343,6 +363,10 @@ impl<T: Data + Serialize + DeserializeOwned> SourceReader<T> for FileReader<T> {
         self.emit_sorted(&key, out, room)
     }
 
+    fn progress(&self) -> Option<PartitionProgress> {
+        Some(self.files.progress())
+    }
+
     fn offset(&self) -> Option<SourceOffset> {
         Some(match self.sort {
             None => {
@@ -441,6 +465,10 @@ impl<R: SourceReader<T>, T: Data> SourceReader<T> for Paced<R, T> {
         } else {
             SourceStatus::Ready
         })
+    }
+
+    fn progress(&self) -> Option<PartitionProgress> {
+        self.inner.progress()
     }
 
     fn offset(&self) -> Option<SourceOffset> {

@@ -1,0 +1,225 @@
+//! The job's metrics registry on a scripted job: exact counts per operator
+//! and subtask, watermark lag under a manual clock, late records and dead
+//! letters by reason, source positions, state sizes, checkpoints, status,
+//! and totals that survive a restart.
+
+use std::time::Duration;
+
+use tideline::metrics::{EdgeKind, GraphEdge, JobStatus, OperatorKind, PartitionStatus};
+use tideline::prelude::*;
+use tideline::testing::TestJob;
+use tideline::window::Span;
+
+/// `(key, event time)`, or text that does not parse.
+fn parse(line: &str) -> std::result::Result<(u32, i64), String> {
+    let (key, ts) = line.split_once(',').ok_or("expected 'key,ts'")?;
+    Ok((
+        key.parse().map_err(|_| format!("bad key '{key}'"))?,
+        ts.parse().map_err(|_| format!("bad time '{ts}'"))?,
+    ))
+}
+
+/// Sends `line` at the event time it names (a bad line at 0).
+fn send(input: &tideline::connectors::SourceHandle<String>, line: &str) -> Result<()> {
+    let ts = parse(line).map_or(0, |(_, ts)| ts);
+    input.send_at(ts, line.to_string())
+}
+
+#[test]
+fn a_scripted_job_reports_exact_metrics() -> Result<()> {
+    let t = TestJob::from_job(Job::new().parallelism(2));
+    let metrics = t.job().metrics();
+    assert_eq!(metrics.snapshot().job.status, JobStatus::Created);
+    assert!(metrics.graph().operators.is_empty(), "not built yet");
+
+    let (input, lines) = t.push_source::<String>(WatermarkStrategy::none());
+    let late_tag = OutputTag::<(u32, i64)>::new("late");
+    let windowed = lines
+        .try_map(|line: &String| parse(line))
+        .named("parse")
+        .key_by(|e: &(u32, i64)| e.0)
+        .window(Tumbling::of(Span::millis(1_000)))
+        .side_output_late_data(&late_tag);
+    let counts = windowed.aggregate(Count).named("count");
+    let results = t.collect(&counts);
+    let late = t.collect(&counts.side_output(&late_tag));
+    let clock = t.clock();
+    let mut run = t.start()?;
+
+    let graph = metrics.graph();
+    let names: Vec<&str> = graph.operators.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["push_source", "parse", "count", "collect", "collect#2"]
+    );
+    let kinds: Vec<OperatorKind> = graph.operators.iter().map(|o| o.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            OperatorKind::Source,
+            OperatorKind::Operator,
+            OperatorKind::Operator,
+            OperatorKind::Sink,
+            OperatorKind::Sink
+        ]
+    );
+    let edge = |from, to, kind| GraphEdge { from, to, kind };
+    assert_eq!(
+        graph.edges,
+        [
+            edge(0, 1, EdgeKind::Chained),
+            edge(1, 2, EdgeKind::Keyed),
+            edge(2, 3, EdgeKind::Chained),
+            edge(2, 4, EdgeKind::Chained),
+        ]
+    );
+    // One partition: the source runs as one subtask, the rest as two.
+    let parallelism: Vec<usize> = graph.operators.iter().map(|o| o.parallelism).collect();
+    assert_eq!(parallelism, [1, 1, 2, 2, 2]);
+    assert_eq!(graph.operators[1].task, "push_source");
+    assert_eq!(graph.operators[2].task, "key_by");
+    assert_eq!(metrics.snapshot().job.status, JobStatus::Running);
+
+    // Ten lines, one of them bad; keys 1..=3 in window [0, 1000).
+    for line in [
+        "1,100", "2,200", "3,300", "1,400", "oops", "2,500", "3,600", "1,700", "2,800", "3,900",
+    ] {
+        send(&input, line)?;
+    }
+    input.watermark(999)?;
+    clock.set(10_000);
+    run.step()?;
+
+    let s = metrics.snapshot();
+    assert_eq!(s.time_ms, 10_000);
+    let source = s.operator("push_source").map(|o| o.total());
+    assert_eq!(source.map(|t| (t.records_in, t.records_out)), Some((0, 10)));
+    let parse_op = s.operator("parse").map(|o| o.total());
+    assert_eq!(
+        parse_op.map(|t| (t.records_in, t.records_out)),
+        Some((10, 9))
+    );
+    assert_eq!(s.dead_letters, 1);
+    assert_eq!(s.dead_letters_by_reason.len(), 1);
+    assert_eq!(s.dead_letters_by_reason[0].operator, "parse");
+    assert_eq!(s.dead_letters_by_reason[0].reason, "expected 'key,ts'");
+    assert_eq!(s.dead_letters_by_reason[0].count, 1);
+    assert_eq!(s.recent_dead_letters.len(), 1);
+    assert_eq!(s.recent_dead_letters[0].record, "\"oops\"");
+    assert_eq!(s.recent_dead_letters[0].at_ms, 10_000);
+
+    // The window fired (watermark 999 = end - 1): three keys, nine records.
+    let Some(count) = s.operator("count").cloned() else {
+        panic!("no count operator in {s:?}");
+    };
+    assert_eq!(count.subtasks.len(), 2);
+    let total = count.total();
+    assert_eq!((total.records_in, total.records_out), (9, 3));
+    // Per subtask: the keys split over the two subtasks, all arrive.
+    let per_subtask: u64 = count.subtasks.iter().map(|s| s.records_in).sum();
+    assert_eq!(per_subtask, 9);
+    for subtask in &count.subtasks {
+        assert_eq!(subtask.watermark_ms, Some(999));
+        assert_eq!(subtask.watermark_lag_ms, Some(10_000 - 999));
+        assert_eq!(subtask.queue_fill, None, "local channels are unbounded");
+    }
+    assert_eq!(results.values().iter().map(|r| r.value).sum::<u64>(), 9);
+
+    // Where the partition stands: ten records read, nothing queued.
+    assert_eq!(s.sources.len(), 1);
+    let partition = &s.sources[0];
+    assert_eq!(
+        (partition.source.as_str(), partition.partition),
+        ("push_source", 0)
+    );
+    assert_eq!((partition.position, partition.lag), (Some(10), Some(0)));
+    assert_eq!(partition.status, PartitionStatus::Active);
+
+    // A record for the fired window is late; two records open a window.
+    send(&input, "1,50")?;
+    send(&input, "2,1500")?;
+    send(&input, "3,1600")?;
+    run.step()?;
+    // State sizes are sampled every 250 ms of the job's clock.
+    clock.advance(Duration::from_millis(250));
+    run.step()?;
+    let s = metrics.snapshot();
+    assert_eq!(s.late_records, 1);
+    assert_eq!(late.values(), vec![(1, 50)]);
+    let Some(count) = s.operator("count").cloned() else {
+        panic!("no count operator in {s:?}");
+    };
+    assert_eq!(count.total().late_records, 1);
+    let entries: u64 = count.subtasks.iter().filter_map(|s| s.state_entries).sum();
+    assert_eq!(entries, 2, "two open windows, one accumulator each");
+    assert!(count.subtasks.iter().all(|s| s.state_bytes.is_none()));
+
+    let summary = run.finish()?;
+    let s = metrics.snapshot();
+    assert_eq!(s.job.status, JobStatus::Finished);
+    assert_eq!(s.sources[0].status, PartitionStatus::Finished);
+    assert_eq!(s.operator("count").map(|o| o.total().records_out), Some(5));
+    assert_eq!(summary.operator("count").map(|o| o.records_out), Some(5));
+    // Conservation: windows + late + dead letters == input.
+    assert_eq!(
+        results.values().iter().map(|r| r.value).sum::<u64>() + s.late_records + s.dead_letters,
+        13
+    );
+    Ok(())
+}
+
+#[test]
+fn counts_and_checkpoints_carry_over_restarts() -> Result<()> {
+    let dir = tempfile::tempdir().map_err(|e| Error::Internal(e.to_string()))?;
+    let job = Job::new()
+        .mode(ExecutionMode::Bounded)
+        .checkpointing(Duration::from_millis(1), dir.path())
+        .restart_strategy(tideline::RestartStrategy::FixedDelay {
+            attempts: 2,
+            delay: Duration::ZERO,
+        });
+    let metrics = job.metrics();
+    let failed_once = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&failed_once);
+    let sink = CollectSink::new();
+    job.source(
+        GeneratorSource::new(|i: u64, _: &mut SmallRng| i).with_count(20_000),
+        WatermarkStrategy::none(),
+    )
+    .map(move |x| {
+        if x == 15_000 && !flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            panic!("boom at {x}");
+        }
+        x
+    })
+    .named("fragile")
+    .sink(sink.clone());
+    let summary = job.run()?;
+    assert_eq!(summary.restarts.len(), 1);
+    let s = metrics.snapshot();
+    assert_eq!(s.job.status, JobStatus::Finished);
+    assert_eq!(s.job.restarts, 1);
+    assert!(
+        s.job
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("boom at 15000")),
+        "{:?}",
+        s.job.last_error
+    );
+    // The second run counted only what it replayed; the totals hold both.
+    let fragile = s.operator("fragile").map(|o| o.total().records_in);
+    let last_run = summary.operator("fragile").map(|o| o.records_in);
+    assert!(fragile > last_run, "{fragile:?} > {last_run:?}");
+    assert!(s.checkpoints.completed >= summary.checkpoints.len() as u64);
+    let Some(last) = s.checkpoints.last() else {
+        panic!("no checkpoint completed: {:?}", s.checkpoints);
+    };
+    assert!(last.is_final);
+    assert!(last.age_ms >= 0);
+    assert!(
+        sink.values().len() >= 20_000,
+        "every record reached the sink"
+    );
+    Ok(())
+}
