@@ -34,6 +34,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[path = "common/mod.rs"]
+mod common;
+
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tideline::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -123,6 +126,9 @@ pub struct Args {
     /// The transactional id prefix of the sinks (unique per job).
     #[arg(long, default_value = "kafka-windows")]
     pub transactional_id: String,
+    /// Serve the job's web UI on this address (e.g. 127.0.0.1:8081; `web` feature).
+    #[arg(long)]
+    pub web: Option<String>,
 }
 
 fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
@@ -226,6 +232,7 @@ pub fn run(args: &Args) -> Result<JobSummary> {
             Some(path) => RestoreFrom::Path(path.clone()),
             None => RestoreFrom::Latest,
         });
+    let job = common::web_ui(job, args.web.as_deref())?;
     let mut source = KafkaSource::builder(&args.brokers)
         .topic(&args.clicks)
         .group_id(format!("{}-clicks", args.transactional_id));
@@ -310,5 +317,6 @@ pub fn run(args: &Args) -> Result<JobSummary> {
 
 /// Runs the example with the command line's arguments.
 pub fn main() -> Result<()> {
+    tideline::logging::init();
     run(&Args::parse()).map(|_| ())
 }

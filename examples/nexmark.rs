@@ -15,9 +15,13 @@
 //! when the source emitted the input that completed a result to when the
 //! result reached the sink.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "common/mod.rs"]
+mod common;
 
 use clap::Parser;
 use tideline::prelude::*;
@@ -55,6 +59,9 @@ pub(crate) struct Args {
     /// Generate events while the job runs instead of before it.
     #[arg(long)]
     live: bool,
+    /// Serve the job's web UI on this address (e.g. 127.0.0.1:8081; `web` feature).
+    #[arg(long)]
+    web: Option<String>,
 }
 
 /// `250ms`, `1s`, `2m`, `1h`, or plain milliseconds (see `Span`'s `FromStr`).
@@ -91,6 +98,7 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn main() -> Result<()> {
+    tideline::logging::init();
     let last = run(&Args::parse())?;
     println!("{last}");
     Ok(())
@@ -152,9 +160,15 @@ pub(crate) fn run(args: &Args) -> Result<String> {
         }
         None => BenchSink::new(),
     };
+    let job = common::web_ui(job, args.web.as_deref())?;
     let events = job.source(source, WatermarkStrategy::monotonous());
     args.query.build(&events, sink.clone());
+    // A bar on a terminal only: the output is parsed by benches/nexmark.sh.
+    let progress = std::io::stderr()
+        .is_terminal()
+        .then(|| tideline::progress::Progress::start(job.metrics()));
     let summary = job.run()?;
+    drop(progress);
     drop(pregenerated);
     if args.work_dir.is_none() {
         let _ = std::fs::remove_dir_all(&scratch);

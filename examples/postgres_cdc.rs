@@ -31,6 +31,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+#[path = "common/mod.rs"]
+mod common;
+
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tideline::connectors::file::ExactlyOnceParquetSink;
@@ -134,6 +137,9 @@ pub struct Args {
     /// runs, and end when that is read.
     #[arg(long)]
     pub demo: Option<u64>,
+    /// Serve the job's web UI on this address (e.g. 127.0.0.1:8081; `web` feature).
+    #[arg(long)]
+    pub web: Option<String>,
 }
 
 fn now_millis() -> i64 {
@@ -214,6 +220,7 @@ pub fn run(args: &Args) -> Result<JobSummary> {
     let job = Job::new()
         .checkpointing(Duration::from_secs(1), &args.checkpoint_dir)
         .restore(RestoreFrom::Latest);
+    let job = common::web_ui(job, args.web.as_deref())?;
     let mut source = PostgresCdcSource::builder(&args.connection, &args.slot).table(&args.table);
     if args.demo.is_some() {
         source = source.bounded();
@@ -294,5 +301,6 @@ pub fn run(args: &Args) -> Result<JobSummary> {
 
 /// Runs the example with the command line's arguments.
 pub fn main() -> Result<()> {
+    tideline::logging::init();
     run(&Args::parse()).map(|_| ())
 }

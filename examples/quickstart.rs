@@ -7,13 +7,17 @@
 //!
 //! Run: `cargo run --release --example quickstart`. Ctrl-C during the live
 //! run stops it with a savepoint (no window fires early; the path is
-//! printed); a second Ctrl-C aborts.
+//! printed); a second Ctrl-C aborts. With `-- --web 127.0.0.1:8081` (and
+//! `--features web`) the live run serves its web UI there.
 
 // `main` is public so the integration tests can run this example too.
 #![allow(unreachable_pub)]
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+#[path = "common/mod.rs"]
+mod common;
 
 use serde::{Deserialize, Serialize};
 use tideline::connectors::file::{ArchivingSource, FileSource};
@@ -99,6 +103,12 @@ fn run(job: Job, raw: Stream<RawClick>) -> Result<std::result::Result<Outcome, P
 
 /// Runs live, replays the archive, and checks they agree.
 pub fn main() -> Result<()> {
+    tideline::logging::init();
+    let args: Vec<String> = std::env::args().collect();
+    let web = args
+        .iter()
+        .position(|a| a == "--web")
+        .and_then(|i| args.get(i + 1));
     let work = tempfile::tempdir().map_err(Error::user)?;
     let archive = work.path().join("archive");
 
@@ -107,6 +117,7 @@ pub fn main() -> Result<()> {
     let live_job = Job::new()
         .parallelism(2)
         .checkpointing(Duration::from_millis(500), work.path().join("checkpoints"));
+    let live_job = common::web_ui(live_job, web.map(String::as_str))?;
     let source = GeneratorSource::new(click)
         .with_count(EVENTS)
         .with_partitions(PARTITIONS)

@@ -18,6 +18,7 @@
 //!   [--checkpoint-interval 200ms]    # default 1s
 //!   [--savepoint-dir DIR]            # where SIGINT/SIGTERM stops with a savepoint (default: CHECKPOINT_DIR-savepoint)
 //!   [--resume-from DIR/chk-N]        # resume from that savepoint
+//!   [--web 127.0.0.1:8081]           # serve the job's web UI there (`web` feature)
 //! ```
 //!
 //! SIGINT or SIGTERM (Ctrl-C) stops the job with a savepoint (with
@@ -29,8 +30,10 @@
 //! The last line on stdout is a summary: `records=N late=N dead_letter=N
 //! windows=N seconds=S records_per_s=R checkpoints=N restored_from=ID|none`
 //! (`records` counts what this run read, after any resume). Malformed rows
-//! go to dead letters (counted) and the run goes on. A progress line shows
-//! on stderr when it is a terminal.
+//! go to dead letters (counted) and the run goes on. Progress shows on
+//! stderr: a bar on a terminal (with a percentage and an ETA for Parquet
+//! input, whose row counts are known), a line every 10 s otherwise; logs
+//! (`RUST_LOG`, default `info`) go to stderr too.
 //!
 //! Results and late records go through exactly-once file sinks into
 //! `OUTPUT.parts/` and `LATE_OUTPUT.parts/`; when the job ends, the
@@ -43,10 +46,10 @@
 // `main` and `pipeline` are public so the integration tests use them too.
 #![allow(unreachable_pub)]
 
-use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
+
+#[path = "common/mod.rs"]
+mod common;
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -55,6 +58,7 @@ use tideline::connectors::file::{
 };
 use tideline::engine::checkpoint::CheckpointStorage;
 use tideline::prelude::*;
+use tideline::progress::Progress;
 use tideline::window::{Span, WindowKind};
 #[cfg(feature = "rocksdb")]
 use tideline::RocksDbOptions;
@@ -186,6 +190,9 @@ struct Args {
     /// Resume from this savepoint (a `chk-N` directory).
     #[arg(long)]
     resume_from: Option<String>,
+    /// Serve the job's web UI on this address (e.g. 127.0.0.1:8081; `web` feature).
+    #[arg(long)]
+    web: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -313,48 +320,6 @@ impl WindowSpec {
     }
 }
 
-/// Reports progress on stderr about five times a second, until dropped.
-struct Progress {
-    done: Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Progress {
-    fn start(records: Arc<AtomicU64>, event_time: Arc<AtomicI64>, total: Option<u64>) -> Self {
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stop = Arc::clone(&done);
-        let thread = std::io::stderr().is_terminal().then(|| {
-            std::thread::spawn(move || {
-                let started = std::time::Instant::now();
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(200));
-                    let n = records.load(Ordering::Relaxed);
-                    let secs = started.elapsed().as_secs_f64().max(1e-3);
-                    let rate = n as f64 / secs;
-                    let at = EventTime::from_millis(event_time.load(Ordering::Relaxed));
-                    let position = at.to_datetime().map_or("-".to_string(), |t| t.to_rfc3339());
-                    let eta = total.filter(|_| rate > 0.0).map_or(String::new(), |t| {
-                        format!(" eta {:.0}s", t.saturating_sub(n) as f64 / rate)
-                    });
-                    eprint!("\r{n} records  event time {position}  {rate:.0}/s{eta}   ");
-                    let _ = std::io::stderr().flush();
-                }
-                eprintln!();
-            })
-        });
-        Self { done, thread }
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        self.done.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Runs the job described by `args` (a command line without the program
 /// name), handling signals as `on_signals` says.
 ///
@@ -378,7 +343,6 @@ pub fn run_with(args: &[&str], on_signals: OnSignals) -> Result<String> {
     if let Some(sql) = &args.filter {
         source = with_filter(source, sql)?;
     }
-    let total = source.total_rows_hint();
     let mut job = Job::new()
         .parallelism(args.parallelism)
         .mode(ExecutionMode::Bounded);
@@ -428,22 +392,15 @@ pub fn run_with(args: &[&str], on_signals: OnSignals) -> Result<String> {
             }
         }
     }
-    let records = Arc::new(AtomicU64::new(0));
-    let position = Arc::new(AtomicI64::new(i64::MIN));
-    let (count, at) = (Arc::clone(&records), Arc::clone(&position));
-    let events = job
-        .source(
-            source,
-            WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(
-                args.out_of_orderness.max(0) as u64,
-            ))
-            .with_timestamps(|e: &Event| e.ts),
-        )
-        .inspect(move |e: &Event| {
-            count.fetch_add(1, Ordering::Relaxed);
-            at.fetch_max(e.ts, Ordering::Relaxed);
-        })
-        .named("progress");
+    let job = common::web_ui(job, args.web.as_deref())?;
+    let metrics = job.metrics();
+    let events = job.source(
+        source,
+        WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(
+            args.out_of_orderness.max(0) as u64,
+        ))
+        .with_timestamps(|e: &Event| e.ts),
+    );
     let (rows, late) = pipeline(
         &events,
         args.window.kind(),
@@ -458,8 +415,10 @@ pub fn run_with(args: &[&str], on_signals: OnSignals) -> Result<String> {
     .named("late_rows")
     .sink(ExactlyOnceCsvSink::new(&late_parts)?);
 
+    // As the process's own job: a progress bar (or lines) on stderr.
+    let show_progress = on_signals == OnSignals::StopWithSavepoint;
     let summary = {
-        let _progress = Progress::start(Arc::clone(&records), Arc::clone(&position), total);
+        let _progress = show_progress.then(|| Progress::start(job.metrics()));
         let _signals = match on_signals {
             OnSignals::StopWithSavepoint => Some(tideline::signals::stop_on_signals(
                 job.stop_handle(),
@@ -477,7 +436,7 @@ pub fn run_with(args: &[&str], on_signals: OnSignals) -> Result<String> {
         // resumes from here and reaches the end.
         return Ok(format!(
             "records={} savepoint={}",
-            records.load(Ordering::Relaxed),
+            metrics.snapshot().records_read(),
             savepoint.display()
         ));
     }
@@ -502,7 +461,7 @@ pub fn run_with(args: &[&str], on_signals: OnSignals) -> Result<String> {
     late_rows.sort_by_key(|e| (e.ts, e.key, e.value));
     write_csv_atomically(&args.late_output, &["key", "ts", "value"], &late_rows)?;
 
-    let n = records.load(Ordering::Relaxed);
+    let n = metrics.snapshot().records_read();
     let secs = summary.elapsed.as_secs_f64();
     Ok(format!(
         "records={n} late={} dead_letter={} windows={} seconds={secs:.3} records_per_s={:.0} \
@@ -538,6 +497,7 @@ pub fn run(args: &[&str]) -> Result<String> {
 
 /// The example's entry point.
 pub fn main() -> Result<()> {
+    tideline::logging::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match run_with(&args, OnSignals::StopWithSavepoint) {

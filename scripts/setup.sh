@@ -8,7 +8,8 @@
 # runtime and Maven for the Kafka broker the `kafka` feature's tests run
 # against (scripts/kafka.sh fetches the broker's jars with Maven); Debian's
 # PostgreSQL server and clients for the cluster the `postgres` feature's tests
-# and benchmarks run against (scripts/postgres.sh).
+# and benchmarks run against (scripts/postgres.sh); Debian's Chromium, which
+# the `web` feature's browser test drives headless over the DevTools protocol.
 # Later features add their packages here, in one place.
 set -euo pipefail
 
@@ -52,4 +53,11 @@ fi
 if ! command -v openssl >/dev/null 2>&1; then
   echo "setup: installing openssl (for the PostgreSQL test cluster's TLS certificates)"
   apt_install openssl
+fi
+
+# Chromium, for the web UI's browser test (web/tests/browser.rs opens the
+# live page of a running job in it, headless).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing chromium (for the web feature's browser test)"
+  apt_install chromium
 fi

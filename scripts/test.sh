@@ -11,7 +11,8 @@
 #    into $HOME/.cache/tideline), exported as TIDELINE_KAFKA_BROKERS; a
 #    private PostgreSQL cluster on 127.0.0.1:${TIDELINE_POSTGRES_PORT:-15432}
 #    with logical replication on (scripts/postgres.sh), its connection string
-#    exported as TIDELINE_POSTGRES_URL;
+#    exported as TIDELINE_POSTGRES_URL; Chromium needs no service: the
+#    browser test starts it headless itself (scripts/setup.sh installs it);
 # 3. runs `cargo test --workspace --all-features`.
 #
 # The build cache is $CARGO_TARGET_DIR, by default under $HOME/.cache, so
@@ -27,8 +28,6 @@ scripts/setup.sh
 # Each service the tests need starts here and exports where it listens
 # (e.g. TIDELINE_KAFKA_BROKERS); stop_services stops every one that was
 # started, whatever way this script exits.
-#
-# Planned: Chromium for the web UI (`web`).
 started_services=()
 
 stop_services() {

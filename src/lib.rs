@@ -86,6 +86,8 @@ pub use tideline_state as state;
 #[cfg(feature = "web")]
 pub use tideline_web as web;
 
+pub mod logging;
+pub mod progress;
 #[cfg(unix)]
 pub mod signals;
 

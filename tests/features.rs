@@ -46,12 +46,15 @@ fn default_features_pull_in_no_native_or_sql_crates() {
         let crates = tree(edges, &[]);
         assert!(crates.iter().any(|c| c == "tideline-state"), "{crates:?}");
         assert_eq!(heavy_in(&crates), Vec::<&str>::new(), "-e {edges}");
+        // The web UI's HTTP stack comes with the `web` feature only.
+        assert!(!crates.iter().any(|c| c == "axum"), "-e {edges}: axum");
     }
 }
 
 #[test]
 fn full_features_do_pull_them_in() {
     let crates = tree("normal", &["--features", "full"]);
+    assert!(crates.iter().any(|c| c == "axum"), "--features full: axum");
     assert_eq!(
         heavy_in(&crates),
         ["librocksdb-sys", "rocksdb", "datafusion"],

@@ -1,5 +1,8 @@
 //! Integration tests of whole jobs, one binary built from module directories.
 
+// The examples included below each bring their copy of examples/common.
+#![allow(clippy::duplicate_mod)]
+
 mod engine;
 mod windows;
 

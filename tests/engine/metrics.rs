@@ -134,6 +134,13 @@ fn a_scripted_job_reports_exact_metrics() -> Result<()> {
     );
     assert_eq!((partition.position, partition.lag), (Some(10), Some(0)));
     assert_eq!(partition.status, PartitionStatus::Active);
+    assert_eq!(partition.watermark_ms, Some(999));
+    // What a progress bar shows of it.
+    let line = tideline::progress::ProgressLine::of(&s);
+    assert_eq!(line.records, 10);
+    assert_eq!(line.done_of, Some((10, 10)));
+    assert_eq!(line.event_time, Some(EventTime::from_millis(999)));
+    assert_eq!(line.message(), "10 records, event time 1970-01-01 00:00:00");
 
     // A record for the fired window is late; two records open a window.
     send(&input, "1,50")?;

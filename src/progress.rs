@@ -1,0 +1,222 @@
+//! Progress of a running job on the terminal, read from its metrics
+//! ([`Job::metrics`](crate::Job::metrics)): records read, the event-time
+//! position (the smallest watermark over the source partitions), the rate
+//! and, when every partition knows how much is left (files, bounded
+//! generators), a bar with a percentage and an ETA.
+//!
+//! On a terminal it is an `indicatif` bar on stderr, redrawn a few times a
+//! second; otherwise (a log file, CI) a plain line every
+//! [`ProgressOptions::line_interval`] (default 10 s). It reads a metrics
+//! snapshot per redraw and never touches the job's threads.
+//!
+//! ```
+//! use tideline::progress::Progress;
+//! let job = tideline::Job::new();
+//! let progress = Progress::start(job.metrics());
+//! // job.run()?;
+//! drop(progress); // the last line stays
+//! ```
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tideline_engine::metrics::{JobMetrics, MetricsSnapshot, PartitionStatus};
+use tideline_engine::EventTime;
+
+/// How progress is shown.
+#[derive(Clone, Copy, Debug)]
+pub struct ProgressOptions {
+    terminal: Option<bool>,
+    line_interval: Duration,
+}
+
+impl Default for ProgressOptions {
+    fn default() -> Self {
+        Self {
+            terminal: None,
+            line_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ProgressOptions {
+    /// A bar (`true`) or plain lines (`false`); by default a bar when
+    /// stderr is a terminal.
+    pub fn terminal(mut self, terminal: bool) -> Self {
+        self.terminal = Some(terminal);
+        self
+    }
+
+    /// Time between plain lines (default 10 s).
+    pub fn line_interval(mut self, interval: Duration) -> Self {
+        self.line_interval = interval;
+        self
+    }
+
+    /// Shows the progress of the job whose metrics are `metrics` until the
+    /// returned guard is dropped.
+    pub fn start(self, metrics: Arc<JobMetrics>) -> Progress {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let terminal = self
+            .terminal
+            .unwrap_or_else(|| std::io::stderr().is_terminal());
+        let interval = self.line_interval;
+        let thread = std::thread::Builder::new()
+            .name("tideline:progress".into())
+            .spawn(move || {
+                if terminal {
+                    draw_bar(&metrics, &stopped);
+                } else {
+                    print_lines(&metrics, &stopped, interval);
+                }
+            })
+            .ok();
+        Progress { stop, thread }
+    }
+}
+
+/// Shows progress until dropped (see the module docs).
+#[derive(Debug)]
+pub struct Progress {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Progress {
+    /// Progress with the default options: a bar on a terminal, plain lines
+    /// every 10 s otherwise.
+    pub fn start(metrics: Arc<JobMetrics>) -> Self {
+        ProgressOptions::default().start(metrics)
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What one redraw shows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProgressLine {
+    /// Records the sources emitted.
+    pub records: u64,
+    /// Input consumed and input in all (the sources' units), when every
+    /// partition knows how much it has left.
+    pub done_of: Option<(u64, u64)>,
+    /// The smallest watermark of the partitions not finished.
+    pub event_time: Option<EventTime>,
+}
+
+impl ProgressLine {
+    /// From a metrics snapshot.
+    pub fn of(snapshot: &MetricsSnapshot) -> Self {
+        let parts = &snapshot.sources;
+        let done_of = (!parts.is_empty())
+            .then(|| {
+                parts.iter().try_fold((0u64, 0u64), |(done, all), p| {
+                    let position = p.position?;
+                    Some((done + position, all + position + p.lag?))
+                })
+            })
+            .flatten();
+        let event_time = parts
+            .iter()
+            .filter(|p| p.status != PartitionStatus::Finished)
+            .filter_map(|p| p.watermark_ms)
+            .min()
+            .map(EventTime::from_millis);
+        Self {
+            records: snapshot.records_read(),
+            done_of,
+            event_time,
+        }
+    }
+
+    /// `N records, event time T`.
+    pub fn message(&self) -> String {
+        let at = self
+            .event_time
+            .and_then(EventTime::to_datetime)
+            .map_or_else(
+                || "-".to_string(),
+                |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+            );
+        format!("{} records, event time {at}", self.records)
+    }
+}
+
+fn draw_bar(metrics: &JobMetrics, stop: &AtomicBool) {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(5));
+    let with_total = ProgressStyle::with_template(
+        "{spinner} {elapsed_precise} [{bar:32}] {percent:>3}% {msg}  {per_sec} eta {eta}",
+    )
+    .map(|s| s.progress_chars("=> "));
+    let without_total =
+        ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}  {per_sec}");
+    let mut shown_total = None;
+    loop {
+        let done = stop.load(Ordering::Relaxed);
+        let line = ProgressLine::of(&metrics.snapshot());
+        match line.done_of {
+            Some((position, total)) => {
+                if shown_total != Some(total) {
+                    shown_total = Some(total);
+                    bar.set_length(total);
+                    if let Ok(style) = &with_total {
+                        bar.set_style(style.clone());
+                    }
+                }
+                bar.set_position(position);
+            }
+            None => {
+                if let Ok(style) = &without_total {
+                    if shown_total.take().is_some() || bar.length().is_some() {
+                        bar.set_style(style.clone());
+                    }
+                }
+                bar.set_position(line.records);
+            }
+        }
+        bar.set_message(line.message());
+        if done {
+            bar.abandon();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn print_lines(metrics: &JobMetrics, stop: &AtomicBool, interval: Duration) {
+    let started = Instant::now();
+    let mut next = started + interval;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if Instant::now() < next {
+            continue;
+        }
+        next += interval;
+        let line = ProgressLine::of(&metrics.snapshot());
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        let rate = line.records as f64 / secs;
+        let share = line.done_of.map_or(String::new(), |(done, all)| {
+            // At the rate the input went so far.
+            let eta = if done > 0 {
+                let left = all.saturating_sub(done) as f64 * secs / done as f64;
+                format!(", eta {left:.0} s")
+            } else {
+                String::new()
+            };
+            format!(" ({:.1}%{eta})", 100.0 * done as f64 / all.max(1) as f64)
+        });
+        eprintln!("progress: {}{share}, {rate:.0} records/s", line.message());
+    }
+}
