@@ -230,3 +230,38 @@ fn counts_and_checkpoints_carry_over_restarts() -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(feature = "rocksdb")]
+#[test]
+fn rocksdb_state_reports_entries_and_bytes_on_disk() -> Result<()> {
+    let dir = tempfile::tempdir().map_err(|e| Error::Internal(e.to_string()))?;
+    let t = TestJob::from_job(Job::new().state_backend(tideline::StateBackend::RocksDb(
+        tideline::RocksDbOptions::new(dir.path()),
+    )));
+    let metrics = t.job().metrics();
+    let (input, events) = t.push_source::<(u32, i64)>(WatermarkStrategy::none());
+    let counts = events
+        .key_by(|e: &(u32, i64)| e.0)
+        .window(Tumbling::of(Span::millis(1_000)))
+        .aggregate(Count)
+        .named("count");
+    let _results = t.collect(&counts);
+    let clock = t.clock();
+    let mut run = t.start()?;
+    for key in 0..50u32 {
+        input.send_at(i64::from(key), (key, i64::from(key)))?;
+    }
+    run.step()?;
+    clock.advance(Duration::from_millis(250));
+    run.step()?;
+    let s = metrics.snapshot();
+    let Some(count) = s.operator("count") else {
+        panic!("no count operator in {s:?}");
+    };
+    let state = &count.subtasks[0];
+    // 50 open windows: cached in front of RocksDB, or in it.
+    assert!(state.state_entries.is_some_and(|n| n >= 50), "{state:?}");
+    assert!(state.state_bytes.is_some_and(|b| b > 0), "{state:?}");
+    run.finish()?;
+    Ok(())
+}

@@ -309,3 +309,62 @@ fn a_restore_continues_exactly_at_the_checkpointed_offsets() -> Result<()> {
     assert_eq!(rows, want);
     Ok(())
 }
+
+/// Where each partition stands, from the job's metrics: `(position, lag)`.
+fn positions(metrics: &tideline::metrics::JobMetrics) -> Vec<(Option<u64>, Option<u64>)> {
+    metrics
+        .snapshot()
+        .sources
+        .iter()
+        .map(|p| (p.position, p.lag))
+        .collect()
+}
+
+#[test]
+fn partition_positions_and_lag_reach_the_metrics() -> Result<()> {
+    let Some(brokers) = brokers() else {
+        return Ok(());
+    };
+    let topic = two_partitions(&brokers, 30);
+    // Bounded: the lag is what is left before the end offsets.
+    let job = Job::new().mode(ExecutionMode::Bounded).parallelism(2);
+    let metrics = job.metrics();
+    job.source(
+        KafkaSource::builder(&brokers)
+            .topic(&topic)
+            .bounded(Bound::EndOffsets)
+            .json::<Click>()?,
+        WatermarkStrategy::none(),
+    )
+    .sink(CollectSink::new());
+    job.run()?;
+    assert_eq!(
+        positions(&metrics),
+        [(Some(30), Some(0)), (Some(30), Some(0))]
+    );
+
+    // Live: the lag is to the high watermark the last fetch reported.
+    let job = Job::new().parallelism(2);
+    let metrics = job.metrics();
+    job.source(
+        KafkaSource::builder(&brokers)
+            .topic(&topic)
+            .json::<Click>()?,
+        WatermarkStrategy::none(),
+    )
+    .sink(CollectSink::new());
+    let handle = job.spawn()?;
+    let caught_up = [(Some(30), Some(0)), (Some(30), Some(0))];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while positions(&metrics) != caught_up {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the metrics never showed both partitions caught up: {:?}",
+            positions(&metrics)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    handle.stop_and_drain();
+    handle.join()?;
+    Ok(())
+}

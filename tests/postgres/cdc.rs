@@ -567,11 +567,21 @@ fn a_bounded_read_ends_at_its_lsn_whatever_committed_after() {
         .unwrap();
     let (bound, metrics) = (source.bound(), source.metrics());
     let job = Job::new();
+    let job_metrics = job.metrics();
     let changes = CollectSink::new();
     job.source(source, WatermarkStrategy::none())
         .sink(changes.clone());
     let running = job.spawn().unwrap();
     wait_for("the snapshot", || metrics.snapshot_done());
+    // The job's metrics show the slot's position and lag, as the source
+    // counts them (LSN, WAL bytes behind the server).
+    wait_for("the partition's position in the job's metrics", || {
+        let partitions = job_metrics.snapshot().sources;
+        partitions.len() == 1
+            && partitions[0].position == Some(metrics.position())
+            && partitions[0].position.is_some_and(|p| p > 0)
+            && partitions[0].lag.is_some()
+    });
     psql(
         &url,
         &format!("INSERT INTO {table} VALUES (1, 'before', 1);"),

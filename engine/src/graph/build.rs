@@ -453,6 +453,12 @@ impl Graph {
         if let Some(restored) = &restored {
             refuse_drained(&restored.checkpoint)?;
             self.check_restored_uids(restored, &op_uids)?;
+            tracing::info!(
+                checkpoint = restored.checkpoint.id(),
+                path = %restored.checkpoint.dir().display(),
+                skipped = skipped_checkpoints.len(),
+                "restoring from a checkpoint"
+            );
         }
         let task_count: usize = layout.iter().map(|l| l.parallelism).sum();
         let coordinator = match &self.config.checkpointing {

@@ -142,6 +142,13 @@ impl<T: Data> SourceTask<T> {
         }
         d.reader_ctx.partitions = total;
         let info = d.reader_ctx.subtask;
+        tracing::info!(
+            source = %self.operator,
+            subtask = info.subtask,
+            from = known,
+            to = total,
+            "source partitions discovered"
+        );
         for index in (known..total).filter(|p| p % info.parallelism == info.subtask) {
             let reader = d
                 .source
