@@ -154,26 +154,26 @@ async fn metrics(State(state): State<Shared>) -> Response {
     }
 }
 
-/// Alive: the process serves, and the job has not failed for good.
-async fn healthz(State(state): State<Shared>) -> Response {
+/// A probe's answer: 200 when `ok` says so of the job's status, else 503;
+/// the body is the status.
+fn probe(state: &AppState, ok: impl Fn(JobStatus) -> bool) -> Response {
     let status = state.job.status();
-    let code = if status == JobStatus::Failed {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
+    let code = if ok(status) {
         StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
     (code, format!("{}\n", status.as_str())).into_response()
 }
 
+/// Alive: the process serves, and the job has not failed for good.
+async fn healthz(State(state): State<Shared>) -> Response {
+    probe(&state, |s| s != JobStatus::Failed)
+}
+
 /// Ready: the job's tasks run.
 async fn readyz(State(state): State<Shared>) -> Response {
-    let status = state.job.status();
-    let code = if status == JobStatus::Running {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, format!("{}\n", status.as_str())).into_response()
+    probe(&state, |s| s == JobStatus::Running)
 }
 
 /// `/api/job`: the status and the graph.

@@ -149,12 +149,12 @@ impl MetricsSnapshot {
     /// The smallest watermark over the job's sinks (how far event time has
     /// got through the whole job), if every sink has one.
     pub fn sink_watermark_ms(&self) -> Option<i64> {
-        self.operators
-            .iter()
-            .filter(|o| o.kind == OperatorKind::Sink)
-            .map(OperatorMetrics::watermark_ms)
-            .try_fold(i64::MAX, |min, w| w.map(|w| min.min(w)))
-            .filter(|w| *w != i64::MAX)
+        min_of_all(
+            self.operators
+                .iter()
+                .filter(|o| o.kind == OperatorKind::Sink)
+                .map(OperatorMetrics::watermark_ms),
+        )
     }
 
     /// Records read by every source so far.
@@ -228,12 +228,18 @@ impl OperatorMetrics {
 
     /// The smallest watermark over its subtasks, if every one has one.
     pub fn watermark_ms(&self) -> Option<i64> {
-        self.subtasks
-            .iter()
-            .map(|s| s.watermark_ms)
-            .try_fold(i64::MAX, |min, w| w.map(|w| min.min(w)))
-            .filter(|_| !self.subtasks.is_empty())
+        min_of_all(self.subtasks.iter().map(|s| s.watermark_ms))
     }
+}
+
+/// The smallest value, if there is at least one and every one is known.
+fn min_of_all(values: impl Iterator<Item = Option<i64>>) -> Option<i64> {
+    let mut min = None;
+    for v in values {
+        let v = v?;
+        min = Some(min.map_or(v, |m: i64| m.min(v)));
+    }
+    min
 }
 
 fn add_option(a: Option<u64>, b: Option<u64>) -> Option<u64> {
