@@ -1,8 +1,11 @@
 //! Progress of a running job on the terminal, read from its metrics
 //! ([`Job::metrics`](crate::Job::metrics)): records read, the event-time
-//! position (the smallest watermark over the source partitions), the rate
-//! and, when every partition knows how much is left (files, bounded
-//! generators), a bar with a percentage and an ETA.
+//! position (the smallest watermark over the source partitions that are
+//! neither idle nor finished), the rate and, when every partition is
+//! bounded and knows how much it has left (Parquet files, bounded
+//! generators, bounded Kafka reads), a bar with a percentage and an ETA.
+//! The bar counts from where each partition stood when it was first
+//! seen, so a resumed replay shows what is left of this run.
 //!
 //! On a terminal it is an `indicatif` bar on stderr, redrawn a few times a
 //! second; otherwise (a log file, CI) a plain line every
@@ -17,6 +20,7 @@
 //! drop(progress); // the last line stays
 //! ```
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -109,38 +113,58 @@ impl Drop for Progress {
 pub struct ProgressLine {
     /// Records the sources emitted.
     pub records: u64,
-    /// Input consumed and input in all (the sources' units), when every
-    /// partition knows how much it has left.
+    /// Input consumed and input in all (the sources' units) since the
+    /// partitions were first seen, when every partition is bounded and
+    /// knows how much it has left.
     pub done_of: Option<(u64, u64)>,
-    /// The smallest watermark of the partitions not finished.
+    /// The smallest watermark of the partitions neither idle nor finished.
     pub event_time: Option<EventTime>,
 }
 
-impl ProgressLine {
-    /// From a metrics snapshot.
-    pub fn of(snapshot: &MetricsSnapshot) -> Self {
+/// Turns snapshots into [`ProgressLine`]s, remembering where each
+/// partition stood when it was first seen.
+#[derive(Clone, Debug, Default)]
+pub struct ProgressTracker {
+    starts: HashMap<(String, usize), u64>,
+}
+
+impl ProgressTracker {
+    /// A tracker that has seen nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What `snapshot` shows.
+    pub fn line(&mut self, snapshot: &MetricsSnapshot) -> ProgressLine {
         let parts = &snapshot.sources;
-        let done_of = (!parts.is_empty())
-            .then(|| {
-                parts.iter().try_fold((0u64, 0u64), |(done, all), p| {
-                    let position = p.position?;
-                    Some((done + position, all + position + p.lag?))
-                })
-            })
-            .flatten();
+        let mut done_of = (!parts.is_empty()).then_some((0u64, 0u64));
+        for p in parts {
+            let (Some(position), Some(lag), true) = (p.position, p.lag, p.bounded) else {
+                done_of = None;
+                continue;
+            };
+            let start = *self
+                .starts
+                .entry((p.source.clone(), p.partition))
+                .or_insert(position);
+            let done = position.saturating_sub(start);
+            done_of = done_of.map(|(d, all)| (d + done, all + done + lag));
+        }
         let event_time = parts
             .iter()
-            .filter(|p| p.status != PartitionStatus::Finished)
+            .filter(|p| p.status == PartitionStatus::Active)
             .filter_map(|p| p.watermark_ms)
             .min()
             .map(EventTime::from_millis);
-        Self {
+        ProgressLine {
             records: snapshot.records_read(),
             done_of,
             event_time,
         }
     }
+}
 
+impl ProgressLine {
     /// `N records, event time T`.
     pub fn message(&self) -> String {
         let at = self
@@ -162,24 +186,30 @@ fn draw_bar(metrics: &JobMetrics, stop: &AtomicBool) {
     .map(|s| s.progress_chars("=> "));
     let without_total =
         ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}  {per_sec}");
+    if let Ok(style) = &without_total {
+        bar.set_style(style.clone());
+    }
+    let mut tracker = ProgressTracker::new();
     let mut shown_total = None;
     loop {
         let done = stop.load(Ordering::Relaxed);
-        let line = ProgressLine::of(&metrics.snapshot());
+        let line = tracker.line(&metrics.snapshot());
         match line.done_of {
             Some((position, total)) => {
-                if shown_total != Some(total) {
-                    shown_total = Some(total);
-                    bar.set_length(total);
+                if shown_total.is_none() {
                     if let Ok(style) = &with_total {
                         bar.set_style(style.clone());
                     }
                 }
+                if shown_total != Some(total) {
+                    shown_total = Some(total);
+                    bar.set_length(total);
+                }
                 bar.set_position(position);
             }
             None => {
-                if let Ok(style) = &without_total {
-                    if shown_total.take().is_some() || bar.length().is_some() {
+                if shown_total.take().is_some() {
+                    if let Ok(style) = &without_total {
                         bar.set_style(style.clone());
                     }
                 }
@@ -198,13 +228,18 @@ fn draw_bar(metrics: &JobMetrics, stop: &AtomicBool) {
 fn print_lines(metrics: &JobMetrics, stop: &AtomicBool, interval: Duration) {
     let started = Instant::now();
     let mut next = started + interval;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-        if Instant::now() < next {
-            continue;
+    let mut tracker = ProgressTracker::new();
+    loop {
+        // The last line is printed when the guard is dropped.
+        let last = stop.load(Ordering::Relaxed);
+        if !last {
+            std::thread::sleep(Duration::from_millis(100));
+            if Instant::now() < next {
+                continue;
+            }
+            next += interval;
         }
-        next += interval;
-        let line = ProgressLine::of(&metrics.snapshot());
+        let line = tracker.line(&metrics.snapshot());
         let secs = started.elapsed().as_secs_f64().max(1e-3);
         let rate = line.records as f64 / secs;
         let share = line.done_of.map_or(String::new(), |(done, all)| {
@@ -218,5 +253,49 @@ fn print_lines(metrics: &JobMetrics, stop: &AtomicBool, interval: Duration) {
             format!(" ({:.1}%{eta})", 100.0 * done as f64 / all.max(1) as f64)
         });
         eprintln!("progress: {}{share}, {rate:.0} records/s", line.message());
+        if last {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tideline_engine::metrics::PartitionMetrics;
+
+    fn partition(partition: usize, position: u64, lag: u64, bounded: bool) -> PartitionMetrics {
+        PartitionMetrics {
+            source: "files".into(),
+            partition,
+            position: Some(position),
+            lag: Some(lag),
+            watermark_ms: Some(1_000 * partition as i64),
+            status: PartitionStatus::Active,
+            bounded,
+        }
+    }
+
+    #[test]
+    fn bounded_partitions_count_from_where_they_were_first_seen() {
+        let mut snapshot = JobMetrics::default().snapshot();
+        let mut tracker = ProgressTracker::new();
+        assert_eq!(tracker.line(&snapshot).done_of, None, "no partition yet");
+        snapshot.sources = vec![partition(0, 100, 900, true), partition(1, 0, 500, true)];
+        let line = tracker.line(&snapshot);
+        assert_eq!(line.done_of, Some((0, 1_400)));
+        assert_eq!(line.event_time, Some(EventTime::from_millis(0)));
+        snapshot.sources = vec![partition(0, 600, 400, true), partition(1, 250, 250, true)];
+        snapshot.sources[0].status = PartitionStatus::Idle;
+        let line = tracker.line(&snapshot);
+        assert_eq!(line.done_of, Some((750, 1_400)));
+        assert_eq!(
+            line.event_time,
+            Some(EventTime::from_millis(1_000)),
+            "idle partitions are left out"
+        );
+        // One unbounded partition: no total (its lag is not what is left).
+        snapshot.sources.push(partition(2, 5, 7, false));
+        assert_eq!(tracker.line(&snapshot).done_of, None);
     }
 }

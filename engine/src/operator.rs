@@ -98,7 +98,7 @@ pub trait Operator<I, O>: Send + 'static {
 pub struct StateSize {
     /// Entries (keys × states), exact in memory, estimated with RocksDB.
     pub entries: u64,
-    /// Bytes it takes on disk (RocksDB), if known.
+    /// Bytes RocksDB holds for it (SST files and memtables), if known.
     pub bytes: Option<u64>,
 }
 

@@ -169,9 +169,13 @@ pub trait SourceReader<T>: Send {
 pub struct PartitionProgress {
     /// The position after what was read.
     pub position: u64,
-    /// How much is left to read, in the same unit, if the source knows
-    /// (a bounded partition's remaining rows, an unbounded one's lag).
-    pub remaining: Option<u64>,
+    /// How far behind the reader is, in the same unit, if the source knows:
+    /// what is left before a bounded partition ends, or how much newer
+    /// data waits in an unbounded one.
+    pub lag: Option<u64>,
+    /// The partition ends when `lag` reaches 0: `position + lag` is where
+    /// it ends (what a progress bar may show as 100 %).
+    pub bounded: bool,
 }
 
 /// What [`SourceReader::poll`] says about its partition.

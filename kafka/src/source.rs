@@ -999,7 +999,9 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
     /// The offset after the last record emitted, and the lag: to the end
     /// of a bounded partition, else to the partition's high watermark as
     /// the last fetch response reported it (librdkafka's cached value: no
-    /// request to the broker).
+    /// request to the broker). On a transactionally written topic the lag
+    /// of a caught-up reader is the commit markers after its last record
+    /// (usually 1), not 0.
     fn progress(&self) -> Option<tideline_engine::PartitionProgress> {
         let position = self.next.max(0) as u64;
         let end = if self.end != UNBOUNDED {
@@ -1009,7 +1011,8 @@ impl<T: Data> SourceReader<T> for KafkaReader<T> {
         };
         Some(tideline_engine::PartitionProgress {
             position,
-            remaining: end.map(|end| end.saturating_sub(position)),
+            lag: end.map(|end| end.saturating_sub(position)),
+            bounded: self.end != UNBOUNDED,
         })
     }
 
@@ -1032,7 +1035,8 @@ fn cached_high_watermark(consumer: &BaseConsumer, topic: &str, partition: i32) -
     let (mut low, mut high) = (-1i64, -1i64);
     // SAFETY: the client pointer is valid while `consumer` is borrowed, the
     // topic is a NUL-terminated string that outlives the call, and the call
-    // only writes the two integers (it reads a cache under its own lock).
+    // writes only the two integers (it reads librdkafka's partition cache
+    // under its own lock, creating the partition's entry if missing).
     let err = unsafe {
         rd_kafka_get_watermark_offsets(
             consumer.client().native_ptr(),

@@ -323,7 +323,8 @@ impl SourceReader<Event> for NexmarkReader {
     fn progress(&self) -> Option<tideline::PartitionProgress> {
         Some(tideline::PartitionProgress {
             position: self.emitted,
-            remaining: self.limit.map(|l| l.saturating_sub(self.emitted)),
+            lag: self.limit.map(|l| l.saturating_sub(self.emitted)),
+            bounded: self.limit.is_some(),
         })
     }
 }

@@ -906,15 +906,31 @@ impl<K: StateKey> KeyedState<K> {
     /// The state's size, cheaply, for metrics: in memory the exact number
     /// of entries; with RocksDB its estimate of the keys it holds plus the
     /// entries cached in front of it (an upper bound: a cached entry may
-    /// be in the database too), and the bytes of the database on disk.
+    /// be in the database too), and the bytes of its live SST files and
+    /// memtables (what will be on disk once flushed). Only
+    /// states this subtask used since it started count; nothing is read
+    /// from disk.
     pub fn size(&self) -> StateSize {
         let cached: u64 = self.tables.iter().map(|t| t.data.len() as u64).sum();
         match &self.rocks {
             #[cfg(feature = "rocksdb")]
-            Some(rocks) => StateSize {
-                entries: cached + rocks.store.estimate_keys(),
-                disk_bytes: Some(rocks.store.disk_bytes()),
-            },
+            Some(rocks) => {
+                let names = || self.tables.iter().map(|t| &*t.name);
+                StateSize {
+                    entries: cached
+                        + rocks
+                            .store
+                            .sum_property(names(), "rocksdb.estimate-num-keys"),
+                    disk_bytes: Some(
+                        rocks
+                            .store
+                            .sum_property(names(), "rocksdb.live-sst-files-size")
+                            + rocks
+                                .store
+                                .sum_property(names(), "rocksdb.cur-size-all-mem-tables"),
+                    ),
+                }
+            }
             #[cfg(not(feature = "rocksdb"))]
             Some(rocks) => match *rocks {},
             None => StateSize {
@@ -1073,6 +1089,7 @@ impl<K: StateKey, N: StateKey, V: StateValue> ListState<'_, K, N, V> {
 pub struct StateSize {
     /// Entries of all its states (keys × namespaces).
     pub entries: u64,
-    /// Bytes on disk (RocksDB), `None` in memory.
+    /// Bytes RocksDB holds for it, live SST files and memtables; `None`
+    /// in memory.
     pub disk_bytes: Option<u64>,
 }

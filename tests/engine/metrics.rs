@@ -135,10 +135,10 @@ fn a_scripted_job_reports_exact_metrics() -> Result<()> {
     assert_eq!((partition.position, partition.lag), (Some(10), Some(0)));
     assert_eq!(partition.status, PartitionStatus::Active);
     assert_eq!(partition.watermark_ms, Some(999));
-    // What a progress bar shows of it.
-    let line = tideline::progress::ProgressLine::of(&s);
+    // What a progress bar shows of it: no total, the partition is unbounded.
+    let line = tideline::progress::ProgressTracker::new().line(&s);
     assert_eq!(line.records, 10);
-    assert_eq!(line.done_of, Some((10, 10)));
+    assert_eq!(line.done_of, None);
     assert_eq!(line.event_time, Some(EventTime::from_millis(999)));
     assert_eq!(line.message(), "10 records, event time 1970-01-01 00:00:00");
 
@@ -215,9 +215,20 @@ fn counts_and_checkpoints_carry_over_restarts() -> Result<()> {
         s.job.last_error
     );
     // The second run counted only what it replayed; the totals hold both.
-    let fragile = s.operator("fragile").map(|o| o.total().records_in);
-    let last_run = summary.operator("fragile").map(|o| o.records_in);
-    assert!(fragile > last_run, "{fragile:?} > {last_run:?}");
+    let fragile = s.operator("fragile").map_or(0, |o| o.total().records_in);
+    let last_run = summary.operator("fragile").map_or(0, |o| o.records_in);
+    // The first run reached record 15,000 (its batch was counted) and read
+    // no more than the 20,000 records there are: counted once, not twice.
+    let first_run = fragile - last_run;
+    assert!(
+        (15_001..=20_000).contains(&first_run),
+        "total {fragile}, last run {last_run}"
+    );
+    // The source and the map are chained: they count the same records.
+    assert_eq!(
+        s.operator("generator").map(|o| o.total().records_out),
+        Some(fragile)
+    );
     assert!(s.checkpoints.completed >= summary.checkpoints.len() as u64);
     let Some(last) = s.checkpoints.last() else {
         panic!("no checkpoint completed: {:?}", s.checkpoints);
@@ -263,5 +274,93 @@ fn rocksdb_state_reports_entries_and_bytes_on_disk() -> Result<()> {
     assert!(state.state_entries.is_some_and(|n| n >= 50), "{state:?}");
     assert!(state.state_bytes.is_some_and(|b| b > 0), "{state:?}");
     run.finish()?;
+    Ok(())
+}
+
+#[test]
+fn edges_through_a_union_and_a_key_by_are_keyed() -> Result<()> {
+    let t = TestJob::from_job(Job::new().parallelism(2));
+    let (_a, left) = t.push_source::<(u32, i64)>(WatermarkStrategy::none());
+    let (_b, right) = t.push_source::<(u32, i64)>(WatermarkStrategy::none());
+    let counts = left
+        .named("left")
+        .union(&right.named("right"))
+        .key_by(|e: &(u32, i64)| e.0)
+        .window(Tumbling::of(Span::millis(1_000)))
+        .aggregate(Count)
+        .named("count");
+    let _results = t.collect(&counts);
+    let metrics = t.job().metrics();
+    let _run = t.start()?;
+    let graph = metrics.graph();
+    let names: Vec<&str> = graph.operators.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["left", "right", "count", "collect"]);
+    let edge = |from, to, kind| GraphEdge { from, to, kind };
+    assert_eq!(
+        graph.edges,
+        [
+            edge(0, 2, EdgeKind::Keyed),
+            edge(1, 2, EdgeKind::Keyed),
+            edge(2, 3, EdgeKind::Chained)
+        ]
+    );
+    Ok(())
+}
+
+/// A sink that holds its first batch until released.
+#[derive(Clone)]
+struct GatedSink {
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Sink<u64> for GatedSink {
+    fn write_batch(&mut self, _batch: Vec<Record<u64>>) -> Result<()> {
+        while !self.open.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn time_blocked_on_a_full_channel_shows_while_it_lasts() -> Result<()> {
+    let job = Job::new()
+        .parallelism(1)
+        .batch_size(16)
+        .channel_capacity(2)
+        .mode(ExecutionMode::Bounded);
+    let metrics = job.metrics();
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    job.source(
+        GeneratorSource::new(|i: u64, _: &mut SmallRng| i).with_count(10_000),
+        WatermarkStrategy::none(),
+    )
+    .named("numbers")
+    .rebalance()
+    .sink(GatedSink {
+        open: std::sync::Arc::clone(&open),
+    });
+    let handle = job.spawn()?;
+    // The sink holds its first batch: the source fills the channel and
+    // blocks. Its blocked time grows while it is blocked, not only after.
+    let blocked = |m: &tideline::metrics::JobMetrics| {
+        m.snapshot()
+            .operator("numbers")
+            .map_or(0, |o| o.total().blocked_ms)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while blocked(&metrics) < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no blocked time booked: {:?}",
+            metrics.snapshot().operator("numbers")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let read = metrics.snapshot().records_read();
+    assert!(read < 10_000, "the source is held back: {read}");
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    handle.join()?;
+    assert_eq!(metrics.snapshot().records_read(), 10_000);
     Ok(())
 }

@@ -580,7 +580,8 @@ fn a_bounded_read_ends_at_its_lsn_whatever_committed_after() {
         partitions.len() == 1
             && partitions[0].position == Some(metrics.position())
             && partitions[0].position.is_some_and(|p| p > 0)
-            && partitions[0].lag.is_some()
+            && partitions[0].lag == Some(metrics.slot_lag_bytes())
+            && !partitions[0].bounded
     });
     psql(
         &url,

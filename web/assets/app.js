@@ -118,9 +118,18 @@ function loadJob() {
   }).catch(() => { /* retried on the next poll */ }).finally(() => { state.jobPending = false; });
 }
 
+// A watermark of +inf (i64::MAX: the input ended) is no position in time.
+var END_OF_INPUT = 9e15;
+function dropEndWatermarks(m) {
+  var fix = x => { if (x && isNum(x.watermark_ms) && x.watermark_ms >= END_OF_INPUT) { x.watermark_ms = null; x.watermark_lag_ms = null; } };
+  objs(m.operators).forEach(o => { fix(o); objs(o.subtasks).forEach(fix); });
+  objs(m.sources).forEach(fix);
+}
+
 function poll() {
   getJSON('api/metrics').then(m => {
     if (!m || typeof m !== 'object') throw new Error('bad payload');
+    dropEndWatermarks(m);
     state.metrics = m;
     state.updates++;
     state.lastOk = Date.now();

@@ -29,7 +29,7 @@
 //! - `/api/metrics`: the latest sample with rates (records per second,
 //!   backpressure as the share of the interval blocked sending downstream)
 //!   and two minutes of history.
-//! - `/api/checkpoints`, `/api/dead-letters`: those parts alone, read now.
+//! - `/api/checkpoints`, `/api/dead-letters`: those parts of the latest sample.
 //!
 //! # Security
 //! The page and the API have no authentication of their own and show
@@ -42,8 +42,14 @@
 //! # Failure analysis
 //! - The server runs on one thread with its own runtime; the job's tasks
 //!   never wait on it. Metrics are sampled once a second (by default) into
-//!   a copy that handlers read, so scrapes cost the job nothing and a hung
-//!   client holds nothing the job needs.
+//!   a copy that handlers read, so scrapes cost the job nothing.
+//! - Stopping waits at most 2 s for open connections, then drops them: a
+//!   client that never finishes its request cannot keep the job's run (to
+//!   which the UI is attached) from ending.
+//! - Without a token, requests must name the server by an IP address or
+//!   `localhost` in their `Host` header: a web page the user visits cannot
+//!   rebind its own host name to 127.0.0.1 and read the API (DNS
+//!   rebinding).
 //! - Binding fails before the job starts (the address is in use, or not
 //!   loopback without `allow_remote`), with the address in the error.
 //! - Dropping the [`WebUi`] (or the run of a job it is attached to
@@ -62,6 +68,14 @@ use tideline_engine::metrics::JobMetrics;
 use tideline_engine::{Error, Job, Result};
 
 use crate::live::LiveState;
+
+/// The shortest sampling interval: a shorter one would spin the server's thread.
+const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How long open connections get to finish once the UI stops; then they
+/// are dropped, so a client that never finishes a request cannot keep
+/// the job's run from ending.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// How to serve a job's web UI.
 #[derive(Clone, Debug)]
@@ -132,11 +146,28 @@ impl WebUiOptions {
                 ));
             }
         }
-        if self.token.as_deref() == Some("") {
-            return Err(Error::config("web_ui.token", "is empty"));
+        if let Some(token) = &self.token {
+            let safe = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
+            if token.is_empty() || !token.chars().all(safe) {
+                return Err(Error::config(
+                    "web_ui.token",
+                    "must be non-empty and use only letters, digits and - . _ ~ \
+                     (it travels in a header, a URL and a cookie)",
+                ));
+            }
         }
-        if self.sample_interval.is_zero() {
-            return Err(Error::config("web_ui.sample_interval", "must be positive"));
+        if self.sample_interval < MIN_SAMPLE_INTERVAL {
+            return Err(Error::config(
+                "web_ui.sample_interval",
+                format!("must be at least {MIN_SAMPLE_INTERVAL:?}"),
+            ));
+        }
+        if self.token.is_none() && addresses.iter().any(|a| !a.ip().is_loopback()) {
+            tracing::warn!(
+                address = %self.address,
+                "web UI on a non-loopback address without a token: anyone who can reach it \
+                 sees the job's metrics and dead letters"
+            );
         }
         let system = format!("web UI at {}", self.address);
         let listener = TcpListener::bind(addresses.as_slice())
@@ -189,15 +220,30 @@ async fn serve(
         }
     };
     let sampler = tokio::spawn(sample_every(Arc::clone(&state), interval));
-    let served = axum::serve(listener, server::router(state))
-        .with_graceful_shutdown(async {
-            let _ = stopped.await;
-        })
-        .await;
-    sampler.abort();
-    if let Err(e) = served {
-        tracing::error!(error = %e, "web UI stopped");
+    let (stopping, mut stop_seen) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _ = stopped.await;
+        let _ = stopping.send(true);
+    });
+    let mut grace_seen = stop_seen.clone();
+    let serve = axum::serve(listener, server::router(state)).with_graceful_shutdown(async move {
+        let _ = stop_seen.wait_for(|stop| *stop).await;
+    });
+    let deadline = async move {
+        let _ = grace_seen.wait_for(|stop| *stop).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = serve => {
+            if let Err(e) = served {
+                tracing::error!(error = %e, "web UI stopped");
+            }
+        }
+        () = deadline => {
+            tracing::warn!("web UI stopped with connections still open");
+        }
     }
+    sampler.abort();
 }
 
 /// Takes a sample every `interval`: the page's view and the registry.
@@ -207,10 +253,9 @@ async fn sample_every(state: Arc<server::AppState>, interval: Duration) {
     loop {
         ticks.tick().await;
         let snapshot = state.job.snapshot();
-        let graph = state.job.graph();
         let backpressure = match state.live.lock() {
             Ok(mut live) => {
-                live.sample(Instant::now(), snapshot.clone(), graph);
+                live.sample(Instant::now(), snapshot.clone());
                 live.backpressure()
             }
             Err(_) => Default::default(),

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tideline_engine::metrics::{
-    AbortedRecord, CheckpointRecord, DeadLetterCount, JobGraph, JobState, MetricsSnapshot,
-    OperatorKind, PartitionStatus, RecentDeadLetter, SubtaskMetrics,
+    AbortedRecord, CheckpointRecord, DeadLetterCount, JobState, MetricsSnapshot, OperatorKind,
+    PartitionStatus, RecentDeadLetter, SubtaskMetrics,
 };
 
 /// Samples kept for the sparklines (one a second by default: two minutes).
@@ -25,10 +25,8 @@ pub(crate) struct LiveState {
     history: VecDeque<HistoryPoint>,
     /// The view of the last sample (what `/api/metrics` serves).
     pub(crate) view: Option<LiveView>,
-    /// The snapshot of the last sample (what `/metrics` is published from).
+    /// The snapshot of the last sample (`/api/checkpoints`, `/api/dead-letters`).
     pub(crate) snapshot: Option<MetricsSnapshot>,
-    /// The graph, once the job was built.
-    pub(crate) graph: Option<JobGraph>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -40,7 +38,7 @@ struct HistoryPoint {
 
 impl LiveState {
     /// Takes in a new snapshot, taken at `now`.
-    pub(crate) fn sample(&mut self, now: Instant, snapshot: MetricsSnapshot, graph: JobGraph) {
+    pub(crate) fn sample(&mut self, now: Instant, snapshot: MetricsSnapshot) {
         let elapsed = self
             .previous
             .as_ref()
@@ -60,9 +58,6 @@ impl LiveState {
         view.history = History::from(&self.history);
         self.view = Some(view);
         self.snapshot = Some(snapshot.clone());
-        if !graph.operators.is_empty() {
-            self.graph = Some(graph);
-        }
         self.previous = Some((now, snapshot));
     }
 }

@@ -75,6 +75,22 @@ fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// `value` as a label value of the text format: prometheus-client writes
+/// label values as they are, and names and reasons are free text (a quote
+/// or a newline would break the scrape, or forge lines in it).
+fn label(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
 /// Advances the counter `counter` (series `key`, `labels`) to `value`.
 fn advance<N, A>(
     published: &mut HashMap<(&'static str, Labels), f64>,
@@ -88,9 +104,28 @@ fn advance<N, A>(
     N: FromDelta,
 {
     let last = published.entry((key, labels.clone())).or_insert(0.0);
+    // Never backwards: what was published stays counted.
     let delta = (value - *last).max(0.0);
-    *last = value;
+    *last = last.max(value);
     counter.inc_by(N::from_delta(delta));
+}
+
+/// Sets the gauge at `labels` to `value`, or removes the series when the
+/// value is unknown now (a watermark after the input ended, say): a stale
+/// value would read as current.
+fn set_or_remove<N, A>(family: &Family<Labels, Gauge<N, A>>, labels: &Labels, value: Option<N>)
+where
+    N: prometheus_client::encoding::EncodeGaugeValue,
+    A: prometheus_client::metrics::gauge::Atomic<N> + Default,
+{
+    match value {
+        Some(v) => {
+            family.get_or_create(labels).set(v);
+        }
+        None => {
+            family.remove(labels);
+        }
+    }
 }
 
 /// A counter increment from a non-negative `f64` delta.
@@ -287,7 +322,7 @@ impl Metrics {
         for op in &s.operators {
             for st in &op.subtasks {
                 let labels: Labels = vec![
-                    ("operator", op.name.clone()),
+                    ("operator", label(&op.name)),
                     ("subtask", st.subtask.to_string()),
                 ];
                 let series = |f: &CounterFamily| f.get_or_create(&labels).clone();
@@ -326,31 +361,22 @@ impl Metrics {
                         .copied()
                         .unwrap_or(0.0),
                 );
-                if let Some(fill) = st.queue_fill {
-                    self.queue_fill.get_or_create(&labels).set(fill);
-                }
-                if let Some(w) = st.watermark_ms.filter(|w| *w != i64::MAX) {
-                    self.watermark.get_or_create(&labels).set(w);
-                }
-                if let Some(lag) = st.watermark_lag_ms {
-                    self.watermark_lag
-                        .get_or_create(&labels)
-                        .set(lag as f64 / 1_000.0);
-                }
-                if let Some(entries) = st.state_entries {
-                    self.state_entries
-                        .get_or_create(&labels)
-                        .set(i64_of(entries));
-                }
-                if let Some(bytes) = st.state_bytes {
-                    self.state_bytes.get_or_create(&labels).set(i64_of(bytes));
-                }
+                let watermark = st.watermark_ms.filter(|w| *w != i64::MAX);
+                set_or_remove(&self.queue_fill, &labels, st.queue_fill);
+                set_or_remove(&self.watermark, &labels, watermark);
+                set_or_remove(
+                    &self.watermark_lag,
+                    &labels,
+                    st.watermark_lag_ms.map(|lag| lag as f64 / 1_000.0),
+                );
+                set_or_remove(&self.state_entries, &labels, st.state_entries.map(i64_of));
+                set_or_remove(&self.state_bytes, &labels, st.state_bytes.map(i64_of));
             }
         }
         for d in &s.dead_letters_by_reason {
             let labels: Labels = vec![
-                ("operator", d.operator.clone()),
-                ("reason", d.reason.clone()),
+                ("operator", label(&d.operator)),
+                ("reason", label(&d.reason)),
             ];
             let counter = self.dead_letters.get_or_create(&labels).clone();
             advance(p, "dead", &labels, &counter, d.count as f64);
@@ -364,18 +390,13 @@ impl Metrics {
         );
         for p in &s.sources {
             let labels: Labels = vec![
-                ("source", p.source.clone()),
+                ("source", label(&p.source)),
                 ("partition", p.partition.to_string()),
             ];
-            if let Some(position) = p.position {
-                self.position.get_or_create(&labels).set(i64_of(position));
-            }
-            if let Some(lag) = p.lag {
-                self.lag.get_or_create(&labels).set(i64_of(lag));
-            }
-            if let Some(w) = p.watermark_ms.filter(|w| *w != i64::MAX) {
-                self.partition_watermark.get_or_create(&labels).set(w);
-            }
+            let watermark = p.watermark_ms.filter(|w| *w != i64::MAX);
+            set_or_remove(&self.position, &labels, p.position.map(i64_of));
+            set_or_remove(&self.lag, &labels, p.lag.map(i64_of));
+            set_or_remove(&self.partition_watermark, &labels, watermark);
             self.partition_idle
                 .get_or_create(&labels)
                 .set(i64::from(p.status == PartitionStatus::Idle));

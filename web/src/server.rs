@@ -1,6 +1,7 @@
-//! The HTTP routes. Every handler reads what the sampler published last
-//! (under a mutex held for a copy, never across an await), so a slow
-//! client never slows the job or the sampler.
+//! The HTTP routes. Handlers read what the sampler published last (under a
+//! mutex held for a copy, never across an await); `/api/job` reads the
+//! graph and the job's status, which touch no task's cells. So a client
+//! polling in a loop never contends with the job.
 
 use std::sync::{Arc, Mutex};
 
@@ -50,7 +51,43 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(guarded)
+        .layer(axum::middleware::map_response(secure_headers))
         .with_state(state)
+}
+
+/// Everything the page needs comes from this server, and nothing it
+/// serves is to be sniffed into another type.
+async fn secure_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; style-src 'self' 'unsafe-inline'"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// Whether `Host` names this server the way a browser on this machine
+/// does: an IP address (with or without a port) or `localhost`. A host
+/// name means a page may have rebound its own name to this address.
+fn direct_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        // HTTP/1.0 without Host: not a browser following a page's name.
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 /// With a token: `Authorization: Bearer <token>`, the `tideline_token`
@@ -58,6 +95,13 @@ pub(crate) fn router(state: Shared) -> Router {
 /// requests carry it).
 async fn authorize(State(state): State<Shared>, request: Request, next: Next) -> Response {
     let Some(token) = state.token.as_deref() else {
+        if !direct_host(request.headers()) {
+            return (
+                StatusCode::MISDIRECTED_REQUEST,
+                "this Tideline web UI answers to its IP address or localhost only (no token is set)\n",
+            )
+                .into_response();
+        }
         return next.run(request).await;
     };
     let headers = request.headers();
@@ -186,11 +230,20 @@ struct JobView {
 }
 
 async fn api_job(State(state): State<Shared>) -> Json<JobView> {
-    let snapshot = state.job.snapshot();
     Json(JobView {
-        state: snapshot.job,
+        state: state.job.job_state(),
         graph: state.job.graph(),
     })
+}
+
+/// The last sample's snapshot (a fresh one before the first sample).
+fn last_snapshot(state: &AppState) -> tideline_engine::metrics::MetricsSnapshot {
+    state
+        .live
+        .lock()
+        .ok()
+        .and_then(|l| l.snapshot.clone())
+        .unwrap_or_else(|| state.job.snapshot())
 }
 
 /// The last sample's view, or a fresh one before the first sample.
@@ -204,11 +257,7 @@ fn live_view(state: &AppState) -> serde_json::Value {
         Some(Ok(v)) => v,
         _ => {
             let mut fresh = LiveState::default();
-            fresh.sample(
-                std::time::Instant::now(),
-                state.job.snapshot(),
-                state.job.graph(),
-            );
+            fresh.sample(std::time::Instant::now(), state.job.snapshot());
             fresh
                 .view
                 .as_ref()
@@ -225,7 +274,7 @@ async fn api_metrics(State(state): State<Shared>) -> Json<serde_json::Value> {
 async fn api_checkpoints(
     State(state): State<Shared>,
 ) -> Json<tideline_engine::metrics::CheckpointMetrics> {
-    Json(state.job.snapshot().checkpoints)
+    Json(last_snapshot(&state).checkpoints)
 }
 
 /// `/api/dead-letters`.
@@ -237,7 +286,7 @@ struct DeadLettersView {
 }
 
 async fn api_dead_letters(State(state): State<Shared>) -> Json<DeadLettersView> {
-    let s = state.job.snapshot();
+    let s = last_snapshot(&state);
     Json(DeadLettersView {
         total: s.dead_letters,
         by_reason: s.dead_letters_by_reason,

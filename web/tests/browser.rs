@@ -93,13 +93,18 @@ fn the_live_page_shows_the_graph_and_updates() -> Result<()> {
     });
     assert_ne!(first, second);
 
-    // Dead letters and late records reach the page.
+    // Dead letters reach the page, their markup shown as text: no element
+    // of the page came from a record's reason.
     wait_for("dead letters on the page", PATIENCE, || {
         let text = browser.eval("document.body.innerText").ok()?;
         text.as_str()?
-            .contains("unparsable event for key")
+            .contains("unparsable \"event\" <x-injected>for</x-injected> key")
             .then_some(())
     });
+    let injected = browser
+        .eval("document.querySelectorAll('x-injected').length")
+        .map_err(cdp)?;
+    assert_eq!(injected, 0, "markup from a dead letter became elements");
 
     let png = browser.screenshot().map_err(cdp)?;
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);

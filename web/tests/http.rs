@@ -75,11 +75,15 @@ fn metrics_health_and_the_job_api_of_a_running_job() -> Result<()> {
         "{content_type}"
     );
     assert!(text.ends_with("# EOF\n"));
+    let forged = text
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.starts_with("tideline_"));
+    assert_eq!(forged, None, "every line is a comment or a tideline series");
 
     // Counters increase while the job runs; dead letters and late records
     // show with their reasons.
-    let dead =
-        r#"tideline_dead_letters_total{operator="parse",reason="unparsable event for key 3"}"#;
+    // The reason's quotes and newline are escaped in the label value.
+    let dead = r#"tideline_dead_letters_total{operator="parse",reason="unparsable \"event\" <x-injected>for</x-injected> key 3\nsee the schema"}"#;
     wait_for(
         "counters to increase, dead letters and late records",
         PATIENCE,
@@ -132,7 +136,7 @@ fn metrics_health_and_the_job_api_of_a_running_job() -> Result<()> {
     );
     assert!(live["recent_dead_letters"][0]["reason"]
         .as_str()
-        .is_some_and(|r| r.starts_with("unparsable event")));
+        .is_some_and(|r| r.starts_with("unparsable \"event\" <x-injected>for</x-injected> key")));
     let checkpoints = get(address, "/api/checkpoints", &[]).map_err(io)?;
     assert_eq!(checkpoints.status, 200);
     assert!(
@@ -229,4 +233,77 @@ fn io(e: std::io::Error) -> tideline_engine::Error {
 
 fn json(e: serde_json::Error) -> tideline_engine::Error {
     tideline_engine::Error::Internal(format!("bad JSON: {e}"))
+}
+
+#[test]
+fn without_a_token_only_direct_host_names_are_served() -> Result<()> {
+    let (job, _, _) = running_job(1_000.0)?;
+    let ui = WebUi::start("127.0.0.1:0", job.metrics())?;
+    let address = ui.local_addr();
+    let port = address.port();
+    // A page that rebound its own name to 127.0.0.1 sends that name.
+    let rebound = get_with_host(address, "/api/job", "Host: attacker.example:8081").map_err(io)?;
+    assert_eq!(rebound.status, 421, "{}", rebound.body);
+    for host in [
+        format!("Host: localhost:{port}"),
+        format!("Host: 127.0.0.1:{port}"),
+        format!("Host: [::1]:{port}"),
+    ] {
+        let direct = get_with_host(address, "/api/job", &host).map_err(io)?;
+        assert_eq!(direct.status, 200, "{host}");
+    }
+    let page = get(address, "/", &[]).map_err(io)?;
+    let headers = page.headers.to_ascii_lowercase();
+    assert!(
+        headers.contains("content-security-policy: default-src 'self'"),
+        "{headers}"
+    );
+    assert!(
+        headers.contains("x-content-type-options: nosniff"),
+        "{headers}"
+    );
+    Ok(())
+}
+
+#[test]
+fn tokens_that_cannot_travel_in_a_cookie_are_refused() -> Result<()> {
+    let (job, _, _) = running_job(1_000.0)?;
+    for token in ["", "a;b", "with space", "quote\""] {
+        let refused = WebUiOptions::new("127.0.0.1:0")
+            .token(token)
+            .start(job.metrics());
+        assert!(refusal(refused).contains("web_ui.token"), "{token:?}");
+    }
+    let short = WebUiOptions::new("127.0.0.1:0")
+        .sample_interval(Duration::from_nanos(1))
+        .start(job.metrics());
+    assert!(refusal(short).contains("sample_interval"));
+    Ok(())
+}
+
+/// `GET path` with exactly the Host header line `host`.
+fn get_with_host(
+    address: std::net::SocketAddr,
+    path: &str,
+    host: &str,
+) -> std::io::Result<common::Response> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\n{host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok(common::Response {
+        status,
+        headers: raw.clone(),
+        body: raw,
+    })
 }

@@ -503,22 +503,16 @@ impl Graph {
             c.set_hooks(hooks);
         }
         self.stop.attach(&shared, coordinator.as_ref());
+        let graph = self.job_graph(&layout);
         self.metrics.begin_run(RunMetrics {
-            graph: self.job_graph(&layout),
             operators: self
                 .ops
                 .iter()
                 .enumerate()
                 .filter(|(_, o)| o.kind != OpKind::Exchange)
-                .enumerate()
-                .map(|(id, (op, o))| RunOperator {
-                    info: GraphOperator {
-                        id,
-                        name: o.name.clone(),
-                        kind: operator_kind(o.kind),
-                        parallelism: layout[o.node].parallelism,
-                        task: self.task_name(o.node).to_string(),
-                    },
+                .zip(&graph.operators)
+                .map(|((op, o), info)| RunOperator {
+                    info: info.clone(),
                     counters: op_counters[op].clone(),
                     tasks: task_counters[o.node].clone(),
                     partitions: if o.kind == OpKind::Source {
@@ -528,6 +522,7 @@ impl Graph {
                     },
                 })
                 .collect(),
+            graph,
             job: Arc::clone(&job_counters),
             coordinator: coordinator.clone(),
             clock: Arc::clone(&self.config.clock),
@@ -701,7 +696,9 @@ impl Graph {
             }),
             None => {
                 for &(upstream, exchange) in &self.ops[from].inputs {
-                    self.edges_into(upstream, exchange.or(kind), to, ids, edges);
+                    // The exchange nearest the consumer decides how records
+                    // reach it (a union feeding a key_by: keyed).
+                    self.edges_into(upstream, kind.or(exchange), to, ids, edges);
                 }
             }
         }

@@ -15,7 +15,7 @@ use crate::graph::build::SourceFactory;
 use crate::graph::port::{AnyPort, Port, SideRegistry};
 use crate::graph::{Graph, Node, OpKind, SourceInfo, Stream};
 use crate::record::Data;
-use crate::runtime::executor::{JobHandle, LocalRun};
+use crate::runtime::executor::{report_end, JobHandle, LocalRun};
 use crate::runtime::metrics::JobSummary;
 use crate::source::Source;
 use crate::time::{Clock, WatermarkStrategy};
@@ -272,12 +272,14 @@ impl Job {
         let metrics = Arc::clone(&graph.metrics);
         let mut restarts: Vec<String> = Vec::new();
         loop {
-            let (tasks, shared, report) = graph.build(Some(capacity)).inspect_err(|e| {
-                metrics.failed(e, false);
-            })?;
-            let error = match JobHandle::spawn(tasks, shared, report)?.join() {
+            let (tasks, shared, report) = graph
+                .build(Some(capacity))
+                .inspect_err(|e| report_end(&metrics, Err(e)))?;
+            let ran = JobHandle::spawn(tasks, shared, report).and_then(JobHandle::join_run);
+            let error = match ran {
                 Ok(mut summary) => {
                     summary.restarts = restarts;
+                    report_end(&metrics, Ok(&summary));
                     return Ok(summary);
                 }
                 Err(e) => e,
@@ -288,6 +290,7 @@ impl Job {
                     && !matches!(error, crate::Error::Aborted | crate::Error::Config { .. })
             });
             let Some(delay) = delay else {
+                report_end(&metrics, Err(&error));
                 return Err(error);
             };
             tracing::warn!(
@@ -299,10 +302,12 @@ impl Job {
             metrics.failed(&error, true);
             restarts.push(error.to_string());
             if graph.stop.wait_unless_stopped(delay) {
-                metrics.failed(&error, false);
+                report_end(&metrics, Err(&error));
                 return Err(error);
             }
-            graph.config.restore = Some(restart_from(&graph.config)?);
+            let restore =
+                restart_from(&graph.config).inspect_err(|e| report_end(&metrics, Err(e)))?;
+            graph.config.restore = Some(restore);
         }
     }
 

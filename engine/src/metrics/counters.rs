@@ -24,8 +24,11 @@ fn known(value: u64) -> Option<u64> {
     (value != UNKNOWN).then_some(value)
 }
 
-/// Records through one operator subtask.
+/// Records through one operator subtask. Aligned to its own cache lines:
+/// the counters of neighbouring subtasks, written by different threads on
+/// every batch, would otherwise share one.
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct OpCounters {
     records_in: AtomicU64,
     records_out: AtomicU64,
@@ -91,8 +94,9 @@ impl OpCounters {
 }
 
 /// What one task (a chain of operators in one thread) observes about its
-/// inputs and outputs.
+/// inputs and outputs (on cache lines of its own, as [`OpCounters`]).
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct TaskCounters {
     /// The task's input watermark in milliseconds (`i64::MIN`: not set yet).
     watermark: AtomicI64,
@@ -195,6 +199,8 @@ impl SourceTaskMetrics {
 
 /// How many dead letters the log keeps to show.
 pub(crate) const RECENT_DEAD_LETTERS: usize = 20;
+/// Longest record text (bytes) the log keeps of one.
+pub(crate) const DEAD_LETTER_TEXT: usize = 2_000;
 /// Distinct reasons counted per operator; the rest count as "other"
 /// (reasons are free text: unbounded label values would swamp a metrics
 /// backend).
@@ -232,7 +238,9 @@ impl DeadLetterLog {
         if inner.recent.len() == RECENT_DEAD_LETTERS {
             inner.recent.pop_front();
         }
-        inner.recent.push_back((letter.clone(), at));
+        let mut kept = letter.clone();
+        truncate(&mut kept.record, DEAD_LETTER_TEXT);
+        inner.recent.push_back((kept, at));
     }
 
     /// `(operator, reason, count)`, sorted.
@@ -259,5 +267,17 @@ impl DeadLetterLog {
             .lock()
             .map(|i| i.recent.iter().cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+/// Cuts `text` to at most `max` bytes (at a character boundary), marking the cut.
+fn truncate(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
     }
 }

@@ -43,8 +43,6 @@ use crate::time::{Clock, EventTime};
 
 /// Checkpoints kept in [`CheckpointMetrics::recent`] and `aborted`.
 const RECENT_CHECKPOINTS: usize = 10;
-/// Longest record text a [`RecentDeadLetter`] keeps.
-const DEAD_LETTER_TEXT: usize = 2_000;
 
 /// The metrics registry of one job. Get it with
 /// [`Job::metrics`](crate::Job::metrics) before the job runs and read it
@@ -164,18 +162,32 @@ impl JobMetrics {
     /// previous run's counts are carried into the totals.
     pub(crate) fn begin_run(&self, run: RunMetrics) {
         self.started.get_or_init(Instant::now);
-        let previous = match self.run.write() {
-            Ok(mut slot) => slot.replace(Arc::new(run)),
-            Err(_) => None,
-        };
-        if let (Some(previous), Ok(mut carried)) = (previous, self.carried.lock()) {
-            previous.carry_into(&mut carried);
+        // `carried` before `run`, as in `snapshot`: a snapshot sees the old
+        // run with the old totals or the new run with the new ones, never a
+        // mix (which would make counters go down, or count a run twice).
+        let mut carried = self.carried.lock();
+        if let Ok(mut slot) = self.run.write() {
+            if let (Some(previous), Ok(carried)) = (slot.replace(Arc::new(run)), carried.as_mut()) {
+                previous.carry_into(carried);
+            }
         }
+        drop(carried);
         self.set_status(JobStatus::Running);
     }
 
     fn current_run(&self) -> Option<Arc<RunMetrics>> {
         self.run.read().ok().and_then(|r| r.clone())
+    }
+
+    /// Status, uptime, restarts and the last error: cheap, no task's cell
+    /// is read.
+    pub fn job_state(&self) -> JobState {
+        JobState {
+            status: self.status(),
+            uptime_ms: self.started.get().map_or(0, |s| millis(s.elapsed())),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+        }
     }
 
     /// The job's operators and edges (empty before the job is built).
@@ -191,20 +203,16 @@ impl JobMetrics {
 
     /// Everything measured, now.
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let run = self.current_run();
+        // Lock order: `carried`, then `run` (see `begin_run`).
         let carried = self.carried.lock();
+        let run = self.current_run();
         let empty = Carried::default();
         let carried = carried.as_deref().unwrap_or(&empty);
         let time_ms = run.as_ref().map_or_else(
             || crate::time::SystemClock.now_millis(),
             |r| r.clock.now_millis(),
         );
-        let job = JobState {
-            status: self.status(),
-            uptime_ms: self.started.get().map_or(0, |s| millis(s.elapsed())),
-            restarts: self.restarts.load(Ordering::Relaxed),
-            last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
-        };
+        let job = self.job_state();
         let dead_letters_by_reason: Vec<DeadLetterCount> = self
             .dead_letters
             .by_reason()
@@ -222,7 +230,7 @@ impl JobMetrics {
             .map(|(letter, at_ms)| RecentDeadLetter {
                 operator: letter.operator,
                 reason: letter.reason,
-                record: truncate(letter.record, DEAD_LETTER_TEXT),
+                record: letter.record,
                 partition: letter.partition,
                 offset: letter.offset,
                 timestamp_ms: (letter.timestamp != EventTime::MIN)
@@ -265,18 +273,6 @@ impl JobMetrics {
 fn keep_last<T>(items: &mut Vec<T>, n: usize) {
     let excess = items.len().saturating_sub(n);
     items.drain(..excess);
-}
-
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
 }
 
 impl RunMetrics {
@@ -335,7 +331,8 @@ impl RunMetrics {
                             source: op.info.name.clone(),
                             partition: p.partition,
                             position: p.progress.map(|p| p.position),
-                            lag: p.progress.and_then(|p| p.remaining),
+                            lag: p.progress.and_then(|p| p.lag),
+                            bounded: p.progress.is_some_and(|p| p.bounded),
                             watermark_ms: p.watermark.map(EventTime::millis),
                             status: if p.finished {
                                 PartitionStatus::Finished

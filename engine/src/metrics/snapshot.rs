@@ -283,7 +283,7 @@ pub struct SubtaskMetrics {
     pub queue_fill: Option<f64>,
     /// Keyed state entries (`None`: no state, or not reported).
     pub state_entries: Option<u64>,
-    /// Keyed state bytes on disk (RocksDB; `None` in memory).
+    /// Keyed state bytes in RocksDB, SST files and memtables (`None` in memory).
     pub state_bytes: Option<u64>,
 }
 
@@ -309,10 +309,14 @@ pub struct PartitionMetrics {
     /// Where its reader stands, in the source's unit (a Kafka offset, rows
     /// of a file, a log position), if the source says.
     pub position: Option<u64>,
-    /// How much is left to read, in the same unit (Kafka: end offset minus
-    /// position; PostgreSQL: WAL bytes behind the server; files: rows
-    /// left), if the source knows.
+    /// How far behind the reader is, in the same unit, if the source
+    /// knows (Kafka: the high watermark, or the end of a bounded read,
+    /// minus the position; PostgreSQL: WAL bytes behind the server, or
+    /// rows of the snapshot left by the planner's estimate while it is
+    /// copied; Parquet files: rows left).
     pub lag: Option<u64>,
+    /// The partition ends where `lag` reaches 0.
+    pub bounded: bool,
     /// The partition's watermark.
     pub watermark_ms: Option<i64>,
     /// Read, idle or done.
@@ -389,7 +393,7 @@ pub struct RecentDeadLetter {
     pub operator: String,
     /// Why.
     pub reason: String,
-    /// The record as text (at most 2,000 characters).
+    /// The record as text (at most 2,000 bytes; longer ones are cut, marked `…`).
     pub record: String,
     /// Its source partition, for a source's rejections.
     pub partition: Option<usize>,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use std::time::Instant;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use tideline_state::key_group::{key_group_of_hash, subtask_for_key_group};
 
 use crate::checkpoint::snapshot::BarrierCtx;
@@ -17,6 +17,10 @@ use crate::error::{Error, Result};
 use crate::record::{Data, Message, Record};
 use crate::runtime::push::Push;
 use crate::time::Watermark;
+
+/// How long a blocked send waits before it books the time blocked and
+/// waits again.
+const BLOCKED_SLICE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The stable hash of a record's key; fails if the key cannot be encoded.
 pub(crate) type KeyHashFn<T> = Arc<dyn Fn(&T) -> Result<u64> + Send + Sync>;
@@ -73,13 +77,18 @@ impl<T: Data> ExchangeWriter<T> {
             Ok(()) => Ok(()),
             Err(TrySendError::Disconnected(_)) => Err(Error::Cancelled),
             // Full: downstream is slower. Only this path reads the clock,
-            // so the time blocked (backpressure) costs nothing otherwise.
-            Err(TrySendError::Full(msg)) => {
+            // so the time blocked (backpressure) costs nothing otherwise;
+            // it is booked in slices, so a long stall shows while it lasts.
+            Err(TrySendError::Full(mut msg)) => loop {
                 let blocked = Instant::now();
-                let sent = sender.send(msg).map_err(|_| Error::Cancelled);
+                let sent = sender.send_timeout(msg, BLOCKED_SLICE);
                 self.metrics.add_blocked(blocked.elapsed());
-                sent
-            }
+                match sent {
+                    Ok(()) => return Ok(()),
+                    Err(SendTimeoutError::Timeout(m)) => msg = m,
+                    Err(SendTimeoutError::Disconnected(_)) => return Err(Error::Cancelled),
+                }
+            },
         }
     }
 

@@ -50,27 +50,6 @@ impl JobReport {
         }
     }
 
-    /// The run ended with `result`: the metrics say so, and so do the logs.
-    fn ended(&self, result: Result<JobSummary>) -> Result<JobSummary> {
-        match &result {
-            Ok(summary) => {
-                self.metrics.set_status(crate::metrics::JobStatus::Finished);
-                tracing::info!(
-                    elapsed_ms = summary.elapsed.as_millis() as u64,
-                    late = summary.late_records,
-                    dead_letters = summary.dead_letters,
-                    checkpoints = summary.checkpoints.len(),
-                    "job finished"
-                );
-            }
-            Err(e) => {
-                self.metrics.failed(e, false);
-                tracing::error!(error = %e, "job failed");
-            }
-        }
-        result
-    }
-
     fn summary(&self, elapsed: Duration) -> JobSummary {
         JobSummary {
             elapsed,
@@ -107,6 +86,29 @@ impl JobReport {
             skipped_checkpoints: self.skipped_checkpoints.clone(),
             restarts: Vec::new(),
             savepoint: self.coordinator.as_ref().and_then(|c| c.savepoint()),
+        }
+    }
+}
+
+/// The job ended for good with `result`: the metrics say so, and so do the logs.
+pub(crate) fn report_end(
+    metrics: &crate::metrics::JobMetrics,
+    result: std::result::Result<&JobSummary, &Error>,
+) {
+    match result {
+        Ok(summary) => {
+            metrics.set_status(crate::metrics::JobStatus::Finished);
+            tracing::info!(
+                elapsed_ms = summary.elapsed.as_millis() as u64,
+                late = summary.late_records,
+                dead_letters = summary.dead_letters,
+                checkpoints = summary.checkpoints.len(),
+                "job finished"
+            );
+        }
+        Err(e) => {
+            metrics.failed(e, false);
+            tracing::error!(error = %e, "job failed");
         }
     }
 }
@@ -220,6 +222,15 @@ impl JobHandle {
     /// # Errors
     /// The first error raised by any operator, source or sink, naming it.
     pub fn join(self) -> Result<JobSummary> {
+        let metrics = Arc::clone(&self.report.metrics);
+        let result = self.join_run();
+        report_end(&metrics, result.as_ref());
+        result
+    }
+
+    /// Waits for the end of this run, leaving the job's status to the
+    /// caller (which may restart it).
+    pub(crate) fn join_run(self) -> Result<JobSummary> {
         for t in self.threads {
             if t.join().is_err() {
                 self.shared.fail(Error::Internal(
@@ -232,7 +243,8 @@ impl JobHandle {
             Some(e) => Err(e),
             None => Ok(self.report.summary(self.started.elapsed())),
         };
-        self.report.ended(result)
+        report_end(&self.report.metrics, result.as_ref());
+        result
     }
 }
 
@@ -362,7 +374,8 @@ impl LocalRun {
             Some(e) => Err(e),
             None => Ok(self.report.summary(self.started.elapsed())),
         };
-        self.report.ended(result)
+        report_end(&self.report.metrics, result.as_ref());
+        result
     }
 
     /// A handle that stops this run (with a savepoint, a drain, or an

@@ -207,7 +207,8 @@ where
     fn progress(&self) -> Option<tideline_engine::PartitionProgress> {
         Some(tideline_engine::PartitionProgress {
             position: self.produced,
-            remaining: self.limit.map(|l| l.saturating_sub(self.produced)),
+            lag: self.limit.map(|l| l.saturating_sub(self.produced)),
+            bounded: self.limit.is_some(),
         })
     }
 }

@@ -163,7 +163,8 @@ impl<T: Data> SourceReader<T> for PushReader<T> {
     fn progress(&self) -> Option<tideline_engine::PartitionProgress> {
         Some(tideline_engine::PartitionProgress {
             position: self.read,
-            remaining: Some(self.receiver.len() as u64),
+            lag: Some(self.receiver.len() as u64),
+            bounded: false,
         })
     }
 }

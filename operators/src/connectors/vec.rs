@@ -144,7 +144,8 @@ impl<T: Data> SourceReader<T> for VecReader<T> {
     fn progress(&self) -> Option<tideline_engine::PartitionProgress> {
         Some(tideline_engine::PartitionProgress {
             position: self.emitted,
-            remaining: Some(self.records.len() as u64),
+            lag: Some(self.records.len() as u64),
+            bounded: true,
         })
     }
 }

@@ -116,13 +116,15 @@ impl<T: Data> SourceReader<Change<T>> for CdcReader<T> {
         Some(if metrics.snapshot_done() {
             tideline_engine::PartitionProgress {
                 position: metrics.position(),
-                remaining: Some(metrics.slot_lag_bytes()),
+                lag: Some(metrics.slot_lag_bytes()),
+                bounded: false,
             }
         } else {
             let (rows, estimate) = metrics.snapshot_progress();
             tideline_engine::PartitionProgress {
                 position: rows,
-                remaining: Some(estimate.saturating_sub(rows)),
+                lag: Some(estimate.saturating_sub(rows)),
+                bounded: false,
             }
         })
     }

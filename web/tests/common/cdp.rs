@@ -70,16 +70,24 @@ impl Browser {
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", chromium.display()))?;
         let stderr = process.stderr.take().ok_or("no stderr")?;
-        // Chromium says where its DevTools listen on stderr.
-        let mut url = None;
-        for line in BufReader::new(stderr).lines() {
-            let line = line.map_err(|e| e.to_string())?;
-            if let Some(u) = line.strip_prefix("DevTools listening on ") {
-                url = Some(u.trim().to_string());
-                break;
+        // Chromium says where its DevTools listen on stderr; a reader
+        // thread hands the line over, so a Chromium that hangs fails the
+        // test instead of hanging it.
+        let (found, listening) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(u) = line.strip_prefix("DevTools listening on ") {
+                    let _ = found.send(u.trim().to_string());
+                }
             }
-        }
-        let url = url.ok_or("Chromium exited without opening DevTools")?;
+        });
+        let url = match listening.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = process.kill();
+                return Err("Chromium did not open DevTools within 30 s".into());
+            }
+        };
         let host = url
             .strip_prefix("ws://")
             .and_then(|rest| rest.split('/').next())

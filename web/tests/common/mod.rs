@@ -47,7 +47,11 @@ pub(crate) fn running_job(rate: f64) -> Result<(Job, CollectSink<u64>, CollectSi
             if e.2 {
                 Ok(*e)
             } else {
-                Err(format!("unparsable event for key {}", e.0))
+                // Quotes, markup and a newline: free text as serde writes it.
+                Err(format!(
+                    "unparsable \"event\" <x-injected>for</x-injected> key {}\nsee the schema",
+                    e.0
+                ))
             }
         })
         .named("parse")

@@ -92,7 +92,8 @@ impl<T> Files<T> {
             .map(|total| total.saturating_sub(current));
         PartitionProgress {
             position: self.rows_done + current,
-            remaining: left,
+            lag: left,
+            bounded: true,
         }
     }
 
