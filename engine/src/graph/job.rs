@@ -266,49 +266,11 @@ impl Job {
     /// A validation error before anything runs, or the failure of any
     /// operator, source or sink (naming it) that was not restarted.
     pub fn run(self) -> Result<JobSummary> {
-        let mut graph = self.take_graph();
-        let capacity = graph.config.channel_capacity;
-        let strategy = graph.config.restart_strategy;
+        let graph = self.take_graph();
         let metrics = Arc::clone(&graph.metrics);
-        let mut restarts: Vec<String> = Vec::new();
-        loop {
-            let (tasks, shared, report) = graph
-                .build(Some(capacity))
-                .inspect_err(|e| report_end(&metrics, Err(e)))?;
-            let ran = JobHandle::spawn(tasks, shared, report).and_then(JobHandle::join_run);
-            let error = match ran {
-                Ok(mut summary) => {
-                    summary.restarts = restarts;
-                    report_end(&metrics, Ok(&summary));
-                    return Ok(summary);
-                }
-                Err(e) => e,
-            };
-            let restart = u32::try_from(restarts.len()).unwrap_or(u32::MAX);
-            let delay = strategy.delay(restart).filter(|_| {
-                !graph.stop.is_stopping()
-                    && !matches!(error, crate::Error::Aborted | crate::Error::Config { .. })
-            });
-            let Some(delay) = delay else {
-                report_end(&metrics, Err(&error));
-                return Err(error);
-            };
-            tracing::warn!(
-                error = %error,
-                restart = restarts.len() + 1,
-                delay_ms = delay.as_millis() as u64,
-                "job failed; restarting from its latest checkpoint"
-            );
-            metrics.failed(&error, true);
-            restarts.push(error.to_string());
-            if graph.stop.wait_unless_stopped(delay) {
-                report_end(&metrics, Err(&error));
-                return Err(error);
-            }
-            let restore =
-                restart_from(&graph.config).inspect_err(|e| report_end(&metrics, Err(e)))?;
-            graph.config.restore = Some(restore);
-        }
+        let result = run_restarting(graph, &metrics);
+        report_end(&metrics, result.as_ref());
+        result
     }
 
     /// Validates the job and starts it on its own threads (one per subtask).
@@ -316,10 +278,8 @@ impl Job {
     /// # Errors
     /// A validation error; nothing has started then.
     pub fn spawn(self) -> Result<JobHandle> {
-        let mut graph = self.take_graph();
-        let capacity = graph.config.channel_capacity;
-        let (tasks, shared, mut report) = graph.build(Some(capacity))?;
-        report.attachments = std::mem::take(&mut graph.attachments);
+        let capacity = self.graph.borrow().config.channel_capacity;
+        let (tasks, shared, report) = self.build_once(Some(capacity))?;
         JobHandle::spawn(tasks, shared, report)
     }
 
@@ -329,10 +289,56 @@ impl Job {
     /// # Errors
     /// A validation error.
     pub fn start_local(self) -> Result<LocalRun> {
-        let mut graph = self.take_graph();
-        let (tasks, shared, mut report) = graph.build(None)?;
-        report.attachments = std::mem::take(&mut graph.attachments);
+        let (tasks, shared, report) = self.build_once(None)?;
         Ok(LocalRun::new(tasks, shared, report))
+    }
+
+    /// Builds the job's only run: what it keeps alive moves into the run,
+    /// since the graph goes now.
+    fn build_once(self, capacity: Option<usize>) -> Result<crate::graph::build::BuiltJob> {
+        let mut graph = self.take_graph();
+        let (tasks, shared, mut report) = graph.build(capacity)?;
+        report.attachments = std::mem::take(&mut graph.attachments);
+        Ok((tasks, shared, report))
+    }
+}
+
+/// Runs `graph`, restarting it from its latest checkpoint as its restart
+/// strategy allows; the caller reports the end (`metrics` here only hear
+/// of the restarts).
+fn run_restarting(mut graph: Graph, metrics: &crate::metrics::JobMetrics) -> Result<JobSummary> {
+    let capacity = graph.config.channel_capacity;
+    let strategy = graph.config.restart_strategy;
+    let mut restarts: Vec<String> = Vec::new();
+    loop {
+        let (tasks, shared, report) = graph.build(Some(capacity))?;
+        let error = match JobHandle::spawn(tasks, shared, report).and_then(JobHandle::join_run) {
+            Ok(mut summary) => {
+                summary.restarts = restarts;
+                return Ok(summary);
+            }
+            Err(e) => e,
+        };
+        let restart = u32::try_from(restarts.len()).unwrap_or(u32::MAX);
+        let delay = strategy.delay(restart).filter(|_| {
+            !graph.stop.is_stopping()
+                && !matches!(error, crate::Error::Aborted | crate::Error::Config { .. })
+        });
+        let Some(delay) = delay else {
+            return Err(error);
+        };
+        tracing::warn!(
+            error = %error,
+            restart = restarts.len() + 1,
+            delay_ms = delay.as_millis() as u64,
+            "job failed; restarting from its latest checkpoint"
+        );
+        metrics.failed(&error, true);
+        restarts.push(error.to_string());
+        if graph.stop.wait_unless_stopped(delay) {
+            return Err(error);
+        }
+        graph.config.restore = Some(restart_from(&graph.config)?);
     }
 }
 
