@@ -19,7 +19,7 @@ use crate::metrics::OpCounters;
 use crate::record::{Data, Record};
 use crate::runtime::metrics::JobCounters;
 use crate::runtime::push::{BoxPush, Push};
-use crate::time::{EventTime, Watermark};
+use crate::time::{EventTime, Periodic, Watermark};
 
 /// A one-input operator; one instance runs in each subtask.
 pub trait Operator<I, O>: Send + 'static {
@@ -521,8 +521,8 @@ pub(crate) struct OperatorPush<I, O, Op> {
     /// Idle was passed on: the next watermark announces we are active again,
     /// even if it is not larger than the last one.
     idle_sent: bool,
-    /// When (job clock) the state size is sampled next.
-    next_state_sample: i64,
+    /// When (job clock) the state size is sampled.
+    state_sampling: Periodic,
     _input: PhantomData<fn(I)>,
 }
 
@@ -545,7 +545,7 @@ impl<I: Data, O: Data, Op: Operator<I, O>> OperatorPush<I, O, Op> {
             counters,
             last_watermark: EventTime::MIN,
             idle_sent: false,
-            next_state_sample: i64::MIN,
+            state_sampling: Periodic::new(crate::metrics::SAMPLE_INTERVAL_MILLIS),
             _input: PhantomData,
         }
     }
@@ -622,8 +622,7 @@ impl<I: Data, O: Data, Op: Operator<I, O>> Push<I> for OperatorPush<I, O, Op> {
     }
 
     fn on_tick(&mut self, now: i64) -> Result<()> {
-        if now >= self.next_state_sample {
-            self.next_state_sample = now.saturating_add(crate::metrics::SAMPLE_INTERVAL_MILLIS);
+        if self.state_sampling.due(now) {
             self.counters.set_state_size(self.op.state_size());
         }
         let (op, out) = (&mut self.op, &mut self.out);

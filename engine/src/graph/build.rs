@@ -27,8 +27,8 @@ use crate::runtime::shared::Shared;
 use crate::runtime::source_task::{Discovery, Partition, SourceTask};
 use crate::runtime::task::{ChainHead, Task, TaskCheckpoint};
 use crate::source::{ReaderContext, Source, SourceOffset};
-use crate::time::EventTime;
 use crate::time::WatermarkStrategy;
+use crate::time::{EventTime, Periodic};
 
 /// Everything a built job consists of: its tasks, their shared flags, and
 /// the counters the summary is made from.
@@ -180,8 +180,7 @@ impl<T: Data> TaskFactory for SourceFactory<T> {
                 source: Arc::clone(&self.source),
                 strategy: self.strategy.clone(),
                 reader_ctx: reader_ctx.clone(),
-                interval_millis: i64::try_from(interval.as_millis()).unwrap_or(i64::MAX),
-                next_due: ctx.config.clock.now_millis(),
+                every: Periodic::starting_at(ctx.config.clock.now_millis(), interval),
             });
         Ok(Box::new(SourceTask {
             head,
@@ -198,7 +197,7 @@ impl<T: Data> TaskFactory for SourceFactory<T> {
             uid,
             last_barrier: 0,
             metrics: ctx.source_metrics(),
-            next_sample: i64::MIN,
+            sampling: Periodic::new(crate::metrics::SAMPLE_INTERVAL_MILLIS),
         }))
     }
 }

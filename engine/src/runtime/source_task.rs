@@ -10,13 +10,13 @@ use std::sync::Arc;
 use crate::checkpoint::storage::PartitionState;
 use crate::config::FailurePolicy;
 use crate::error::{guarded, Error, Result};
-use crate::metrics::{OpCounters, PartitionSample, SourceTaskMetrics, SAMPLE_INTERVAL_MILLIS};
+use crate::metrics::{OpCounters, PartitionSample, SourceTaskMetrics};
 use crate::operator::{reject, DeadLetter};
 use crate::record::Data;
 use crate::runtime::metrics::JobCounters;
 use crate::runtime::task::{ChainHead, Step, Task};
 use crate::source::{ReaderContext, Source, SourceOutput, SourceReader, SourceStatus};
-use crate::time::{EventTime, TimestampFn, WatermarkGenerator, WatermarkStrategy};
+use crate::time::{EventTime, Periodic, TimestampFn, WatermarkGenerator, WatermarkStrategy};
 
 pub(crate) struct Partition<T> {
     /// The partition's number in its source.
@@ -33,8 +33,8 @@ pub(crate) struct Discovery<T> {
     pub(crate) strategy: WatermarkStrategy<T>,
     /// `partitions` is the count known so far.
     pub(crate) reader_ctx: ReaderContext,
-    pub(crate) interval_millis: i64,
-    pub(crate) next_due: i64,
+    /// When to look again.
+    pub(crate) every: Periodic,
 }
 
 pub(crate) struct SourceTask<T> {
@@ -56,8 +56,8 @@ pub(crate) struct SourceTask<T> {
     pub(crate) last_barrier: u64,
     /// Where its partitions stand, for metrics.
     pub(crate) metrics: Arc<SourceTaskMetrics>,
-    /// When (job clock) they are sampled next.
-    pub(crate) next_sample: i64,
+    /// When (job clock) they are sampled.
+    pub(crate) sampling: Periodic,
 }
 
 impl<T: Data> SourceTask<T> {
@@ -91,10 +91,9 @@ impl<T: Data> SourceTask<T> {
     /// Publishes where every partition stands, when a sample is due (or
     /// the subtask has `ended`: every partition counts as finished).
     fn sample(&mut self, now: i64, ended: bool) {
-        if now < self.next_sample && !ended {
+        if !self.sampling.due(now) && !ended {
             return;
         }
-        self.next_sample = now.saturating_add(SAMPLE_INTERVAL_MILLIS);
         let samples = self
             .partitions
             .iter()
@@ -129,10 +128,9 @@ impl<T: Data> SourceTask<T> {
         let Some(d) = &mut self.discovery else {
             return Ok(());
         };
-        if now < d.next_due {
+        if !d.every.due(now) {
             return Ok(());
         }
-        d.next_due = now.saturating_add(d.interval_millis);
         let source = &d.source;
         let total = guarded(&self.head.name, || source.discover_partitions())
             .map_err(|e| e.in_operator(&self.operator))?;

@@ -63,3 +63,38 @@ impl Clock for ManualClock {
         self.now.load(Ordering::SeqCst)
     }
 }
+
+/// Something done every `interval` of processing time, checked from a
+/// task's loop: due at the first check at or after its next time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Periodic {
+    interval_millis: i64,
+    next: i64,
+}
+
+impl Periodic {
+    /// Due at the first check, then every `interval_millis`.
+    pub(crate) fn new(interval_millis: i64) -> Self {
+        Self {
+            interval_millis,
+            next: i64::MIN,
+        }
+    }
+
+    /// Due from `start` on, then every `interval`.
+    pub(crate) fn starting_at(start: i64, interval: Duration) -> Self {
+        Self {
+            interval_millis: i64::try_from(interval.as_millis()).unwrap_or(i64::MAX),
+            next: start,
+        }
+    }
+
+    /// Whether it is due at `now`; if so, the next time is `now + interval`.
+    pub(crate) fn due(&mut self, now: i64) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.next = now.saturating_add(self.interval_millis);
+        true
+    }
+}

@@ -15,6 +15,7 @@ mod strategy;
 mod timers;
 mod tracker;
 
+pub(crate) use clock::Periodic;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub(crate) use generator::WatermarkGenerator;
 pub use lateness::{LateReason, LatenessRule};
