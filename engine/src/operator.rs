@@ -450,7 +450,6 @@ impl<O: Data> Output<O> {
 
     /// Adds `n` to the job's count of late records.
     pub fn count_late(&mut self, n: u64) {
-        self.job.late_records.fetch_add(n, Ordering::Relaxed);
         self.counters.add_late(n);
     }
 

@@ -79,7 +79,6 @@ impl std::fmt::Debug for JobMetrics {
 struct Carried {
     /// By (operator id, subtask): records in, out, late, blocked ms.
     ops: HashMap<(usize, usize), [u64; 4]>,
-    late: u64,
     late_by_operator_watermark: u64,
     checkpoints: Vec<CheckpointRecord>,
     completed: u64,
@@ -246,20 +245,22 @@ impl JobMetrics {
                 operators: Vec::new(),
                 sources: Vec::new(),
                 checkpoints: CheckpointMetrics::default(),
-                late_records: carried.late,
+                late_records: 0,
                 late_by_operator_watermark: carried.late_by_operator_watermark,
                 dead_letters,
                 dead_letters_by_reason,
                 recent_dead_letters,
             };
         };
+        let operators = run.operators(carried, time_ms);
         MetricsSnapshot {
             time_ms,
             job,
-            operators: run.operators(carried, time_ms),
+            // Every late record is counted by the operator that found it late.
+            late_records: operators.iter().map(|o| o.total().late_records).sum(),
+            operators,
             sources: run.partitions(),
             checkpoints: run.checkpoints(carried, time_ms),
-            late_records: carried.late + run.job.late_records.load(Ordering::Relaxed),
             late_by_operator_watermark: carried.late_by_operator_watermark
                 + run.job.late_by_operator_watermark.load(Ordering::Relaxed),
             dead_letters,
@@ -398,7 +399,6 @@ impl RunMetrics {
                 entry[3] += millis(task.counts().blocked);
             }
         }
-        carried.late += self.job.late_records.load(Ordering::Relaxed);
         carried.late_by_operator_watermark +=
             self.job.late_by_operator_watermark.load(Ordering::Relaxed);
         let checkpoints = self.checkpoints(carried, now);

@@ -66,7 +66,13 @@ impl JobReport {
                     }
                 })
                 .collect(),
-            late_records: self.counters.late_records.load(Ordering::Relaxed),
+            // Every late record is counted by the operator that found it late.
+            late_records: self
+                .operators
+                .iter()
+                .flat_map(|(_, _, subtasks)| subtasks)
+                .map(|c| c.counts().late)
+                .sum(),
             late_by_operator_watermark: self
                 .counters
                 .late_by_operator_watermark

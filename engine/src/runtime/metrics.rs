@@ -12,7 +12,6 @@ use crate::time::Clock;
 /// Counts of one run of the job (the summary's), and where dead letters
 /// are logged for the job's metrics.
 pub(crate) struct JobCounters {
-    pub(crate) late_records: AtomicU64,
     pub(crate) late_by_operator_watermark: AtomicU64,
     pub(crate) dead_letters: AtomicU64,
     pub(crate) dead_letter_log: Arc<crate::metrics::DeadLetterLog>,
@@ -22,7 +21,6 @@ pub(crate) struct JobCounters {
 impl fmt::Debug for JobCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobCounters")
-            .field("late_records", &self.late_records)
             .field("dead_letters", &self.dead_letters)
             .finish_non_exhaustive()
     }
@@ -34,7 +32,6 @@ impl JobCounters {
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
-            late_records: AtomicU64::new(0),
             late_by_operator_watermark: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
             dead_letter_log,
