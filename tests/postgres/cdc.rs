@@ -70,6 +70,15 @@ fn materialize(changes: impl IntoIterator<Item = Change<Order>>) -> Vec<Order> {
     rows.into_values().collect()
 }
 
+/// A bounded CDC source of the orders table `table` through slot `slot`.
+fn bounded_orders(url: &str, slot: &str, table: &str) -> PostgresCdcSource<Order> {
+    PostgresCdcSource::builder(url, slot)
+        .table(table)
+        .bounded()
+        .build::<Order>()
+        .unwrap()
+}
+
 #[test]
 fn snapshot_then_stream_reads_every_change_once() {
     let Some(url) = postgres_url() else { return };
@@ -316,11 +325,7 @@ fn a_snapshot_taken_while_a_writer_changes_the_table_misses_nothing_and_duplicat
     let Some(url) = postgres_url() else { return };
     let (table, slot) = create_orders(&url, 100_000);
     psql(&url, &format!("ANALYZE {table}"));
-    let source = PostgresCdcSource::builder(url.clone(), slot.clone())
-        .table(table.clone())
-        .bounded()
-        .build::<Order>()
-        .unwrap();
+    let source = bounded_orders(&url, &slot, &table);
     let (bound, metrics) = (source.bound(), source.metrics());
     let job = Job::new();
     let changes = CollectSink::new();
@@ -518,11 +523,7 @@ fn a_job_backpressured_longer_than_the_server_timeout_keeps_its_replication_sess
     // The server drops a replication session that says nothing for 2 s.
     let url = format!("{url} options='-c wal_sender_timeout=2000'");
     let (table, slot) = create_orders(&url, 0);
-    let source = PostgresCdcSource::builder(url.clone(), slot.clone())
-        .table(table.clone())
-        .bounded()
-        .build::<Order>()
-        .unwrap();
+    let source = bounded_orders(&url, &slot, &table);
     let (bound, metrics) = (source.bound(), source.metrics());
     let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let gate = std::sync::Arc::clone(&release);
@@ -560,11 +561,7 @@ fn a_job_backpressured_longer_than_the_server_timeout_keeps_its_replication_sess
 fn a_bounded_read_ends_at_its_lsn_whatever_committed_after() {
     let Some(url) = postgres_url() else { return };
     let (table, slot) = create_orders(&url, 0);
-    let source = PostgresCdcSource::builder(url.clone(), slot.clone())
-        .table(table.clone())
-        .bounded()
-        .build::<Order>()
-        .unwrap();
+    let source = bounded_orders(&url, &slot, &table);
     let (bound, metrics) = (source.bound(), source.metrics());
     let job = Job::new();
     let job_metrics = job.metrics();
@@ -613,11 +610,7 @@ fn a_replication_session_killed_by_the_server_restarts_the_job_exactly_once() {
     let (table, slot) = create_orders(&url, 0);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("changes");
-    let source = PostgresCdcSource::builder(url.clone(), slot.clone())
-        .table(table.clone())
-        .bounded()
-        .build::<Order>()
-        .unwrap();
+    let source = bounded_orders(&url, &slot, &table);
     let (bound, metrics) = (source.bound(), source.metrics());
     let (chk, sink) = (dir.path().join("chk"), out.clone());
     // `run` restarts the job by its strategy (`spawn` runs it once); a job
