@@ -18,15 +18,14 @@ use tideline_engine::metrics::{
 /// Samples kept for the sparklines (one a second by default: two minutes).
 pub(crate) const HISTORY: usize = 120;
 
-/// The last sample and what came before it.
+/// The last sample, its view, and the history of the sparklines.
 #[derive(Debug, Default)]
 pub(crate) struct LiveState {
-    previous: Option<(Instant, MetricsSnapshot)>,
+    /// The last sample: when, and what (rates are against it).
+    last: Option<(Instant, MetricsSnapshot)>,
     history: VecDeque<HistoryPoint>,
     /// The view of the last sample (what `/api/metrics` serves).
     pub(crate) view: Option<LiveView>,
-    /// The snapshot of the last sample (`/api/checkpoints`, `/api/dead-letters`).
-    pub(crate) snapshot: Option<MetricsSnapshot>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -37,15 +36,20 @@ struct HistoryPoint {
 }
 
 impl LiveState {
+    /// The snapshot of the last sample (`/api/checkpoints`, `/api/dead-letters`).
+    pub(crate) fn last_snapshot(&self) -> Option<&MetricsSnapshot> {
+        self.last.as_ref().map(|(_, s)| s)
+    }
+
     /// Takes in a new snapshot, taken at `now`.
     pub(crate) fn sample(&mut self, now: Instant, snapshot: MetricsSnapshot) {
         let elapsed = self
-            .previous
+            .last
             .as_ref()
             .map(|(at, _)| now.duration_since(*at).as_secs_f64())
             .filter(|s| *s > 0.0);
-        let before = self.previous.as_ref().map(|(_, s)| s);
-        let view = LiveView::new(&snapshot, before, elapsed);
+        let before = self.last.as_ref().map(|(_, s)| s);
+        let mut view = LiveView::new(&snapshot, before, elapsed);
         self.history.push_back(HistoryPoint {
             time_ms: snapshot.time_ms,
             throughput: view.throughput,
@@ -54,11 +58,9 @@ impl LiveState {
         if self.history.len() > HISTORY {
             self.history.pop_front();
         }
-        let mut view = view;
         view.history = History::from(&self.history);
         self.view = Some(view);
-        self.snapshot = Some(snapshot.clone());
-        self.previous = Some((now, snapshot));
+        self.last = Some((now, snapshot));
     }
 }
 

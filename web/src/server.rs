@@ -242,7 +242,7 @@ fn last_snapshot(state: &AppState) -> tideline_engine::metrics::MetricsSnapshot 
         .live
         .lock()
         .ok()
-        .and_then(|l| l.snapshot.clone())
+        .and_then(|l| l.last_snapshot().cloned())
         .unwrap_or_else(|| state.job.snapshot())
 }
 
