@@ -77,13 +77,22 @@ impl std::fmt::Debug for JobMetrics {
 /// What earlier runs of the job counted.
 #[derive(Debug, Default)]
 struct Carried {
-    /// By (operator id, subtask): records in, out, late, blocked ms.
-    ops: HashMap<(usize, usize), [u64; 4]>,
+    /// By (operator id, subtask).
+    ops: HashMap<(usize, usize), Cumulative>,
     late_by_operator_watermark: u64,
     checkpoints: Vec<CheckpointRecord>,
     completed: u64,
     aborted: Vec<AbortedRecord>,
     failed: u64,
+}
+
+/// The cumulative counts of one operator subtask.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cumulative {
+    records_in: u64,
+    records_out: u64,
+    late: u64,
+    blocked_ms: u64,
 }
 
 /// One operator of the graph, with where its cells are.
@@ -300,15 +309,15 @@ impl RunMetrics {
                         let watermark = t.watermark.map(EventTime::millis);
                         SubtaskMetrics {
                             subtask,
-                            records_in: before[0] + c.records_in,
-                            records_out: before[1] + c.records_out,
-                            late_records: before[2] + c.late,
+                            records_in: before.records_in + c.records_in,
+                            records_out: before.records_out + c.records_out,
+                            late_records: before.late + c.late,
                             watermark_ms: watermark,
                             watermark_lag_ms: watermark
                                 .filter(|w| *w != i64::MAX)
                                 .map(|w| now.saturating_sub(w)),
                             idle: t.idle,
-                            blocked_ms: before[3] + millis(t.blocked),
+                            blocked_ms: before.blocked_ms + millis(t.blocked),
                             queue_fill: t.queue_fill,
                             state_entries: c.state_entries,
                             state_bytes: c.state_bytes,
@@ -386,17 +395,19 @@ impl RunMetrics {
         }
     }
 
-    /// Adds this run's counts to what earlier runs counted.
+    /// Makes `carried` the totals up to the end of this run (what a
+    /// snapshot of this run reports).
     fn carry_into(&self, carried: &mut Carried) {
         let now = self.clock.now_millis();
-        for op in &self.operators {
-            for (subtask, (counters, task)) in op.counters.iter().zip(&op.tasks).enumerate() {
-                let c = counters.counts();
-                let entry = carried.ops.entry((op.info.id, subtask)).or_default();
-                entry[0] += c.records_in;
-                entry[1] += c.records_out;
-                entry[2] += c.late;
-                entry[3] += millis(task.counts().blocked);
+        for op in self.operators(carried, now) {
+            for s in op.subtasks {
+                let totals = Cumulative {
+                    records_in: s.records_in,
+                    records_out: s.records_out,
+                    late: s.late_records,
+                    blocked_ms: s.blocked_ms,
+                };
+                carried.ops.insert((op.id, s.subtask), totals);
             }
         }
         carried.late_by_operator_watermark +=
