@@ -46,6 +46,7 @@
 // `main` and `pipeline` are public so the integration tests use them too.
 #![allow(unreachable_pub)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 #[path = "common/mod.rs"]
@@ -418,7 +419,7 @@ pub fn run_with(args: &[&str], on_signals: OnSignals) -> Result<String> {
     // As the process's own job: a progress bar (or lines) on stderr.
     let show_progress = on_signals == OnSignals::StopWithSavepoint;
     let summary = {
-        let _progress = show_progress.then(|| Progress::start(job.metrics()));
+        let _progress = show_progress.then(|| Progress::start(Arc::clone(&metrics)));
         let _signals = match on_signals {
             OnSignals::StopWithSavepoint => Some(tideline::signals::stop_on_signals(
                 job.stop_handle(),

@@ -1046,7 +1046,6 @@ fn cached_high_watermark(consumer: &BaseConsumer, topic: &str, partition: i32) -
             &mut high,
         )
     };
-    let _ = low;
     (err == rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
         .then_some(high)
         .and_then(|h| u64::try_from(h).ok())
