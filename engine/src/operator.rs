@@ -62,6 +62,29 @@ pub trait Operator<I, O>: Send + 'static {
         Ok(())
     }
 
+    /// A checkpoint barrier (or the end of a stop with a savepoint) is about
+    /// to pass: emit what the operator holds back between calls, such as a
+    /// pre-aggregation's partial results, so the snapshot need not keep it
+    /// (Flink's `prepareSnapshotPreBarrier`). Most operators hold nothing.
+    ///
+    /// # Errors
+    /// Any error stops the job (the checkpoint never completes).
+    fn before_barrier(&mut self, out: &mut Output<O>) -> Result<()> {
+        let _ = out;
+        Ok(())
+    }
+
+    /// The input went idle (its watermark no longer holds the job's
+    /// back): emit what is held back, as before a barrier, since windows
+    /// downstream may now fire without waiting for it.
+    ///
+    /// # Errors
+    /// Any error stops the job and is reported with the operator's name.
+    fn on_idle(&mut self, out: &mut Output<O>) -> Result<()> {
+        let _ = out;
+        Ok(())
+    }
+
     /// A checkpoint barrier passed: write everything needed to continue
     /// from exactly here (keyed state, timers) into `snapshot`. Called
     /// between batches. Stateless operators keep this default.
@@ -609,6 +632,8 @@ impl<I: Data, O: Data, Op: Operator<I, O>> Push<I> for OperatorPush<I, O, Op> {
                 Ok(())
             }
             Watermark::Idle => {
+                let (op, out) = (&mut self.op, &mut self.out);
+                guarded(&self.name, || op.on_idle(out))?;
                 self.flush()?;
                 self.idle_sent = true;
                 self.next.push_watermark(Watermark::Idle)?;
@@ -635,6 +660,8 @@ impl<I: Data, O: Data, Op: Operator<I, O>> Push<I> for OperatorPush<I, O, Op> {
     }
 
     fn push_barrier(&mut self, barrier: &mut BarrierCtx) -> Result<()> {
+        let (op, out) = (&mut self.op, &mut self.out);
+        guarded(&self.name, || op.before_barrier(out))?;
         self.flush()?;
         self.snapshot(barrier)?;
         self.next.push_barrier(barrier)?;

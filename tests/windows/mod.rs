@@ -1,5 +1,6 @@
 //! Window tests: brute-force references, lateness, triggers, joins.
 
+mod combine;
 mod differential;
 mod joins;
 mod lateness;

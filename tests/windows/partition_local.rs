@@ -66,7 +66,12 @@ impl Source<Event> for SlowFirstPartition {
 
 /// Seeded partitions: each advances ~`step` ms per event with disorder up to
 /// twice the bound; the last one runs `behind` ms behind the others.
-fn partitions(seed: u64, count: usize, per_partition: usize, behind: i64) -> Vec<Vec<Event>> {
+pub(super) fn partitions(
+    seed: u64,
+    count: usize,
+    per_partition: usize,
+    behind: i64,
+) -> Vec<Vec<Event>> {
     let mut rng = SmallRng::seed_from_u64(seed);
     (0..count)
         .map(|p| {
@@ -119,7 +124,7 @@ fn reference(
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Kind {
+pub(super) enum Kind {
     Tumbling,
     Sliding,
     Session,
@@ -160,9 +165,26 @@ type Outcome = (
 fn run_with(
     kind: Kind,
     parts: &[Vec<Event>],
-    (parallelism, batch, flush_ms): (usize, usize, u64),
+    config: (usize, usize, u64),
     lateness: i64,
 ) -> Result<Outcome> {
+    let (results, late, by_operator, _) =
+        run_aggregate(kind, parts, config, lateness, count_sum_min_max())?;
+    Ok((results, late, by_operator))
+}
+
+/// As [`run_with`], aggregating with `agg`; also returns how many records
+/// (or pre-aggregated partials) the window operator received.
+pub(super) fn run_aggregate<A>(
+    kind: Kind,
+    parts: &[Vec<Event>],
+    (parallelism, batch, flush_ms): (usize, usize, u64),
+    lateness: i64,
+    agg: A,
+) -> Result<(Vec<WindowResult<u64, A::Out>>, Vec<Event>, u64, u64)>
+where
+    A: tideline::window::AggregateFunction<Event>,
+{
     let job = Job::new()
         .parallelism(parallelism)
         .batch_size(batch)
@@ -192,14 +214,24 @@ fn run_with(
     let results = windowed
         .allowed_lateness(Span::millis(lateness))
         .side_output_late_data(&late_tag)
-        .aggregate(count_sum_min_max());
+        .aggregate(agg);
     let (out, late) = (CollectSink::new(), CollectSink::new());
     results.sink(out.clone());
     results.side_output(&late_tag).sink(late.clone());
+    let metrics = job.metrics();
     let summary = job.run()?;
     let mut late = late.values();
     late.sort();
-    Ok((out.values(), late, summary.late_by_operator_watermark))
+    let window_input = metrics
+        .snapshot()
+        .operator("window_aggregate")
+        .map_or(0, |o| o.total().records_in);
+    Ok((
+        out.values(),
+        late,
+        summary.late_by_operator_watermark,
+        window_input,
+    ))
 }
 
 /// One run without allowed lateness: windows (each fired once) and late records.

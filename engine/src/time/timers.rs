@@ -74,6 +74,22 @@ impl<K: Hash + Eq + Clone, N: Hash + Eq + Clone> TimerService<K, N> {
             .is_some()
     }
 
+    /// Removes the timer `id` from the live set if its registration is
+    /// `generation` (one probe), and returns it; a bucket entry of a timer
+    /// deleted or registered again since gives `None`.
+    fn take_live(
+        live: &mut HashMap<(K, N, EventTime), u64, FxBuildHasher>,
+        id: (K, N, EventTime),
+        generation: u64,
+    ) -> Option<(K, N, EventTime)> {
+        match live.entry(id) {
+            hashbrown::hash_map::Entry::Occupied(entry) if *entry.get() == generation => {
+                Some(entry.remove_entry().0)
+            }
+            _ => None,
+        }
+    }
+
     /// Removes and returns the earliest timer with timestamp `<= up_to`.
     pub fn pop_due(&mut self, up_to: EventTime) -> Option<(EventTime, K, N)> {
         loop {
@@ -84,11 +100,10 @@ impl<K: Hash + Eq + Clone, N: Hash + Eq + Clone> TimerService<K, N> {
             }
             match bucket.get_mut().pop_front() {
                 Some((key, namespace, generation)) => {
-                    let id = (key, namespace, at);
                     // Skip entries of timers deleted (and maybe registered again) since.
-                    if self.live.get(&id) == Some(&generation) {
-                        self.live.remove(&id);
-                        let (key, namespace, at) = id;
+                    if let Some((key, namespace, at)) =
+                        Self::take_live(&mut self.live, (key, namespace, at), generation)
+                    {
                         return Some((at, key, namespace));
                     }
                 }
@@ -140,10 +155,8 @@ impl<K: Hash + Eq + Clone, N: Hash + Eq + Clone> TimerService<K, N> {
                 let Some((key, namespace, generation)) = bucket.pop_front() else {
                     break;
                 };
-                let id = (key, namespace, at);
-                if self.live.get(&id) == Some(&generation) {
-                    self.live.remove(&id);
-                    fired = Some(id);
+                fired = Self::take_live(&mut self.live, (key, namespace, at), generation);
+                if fired.is_some() {
                     break;
                 }
             }

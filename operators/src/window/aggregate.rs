@@ -25,6 +25,14 @@ pub trait AggregateFunction<T>: Clone + Send + Sync + 'static {
     fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc);
     /// The result of an accumulator.
     fn result(&self, acc: Self::Acc) -> Self::Out;
+
+    /// Whether merging accumulators gives exactly what adding the same
+    /// records one by one gives, however they are grouped: true for integer
+    /// counts, sums, minima and maxima; false for float sums (rounding
+    /// depends on the order) and order-keeping lists. Tumbling window
+    /// aggregations of such functions pre-aggregate before the keyed
+    /// exchange (see the window module); others send every record.
+    const EXACT_MERGE: bool = false;
 }
 
 /// Numbers the built-in aggregates work on.
@@ -41,18 +49,24 @@ pub trait Numeric:
 {
     /// As a float, for averages.
     fn as_f64(self) -> f64;
+
+    /// Whether `+` and comparisons give the same result in any order
+    /// (integers, whose sums wrap; not floats, which round and have NaN).
+    const EXACT: bool = false;
 }
 
 macro_rules! numeric {
-    ($($t:ty),*) => {$(
+    ($exact:expr; $($t:ty),*) => {$(
         impl Numeric for $t {
+            const EXACT: bool = $exact;
             fn as_f64(self) -> f64 {
                 self as f64
             }
         }
     )*};
 }
-numeric!(i8, i16, i32, i64, isize, u8, u16, u32, u64, usize, f32, f64);
+numeric!(true; i8, i16, i32, i64, isize, u8, u16, u32, u64, usize);
+numeric!(false; f32, f64);
 
 /// Counts records.
 #[derive(Clone, Copy, Debug, Default)]
@@ -61,6 +75,7 @@ pub struct Count;
 impl<T> AggregateFunction<T> for Count {
     type Acc = u64;
     type Out = u64;
+    const EXACT_MERGE: bool = true;
     fn create(&self) -> u64 {
         0
     }
@@ -138,6 +153,7 @@ field_aggregate!(
 impl<T: 'static, N: Numeric> AggregateFunction<T> for Sum<T, N> {
     type Acc = N;
     type Out = N;
+    const EXACT_MERGE: bool = N::EXACT;
     fn create(&self) -> N {
         N::default()
     }
@@ -165,6 +181,7 @@ macro_rules! extreme {
         impl<T: 'static, N: Numeric> AggregateFunction<T> for $name<T, N> {
             type Acc = Option<N>;
             type Out = N;
+            const EXACT_MERGE: bool = N::EXACT;
             fn create(&self) -> Option<N> {
                 None
             }
@@ -215,6 +232,7 @@ macro_rules! tuple_aggregate {
         impl<T: Clone + 'static, $($a: AggregateFunction<T>),+> AggregateFunction<T> for ($($a,)+) {
             type Acc = ($($a::Acc,)+);
             type Out = ($($a::Out,)+);
+            const EXACT_MERGE: bool = $($a::EXACT_MERGE)&&+;
             fn create(&self) -> Self::Acc {
                 ($(self.$i.create(),)+)
             }

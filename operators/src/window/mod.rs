@@ -32,6 +32,7 @@
 
 mod aggregate;
 mod assigner;
+mod combine;
 mod operator;
 mod panes;
 mod sessions;
@@ -54,7 +55,8 @@ pub use trigger::{
     TriggerResult,
 };
 
-use operator::{LiveCount, WindowOperator};
+use combine::{Combined, WindowCombiner};
+use operator::{CombinedWindowOperator, LiveCount, WindowOperator};
 use panes::Grid;
 
 /// Why a window emitted.
@@ -332,33 +334,73 @@ where
             self.describe,
         );
         let check_kind = kind.clone();
-        self.keyed
-            .transform(name, move |ctx, key| {
-                Ok(WindowOperator {
-                    key,
-                    kind: kind.clone(),
-                    lateness,
-                    late_tag: late_tag.clone(),
-                    agg: agg.clone(),
-                    trigger: trigger.clone(),
-                    function: function(),
-                    state: ctx.keyed_state()?,
-                    event_timers: TimerService::new(),
-                    processing_timers: TimerService::new(),
-                    watermark: EventTime::MIN,
-                    processing_time: i64::MIN,
-                    live: LiveCount {
-                        shared: Arc::clone(&live.0),
-                        local: 0,
-                    },
-                    grid: match kind {
-                        WindowKind::Sliding { size, slide, offset } => Some(Grid::new(size, slide, offset, lateness)),
-                        _ => None,
-                    },
-                    rule: ctx.config.lateness_rule,
-                    describe: describe.clone(),
-                })
+        // Tumbling and sliding windows of exact aggregates under the
+        // event-time trigger fold records where they are read (see `combine`).
+        let combine = Tr::IS_EVENT_TIME
+            && A::EXACT_MERGE
+            && matches!(
+                kind,
+                WindowKind::Tumbling { .. } | WindowKind::Sliding { .. }
+            );
+        let raw_key = self.keyed.key_selector();
+        let (combiner_kind, combiner_agg) = (kind.clone(), agg.clone());
+        let make = move |ctx: &tideline_engine::OperatorContext,
+                         key: tideline_engine::KeySelector<K, T>| {
+            Ok::<_, Error>(WindowOperator {
+                key,
+                kind: kind.clone(),
+                lateness,
+                late_tag: late_tag.clone(),
+                agg: agg.clone(),
+                trigger: trigger.clone(),
+                function: function(),
+                state: ctx.keyed_state()?,
+                event_timers: TimerService::new(),
+                processing_timers: TimerService::new(),
+                watermark: EventTime::MIN,
+                processing_time: i64::MIN,
+                live: LiveCount {
+                    shared: Arc::clone(&live.0),
+                    local: 0,
+                    unpublished: 0,
+                },
+                grid: match kind {
+                    WindowKind::Sliding {
+                        size,
+                        slide,
+                        offset,
+                    } => Some(Grid::new(size, slide, offset, lateness)),
+                    _ => None,
+                },
+                rule: ctx.config.lateness_rule,
+                describe: describe.clone(),
             })
+        };
+        let stream = if combine {
+            let combiner_key = Arc::clone(&raw_key);
+            let exchange_key = Arc::clone(&raw_key);
+            self.keyed
+                .input()
+                .transform("window_combine", move |ctx| {
+                    Ok(WindowCombiner::new(
+                        Arc::clone(&combiner_key),
+                        &combiner_kind,
+                        lateness,
+                        combiner_agg.clone(),
+                        ctx.config.lateness_rule,
+                    ))
+                })
+                .key_by(move |c: &Combined<K, T, A::Acc>| match c {
+                    Combined::Raw(value) => exchange_key(value),
+                    Combined::Partial { key, .. } => key.clone(),
+                })
+                .transform(name, move |ctx, _| {
+                    Ok(CombinedWindowOperator(make(ctx, Arc::clone(&raw_key))?))
+                })
+        } else {
+            self.keyed.transform(name, move |ctx, key| make(ctx, key))
+        };
+        stream
             .validate_with(move || {
                 check_kind.validate()?;
                 if lateness < 0 {

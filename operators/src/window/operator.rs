@@ -29,13 +29,14 @@ use std::sync::Arc;
 
 use tideline_engine::time::{LateReason, LatenessRule, TimerService};
 use tideline_engine::{
-    Data, EventTime, KeySelector, Operator, Output, OutputTag, Record, RestoreContext, Result,
-    SnapshotWriter,
+    Data, Error, EventTime, KeySelector, Operator, Output, OutputTag, Record, RestoreContext,
+    Result, SnapshotWriter,
 };
 use tideline_state::{KeyedState, StateKey, ValueStateDescriptor};
 
 use super::aggregate::AggregateFunction;
 use super::assigner::{TimeWindow, WindowKind};
+use super::combine::Combined;
 use super::panes::{pane_buffers, Grid, PaneBuffer, PaneHost, FULL};
 use super::sessions::{session_buffers, SessionBuffer};
 use super::trigger::{Trigger, TriggerContext, TriggerResult};
@@ -82,17 +83,28 @@ impl<Acc: Clone, S> Slot<Acc, S> {
 }
 
 /// The live-window gauge shared by an operator's subtasks, and this
-/// subtask's share of it (what a checkpoint keeps).
+/// subtask's share of it (what a checkpoint keeps). Changes reach the shared
+/// gauge once per batch or watermark ([`LiveCount::publish`]), not per
+/// window: subtasks writing one atomic per window would contend for its
+/// cache line.
 #[derive(Debug)]
 pub(crate) struct LiveCount {
     pub(crate) shared: Arc<AtomicI64>,
     pub(crate) local: i64,
+    pub(crate) unpublished: i64,
 }
 
 impl LiveCount {
     fn add(&mut self, delta: i64) {
         self.local += delta;
-        self.shared.fetch_add(delta, Ordering::Relaxed);
+        self.unpublished += delta;
+    }
+
+    fn publish(&mut self) {
+        if self.unpublished != 0 {
+            self.shared.fetch_add(self.unpublished, Ordering::Relaxed);
+            self.unpublished = 0;
+        }
     }
 }
 
@@ -166,13 +178,14 @@ where
         emit_late(&self.late_tag, reason, record, out);
     }
 
-    /// Adds a record to a (non-sliding) window and applies the trigger.
+    /// Adds a record (or a pre-aggregated partial) to a (non-sliding)
+    /// window and applies the trigger.
     fn add_to_window<O>(
         &mut self,
         key: &K,
         window: TimeWindow,
         timestamp: EventTime,
-        value: T,
+        addition: Addition<T, A::Acc>,
         out: &mut Output<O>,
     ) -> Result<()>
     where
@@ -220,8 +233,23 @@ where
             event_timers,
             processing_timers,
         };
-        let decision = trigger.on_element(&value, timestamp, &window, &mut ctx);
-        agg.add(&mut slot.acc, value);
+        let decision = match addition {
+            Addition::Record(value) => {
+                let decision = if Tr::IS_EVENT_TIME {
+                    event_time_decision(&window, cleanup_at, is_new, &mut ctx)
+                } else {
+                    trigger.on_element(&value, timestamp, &window, &mut ctx)
+                };
+                agg.add(&mut slot.acc, value);
+                decision
+            }
+            // Partials come only with the event-time trigger (see `combine`).
+            Addition::Partial(acc) => {
+                let decision = event_time_decision(&window, cleanup_at, is_new, &mut ctx);
+                agg.merge(&mut slot.acc, &acc);
+                decision
+            }
+        };
         slot.has_data = true;
         let firing = if *watermark >= window.max_timestamp() {
             Firing::Late
@@ -284,7 +312,13 @@ where
         }
         keep.push(merged);
         self.state.value(&SESSIONS, key, &())?.set(keep);
-        self.add_to_window(key, merged, record.timestamp, record.value, out)
+        self.add_to_window(
+            key,
+            merged,
+            record.timestamp,
+            Addition::Record(record.value),
+            out,
+        )
     }
 
     fn merge_sessions(
@@ -344,11 +378,14 @@ where
         matches!(self.kind, WindowKind::Session(_)) && Tr::IS_EVENT_TIME
     }
 
+    /// Adds a record (or a partial pane folded before the exchange) to its
+    /// pane of a sliding window.
     fn add_to_panes<O>(
         &mut self,
         grid: Grid,
         key: &K,
-        record: Record<T>,
+        timestamp: EventTime,
+        addition: Addition<Record<T>, A::Acc>,
         arrival: Arrival,
         out: &mut Output<O>,
     ) -> Result<()>
@@ -356,7 +393,7 @@ where
         O: Data,
         P: ProcessWindowFunction<K, A::Out, O>,
     {
-        let start = grid.pane_start(record.timestamp.millis());
+        let start = grid.pane_start(timestamp.millis());
         let rule = self.rule;
         let Self {
             state,
@@ -370,9 +407,18 @@ where
         } = self;
         // Late for every window it belongs to: the pane's last window expired.
         let ends = grid.ends_of_pane(start);
-        let Some(mut from_end) = grid.first_live_end(ends, arrival.judge) else {
-            let cleanup = EventTime::from_millis(ends.1 - 1).saturating_add_millis(grid.lateness);
-            emit_late(late_tag, rule.reason(arrival.mark, cleanup), record, out);
+        let live_from = grid.first_live_end(ends, arrival.judge);
+        // The combiner folds only records late for no window of the pane.
+        if matches!(addition, Addition::Partial(_)) && live_from != Some(FULL) {
+            let pane = TimeWindow::new(start, start.saturating_add(grid.pane));
+            return Err(partial_too_late(&pane, *watermark));
+        }
+        let Some(mut from_end) = live_from else {
+            if let Addition::Record(record) = addition {
+                let cleanup =
+                    EventTime::from_millis(ends.1 - 1).saturating_add_millis(grid.lateness);
+                emit_late(late_tag, rule.reason(arrival.mark, cleanup), record, out);
+            }
             return Ok(());
         };
         // Windows the operator's watermark has expired never fire again, so a
@@ -387,7 +433,10 @@ where
             None => fresh.insert(PaneBuffer::new(&grid, *watermark)),
         };
         let (acc, created) = buffer.pane_mut(start, from_end, || agg.create());
-        agg.add(acc, record.value);
+        match addition {
+            Addition::Record(record) => agg.add(acc, record.value),
+            Addition::Partial(partial) => agg.merge(acc, &partial),
+        }
         if created {
             live.add(1);
         }
@@ -635,6 +684,149 @@ where
         }
         Ok(())
     }
+
+    /// Judges one record and adds it to its windows (or the late output, or
+    /// dead letters).
+    fn process_record<O>(&mut self, record: Record<T>, out: &mut Output<O>) -> Result<()>
+    where
+        O: Data,
+        P: ProcessWindowFunction<K, A::Out, O>,
+    {
+        let timestamp = record.timestamp;
+        let key = (self.key)(&record.value);
+        if !timestamp.is_set() {
+            let text = self.record_text(&key, &record.value);
+            out.dead_letter_text(
+                timestamp,
+                "record has no event time: give its source a watermark strategy with timestamps",
+                text,
+            )?;
+            return Ok(());
+        }
+        let arrival = Arrival {
+            judge: self.rule.judge(record.lateness_watermark, self.watermark),
+            mark: record.lateness_watermark,
+        };
+        match &self.kind {
+            WindowKind::Tumbling { size, offset } => {
+                let window = WindowKind::<T>::tumbling_window(*size, *offset, timestamp.millis());
+                match self.late_for(&window, arrival) {
+                    Some(reason) => self.late(reason, record, out),
+                    None => self.add_to_window(
+                        &key,
+                        window,
+                        timestamp,
+                        Addition::Record(record.value),
+                        out,
+                    )?,
+                }
+            }
+            WindowKind::Global => self.add_to_window(
+                &key,
+                TimeWindow::GLOBAL,
+                timestamp,
+                Addition::Record(record.value),
+                out,
+            )?,
+            WindowKind::Sliding { .. } => {
+                if let Some(grid) = self.grid {
+                    self.add_to_panes(
+                        grid,
+                        &key,
+                        timestamp,
+                        Addition::Record(record),
+                        arrival,
+                        out,
+                    )?;
+                }
+            }
+            WindowKind::Session(gap) => {
+                let gap = self.kind.gap_of(gap, &record.value);
+                if gap <= 0 {
+                    let text = self.record_text(&key, &record.value);
+                    out.dead_letter_text(
+                        timestamp,
+                        format!("session gap must be positive, got {gap} ms"),
+                        text,
+                    )?;
+                    return Ok(());
+                }
+                let window =
+                    TimeWindow::new(timestamp.millis(), timestamp.millis().saturating_add(gap));
+                if self.buffered_sessions() {
+                    self.add_to_session_buffer(&key, window, record, arrival, out)?;
+                } else {
+                    self.add_to_session(&key, window, record, arrival, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges a partial of a tumbling window made before the exchange.
+    fn process_partial<O>(
+        &mut self,
+        key: K,
+        window: TimeWindow,
+        acc: A::Acc,
+        timestamp: EventTime,
+        mark: EventTime,
+        out: &mut Output<O>,
+    ) -> Result<()>
+    where
+        O: Data,
+        P: ProcessWindowFunction<K, A::Out, O>,
+    {
+        let arrival = Arrival {
+            judge: self.rule.judge(mark, self.watermark),
+            mark,
+        };
+        if let Some(grid) = self.grid {
+            return self.add_to_panes(grid, &key, timestamp, Addition::Partial(acc), arrival, out);
+        }
+        // The combiner folds only records this cannot happen to (see `combine`).
+        if self.late_for(&window, arrival).is_some() {
+            return Err(partial_too_late(&window, self.watermark));
+        }
+        self.add_to_window(&key, window, timestamp, Addition::Partial(acc), out)
+    }
+}
+
+/// A partial the combiner should not have folded: a bug, reported rather
+/// than losing its records.
+fn partial_too_late(window: &TimeWindow, watermark: EventTime) -> Error {
+    Error::Internal(format!(
+        "a pre-aggregated partial of {window:?} arrived late (operator watermark {watermark:?}): \
+         the combiner should have sent its records as they were"
+    ))
+}
+
+/// What is added to a window: a record, or records folded before the exchange.
+enum Addition<T, Acc> {
+    Record(T),
+    Partial(Acc),
+}
+
+/// The event-time trigger's decision for a window a record (or partial) was
+/// just added to: fire if the watermark passed its end, else wait for its
+/// timer. The timer is registered once, when the window's slot is made (a
+/// new window's cleanup timer is that same timer without allowed
+/// lateness), and stays pending until the watermark reaches the end, so
+/// later records need not probe the timer set again.
+fn event_time_decision<K: std::hash::Hash + Eq + Clone, S>(
+    window: &TimeWindow,
+    cleanup_at: EventTime,
+    is_new: bool,
+    ctx: &mut TriggerContext<'_, K, S>,
+) -> TriggerResult {
+    let end = window.max_timestamp();
+    if end <= ctx.watermark {
+        return TriggerResult::Fire;
+    }
+    if is_new && cleanup_at != end {
+        ctx.register_event_time_timer(end);
+    }
+    TriggerResult::Continue
 }
 
 /// Counts a late record and sends it to the late output, if there is one.
@@ -738,59 +930,9 @@ where
 {
     fn process_batch(&mut self, batch: Vec<Record<T>>, out: &mut Output<O>) -> Result<()> {
         for record in batch {
-            let timestamp = record.timestamp;
-            let key = (self.key)(&record.value);
-            if !timestamp.is_set() {
-                let text = self.record_text(&key, &record.value);
-                out.dead_letter_text(
-                    timestamp,
-                    "record has no event time: give its source a watermark strategy with timestamps",
-                    text,
-                )?;
-                continue;
-            }
-            let arrival = Arrival {
-                judge: self.rule.judge(record.lateness_watermark, self.watermark),
-                mark: record.lateness_watermark,
-            };
-            match &self.kind {
-                WindowKind::Tumbling { size, offset } => {
-                    let window =
-                        WindowKind::<T>::tumbling_window(*size, *offset, timestamp.millis());
-                    match self.late_for(&window, arrival) {
-                        Some(reason) => self.late(reason, record, out),
-                        None => self.add_to_window(&key, window, timestamp, record.value, out)?,
-                    }
-                }
-                WindowKind::Global => {
-                    self.add_to_window(&key, TimeWindow::GLOBAL, timestamp, record.value, out)?
-                }
-                WindowKind::Sliding { .. } => {
-                    if let Some(grid) = self.grid {
-                        self.add_to_panes(grid, &key, record, arrival, out)?;
-                    }
-                }
-                WindowKind::Session(gap) => {
-                    let gap = self.kind.gap_of(gap, &record.value);
-                    if gap <= 0 {
-                        let text = self.record_text(&key, &record.value);
-                        out.dead_letter_text(
-                            timestamp,
-                            format!("session gap must be positive, got {gap} ms"),
-                            text,
-                        )?;
-                        continue;
-                    }
-                    let window =
-                        TimeWindow::new(timestamp.millis(), timestamp.millis().saturating_add(gap));
-                    if self.buffered_sessions() {
-                        self.add_to_session_buffer(&key, window, record, arrival, out)?;
-                    } else {
-                        self.add_to_session(&key, window, record, arrival, out)?;
-                    }
-                }
-            }
+            self.process_record(record, out)?;
         }
+        self.live.publish();
         Ok(())
     }
 
@@ -814,6 +956,7 @@ where
         if restore.subtask() == 0 {
             let total: i64 = restore.read_all::<i64>(LIVE)?.into_iter().sum();
             self.live.add(total);
+            self.live.publish();
         }
         Ok(())
     }
@@ -829,6 +972,7 @@ where
         while let Some((at, key, window)) = self.event_timers.pop_due(watermark) {
             self.on_event_timer(at, key, window, out)?;
         }
+        self.live.publish();
         Ok(())
     }
 
@@ -839,6 +983,66 @@ where
         {
             self.on_window_timer(TimeDomain::ProcessingTime, at, key, window, out)?;
         }
+        self.live.publish();
         Ok(())
+    }
+}
+
+/// The window operator behind a [`super::combine::WindowCombiner`]: its
+/// input is partials and the records the combiner passed on as they were.
+pub(crate) struct CombinedWindowOperator<K, T, A: AggregateFunction<T>, Tr: Trigger<T>, P>(
+    pub(crate) WindowOperator<K, T, A, Tr, P>,
+);
+
+impl<K, T, A, Tr, P, O> Operator<Combined<K, T, A::Acc>, O>
+    for CombinedWindowOperator<K, T, A, Tr, P>
+where
+    K: StateKey,
+    T: Data,
+    O: Data,
+    A: AggregateFunction<T>,
+    Tr: Trigger<T>,
+    P: ProcessWindowFunction<K, A::Out, O>,
+{
+    fn process_batch(
+        &mut self,
+        batch: Vec<Record<Combined<K, T, A::Acc>>>,
+        out: &mut Output<O>,
+    ) -> Result<()> {
+        for record in batch {
+            let (timestamp, mark) = (record.timestamp, record.lateness_watermark);
+            match record.value {
+                Combined::Raw(value) => {
+                    let record = Record::new(timestamp, value).with_lateness_watermark(mark);
+                    self.0.process_record(record, out)?;
+                }
+                Combined::Partial { key, window, acc } => {
+                    self.0
+                        .process_partial(key, window, acc, timestamp, mark, out)?;
+                }
+            }
+        }
+        self.0.live.publish();
+        Ok(())
+    }
+
+    fn snapshot_state(&mut self, snapshot: &mut SnapshotWriter<'_>) -> Result<()> {
+        Operator::<T, O>::snapshot_state(&mut self.0, snapshot)
+    }
+
+    fn restore_state(&mut self, restore: &RestoreContext) -> Result<()> {
+        Operator::<T, O>::restore_state(&mut self.0, restore)
+    }
+
+    fn state_size(&mut self) -> Option<tideline_engine::StateSize> {
+        Operator::<T, O>::state_size(&mut self.0)
+    }
+
+    fn on_watermark(&mut self, watermark: EventTime, out: &mut Output<O>) -> Result<()> {
+        self.0.on_watermark(watermark, out)
+    }
+
+    fn on_processing_time(&mut self, now: i64, out: &mut Output<O>) -> Result<()> {
+        self.0.on_processing_time(now, out)
     }
 }

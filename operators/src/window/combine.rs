@@ -1,0 +1,305 @@
+//! Pre-aggregation of tumbling and sliding windows before the keyed
+//! exchange: the local half of a local-global aggregation (Flink's planner
+//! does the same for `GROUP BY` aggregates).
+//!
+//! A [`WindowCombiner`] runs chained behind the source, where records are
+//! read. It folds the records of each key and pane (a tumbling window is
+//! its own pane; a sliding window's panes are slices of `gcd(size, slide)`)
+//! into one partial accumulator and sends those partials through the
+//! exchange instead of the records; the window operator merges them into
+//! its state. So the exchange and the window operator see one entry per key
+//! and pane rather than one per record, and the per-record work runs where
+//! the records are decoded, in parallel with the other partitions.
+//!
+//! A pane's partials are held until the combiner's input watermark reaches
+//! the end of the first window holding the pane (they are emitted before
+//! that watermark is passed on, so they arrive before the window fires),
+//! before a checkpoint
+//! barrier ([`Operator::before_barrier`]), when the input goes idle, and at
+//! the end. Nothing is held across a checkpoint, so the combiner has no
+//! state. Held partials are about as many as the key-pane pairs open in
+//! the window operator.
+//!
+//! Why results do not change (the partition-local lateness rule, see
+//! `tideline_engine::time`): the window operator judges a record by
+//! `J = max(m, W_op)`, `m` its partition's watermark just before it, `W_op`
+//! the operator's watermark at arrival. `W_op` never exceeds the last
+//! watermark this combiner passed on, `W_c`, while that input is not idle:
+//! channels are FIFO and a partial leaves before the watermark after it. So
+//! for a record with `m >= W_c` the operator would judge it by `m` alone,
+//! which the combiner can do: a record late by `m` for any window of its
+//! pane goes on as itself (the window operator sends it to the late output
+//! or counts it in the windows it is not late for), one late for none is
+//! folded. A held partial of pane `p` leaves before the combiner passes on
+//! a watermark reaching the end of `p`'s first window `w` (or, if `w`
+//! already fired and has allowed lateness, at the next watermark), so the
+//! operator's watermark at its arrival is still below `w`'s cleanup time,
+//! as each of its records' `m` is: the operator finds it late for none of
+//! the pane's windows, as it would each record, and it arrives in time for
+//! the same on-time firings. Every
+//! other record goes on as itself and is judged downstream as before:
+//! - records without event time (the window operator dead-letters them);
+//! - records behind `W_c` (`m < W_c`: a partition restored behind others);
+//! - every record once the input has been idle, since the operator's
+//!   watermark may then be ahead of anything the combiner has seen;
+//! - every record under [`LatenessRule::OperatorWatermark`], which judges
+//!   by the operator's watermark at arrival, unknown here.
+//!
+//! The combiner is used only for the event-time trigger (which looks at no
+//! record) and aggregates whose merge is exact
+//! ([`AggregateFunction::EXACT_MERGE`]: integer counts, sums, minima,
+//! maxima), so the window results are the same numbers to the last bit.
+//! With allowed lateness, a partial re-fires a window once where its
+//! records would each have re-fired it; the final value is the same.
+
+use std::collections::hash_map::Entry as Slot;
+use std::collections::HashMap;
+
+use rustc_hash::FxBuildHasher;
+use tideline_engine::time::LatenessRule;
+use tideline_engine::{Data, EventTime, KeySelector, Operator, Output, Record, Result};
+use tideline_state::StateKey;
+
+use super::aggregate::AggregateFunction;
+use super::assigner::{TimeWindow, WindowKind};
+use super::panes::{Grid, FULL};
+
+/// What crosses the keyed exchange of a pre-aggregated window aggregation.
+#[derive(Clone, Debug)]
+pub(crate) enum Combined<K, T, Acc> {
+    /// A record the window operator judges itself.
+    Raw(T),
+    /// The records of one key and pane folded together; the record's
+    /// lateness watermark is the smallest of theirs.
+    Partial {
+        /// The key.
+        key: K,
+        /// The window (sliding windows: the pane).
+        window: TimeWindow,
+        /// The folded records.
+        acc: Acc,
+    },
+}
+
+/// One partial: its accumulator, the smallest lateness watermark and the
+/// largest timestamp of its records.
+struct Held<Acc> {
+    acc: Acc,
+    mark: EventTime,
+    latest: EventTime,
+    /// When its first record came, among all partials of the combiner.
+    seq: u64,
+}
+
+/// The partials of one pane, by key: one probe per record, in a table
+/// that stays in cache. They leave in the order of their first records, so
+/// the window operator makes their windows (and fires those ending
+/// together) in the order it would have for the records.
+struct Pending<K, Acc> {
+    start: i64,
+    partials: HashMap<K, Held<Acc>, FxBuildHasher>,
+}
+
+/// Folds records into partials per key and pane (see the module
+/// docs for when a record is folded and when it goes on as itself).
+pub(crate) struct WindowCombiner<K, T, A: AggregateFunction<T>> {
+    key: KeySelector<K, T>,
+    /// The panes records are folded in (a tumbling window is its own pane).
+    grid: Grid,
+    agg: A,
+    /// Held windows, by start.
+    windows: Vec<Pending<K, A::Acc>>,
+    /// An emptied table kept for the next window (its capacity is the point).
+    spare: Option<HashMap<K, Held<A::Acc>, FxBuildHasher>>,
+    /// The last watermark passed on (`W_c`).
+    passed_on: EventTime,
+    /// The next partial's [`Held::seq`].
+    next_seq: u64,
+    /// Where a pane's partials are put in order as they leave (kept for its
+    /// capacity).
+    leaving: Vec<(K, Held<A::Acc>)>,
+    /// Folding is off for good: the input went idle once, or the job judges
+    /// lateness by the operator's watermark.
+    raw_only: bool,
+}
+
+impl<K: StateKey, T: Data, A: AggregateFunction<T>> WindowCombiner<K, T, A> {
+    /// A combiner for tumbling or sliding windows of `kind` (anything else
+    /// passes every record on as itself).
+    pub(crate) fn new(
+        key: KeySelector<K, T>,
+        kind: &WindowKind<T>,
+        lateness: i64,
+        agg: A,
+        rule: LatenessRule,
+    ) -> Self {
+        let grid = match kind {
+            WindowKind::Tumbling { size, offset } => {
+                Some(Grid::new(*size, *size, *offset, lateness))
+            }
+            WindowKind::Sliding {
+                size,
+                slide,
+                offset,
+            } => Some(Grid::new(*size, *slide, *offset, lateness)),
+            _ => None,
+        };
+        Self {
+            key,
+            raw_only: grid.is_none() || rule == LatenessRule::OperatorWatermark,
+            grid: grid.unwrap_or_else(|| Grid::new(1, 1, 0, lateness)),
+            agg,
+            windows: Vec::new(),
+            spare: None,
+            passed_on: EventTime::MIN,
+            next_seq: 0,
+            leaving: Vec::new(),
+        }
+    }
+
+    /// Sends on the partials of every held window ending at or before
+    /// `up_to` (all of them for [`EventTime::MAX`]), oldest window first.
+    fn emit_through(&mut self, up_to: EventTime, out: &mut Output<Combined<K, T, A::Acc>>) {
+        let due = self
+            .windows
+            .iter()
+            .take_while(|p| self.deadline(p.start) <= up_to)
+            .count();
+        for pending in self.windows.drain(..due) {
+            let window =
+                TimeWindow::new(pending.start, pending.start.saturating_add(self.grid.pane));
+            let mut partials = pending.partials;
+            self.leaving.extend(partials.drain());
+            self.leaving.sort_unstable_by_key(|(_, held)| held.seq);
+            for (key, held) in self.leaving.drain(..) {
+                let partial = Combined::Partial {
+                    key,
+                    window,
+                    acc: held.acc,
+                };
+                out.push(Record::new(held.latest, partial).with_lateness_watermark(held.mark));
+            }
+            self.spare = Some(partials);
+        }
+    }
+
+    /// The last moment of the first window holding the pane at `start`:
+    /// its partials must leave before a watermark reaching it.
+    fn deadline(&self, start: i64) -> EventTime {
+        EventTime::from_millis(self.grid.first_end_of_pane(start).saturating_sub(1))
+    }
+}
+
+impl<K, T, A> Operator<T, Combined<K, T, A::Acc>> for WindowCombiner<K, T, A>
+where
+    K: StateKey,
+    T: Data,
+    A: AggregateFunction<T>,
+{
+    fn process_batch(
+        &mut self,
+        batch: Vec<Record<T>>,
+        out: &mut Output<Combined<K, T, A::Acc>>,
+    ) -> Result<()> {
+        for record in batch {
+            let (timestamp, mark) = (record.timestamp, record.lateness_watermark);
+            if self.raw_only || !timestamp.is_set() || mark < self.passed_on {
+                out.push(record.map(Combined::Raw));
+                continue;
+            }
+            let start = self.grid.pane_start(timestamp.millis());
+            // Late by its own partition for one of its pane's windows: the
+            // window operator judges it (a partial counts in all of them).
+            if self
+                .grid
+                .first_live_end(self.grid.ends_of_pane(start), mark)
+                != Some(FULL)
+            {
+                out.push(record.map(Combined::Raw));
+                continue;
+            }
+            let key = (self.key)(&record.value);
+            let Self {
+                windows,
+                spare,
+                agg,
+                next_seq,
+                ..
+            } = self;
+            let pending = pending_window(windows, spare, start);
+            match pending.partials.entry(key) {
+                Slot::Occupied(mut found) => {
+                    let held = found.get_mut();
+                    held.mark = held.mark.min(mark);
+                    held.latest = held.latest.max(timestamp);
+                    agg.add(&mut held.acc, record.value);
+                }
+                Slot::Vacant(vacant) => {
+                    let mut acc = agg.create();
+                    agg.add(&mut acc, record.value);
+                    vacant.insert(Held {
+                        acc,
+                        mark,
+                        latest: timestamp,
+                        seq: *next_seq,
+                    });
+                    *next_seq += 1;
+                }
+            }
+        }
+        // Records of windows that already fired (within the allowed
+        // lateness) re-fire them now, as each record would have.
+        self.emit_through(self.passed_on, out);
+        Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        out: &mut Output<Combined<K, T, A::Acc>>,
+    ) -> Result<()> {
+        // Windows that fired before (allowed lateness) end before `passed_on`.
+        self.emit_through(watermark.max(self.passed_on), out);
+        self.passed_on = self.passed_on.max(watermark);
+        Ok(())
+    }
+
+    fn before_barrier(&mut self, out: &mut Output<Combined<K, T, A::Acc>>) -> Result<()> {
+        self.emit_through(EventTime::MAX, out);
+        Ok(())
+    }
+
+    fn on_idle(&mut self, out: &mut Output<Combined<K, T, A::Acc>>) -> Result<()> {
+        self.emit_through(EventTime::MAX, out);
+        self.raw_only = true;
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Output<Combined<K, T, A::Acc>>) -> Result<()> {
+        self.emit_through(EventTime::MAX, out);
+        Ok(())
+    }
+}
+
+/// The held window starting at `start` among `windows` (sorted by start),
+/// made if missing, with `spare`'s table if there is one.
+fn pending_window<'w, K, Acc>(
+    windows: &'w mut Vec<Pending<K, Acc>>,
+    spare: &mut Option<HashMap<K, Held<Acc>, FxBuildHasher>>,
+    start: i64,
+) -> &'w mut Pending<K, Acc> {
+    // Records mostly go to the newest window: search from the back.
+    let at = match windows.iter().rposition(|p| p.start <= start) {
+        Some(i) if windows[i].start == start => i,
+        found => {
+            let at = found.map_or(0, |i| i + 1);
+            let pending = Pending {
+                start,
+                partials: spare.take().unwrap_or_default(),
+            };
+            windows.insert(at, pending);
+            at
+        }
+    };
+    &mut windows[at]
+}
