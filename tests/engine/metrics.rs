@@ -48,15 +48,25 @@ fn a_scripted_job_reports_exact_metrics() -> Result<()> {
 
     let graph = metrics.graph();
     let names: Vec<&str> = graph.operators.iter().map(|o| o.name.as_str()).collect();
+    // Counting is exact, so records are folded per key and window before
+    // the exchange (`window_combine`), chained to the parser.
     assert_eq!(
         names,
-        ["push_source", "parse", "count", "collect", "collect#2"]
+        [
+            "push_source",
+            "parse",
+            "window_combine",
+            "count",
+            "collect",
+            "collect#2"
+        ]
     );
     let kinds: Vec<OperatorKind> = graph.operators.iter().map(|o| o.kind).collect();
     assert_eq!(
         kinds,
         [
             OperatorKind::Source,
+            OperatorKind::Operator,
             OperatorKind::Operator,
             OperatorKind::Operator,
             OperatorKind::Sink,
@@ -68,16 +78,18 @@ fn a_scripted_job_reports_exact_metrics() -> Result<()> {
         graph.edges,
         [
             edge(0, 1, EdgeKind::Chained),
-            edge(1, 2, EdgeKind::Keyed),
-            edge(2, 3, EdgeKind::Chained),
-            edge(2, 4, EdgeKind::Chained),
+            edge(1, 2, EdgeKind::Chained),
+            edge(2, 3, EdgeKind::Keyed),
+            edge(3, 4, EdgeKind::Chained),
+            edge(3, 5, EdgeKind::Chained),
         ]
     );
     // One partition: the source runs as one subtask, the rest as two.
     let parallelism: Vec<usize> = graph.operators.iter().map(|o| o.parallelism).collect();
-    assert_eq!(parallelism, [1, 1, 2, 2, 2]);
+    assert_eq!(parallelism, [1, 1, 1, 2, 2, 2]);
     assert_eq!(graph.operators[1].task, "push_source");
-    assert_eq!(graph.operators[2].task, "key_by");
+    assert_eq!(graph.operators[2].task, "push_source");
+    assert_eq!(graph.operators[3].task, "key_by");
     assert_eq!(metrics.snapshot().job.status, JobStatus::Running);
 
     // Ten lines, one of them bad; keys 1..=3 in window [0, 1000).
@@ -108,16 +120,19 @@ fn a_scripted_job_reports_exact_metrics() -> Result<()> {
     assert_eq!(s.recent_dead_letters[0].record, "\"oops\"");
     assert_eq!(s.recent_dead_letters[0].at_ms, 10_000);
 
-    // The window fired (watermark 999 = end - 1): three keys, nine records.
+    // The window fired (watermark 999 = end - 1): three keys, nine records,
+    // folded into one partial per key before the exchange.
+    let combine = s.operator("window_combine").map(|o| o.total());
+    assert_eq!(combine.map(|t| (t.records_in, t.records_out)), Some((9, 3)));
     let Some(count) = s.operator("count").cloned() else {
         panic!("no count operator in {s:?}");
     };
     assert_eq!(count.subtasks.len(), 2);
     let total = count.total();
-    assert_eq!((total.records_in, total.records_out), (9, 3));
+    assert_eq!((total.records_in, total.records_out), (3, 3));
     // Per subtask: the keys split over the two subtasks, all arrive.
     let per_subtask: u64 = count.subtasks.iter().map(|s| s.records_in).sum();
-    assert_eq!(per_subtask, 9);
+    assert_eq!(per_subtask, 3);
     for subtask in &count.subtasks {
         assert_eq!(subtask.watermark_ms, Some(999));
         assert_eq!(subtask.watermark_lag_ms, Some(10_000 - 999));
@@ -157,8 +172,14 @@ fn a_scripted_job_reports_exact_metrics() -> Result<()> {
         panic!("no count operator in {s:?}");
     };
     assert_eq!(count.total().late_records, 1);
+    // The two open windows are held as partials until the watermark
+    // reaches their end; the late record went on to be judged.
+    let held = s
+        .operator("window_combine")
+        .map(|o| o.total().state_entries);
+    assert_eq!(held, Some(Some(2)), "two open windows, one partial each");
     let entries: u64 = count.subtasks.iter().filter_map(|s| s.state_entries).sum();
-    assert_eq!(entries, 2, "two open windows, one accumulator each");
+    assert_eq!(entries, 0, "nothing reached the window operator yet");
     assert!(count.subtasks.iter().all(|s| s.state_bytes.is_none()));
 
     let summary = run.finish()?;
@@ -251,9 +272,12 @@ fn rocksdb_state_reports_entries_and_bytes_on_disk() -> Result<()> {
     )));
     let metrics = t.job().metrics();
     let (input, events) = t.push_source::<(u32, i64)>(WatermarkStrategy::none());
+    // Kept after firing for the allowed lateness, so the windows are in
+    // the operator's state once the watermark passed their end.
     let counts = events
         .key_by(|e: &(u32, i64)| e.0)
         .window(Tumbling::of(Span::millis(1_000)))
+        .allowed_lateness(Span::millis(60_000))
         .aggregate(Count)
         .named("count");
     let _results = t.collect(&counts);
@@ -262,6 +286,7 @@ fn rocksdb_state_reports_entries_and_bytes_on_disk() -> Result<()> {
     for key in 0..50u32 {
         input.send_at(i64::from(key), (key, i64::from(key)))?;
     }
+    input.watermark(999)?;
     run.step()?;
     clock.advance(Duration::from_millis(250));
     run.step()?;
@@ -294,14 +319,20 @@ fn edges_through_a_union_and_a_key_by_are_keyed() -> Result<()> {
     let _run = t.start()?;
     let graph = metrics.graph();
     let names: Vec<&str> = graph.operators.iter().map(|o| o.name.as_str()).collect();
-    assert_eq!(names, ["left", "right", "count", "collect"]);
+    assert_eq!(
+        names,
+        ["left", "right", "window_combine", "count", "collect"]
+    );
     let edge = |from, to, kind| GraphEdge { from, to, kind };
+    // The union's inputs reach the pre-aggregation by forward edges; the
+    // key_by after it is keyed.
     assert_eq!(
         graph.edges,
         [
-            edge(0, 2, EdgeKind::Keyed),
-            edge(1, 2, EdgeKind::Keyed),
-            edge(2, 3, EdgeKind::Chained)
+            edge(0, 2, EdgeKind::Forward),
+            edge(1, 2, EdgeKind::Forward),
+            edge(2, 3, EdgeKind::Keyed),
+            edge(3, 4, EdgeKind::Chained)
         ]
     );
     Ok(())

@@ -58,7 +58,7 @@ fn the_live_page_shows_the_graph_and_updates() -> Result<()> {
         .into_iter()
         .map(|o| o.name)
         .collect();
-    assert_eq!(expected.len(), 6);
+    assert_eq!(expected.len(), 7, "{expected:?}");
     let drawn = wait_for("the graph", PATIENCE, || {
         let names = browser
             .eval("Array.from(document.querySelectorAll('#graph [data-operator]')).map(g => g.dataset.operator)")

@@ -113,7 +113,15 @@ fn metrics_health_and_the_job_api_of_a_running_job() -> Result<()> {
         .unwrap_or_default();
     assert_eq!(
         names,
-        ["events", "parse", "count", "value", "collect", "collect#2"]
+        [
+            "events",
+            "parse",
+            "window_combine",
+            "count",
+            "value",
+            "collect",
+            "collect#2"
+        ]
     );
     let keyed: Vec<(u64, u64)> = api["edges"]
         .as_array()
@@ -125,7 +133,11 @@ fn metrics_health_and_the_job_api_of_a_running_job() -> Result<()> {
                 .collect()
         })
         .unwrap_or_default();
-    assert_eq!(keyed, [(1, 2)], "parse → count through key_by");
+    assert_eq!(
+        keyed,
+        [(2, 3)],
+        "parse → window_combine (counts folded) → count through key_by"
+    );
 
     // The live view has rates and the latest dead letters.
     let live: serde_json::Value =

@@ -18,7 +18,10 @@
 //! barrier ([`Operator::before_barrier`]), when the input goes idle, and at
 //! the end. Nothing is held across a checkpoint, so the combiner has no
 //! state. Held partials are about as many as the key-pane pairs open in
-//! the window operator.
+//! the window operator, up to [`MAX_HELD`]: past that, all are sent on
+//! early (always safe, see below), so the combiner's memory is bounded
+//! whatever the key space, and state that outgrows memory stays in the
+//! window operator's backend (RocksDB).
 //!
 //! Why results do not change (the partition-local lateness rule, see
 //! `tideline_engine::time`): the window operator judges a record by
@@ -63,6 +66,10 @@ use tideline_state::StateKey;
 use super::aggregate::AggregateFunction;
 use super::assigner::{TimeWindow, WindowKind};
 use super::panes::{Grid, FULL};
+
+/// At most this many partials are held (about 5 MB for small keys and
+/// accumulators); reaching it sends them all on.
+pub(crate) const MAX_HELD: usize = 65_536;
 
 /// What crosses the keyed exchange of a pre-aggregated window aggregation.
 #[derive(Clone, Debug)]
@@ -115,6 +122,8 @@ pub(crate) struct WindowCombiner<K, T, A: AggregateFunction<T>> {
     passed_on: EventTime,
     /// The next partial's [`Held::seq`].
     next_seq: u64,
+    /// Partials held, over all panes.
+    held: usize,
     /// Where a pane's partials are put in order as they leave (kept for its
     /// capacity).
     leaving: Vec<(K, Held<A::Acc>)>,
@@ -153,6 +162,7 @@ impl<K: StateKey, T: Data, A: AggregateFunction<T>> WindowCombiner<K, T, A> {
             spare: None,
             passed_on: EventTime::MIN,
             next_seq: 0,
+            held: 0,
             leaving: Vec::new(),
         }
     }
@@ -169,6 +179,7 @@ impl<K: StateKey, T: Data, A: AggregateFunction<T>> WindowCombiner<K, T, A> {
             let window =
                 TimeWindow::new(pending.start, pending.start.saturating_add(self.grid.pane));
             let mut partials = pending.partials;
+            self.held -= partials.len();
             self.leaving.extend(partials.drain());
             self.leaving.sort_unstable_by_key(|(_, held)| held.seq);
             for (key, held) in self.leaving.drain(..) {
@@ -224,6 +235,7 @@ where
                 spare,
                 agg,
                 next_seq,
+                held,
                 ..
             } = self;
             let pending = pending_window(windows, spare, start);
@@ -244,13 +256,26 @@ where
                         seq: *next_seq,
                     });
                     *next_seq += 1;
+                    *held += 1;
                 }
             }
         }
         // Records of windows that already fired (within the allowed
         // lateness) re-fire them now, as each record would have.
-        self.emit_through(self.passed_on, out);
+        let up_to = if self.held >= MAX_HELD {
+            EventTime::MAX
+        } else {
+            self.passed_on
+        };
+        self.emit_through(up_to, out);
         Ok(())
+    }
+
+    fn state_size(&mut self) -> Option<tideline_engine::StateSize> {
+        Some(tideline_engine::StateSize {
+            entries: self.held as u64,
+            bytes: None,
+        })
     }
 
     fn on_watermark(

@@ -29,6 +29,16 @@
 //! [`WindowedStream::process`] over all records, and
 //! [`WindowedStream::aggregate_with`]. Triggers: [`EventTimeTrigger`]
 //! (default), [`EarlyFiring`], [`CountTrigger`] or your own [`Trigger`].
+//!
+//! Tumbling and sliding aggregations whose merge is exact
+//! ([`AggregateFunction::EXACT_MERGE`]: integer counts, sums, minima,
+//! maxima and tuples of them) under the event-time trigger fold records
+//! per key and pane where they are read, before the keyed exchange (an
+//! operator named `window_combine`, chained to its input), and the window
+//! operator merges the partials: the windows and late records are exactly
+//! those of record-by-record processing (the argument is in the `combine`
+//! module), while the exchange and window state see one entry per key and
+//! pane instead of one per record.
 
 mod aggregate;
 mod assigner;
