@@ -65,7 +65,7 @@ use tideline_state::StateKey;
 
 use super::aggregate::AggregateFunction;
 use super::assigner::{TimeWindow, WindowKind};
-use super::panes::{Grid, FULL};
+use super::panes::Grid;
 
 /// At most this many partials are held (about 5 MB for small keys and
 /// accumulators); reaching it sends them all on.
@@ -88,23 +88,20 @@ pub(crate) enum Combined<K, T, Acc> {
     },
 }
 
-/// One partial: its accumulator, the smallest lateness watermark and the
-/// largest timestamp of its records.
-struct Held<Acc> {
-    acc: Acc,
-    mark: EventTime,
-    latest: EventTime,
-    /// When its first record came, among all partials of the combiner.
-    seq: u64,
-}
-
 /// The partials of one pane, by key: one probe per record, in a table
-/// that stays in cache. They leave in the order of their first records, so
-/// the window operator makes their windows (and fires those ending
-/// together) in the order it would have for the records.
+/// that stays in cache. They leave in the order of their first records
+/// (`order`), so the window operator makes their windows (and fires those
+/// ending together) in the order it would have for the records.
 struct Pending<K, Acc> {
     start: i64,
-    partials: HashMap<K, Held<Acc>, FxBuildHasher>,
+    /// The cleanup time of the pane's first window: a record whose lateness
+    /// watermark reached it is late for that window.
+    expires: EventTime,
+    /// The last moment of that window: the partials leave before a
+    /// watermark reaching it.
+    deadline: EventTime,
+    partials: HashMap<K, Acc, FxBuildHasher>,
+    order: Vec<K>,
 }
 
 /// Folds records into partials per key and pane (see the module
@@ -114,19 +111,16 @@ pub(crate) struct WindowCombiner<K, T, A: AggregateFunction<T>> {
     /// The panes records are folded in (a tumbling window is its own pane).
     grid: Grid,
     agg: A,
-    /// Held windows, by start.
-    windows: Vec<Pending<K, A::Acc>>,
-    /// An emptied table kept for the next window (its capacity is the point).
-    spare: Option<HashMap<K, Held<A::Acc>, FxBuildHasher>>,
+    /// Held panes, by start.
+    panes: Vec<Pending<K, A::Acc>>,
+    /// The pane the last record went to (records mostly go to the newest).
+    last: usize,
+    /// Emptied tables kept for the next pane (their capacity is the point).
+    spare: Option<(HashMap<K, A::Acc, FxBuildHasher>, Vec<K>)>,
     /// The last watermark passed on (`W_c`).
     passed_on: EventTime,
-    /// The next partial's [`Held::seq`].
-    next_seq: u64,
     /// Partials held, over all panes.
     held: usize,
-    /// Where a pane's partials are put in order as they leave (kept for its
-    /// capacity).
-    leaving: Vec<(K, Held<A::Acc>)>,
     /// Folding is off for good: the input went idle once, or the job judges
     /// lateness by the operator's watermark.
     raw_only: bool,
@@ -158,46 +152,75 @@ impl<K: StateKey, T: Data, A: AggregateFunction<T>> WindowCombiner<K, T, A> {
             raw_only: grid.is_none() || rule == LatenessRule::OperatorWatermark,
             grid: grid.unwrap_or_else(|| Grid::new(1, 1, 0, lateness)),
             agg,
-            windows: Vec::new(),
+            panes: Vec::new(),
+            last: 0,
             spare: None,
             passed_on: EventTime::MIN,
-            next_seq: 0,
             held: 0,
-            leaving: Vec::new(),
         }
     }
 
-    /// Sends on the partials of every held window ending at or before
-    /// `up_to` (all of them for [`EventTime::MAX`]), oldest window first.
+    /// The index of the held pane holding `ts`, made if missing.
+    fn pane_of(&mut self, ts: i64) -> usize {
+        if let Some(p) = self.panes.get(self.last) {
+            if p.start <= ts && ts.abs_diff(p.start) < self.grid.pane.unsigned_abs() {
+                return self.last;
+            }
+        }
+        let start = self.grid.pane_start(ts);
+        let at = match self.panes.iter().rposition(|p| p.start <= start) {
+            Some(i) if self.panes[i].start == start => i,
+            found => {
+                let at = found.map_or(0, |i| i + 1);
+                let first_end = self.grid.first_end_of_pane(start);
+                let last_moment = EventTime::from_millis(first_end.saturating_sub(1));
+                let (partials, order) = self.spare.take().unwrap_or_default();
+                self.panes.insert(
+                    at,
+                    Pending {
+                        start,
+                        expires: last_moment.saturating_add_millis(self.grid.lateness),
+                        deadline: last_moment,
+                        partials,
+                        order,
+                    },
+                );
+                at
+            }
+        };
+        self.last = at;
+        at
+    }
+
+    /// Sends on the partials of every held pane whose deadline is at or
+    /// before `up_to` (all of them for [`EventTime::MAX`]), oldest first.
+    ///
+    /// A partial's lateness watermark is the last watermark passed on: the
+    /// operator's cannot be ahead of it, so it judges the partial as the
+    /// combiner judged each record (by the records' own watermarks, all of
+    /// them at least that one and below the pane's `expires`).
     fn emit_through(&mut self, up_to: EventTime, out: &mut Output<Combined<K, T, A::Acc>>) {
         let due = self
-            .windows
+            .panes
             .iter()
-            .take_while(|p| self.deadline(p.start) <= up_to)
+            .take_while(|p| p.deadline <= up_to)
             .count();
-        for pending in self.windows.drain(..due) {
+        for pending in self.panes.drain(..due) {
             let window =
                 TimeWindow::new(pending.start, pending.start.saturating_add(self.grid.pane));
-            let mut partials = pending.partials;
+            let (mut partials, mut order) = (pending.partials, pending.order);
             self.held -= partials.len();
-            self.leaving.extend(partials.drain());
-            self.leaving.sort_unstable_by_key(|(_, held)| held.seq);
-            for (key, held) in self.leaving.drain(..) {
-                let partial = Combined::Partial {
-                    key,
-                    window,
-                    acc: held.acc,
-                };
-                out.push(Record::new(held.latest, partial).with_lateness_watermark(held.mark));
+            for key in order.drain(..) {
+                if let Some(acc) = partials.remove(&key) {
+                    let partial = Combined::Partial { key, window, acc };
+                    out.push(
+                        Record::new(window.start, partial).with_lateness_watermark(self.passed_on),
+                    );
+                }
             }
-            self.spare = Some(partials);
+            self.spare = Some((partials, order));
         }
-    }
-
-    /// The last moment of the first window holding the pane at `start`:
-    /// its partials must leave before a watermark reaching it.
-    fn deadline(&self, start: i64) -> EventTime {
-        EventTime::from_millis(self.grid.first_end_of_pane(start).saturating_sub(1))
+        self.last = 0;
     }
 }
 
@@ -218,45 +241,22 @@ where
                 out.push(record.map(Combined::Raw));
                 continue;
             }
-            let start = self.grid.pane_start(timestamp.millis());
+            let at = self.pane_of(timestamp.millis());
+            let pending = &mut self.panes[at];
             // Late by its own partition for one of its pane's windows: the
             // window operator judges it (a partial counts in all of them).
-            if self
-                .grid
-                .first_live_end(self.grid.ends_of_pane(start), mark)
-                != Some(FULL)
-            {
+            if mark >= pending.expires {
                 out.push(record.map(Combined::Raw));
                 continue;
             }
             let key = (self.key)(&record.value);
-            let Self {
-                windows,
-                spare,
-                agg,
-                next_seq,
-                held,
-                ..
-            } = self;
-            let pending = pending_window(windows, spare, start);
             match pending.partials.entry(key) {
-                Slot::Occupied(mut found) => {
-                    let held = found.get_mut();
-                    held.mark = held.mark.min(mark);
-                    held.latest = held.latest.max(timestamp);
-                    agg.add(&mut held.acc, record.value);
-                }
+                Slot::Occupied(mut found) => self.agg.add(found.get_mut(), record.value),
                 Slot::Vacant(vacant) => {
-                    let mut acc = agg.create();
-                    agg.add(&mut acc, record.value);
-                    vacant.insert(Held {
-                        acc,
-                        mark,
-                        latest: timestamp,
-                        seq: *next_seq,
-                    });
-                    *next_seq += 1;
-                    *held += 1;
+                    pending.order.push(vacant.key().clone());
+                    let acc = vacant.insert(self.agg.create());
+                    self.agg.add(acc, record.value);
+                    self.held += 1;
                 }
             }
         }
@@ -304,27 +304,4 @@ where
         self.emit_through(EventTime::MAX, out);
         Ok(())
     }
-}
-
-/// The held window starting at `start` among `windows` (sorted by start),
-/// made if missing, with `spare`'s table if there is one.
-fn pending_window<'w, K, Acc>(
-    windows: &'w mut Vec<Pending<K, Acc>>,
-    spare: &mut Option<HashMap<K, Held<Acc>, FxBuildHasher>>,
-    start: i64,
-) -> &'w mut Pending<K, Acc> {
-    // Records mostly go to the newest window: search from the back.
-    let at = match windows.iter().rposition(|p| p.start <= start) {
-        Some(i) if windows[i].start == start => i,
-        found => {
-            let at = found.map_or(0, |i| i + 1);
-            let pending = Pending {
-                start,
-                partials: spare.take().unwrap_or_default(),
-            };
-            windows.insert(at, pending);
-            at
-        }
-    };
-    &mut windows[at]
 }
