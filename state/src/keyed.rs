@@ -145,6 +145,11 @@ struct TypedTable<K, N, T> {
     /// Keys removed from `entries` since the last write to RocksDB. Always
     /// empty with the memory backend (`track_deletes == false`).
     deleted: HashSet<(K, N), FxBuildHasher>,
+    /// Keys RocksDB was asked for and does not hold, since the last write
+    /// to it: removing such an entry needs no tombstone (a window made and
+    /// dropped between two writes never reaches RocksDB at all). Always
+    /// empty with the memory backend.
+    unstored: HashSet<(K, N), FxBuildHasher>,
     track_deletes: bool,
 }
 
@@ -164,6 +169,7 @@ impl<K: StateKey, N: StateKey, T: Send + Serialize + DeserializeOwned + 'static>
         Self {
             entries: FxHashMap::default(),
             deleted: HashSet::default(),
+            unstored: HashSet::default(),
             track_deletes,
         }
     }
@@ -184,7 +190,7 @@ impl<K: StateKey, N: StateKey, T: Send + Serialize + DeserializeOwned + 'static>
 
     fn remove(&mut self, key: &K, namespace: &N) -> Option<T> {
         let (stored_key, value) = self.entries.remove_entry(&KeyNs(key, namespace))?;
-        if self.track_deletes {
+        if self.track_deletes && !self.unstored.remove(&stored_key) {
             self.deleted.insert(stored_key);
         }
         Some(value)
@@ -211,16 +217,24 @@ impl<K: StateKey, N: StateKey, T: Send + Serialize + DeserializeOwned + 'static>
         buf: &mut Vec<u8>,
     ) -> Result<()> {
         let probe = KeyNs(key, namespace);
-        if self.entries.contains_key(&probe) || self.deleted.contains(&probe) {
+        if self.entries.contains_key(&probe)
+            || self.deleted.contains(&probe)
+            || self.unstored.contains(&probe)
+        {
             return Ok(());
         }
-        if self.entries.len() + self.deleted.len() >= cache_entries {
+        if self.entries.len() + self.deleted.len() + self.unstored.len() >= cache_entries {
             self.write_back(name, key_groups, store, buf, true)?;
         }
         encode_state_key(name, key, namespace, key_groups, buf)?;
-        if let Some(bytes) = store.get(name, buf)? {
-            let value: T = decode(name, "value", &bytes)?;
-            self.entries.insert((key.clone(), namespace.clone()), value);
+        match store.get(name, buf)? {
+            Some(bytes) => {
+                let value: T = decode(name, "value", &bytes)?;
+                self.entries.insert((key.clone(), namespace.clone()), value);
+            }
+            None => {
+                self.unstored.insert((key.clone(), namespace.clone()));
+            }
         }
         Ok(())
     }
@@ -247,6 +261,8 @@ impl<K: StateKey, N: StateKey, T: Send + Serialize + DeserializeOwned + 'static>
         }
         store.write()?;
         self.deleted.clear();
+        // Every cached entry is in RocksDB now.
+        self.unstored.clear();
         if evict {
             self.entries.clear();
         }
