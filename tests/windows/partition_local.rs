@@ -173,15 +173,19 @@ fn run_with(
     Ok((results, late, by_operator))
 }
 
-/// As [`run_with`], aggregating with `agg`; also returns how many records
-/// (or pre-aggregated partials) the window operator received.
+/// What [`run_aggregate`] returns: the results, the late records (sorted),
+/// the count late by the operator's watermark, and how many records (or
+/// pre-aggregated partials) the window operator received.
+pub(super) type AggregateOutcome<R> = (Vec<WindowResult<u64, R>>, Vec<Event>, u64, u64);
+
+/// As [`run_with`], aggregating with `agg`.
 pub(super) fn run_aggregate<A>(
     kind: Kind,
     parts: &[Vec<Event>],
     (parallelism, batch, flush_ms): (usize, usize, u64),
     lateness: i64,
     agg: A,
-) -> Result<(Vec<WindowResult<u64, A::Out>>, Vec<Event>, u64, u64)>
+) -> Result<AggregateOutcome<A::Out>>
 where
     A: tideline::window::AggregateFunction<Event>,
 {

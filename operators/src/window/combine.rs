@@ -100,9 +100,12 @@ struct Pending<K, Acc> {
     /// The last moment of that window: the partials leave before a
     /// watermark reaching it.
     deadline: EventTime,
-    partials: HashMap<K, Acc, FxBuildHasher>,
+    partials: Partials<K, Acc>,
     order: Vec<K>,
 }
+
+/// A pane's accumulators by key.
+type Partials<K, Acc> = HashMap<K, Acc, FxBuildHasher>;
 
 /// Folds records into partials per key and pane (see the module
 /// docs for when a record is folded and when it goes on as itself).
@@ -115,8 +118,10 @@ pub(crate) struct WindowCombiner<K, T, A: AggregateFunction<T>> {
     panes: Vec<Pending<K, A::Acc>>,
     /// The pane the last record went to (records mostly go to the newest).
     last: usize,
-    /// Emptied tables kept for the next pane (their capacity is the point).
-    spare: Option<(HashMap<K, A::Acc, FxBuildHasher>, Vec<K>)>,
+    /// An emptied pane's table and list, kept for the next pane (their
+    /// capacity is the point).
+    spare_partials: Option<Partials<K, A::Acc>>,
+    spare_order: Vec<K>,
     /// The last watermark passed on (`W_c`).
     passed_on: EventTime,
     /// Partials held, over all panes.
@@ -154,7 +159,8 @@ impl<K: StateKey, T: Data, A: AggregateFunction<T>> WindowCombiner<K, T, A> {
             agg,
             panes: Vec::new(),
             last: 0,
-            spare: None,
+            spare_partials: None,
+            spare_order: Vec::new(),
             passed_on: EventTime::MIN,
             held: 0,
         }
@@ -174,7 +180,8 @@ impl<K: StateKey, T: Data, A: AggregateFunction<T>> WindowCombiner<K, T, A> {
                 let at = found.map_or(0, |i| i + 1);
                 let first_end = self.grid.first_end_of_pane(start);
                 let last_moment = EventTime::from_millis(first_end.saturating_sub(1));
-                let (partials, order) = self.spare.take().unwrap_or_default();
+                let partials = self.spare_partials.take().unwrap_or_default();
+                let order = std::mem::take(&mut self.spare_order);
                 self.panes.insert(
                     at,
                     Pending {
@@ -218,7 +225,8 @@ impl<K: StateKey, T: Data, A: AggregateFunction<T>> WindowCombiner<K, T, A> {
                     );
                 }
             }
-            self.spare = Some((partials, order));
+            self.spare_partials = Some(partials);
+            self.spare_order = order;
         }
         self.last = 0;
     }
