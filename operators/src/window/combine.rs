@@ -48,27 +48,41 @@
 //! - every record under [`LatenessRule::OperatorWatermark`], which judges
 //!   by the operator's watermark at arrival, unknown here.
 //!
+//! A checkpoint keeps `W_c` and whether the combiner went raw; a restored
+//! combiner starts from the largest `W_c` and goes raw if any did, since
+//! the restored window operators' watermark is bounded by those and not by
+//! the watermark its own restored source replays. Should a partial still
+//! arrive late (a bug), the window operator sends it to dead letters with
+//! its key, window and accumulator rather than stop the job or drop it.
+//!
 //! The combiner is used only for the event-time trigger (which looks at no
 //! record) and aggregates whose merge is exact
 //! ([`AggregateFunction::EXACT_MERGE`]: integer counts, sums, minima,
 //! maxima), so the window results are the same numbers to the last bit.
 //! With allowed lateness, a partial re-fires a window once where its
-//! records would each have re-fired it; the final value is the same.
+//! records would each have re-fired it: every window's final value is the
+//! same, the number of intermediate updates is not (it never was
+//! deterministic with allowed lateness).
 
 use std::collections::hash_map::Entry as Slot;
 use std::collections::HashMap;
 
 use rustc_hash::FxBuildHasher;
 use tideline_engine::time::LatenessRule;
-use tideline_engine::{Data, EventTime, KeySelector, Operator, Output, Record, Result};
+use tideline_engine::{
+    Data, EventTime, KeySelector, Operator, Output, Record, RestoreContext, Result, SnapshotWriter,
+};
 use tideline_state::StateKey;
 
 use super::aggregate::AggregateFunction;
 use super::assigner::{TimeWindow, WindowKind};
 use super::panes::Grid;
 
+/// What a checkpoint keeps of a combiner: `(W_c in ms, raw_only)`.
+const BOUND: &str = "combiner-bound";
+
 /// At most this many partials are held (about 5 MB for small keys and
-/// accumulators); reaching it sends them all on.
+/// accumulators), checked after each batch; reaching it sends them all on.
 pub(crate) const MAX_HELD: usize = 65_536;
 
 /// What crosses the keyed exchange of a pre-aggregated window aggregation.
@@ -276,6 +290,24 @@ where
             self.passed_on
         };
         self.emit_through(up_to, out);
+        Ok(())
+    }
+
+    fn snapshot_state(&mut self, snapshot: &mut SnapshotWriter<'_>) -> Result<()> {
+        // Nothing is held at a barrier (`before_barrier` sent it all); what
+        // a restored combiner needs is the bound it judges records by.
+        snapshot.put(BOUND, &(self.passed_on.millis(), self.raw_only))
+    }
+
+    fn restore_state(&mut self, restore: &RestoreContext) -> Result<()> {
+        // The restored window operators' watermark is at most the largest
+        // watermark any old combiner passed on, and if any of them had gone
+        // raw (an idle input: the operators' watermark may be ahead of its
+        // records), all do, whichever subtask now reads which partitions.
+        for (passed_on, raw_only) in restore.read_all::<(i64, bool)>(BOUND)? {
+            self.passed_on = self.passed_on.max(EventTime::from_millis(passed_on));
+            self.raw_only |= raw_only;
+        }
         Ok(())
     }
 

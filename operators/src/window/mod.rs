@@ -66,7 +66,8 @@ pub use trigger::{
 };
 
 use combine::{Combined, WindowCombiner};
-use operator::{CombinedWindowOperator, LiveCount, WindowOperator};
+use operator::combined::WindowOperator as CombinedWindowOperator;
+use operator::{LiveCount, WindowOperator};
 use panes::Grid;
 
 /// Why a window emitted.

@@ -29,8 +29,8 @@ use std::sync::Arc;
 
 use tideline_engine::time::{LateReason, LatenessRule, TimerService};
 use tideline_engine::{
-    Data, Error, EventTime, KeySelector, Operator, Output, OutputTag, Record, RestoreContext,
-    Result, SnapshotWriter,
+    Data, EventTime, KeySelector, Operator, Output, OutputTag, Record, RestoreContext, Result,
+    SnapshotWriter,
 };
 use tideline_state::{KeyedState, StateKey, ValueStateDescriptor};
 
@@ -162,7 +162,7 @@ where
         match &self.describe {
             Some(describe) => describe(record),
             None => {
-                let key = serde_json::to_string(key).unwrap_or_else(|e| format!("<{e}>"));
+                let key = json(key);
                 format!("{} with key {key}", std::any::type_name::<T>())
             }
         }
@@ -407,13 +407,9 @@ where
         } = self;
         // Late for every window it belongs to: the pane's last window expired.
         let ends = grid.ends_of_pane(start);
-        let live_from = grid.first_live_end(ends, arrival.judge);
-        // The combiner folds only records late for no window of the pane.
-        if matches!(addition, Addition::Partial(_)) && live_from != Some(FULL) {
-            let pane = TimeWindow::new(start, start.saturating_add(grid.pane));
-            return Err(partial_too_late(&pane, *watermark));
-        }
-        let Some(mut from_end) = live_from else {
+        // Partials reach here late for none of the pane's windows
+        // (`process_partial` checks): `from_end` is FULL for them.
+        let Some(mut from_end) = grid.first_live_end(ends, arrival.judge) else {
             if let Addition::Record(record) = addition {
                 let cleanup =
                     EventTime::from_millis(ends.1 - 1).saturating_add_millis(grid.lateness);
@@ -781,24 +777,56 @@ where
             judge: self.rule.judge(mark, self.watermark),
             mark,
         };
-        if let Some(grid) = self.grid {
-            return self.add_to_panes(grid, &key, timestamp, Addition::Partial(acc), arrival, out);
+        // The combiner folds only records late for none of the windows the
+        // partial counts in (see `combine`).
+        let late = match self.grid {
+            Some(grid) => {
+                let ends = grid.ends_of_pane(window.start);
+                grid.first_live_end(ends, arrival.judge) != Some(FULL)
+            }
+            None => self.late_for(&window, arrival).is_some(),
+        };
+        if late {
+            return self.dead_letter_partial(&key, &window, &acc, out);
         }
-        // The combiner folds only records this cannot happen to (see `combine`).
-        if self.late_for(&window, arrival).is_some() {
-            return Err(partial_too_late(&window, self.watermark));
+        match self.grid {
+            Some(grid) => {
+                self.add_to_panes(grid, &key, timestamp, Addition::Partial(acc), arrival, out)
+            }
+            None => self.add_to_window(&key, window, timestamp, Addition::Partial(acc), out),
         }
-        self.add_to_window(&key, window, timestamp, Addition::Partial(acc), out)
+    }
+
+    /// A partial the combiner should not have folded (a bug): its records
+    /// cannot be told apart any more, so they go to dead letters together,
+    /// with the key, window and accumulator, and the job goes on.
+    fn dead_letter_partial<O: Data>(
+        &self,
+        key: &K,
+        window: &TimeWindow,
+        acc: &A::Acc,
+        out: &mut Output<O>,
+    ) -> Result<()> {
+        let text = format!(
+            "records of key {} pre-aggregated in {window:?}: {}",
+            json(key),
+            json(acc)
+        );
+        out.dead_letter_text(
+            window.max_timestamp(),
+            format!(
+                "a pre-aggregated partial arrived after its window's cleanup (operator watermark \
+                 {:?}): the combiner should have sent its records as they were",
+                self.watermark
+            ),
+            text,
+        )
     }
 }
 
-/// A partial the combiner should not have folded: a bug, reported rather
-/// than losing its records.
-fn partial_too_late(window: &TimeWindow, watermark: EventTime) -> Error {
-    Error::Internal(format!(
-        "a pre-aggregated partial of {window:?} arrived late (operator watermark {watermark:?}): \
-         the combiner should have sent its records as they were"
-    ))
+/// `value` as JSON, for dead letters (the error itself if it has none).
+fn json<V: serde::Serialize + ?Sized>(value: &V) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| format!("<{e}>"))
 }
 
 /// What is added to a window: a record, or records folded before the exchange.
@@ -988,61 +1016,68 @@ where
     }
 }
 
-/// The window operator behind a [`super::combine::WindowCombiner`]: its
-/// input is partials and the records the combiner passed on as they were.
-pub(crate) struct CombinedWindowOperator<K, T, A: AggregateFunction<T>, Tr: Trigger<T>, P>(
-    pub(crate) WindowOperator<K, T, A, Tr, P>,
-);
+/// The window operator behind a [`super::combine::WindowCombiner`].
+pub(crate) mod combined {
+    use super::*;
 
-impl<K, T, A, Tr, P, O> Operator<Combined<K, T, A::Acc>, O>
-    for CombinedWindowOperator<K, T, A, Tr, P>
-where
-    K: StateKey,
-    T: Data,
-    O: Data,
-    A: AggregateFunction<T>,
-    Tr: Trigger<T>,
-    P: ProcessWindowFunction<K, A::Out, O>,
-{
-    fn process_batch(
-        &mut self,
-        batch: Vec<Record<Combined<K, T, A::Acc>>>,
-        out: &mut Output<O>,
-    ) -> Result<()> {
-        for record in batch {
-            let (timestamp, mark) = (record.timestamp, record.lateness_watermark);
-            match record.value {
-                Combined::Raw(value) => {
-                    let record = Record::new(timestamp, value).with_lateness_watermark(mark);
-                    self.0.process_record(record, out)?;
-                }
-                Combined::Partial { key, window, acc } => {
-                    self.0
-                        .process_partial(key, window, acc, timestamp, mark, out)?;
+    /// The window operator whose input is partials and the records the
+    /// combiner passed on as they were. Its type is called `WindowOperator`
+    /// too: checkpoints name operators by type, and its state is the plain
+    /// window operator's, so a job's checkpoints restore whether or not it
+    /// pre-aggregates.
+    pub(crate) struct WindowOperator<K, T, A: AggregateFunction<T>, Tr: Trigger<T>, P>(
+        pub(crate) super::WindowOperator<K, T, A, Tr, P>,
+    );
+
+    impl<K, T, A, Tr, P, O> Operator<Combined<K, T, A::Acc>, O> for WindowOperator<K, T, A, Tr, P>
+    where
+        K: StateKey,
+        T: Data,
+        O: Data,
+        A: AggregateFunction<T>,
+        Tr: Trigger<T>,
+        P: ProcessWindowFunction<K, A::Out, O>,
+    {
+        fn process_batch(
+            &mut self,
+            batch: Vec<Record<Combined<K, T, A::Acc>>>,
+            out: &mut Output<O>,
+        ) -> Result<()> {
+            for record in batch {
+                let (timestamp, mark) = (record.timestamp, record.lateness_watermark);
+                match record.value {
+                    Combined::Raw(value) => {
+                        let record = Record::new(timestamp, value).with_lateness_watermark(mark);
+                        self.0.process_record(record, out)?;
+                    }
+                    Combined::Partial { key, window, acc } => {
+                        self.0
+                            .process_partial(key, window, acc, timestamp, mark, out)?;
+                    }
                 }
             }
+            self.0.live.publish();
+            Ok(())
         }
-        self.0.live.publish();
-        Ok(())
-    }
 
-    fn snapshot_state(&mut self, snapshot: &mut SnapshotWriter<'_>) -> Result<()> {
-        Operator::<T, O>::snapshot_state(&mut self.0, snapshot)
-    }
+        fn snapshot_state(&mut self, snapshot: &mut SnapshotWriter<'_>) -> Result<()> {
+            Operator::<T, O>::snapshot_state(&mut self.0, snapshot)
+        }
 
-    fn restore_state(&mut self, restore: &RestoreContext) -> Result<()> {
-        Operator::<T, O>::restore_state(&mut self.0, restore)
-    }
+        fn restore_state(&mut self, restore: &RestoreContext) -> Result<()> {
+            Operator::<T, O>::restore_state(&mut self.0, restore)
+        }
 
-    fn state_size(&mut self) -> Option<tideline_engine::StateSize> {
-        Operator::<T, O>::state_size(&mut self.0)
-    }
+        fn state_size(&mut self) -> Option<tideline_engine::StateSize> {
+            Operator::<T, O>::state_size(&mut self.0)
+        }
 
-    fn on_watermark(&mut self, watermark: EventTime, out: &mut Output<O>) -> Result<()> {
-        self.0.on_watermark(watermark, out)
-    }
+        fn on_watermark(&mut self, watermark: EventTime, out: &mut Output<O>) -> Result<()> {
+            self.0.on_watermark(watermark, out)
+        }
 
-    fn on_processing_time(&mut self, now: i64, out: &mut Output<O>) -> Result<()> {
-        self.0.on_processing_time(now, out)
+        fn on_processing_time(&mut self, now: i64, out: &mut Output<O>) -> Result<()> {
+            self.0.on_processing_time(now, out)
+        }
     }
 }
