@@ -92,7 +92,10 @@ pub trait Trigger<T>: Clone + Send + Sync + 'static {
     type State: Default + tideline_state::StateValue;
 
     /// Whether this is the plain event-time trigger (the only one sliding
-    /// windows support, since they are computed from shared panes).
+    /// windows support, since they are computed from shared panes). Leave
+    /// it `false` in your own triggers: when it is `true`, the window
+    /// operator decides as [`EventTimeTrigger`] does without calling
+    /// `on_element`, and may pre-aggregate records before the exchange.
     const IS_EVENT_TIME: bool = false;
 
     /// A record was added to `window` (`ctx` has its state and timers).
