@@ -75,7 +75,7 @@ use tideline_engine::{
 use tideline_state::StateKey;
 
 use super::aggregate::AggregateFunction;
-use super::assigner::{TimeWindow, WindowKind};
+use super::assigner::TimeWindow;
 use super::panes::Grid;
 
 /// What a checkpoint keeps of a combiner: `(W_c in ms, raw_only)`.
@@ -146,30 +146,12 @@ pub(crate) struct WindowCombiner<K, T, A: AggregateFunction<T>> {
 }
 
 impl<K: StateKey, T: Data, A: AggregateFunction<T>> WindowCombiner<K, T, A> {
-    /// A combiner for tumbling or sliding windows of `kind` (anything else
-    /// passes every record on as itself).
-    pub(crate) fn new(
-        key: KeySelector<K, T>,
-        kind: &WindowKind<T>,
-        lateness: i64,
-        agg: A,
-        rule: LatenessRule,
-    ) -> Self {
-        let grid = match kind {
-            WindowKind::Tumbling { size, offset } => {
-                Some(Grid::new(*size, *size, *offset, lateness))
-            }
-            WindowKind::Sliding {
-                size,
-                slide,
-                offset,
-            } => Some(Grid::new(*size, *slide, *offset, lateness)),
-            _ => None,
-        };
+    /// A combiner folding records into the panes of `grid`.
+    pub(crate) fn new(key: KeySelector<K, T>, grid: Grid, agg: A, rule: LatenessRule) -> Self {
         Self {
             key,
-            raw_only: grid.is_none() || rule == LatenessRule::OperatorWatermark,
-            grid: grid.unwrap_or_else(|| Grid::new(1, 1, 0, lateness)),
+            raw_only: rule == LatenessRule::OperatorWatermark,
+            grid,
             agg,
             panes: Vec::new(),
             last: 0,

@@ -347,14 +347,12 @@ where
         let check_kind = kind.clone();
         // Tumbling and sliding windows of exact aggregates under the
         // event-time trigger fold records where they are read (see `combine`).
-        let combine = Tr::IS_EVENT_TIME
-            && A::EXACT_MERGE
-            && matches!(
-                kind,
-                WindowKind::Tumbling { .. } | WindowKind::Sliding { .. }
-            );
+        let panes = Grid::of(&kind, lateness);
+        let combine = Tr::IS_EVENT_TIME && A::EXACT_MERGE && panes.is_some();
+        // The window operator computes sliding windows from panes too.
+        let sliding_panes = panes.filter(|_| matches!(kind, WindowKind::Sliding { .. }));
         let raw_key = self.keyed.key_selector();
-        let (combiner_kind, combiner_agg) = (kind.clone(), agg.clone());
+        let combiner_agg = agg.clone();
         let make = move |ctx: &tideline_engine::OperatorContext,
                          key: tideline_engine::KeySelector<K, T>| {
             Ok::<_, Error>(WindowOperator {
@@ -375,41 +373,34 @@ where
                     local: 0,
                     unpublished: 0,
                 },
-                grid: match kind {
-                    WindowKind::Sliding {
-                        size,
-                        slide,
-                        offset,
-                    } => Some(Grid::new(size, slide, offset, lateness)),
-                    _ => None,
-                },
+                grid: sliding_panes,
                 rule: ctx.config.lateness_rule,
                 describe: describe.clone(),
             })
         };
-        let stream = if combine {
-            let combiner_key = Arc::clone(&raw_key);
-            let exchange_key = Arc::clone(&raw_key);
-            self.keyed
-                .input()
-                .transform("window_combine", move |ctx| {
-                    Ok(WindowCombiner::new(
-                        Arc::clone(&combiner_key),
-                        &combiner_kind,
-                        lateness,
-                        combiner_agg.clone(),
-                        ctx.config.lateness_rule,
-                    ))
-                })
-                .key_by(move |c: &Combined<K, T, A::Acc>| match c {
-                    Combined::Raw(value) => exchange_key(value),
-                    Combined::Partial { key, .. } => key.clone(),
-                })
-                .transform(name, move |ctx, _| {
-                    Ok(CombinedWindowOperator(make(ctx, Arc::clone(&raw_key))?))
-                })
-        } else {
-            self.keyed.transform(name, move |ctx, key| make(ctx, key))
+        let stream = match panes.filter(|_| combine) {
+            Some(grid) => {
+                let combiner_key = Arc::clone(&raw_key);
+                let exchange_key = Arc::clone(&raw_key);
+                self.keyed
+                    .input()
+                    .transform("window_combine", move |ctx| {
+                        Ok(WindowCombiner::new(
+                            Arc::clone(&combiner_key),
+                            grid,
+                            combiner_agg.clone(),
+                            ctx.config.lateness_rule,
+                        ))
+                    })
+                    .key_by(move |c: &Combined<K, T, A::Acc>| match c {
+                        Combined::Raw(value) => exchange_key(value),
+                        Combined::Partial { key, .. } => key.clone(),
+                    })
+                    .transform(name, move |ctx, _| {
+                        Ok(CombinedWindowOperator(make(ctx, Arc::clone(&raw_key))?))
+                    })
+            }
+            None => self.keyed.transform(name, move |ctx, key| make(ctx, key)),
         };
         stream
             .validate_with(move || {

@@ -39,7 +39,7 @@ use super::assigner::{TimeWindow, WindowKind};
 use super::combine::Combined;
 use super::panes::{pane_buffers, Grid, PaneBuffer, PaneHost, FULL};
 use super::sessions::{session_buffers, SessionBuffer};
-use super::trigger::{Trigger, TriggerContext, TriggerResult};
+use super::trigger::{fire_or_wait, Trigger, TriggerContext, TriggerResult};
 use super::{Firing, ProcessWindowFunction, WindowCollector, WindowInfo};
 use crate::process::TimeDomain;
 
@@ -847,14 +847,7 @@ fn event_time_decision<K: std::hash::Hash + Eq + Clone, S>(
     is_new: bool,
     ctx: &mut TriggerContext<'_, K, S>,
 ) -> TriggerResult {
-    let end = window.max_timestamp();
-    if end <= ctx.watermark {
-        return TriggerResult::Fire;
-    }
-    if is_new && cleanup_at != end {
-        ctx.register_event_time_timer(end);
-    }
-    TriggerResult::Continue
+    fire_or_wait(window, ctx, is_new && cleanup_at != window.max_timestamp())
 }
 
 /// Counts a late record and sends it to the late output, if there is one.

@@ -66,6 +66,21 @@ pub(crate) struct Grid {
 }
 
 impl Grid {
+    /// The panes of tumbling (each window one pane) and sliding windows;
+    /// `None` for the other kinds.
+    pub(crate) fn of<T>(kind: &super::assigner::WindowKind<T>, lateness: i64) -> Option<Self> {
+        use super::assigner::WindowKind;
+        match *kind {
+            WindowKind::Tumbling { size, offset } => Some(Self::new(size, size, offset, lateness)),
+            WindowKind::Sliding {
+                size,
+                slide,
+                offset,
+            } => Some(Self::new(size, slide, offset, lateness)),
+            _ => None,
+        }
+    }
+
     pub(crate) fn new(size: i64, slide: i64, offset: i64, lateness: i64) -> Self {
         let phase = (floor_mod_diff(offset, 0, slide) + floor_mod_diff(size, 0, slide)) % slide;
         Self {

@@ -150,6 +150,24 @@ pub trait Trigger<T>: Clone + Send + Sync + 'static {
     }
 }
 
+/// The event-time trigger's decision: fire if the watermark reached the
+/// window's end, else wait for the timer at that end (registered here when
+/// `register`; the window operator skips it when the timer is known to be
+/// pending).
+pub(crate) fn fire_or_wait<K: std::hash::Hash + Eq + Clone, S>(
+    window: &TimeWindow,
+    ctx: &mut TriggerContext<'_, K, S>,
+    register: bool,
+) -> TriggerResult {
+    if window.max_timestamp() <= ctx.watermark {
+        return TriggerResult::Fire;
+    }
+    if register {
+        ctx.register_event_time_timer(window.max_timestamp());
+    }
+    TriggerResult::Continue
+}
+
 /// The default: fires when the watermark passes the end of the window, and
 /// again for every record that arrives within the allowed lateness.
 #[derive(Clone, Copy, Debug, Default)]
@@ -166,12 +184,7 @@ impl<T> Trigger<T> for EventTimeTrigger {
         window: &TimeWindow,
         ctx: &mut TriggerContext<'_, K, ()>,
     ) -> TriggerResult {
-        if window.max_timestamp() <= ctx.watermark {
-            TriggerResult::Fire
-        } else {
-            ctx.register_event_time_timer(window.max_timestamp());
-            TriggerResult::Continue
-        }
+        fire_or_wait(window, ctx, true)
     }
 
     fn on_event_time<K: std::hash::Hash + Eq + Clone>(
