@@ -55,7 +55,7 @@ mod common;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tideline::connectors::file::{
-    read_committed, write_csv, ExactlyOnceCsvSink, FileSource, Pacing, ReplayOrder,
+    sort_committed_csv, ExactlyOnceCsvSink, FileSource, Pacing, ReplayOrder,
 };
 use tideline::engine::checkpoint::CheckpointStorage;
 use tideline::prelude::*;
@@ -256,15 +256,6 @@ fn parts_dir(output: &str) -> String {
     format!("{output}.parts")
 }
 
-/// Writes `rows` to `path` as CSV through a temporary file and a rename,
-/// so a crash never leaves a half-written output.
-fn write_csv_atomically<T: Serialize>(path: &str, header: &[&str], rows: &[T]) -> Result<()> {
-    let tmp = format!("{path}.tmp");
-    write_csv(&tmp, header, rows)?;
-    std::fs::rename(&tmp, path)
-        .map_err(|e| Error::user(format!("cannot rename {tmp} to {path}: {e}")))
-}
-
 #[derive(Clone, Copy, Debug)]
 enum WindowSpec {
     Tumbling(i64),
@@ -444,11 +435,12 @@ pub fn run_with(args: &[&str], on_signals: OnSignals) -> Result<String> {
         ));
     }
 
-    // Sorted, so the files do not depend on how subtasks interleaved (rows
-    // that compare equal are equal, so an unstable sort gives the same file).
-    let mut windows: Vec<WindowRow> = read_committed(&rows_parts)?;
-    windows.sort_unstable();
-    write_csv_atomically(
+    // Sorted, so the files do not depend on how subtasks interleaved: by
+    // key and window start, then the other columns (a window's updates
+    // under allowed lateness in the order they were made); late rows by
+    // time, then key and value.
+    let windows = sort_committed_csv(
+        &rows_parts,
         &args.output,
         &[
             "key",
@@ -459,20 +451,23 @@ pub fn run_with(args: &[&str], on_signals: OnSignals) -> Result<String> {
             "min",
             "max",
         ],
-        &windows,
+        [0, 1],
     )?;
-    let mut late_rows: Vec<LateRow> = read_committed(&late_parts)?;
-    late_rows.sort_unstable_by_key(|e| (e.ts, e.key, e.value));
-    write_csv_atomically(&args.late_output, &["key", "ts", "value"], &late_rows)?;
+    let late_rows = sort_committed_csv(
+        &late_parts,
+        &args.late_output,
+        &["key", "ts", "value"],
+        [1, 0],
+    )?;
 
     let n = metrics.snapshot().records_read();
     let secs = summary.elapsed.as_secs_f64();
     Ok(format!(
         "records={n} late={} dead_letter={} windows={} seconds={secs:.3} records_per_s={:.0} \
          checkpoints={} restored_from={}",
-        late_rows.len(),
+        late_rows,
         summary.dead_letters,
-        windows.len(),
+        windows,
         n as f64 / secs.max(1e-9),
         summary.checkpoints.len(),
         summary

@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -64,8 +64,8 @@ impl ProgressOptions {
     /// Shows the progress of the job whose metrics are `metrics` until the
     /// returned guard is dropped.
     pub fn start(self, metrics: Arc<JobMetrics>) -> Progress {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
+        let (stop, stopped) = mpsc::channel();
+        let stopped = Stop(stopped);
         let terminal = self
             .terminal
             .unwrap_or_else(|| std::io::stderr().is_terminal());
@@ -80,15 +80,38 @@ impl ProgressOptions {
                 }
             })
             .ok();
-        Progress { stop, thread }
+        Progress {
+            stop: Some(stop),
+            thread,
+        }
     }
 }
 
 /// Shows progress until dropped (see the module docs).
 #[derive(Debug)]
 pub struct Progress {
-    stop: Arc<AtomicBool>,
+    /// Dropped to stop the thread, which wakes at once (a job's process
+    /// should not wait a redraw interval to exit).
+    stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// The drawing thread's end of [`Progress::stop`].
+struct Stop(Receiver<()>);
+
+impl Stop {
+    /// Whether the guard was dropped.
+    fn is_set(&self) -> bool {
+        matches!(self.0.try_recv(), Err(mpsc::TryRecvError::Disconnected))
+    }
+
+    /// Waits `timeout` or until the guard is dropped; whether it was.
+    fn wait(&self, timeout: Duration) -> bool {
+        matches!(
+            self.0.recv_timeout(timeout),
+            Err(RecvTimeoutError::Disconnected)
+        )
+    }
 }
 
 impl Progress {
@@ -101,7 +124,7 @@ impl Progress {
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -178,7 +201,7 @@ impl ProgressLine {
     }
 }
 
-fn draw_bar(metrics: &JobMetrics, stop: &AtomicBool) {
+fn draw_bar(metrics: &JobMetrics, stop: &Stop) {
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(5));
     let with_total = ProgressStyle::with_template(
         "{spinner} {elapsed_precise} [{bar:32}] {percent:>3}% {msg}  {per_sec} eta {eta}",
@@ -192,7 +215,7 @@ fn draw_bar(metrics: &JobMetrics, stop: &AtomicBool) {
     let mut tracker = ProgressTracker::new();
     let mut shown_total = None;
     loop {
-        let done = stop.load(Ordering::Relaxed);
+        let done = stop.is_set();
         let line = tracker.line(&metrics.snapshot());
         match line.done_of {
             Some((position, total)) => {
@@ -221,22 +244,18 @@ fn draw_bar(metrics: &JobMetrics, stop: &AtomicBool) {
             bar.abandon();
             return;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        stop.wait(Duration::from_millis(200));
     }
 }
 
-fn print_lines(metrics: &JobMetrics, stop: &AtomicBool, interval: Duration) {
+fn print_lines(metrics: &JobMetrics, stop: &Stop, interval: Duration) {
     let started = Instant::now();
     let mut next = started + interval;
     let mut tracker = ProgressTracker::new();
     loop {
         // The last line is printed when the guard is dropped.
-        let last = stop.load(Ordering::Relaxed);
+        let last = stop.is_set() || stop.wait(next.saturating_duration_since(Instant::now()));
         if !last {
-            std::thread::sleep(Duration::from_millis(100));
-            if Instant::now() < next {
-                continue;
-            }
             next += interval;
         }
         let line = tracker.line(&metrics.snapshot());

@@ -33,6 +33,7 @@ mod parquet;
 mod predicate;
 mod reader;
 mod sink;
+mod sorted_csv;
 
 pub use archive::ArchivingSource;
 pub use exactly_once::{
@@ -44,6 +45,7 @@ pub use sink::{
     write_csv, CsvSink, CsvWriter, FileFormatWriter, FileSink, FormatError, JsonLinesSink,
     JsonLinesWriter, ParquetSink, ParquetWriter, PartitionedParquetSink,
 };
+pub use sorted_csv::sort_committed_csv;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
