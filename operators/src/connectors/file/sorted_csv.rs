@@ -34,8 +34,9 @@ use tideline_engine::{Error, Result};
 use super::exactly_once::{committed_files, rename};
 use super::sink::create;
 
-/// Below this many rows one thread sorts: a second costs more than it saves.
-const PARALLEL_SORT_ROWS: usize = 1 << 16;
+/// Below this many bytes of parts one thread sorts: a second costs more
+/// than it saves.
+const PARALLEL_SORT_BYTES: usize = 1 << 20;
 
 /// One row: its sort columns and where its bytes are (newline excluded).
 struct Row<const N: usize> {
@@ -94,7 +95,7 @@ pub fn sort_committed_csv<const N: usize>(
     }
     let header_line = header.join(",");
     let mut bytes = Vec::new();
-    let mut rows: Vec<Row<N>> = Vec::new();
+    let mut parts = Vec::new();
     for path in committed_files(dir)? {
         if path.extension().and_then(|e| e.to_str()) != Some("csv") {
             return Err(Error::user(format!(
@@ -110,7 +111,13 @@ pub fn sort_committed_csv<const N: usize>(
                 f.read_to_end(&mut bytes)
             })
             .map_err(|e| Error::io("read", &path, e))?;
-        index_part(&path, &bytes, begin, &header_line, sort_columns, &mut rows)?;
+        // So no line runs from one part into the next.
+        if bytes.len() > begin && bytes.last() != Some(&b'\n') {
+            bytes.push(b'\n');
+        }
+        if let Some(body) = part_body(&path, &bytes, begin, &header_line)? {
+            parts.push(Part { path, body });
+        }
     }
     let order = |a: &Row<N>, b: &Row<N>| -> Ordering {
         a.key
@@ -118,17 +125,29 @@ pub fn sort_committed_csv<const N: usize>(
             .then_with(|| compare_rows(a.bytes(&bytes), b.bytes(&bytes)))
             .then_with(|| a.bytes(&bytes).cmp(b.bytes(&bytes)))
     };
-    let split = if rows.len() >= PARALLEL_SORT_ROWS {
-        rows.len() / 2
-    } else {
-        rows.len()
+    // Two halves of the rows, each indexed and sorted on a thread of its own.
+    let (low, high) = halves(&bytes, &parts);
+    let sorted_half = |half: &[(usize, Range<usize>)]| -> Result<Vec<Row<N>>> {
+        let mut rows = Vec::new();
+        for (part, span) in half {
+            index_rows(&parts[*part], &bytes, span.clone(), sort_columns, &mut rows)?;
+        }
+        rows.sort_unstable_by(order);
+        Ok(rows)
     };
-    let (first, second) = rows.split_at_mut(split);
-    std::thread::scope(|scope| {
-        scope.spawn(|| second.sort_unstable_by(order));
-        first.sort_unstable_by(order);
-    });
-    let (first, second) = rows.split_at(split);
+    let (first, second) = if bytes.len() >= PARALLEL_SORT_BYTES {
+        std::thread::scope(|scope| {
+            let second = scope.spawn(|| sorted_half(&high));
+            let first = sorted_half(&low);
+            let second = second
+                .join()
+                .unwrap_or_else(|_| Err(Error::Internal("a sorting thread panicked".into())));
+            (first, second)
+        })
+    } else {
+        (sorted_half(&low), sorted_half(&high))
+    };
+    let (first, second) = (first?, second?);
 
     let tmp = output.with_file_name(format!(
         "{}.tmp",
@@ -153,39 +172,82 @@ pub fn sort_committed_csv<const N: usize>(
     out.flush().map_err(failed)?;
     drop(out);
     rename(&tmp, output)?;
-    Ok(rows.len() as u64)
+    Ok((first.len() + second.len()) as u64)
 }
 
-/// Checks the header of the part at `bytes[begin..]` and adds its rows.
-fn index_part<const N: usize>(
+/// A part's rows: where they are in the bytes of all parts.
+struct Part {
+    path: std::path::PathBuf,
+    body: Range<usize>,
+}
+
+/// Checks the header of the part at `bytes[begin..]`: the range of its
+/// rows, `None` for an empty part.
+fn part_body(
     path: &Path,
     bytes: &[u8],
     begin: usize,
     header: &str,
+) -> Result<Option<Range<usize>>> {
+    match line_ranges(bytes, begin).next() {
+        // An empty part (nothing committed in its interval) has no header.
+        None => Ok(None),
+        Some(first) if &bytes[first.clone()] == header.as_bytes() => {
+            let after = memchr::memchr(b'\n', &bytes[first.end..])
+                .map_or(bytes.len(), |n| first.end + n + 1);
+            Ok(Some(after..bytes.len()))
+        }
+        Some(first) => Err(Error::user(format!(
+            "cannot sort {}: its header is '{}', expected '{header}'",
+            path.display(),
+            String::from_utf8_lossy(&bytes[first])
+        ))),
+    }
+}
+
+/// The parts' rows cut in two at a line end near the middle of their
+/// bytes: `(part, byte range)` pieces for each half.
+#[allow(clippy::type_complexity)]
+fn halves(
+    bytes: &[u8],
+    parts: &[Part],
+) -> (Vec<(usize, Range<usize>)>, Vec<(usize, Range<usize>)>) {
+    let middle = bytes.len() / 2;
+    let (mut low, mut high) = (Vec::new(), Vec::new());
+    for (i, part) in parts.iter().enumerate() {
+        let Range { start, end } = part.body.clone();
+        if end <= middle {
+            low.push((i, start..end));
+        } else if start >= middle {
+            high.push((i, start..end));
+        } else {
+            // Parts end with a line end, so one is found before `end`.
+            let cut = memchr::memchr(b'\n', &bytes[middle..end]).map_or(end, |n| middle + n + 1);
+            low.push((i, start..cut));
+            high.push((i, cut..end));
+        }
+    }
+    (low, high)
+}
+
+/// Adds the rows in `span` (whole lines of `part`'s body) to `rows`.
+fn index_rows<const N: usize>(
+    part: &Part,
+    bytes: &[u8],
+    span: Range<usize>,
     sort_columns: [usize; N],
     rows: &mut Vec<Row<N>>,
 ) -> Result<()> {
-    let mut lines = line_ranges(bytes, begin);
-    match lines.next() {
-        Some(first) if &bytes[first.clone()] == header.as_bytes() => {}
-        // An empty part (nothing committed in its interval) has no header.
-        None => return Ok(()),
-        Some(first) => {
+    let text = &bytes[..span.end];
+    for line in line_ranges(text, span.start) {
+        let Some(key) = sort_key(&bytes[line.clone()], &sort_columns) else {
+            // Counted only now: the header is row 1.
+            let row = 2 + memchr::memchr_iter(b'\n', &bytes[part.body.start..line.start]).count();
             return Err(Error::user(format!(
-                "cannot sort {}: its header is '{}', expected '{header}'",
-                path.display(),
-                String::from_utf8_lossy(&bytes[first])
-            )))
-        }
-    }
-    for (i, line) in lines.enumerate() {
-        let key = sort_key(&bytes[line.clone()], &sort_columns).ok_or_else(|| {
-            Error::user(format!(
-                "cannot sort {}: row {} has no 64-bit integer in one of the columns {sort_columns:?}",
-                path.display(),
-                i + 2
-            ))
-        })?;
+                "cannot sort {}: row {row} has no 64-bit integer in one of the columns {sort_columns:?}",
+                part.path.display(),
+            )));
+        };
         rows.push(Row {
             key,
             start: line.start,
@@ -361,7 +423,7 @@ mod tests {
     #[test]
     fn large_inputs_sort_on_two_threads_to_the_same_order() -> Result<()> {
         let (dir, parts) = parts_dir()?;
-        let rows = PARALLEL_SORT_ROWS * 2 + 3;
+        let rows = 200_003;
         let mut text = String::from("a,b\n");
         let mut expected = Vec::new();
         for i in 0..rows {
