@@ -16,7 +16,7 @@
 //! Partial panes are kept apart from the full ones (usually there are none,
 //! and full panes stay as compact as before), and fire and expire like them.
 
-use std::collections::VecDeque;
+use smallvec::SmallVec;
 
 use tideline_engine::{EventTime, Output, Result};
 use tideline_state::ValueStateDescriptor;
@@ -39,8 +39,11 @@ pub(crate) const FULL: i64 = i64::MIN;
 /// The panes of one key, and where its on-time firings have got to.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PaneBuffer<Acc> {
-    /// Full panes, `(start, accumulator)`, sorted by start.
-    panes: VecDeque<(i64, Acc)>,
+    /// Full panes, `(start, accumulator)`, sorted by start. Inline: a key's
+    /// panes are read where the state table holds the buffer (one cache
+    /// miss per firing, not two); a sliding window of size/slide up to 7
+    /// rarely holds more. (Serialized as a sequence, like a `VecDeque`.)
+    panes: SmallVec<[(i64, Acc); 8]>,
     /// Partial panes, sorted by `(start, from_end)`; usually empty.
     partials: Vec<Partial<Acc>>,
     /// The pending timer of this key, if any.
@@ -113,6 +116,15 @@ impl Grid {
     pub(crate) fn last_end_of_pane(&self, start: i64) -> i64 {
         let last_start = start - floor_mod_diff(start, self.offset, self.slide);
         last_start.saturating_add(self.size)
+    }
+
+    /// The smallest pane start whose last window ends at or after `end`:
+    /// pane `s` has such a window iff `s >= ` this (the last window of a
+    /// pane starts at the window start at or before it, which grows with
+    /// `s`). One division, where testing each pane would take one each.
+    fn first_start_ending_from(&self, end: i64) -> i64 {
+        let earliest = end.saturating_sub(self.size);
+        earliest.saturating_add(floor_mod_diff(self.offset, earliest, self.slide))
     }
 
     /// The ends of the first and last windows holding the pane at `start`.
@@ -198,7 +210,7 @@ impl<Acc: Clone> PaneBuffer<Acc> {
     /// at `watermark`: windows already due then are not due again.
     pub(crate) fn new(grid: &Grid, watermark: EventTime) -> Self {
         Self {
-            panes: VecDeque::new(),
+            panes: SmallVec::new(),
             partials: Vec::new(),
             timer_at: None,
             fired_through: grid.last_end_due(watermark),
@@ -236,7 +248,7 @@ impl<Acc: Clone> PaneBuffer<Acc> {
                 (i + 1, true)
             }
             None => {
-                self.panes.push_front((start, create()));
+                self.panes.insert(0, (start, create()));
                 (0, true)
             }
         };
@@ -335,12 +347,12 @@ impl<Acc: Clone> PaneBuffer<Acc> {
     fn next_end_from(&self, grid: &Grid, from: i64) -> Option<i64> {
         // Full panes' first ends grow with their start: the first that
         // reaches `from` is the earliest.
+        let reaching = grid.first_start_ending_from(from);
         let full = self
             .panes
             .iter()
-            .map(|(s, _)| grid.ends_of_pane(*s))
-            .find(|(_, last)| *last >= from)
-            .map(|(first, _)| first.max(from));
+            .find(|(s, _)| *s >= reaching)
+            .map(|(s, _)| grid.first_end_of_pane(*s).max(from));
         let partial = self
             .partials
             .iter()
@@ -357,7 +369,7 @@ impl<Acc: Clone> PaneBuffer<Acc> {
     /// The next time this key needs its timer: the next on-time window end
     /// holding data, or the next pane expiry.
     fn next_due(&self, grid: &Grid) -> Option<i64> {
-        let oldest = match (self.panes.front(), self.partials.first()) {
+        let oldest = match (self.panes.first(), self.partials.first()) {
             (Some((a, _)), Some(b)) => (*a).min(b.start),
             (Some((a, _)), None) => *a,
             (None, Some(b)) => b.start,
@@ -413,9 +425,20 @@ impl<Acc: Clone> PaneBuffer<Acc> {
         self.fired_through = self.fired_through.max(grid.last_end_due(watermark));
         let before = self.panes.len() + self.partials.len();
         let expired = |start: i64| EventTime::from_millis(grid.expiry(start)) <= watermark;
-        while self.panes.front().is_some_and(|(s, _)| expired(*s)) {
-            self.panes.pop_front();
-        }
+        // A pane expires when its last window ends at or before
+        // `watermark + 1 - lateness`: the ones before the first that does not.
+        let kept_from = grid.first_start_ending_from(
+            watermark
+                .millis()
+                .saturating_add(2)
+                .saturating_sub(grid.lateness),
+        );
+        let gone = self
+            .panes
+            .iter()
+            .take_while(|(s, _)| *s < kept_from)
+            .count();
+        self.panes.drain(..gone);
         if !self.partials.is_empty() {
             self.partials.retain(|p| !expired(p.start));
         }
@@ -428,5 +451,28 @@ impl<Acc: Clone> PaneBuffer<Acc> {
             }
         }
         Ok((dropped, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The division-free search bounds agree with asking each pane.
+    #[test]
+    fn first_start_ending_from_matches_each_panes_last_end() {
+        for (size, slide, offset) in [(10, 2, 0), (10, 2, 1), (9, 3, -4), (6, 4, 5), (5, 5, 2)] {
+            let grid = Grid::new(size, slide, offset, 0);
+            for end in -40..40 {
+                let bound = grid.first_start_ending_from(end);
+                for start in (-60..60).map(|s| grid.pane_start(s)) {
+                    assert_eq!(
+                        start >= bound,
+                        grid.last_end_of_pane(start) >= end,
+                        "size {size} slide {slide} offset {offset} end {end} start {start}"
+                    );
+                }
+            }
+        }
     }
 }
