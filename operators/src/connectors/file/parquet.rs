@@ -37,10 +37,15 @@ pub(crate) struct ParquetRows<T> {
     columns: Columns,
     /// Rows taken from the reader and converted (records or dead letters).
     row: u64,
-    /// Converted rows not emitted yet, in file order: records, or dead
-    /// letters `(reason, where)`; each is one input row, so the offset is exact.
-    /// Rows to emit; a rejected row as `(reason, record text, location)`.
-    pending: VecDeque<std::result::Result<T, (String, String, String)>>,
+    /// Records of the last batch not emitted yet, in file order (a batch
+    /// whose rows all converted: the common case, kept as the converter's
+    /// own vector so records are not moved once more).
+    ready: std::vec::IntoIter<T>,
+    /// Converted rows of a batch that held rejected ones, not emitted yet,
+    /// in file order: records, or `(reason, record text, location)`. Only
+    /// one of `ready` and `mixed` holds rows at a time; each entry is one
+    /// input row, so the offset is exact.
+    mixed: VecDeque<std::result::Result<T, (String, String, String)>>,
     /// Rows read but not converted yet (the rest of a batch after a skip).
     unread: Option<RecordBatch>,
     /// Rows of the row groups read (after pruning).
@@ -193,7 +198,8 @@ impl<T: Data + DeserializeOwned> ParquetRows<T> {
             schema: None,
             columns: columns.clone(),
             row: 0,
-            pending: VecDeque::new(),
+            ready: Vec::new().into_iter(),
+            mixed: VecDeque::new(),
             unread: None,
             total_rows,
         })
@@ -258,7 +264,14 @@ impl<T: Data + DeserializeOwned> ParquetRows<T> {
 impl<T: Data + DeserializeOwned> FileRows<T> for ParquetRows<T> {
     fn read(&mut self, out: &mut SourceOutput<T>) -> Result<bool> {
         while out.remaining() > 0 {
-            match self.pending.pop_front() {
+            if !self.ready.as_slice().is_empty() {
+                let n = out.remaining().min(self.ready.len());
+                for value in self.ready.by_ref().take(n) {
+                    out.push(Record::untimed(value));
+                }
+                continue;
+            }
+            match self.mixed.pop_front() {
                 Some(Ok(value)) => {
                     out.push(Record::untimed(value));
                     continue;
@@ -280,16 +293,16 @@ impl<T: Data + DeserializeOwned> FileRows<T> for ParquetRows<T> {
             let first_row = self.row + 1;
             self.row += batch.num_rows() as u64;
             match serde_arrow::from_record_batch::<Vec<T>>(&batch) {
-                Ok(rows) => self.pending.extend(rows.into_iter().map(Ok)),
+                Ok(rows) => self.ready = rows.into_iter(),
                 // Some row cannot become a record (a null in a required
                 // field, say): convert row by row to reject just those.
                 Err(_) => {
                     for i in 0..batch.num_rows() {
                         match serde_arrow::from_record_batch::<Vec<T>>(&batch.slice(i, 1)) {
-                            Ok(rows) => self.pending.extend(rows.into_iter().map(Ok)),
+                            Ok(rows) => self.mixed.extend(rows.into_iter().map(Ok)),
                             Err(e) => {
                                 let at = location(&self.path, first_row + i as u64);
-                                self.pending.push_back(Err((
+                                self.mixed.push_back(Err((
                                     e.to_string(),
                                     format!("{at} (row)"),
                                     at,
@@ -304,7 +317,7 @@ impl<T: Data + DeserializeOwned> FileRows<T> for ParquetRows<T> {
     }
 
     fn position(&self) -> u64 {
-        self.row - self.pending.len() as u64
+        self.row - (self.ready.len() + self.mixed.len()) as u64
     }
 
     fn total_rows(&self) -> Option<u64> {
@@ -313,7 +326,7 @@ impl<T: Data + DeserializeOwned> FileRows<T> for ParquetRows<T> {
 
     fn skip(&mut self, rows: u64) -> Result<()> {
         let mut left = rows;
-        while left > 0 && self.pending.pop_front().is_some() {
+        while left > 0 && (self.ready.next().is_some() || self.mixed.pop_front().is_some()) {
             left -= 1;
         }
         while left > 0 {
