@@ -6,13 +6,15 @@
 //!
 //! Both are built on `rdkafka`, with librdkafka compiled from its bundled
 //! sources and linked statically. The [`source`] and [`sink`] modules
-//! state their invariants and failure analysis.
+//! state their invariants and failure analysis; [`workers`] is the design
+//! of running one job on several worker processes (not built yet).
 
 mod client;
 mod producer;
 pub mod record;
 pub mod sink;
 pub mod source;
+pub mod workers;
 
 /// The Kafka client the connectors use, for what they do not cover
 /// (admin operations, say).
