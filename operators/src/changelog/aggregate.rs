@@ -99,11 +99,11 @@ impl<T: 'static, N: Numeric + Sub<Output = N> + PartialEq> RetractingAggregate<T
     }
     fn add(&self, acc: &mut (u64, N), row: &T) {
         acc.0 += 1;
-        acc.1 = acc.1 + self.extract(row);
+        acc.1 = acc.1.plus(self.extract(row));
     }
     fn retract(&self, acc: &mut (u64, N), row: &T) {
         acc.0 = acc.0.saturating_sub(1);
-        acc.1 = acc.1 - self.extract(row);
+        acc.1 = acc.1.minus(self.extract(row));
     }
     fn result(&self, acc: &(u64, N)) -> N {
         acc.1

@@ -50,23 +50,57 @@ pub trait Numeric:
     /// As a float, for averages.
     fn as_f64(self) -> f64;
 
-    /// Whether `+` and comparisons give the same result in any order
-    /// (integers, whose sums wrap; not floats, which round and have NaN).
+    /// Whether [`Numeric::plus`] and comparisons give the same result in
+    /// any order (integers, whose sums wrap; not floats, which round and
+    /// have NaN).
     const EXACT: bool = false;
+
+    /// The sum [`Sum`] accumulates with: `+` unless the type says
+    /// otherwise. Integers wrap on overflow (two's complement), in debug
+    /// and release builds alike, as Java's `long` does in Flink and Kafka
+    /// Streams: wrapping addition is associative, so a sum is the same
+    /// however its records were grouped (pre-aggregated, in panes, in
+    /// merged sessions), where a checked or panicking `+` would fail for
+    /// some groupings and not others.
+    fn plus(self, other: Self) -> Self {
+        self + other
+    }
+
+    /// The difference a retracting sum takes back with: `-` unless the
+    /// type says otherwise (integers wrap, as [`Numeric::plus`] does).
+    fn minus(self, other: Self) -> Self
+    where
+        Self: std::ops::Sub<Output = Self>,
+    {
+        self - other
+    }
 }
 
 macro_rules! numeric {
-    ($exact:expr; $($t:ty),*) => {$(
+    (integers: $($t:ty),*) => {$(
         impl Numeric for $t {
-            const EXACT: bool = $exact;
+            const EXACT: bool = true;
+            fn as_f64(self) -> f64 {
+                self as f64
+            }
+            fn plus(self, other: Self) -> Self {
+                self.wrapping_add(other)
+            }
+            fn minus(self, other: Self) -> Self {
+                self.wrapping_sub(other)
+            }
+        }
+    )*};
+    (floats: $($t:ty),*) => {$(
+        impl Numeric for $t {
             fn as_f64(self) -> f64 {
                 self as f64
             }
         }
     )*};
 }
-numeric!(true; i8, i16, i32, i64, isize, u8, u16, u32, u64, usize);
-numeric!(false; f32, f64);
+numeric!(integers: i8, i16, i32, i64, isize, u8, u16, u32, u64, usize);
+numeric!(floats: f32, f64);
 
 /// Counts records.
 #[derive(Clone, Copy, Debug, Default)]
@@ -158,10 +192,10 @@ impl<T: 'static, N: Numeric> AggregateFunction<T> for Sum<T, N> {
         N::default()
     }
     fn add(&self, acc: &mut N, value: T) {
-        *acc = *acc + (self.0 .0)(&value);
+        *acc = acc.plus((self.0 .0)(&value));
     }
     fn merge(&self, acc: &mut N, other: &N) {
-        *acc = *acc + *other;
+        *acc = acc.plus(*other);
     }
     fn result(&self, acc: N) -> N {
         acc
@@ -374,6 +408,35 @@ mod tests {
         agg.add(&mut b, 10);
         agg.merge(&mut a, &b);
         assert_eq!(agg.result(a), (4, 19, -3, 10, 4.75));
+    }
+
+    /// Sums wrap, in debug builds too, so every grouping of the same
+    /// records gives the same sum (and none panics).
+    #[test]
+    fn integer_sums_wrap_the_same_however_grouped() {
+        let sum = Sum::of(|v: &i64| *v);
+        let values = [i64::MAX, 1, -1, i64::MIN, -1];
+        let mut one_by_one = sum.create();
+        for v in values {
+            sum.add(&mut one_by_one, v);
+        }
+        // The same records folded as two partials, merged.
+        let (mut first, mut second) = (sum.create(), sum.create());
+        for v in &values[..2] {
+            sum.add(&mut first, *v);
+        }
+        for v in &values[2..] {
+            sum.add(&mut second, *v);
+        }
+        sum.merge(&mut first, &second);
+        let expected = values.iter().fold(0i64, |a, v| a.wrapping_add(*v));
+        assert_eq!(
+            (sum.result(one_by_one), sum.result(first)),
+            (expected, expected)
+        );
+        assert_eq!(u8::MAX.plus(1), 0);
+        assert_eq!(0u8.minus(1), u8::MAX);
+        assert_eq!(1.5f64.plus(2.0), 3.5);
     }
 
     #[test]
