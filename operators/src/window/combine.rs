@@ -318,6 +318,14 @@ where
 
     fn on_idle(&mut self, out: &mut Output<Combined<K, T, A::Acc>>) -> Result<()> {
         self.emit_through(EventTime::MAX, out);
+        if !self.raw_only {
+            // Said once: throughput changes, and an operator should know why.
+            tracing::info!(
+                "window pre-aggregation off for the rest of the run: its input went idle, \
+                 so records may now arrive behind the window operator's watermark and go \
+                 on one by one to be judged there"
+            );
+        }
         self.raw_only = true;
         Ok(())
     }
