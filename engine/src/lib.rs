@@ -39,7 +39,9 @@ pub use checkpoint::{
 };
 pub use config::{ExecutionMode, FailurePolicy, JobConfig, RestartStrategy};
 pub use error::{BoxError, Error, ErrorDomain, Result};
-pub use graph::{Job, KeySelector, KeyedStream, SinkHandle, Stream};
+pub use graph::{
+    Job, KeySelector, KeyedInput, KeyedStream, SinkHandle, Stage, StageLayout, Stream,
+};
 pub use operator::{DeadLetter, Operator, OperatorContext, Output, OutputTag, StateSize};
 pub use record::{Data, Record};
 pub use runtime::executor::{JobHandle, LocalRun};

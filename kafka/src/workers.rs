@@ -1,6 +1,7 @@
 //! Worker mode: one job on several processes and machines, distributed by
-//! Kafka. **Status: design, not built yet** (issue 16); nothing in this
-//! module runs. It is written down first so the pieces can be built and
+//! Kafka. **Status: design, not built yet** (issue 16): of what follows,
+//! only the stage layout (`Job::stage_layout`, with its fingerprint and
+//! repartition topic names) exists; nothing in this module runs. It is written down first so the pieces can be built and
 //! tested one at a time against it, and so its failure analysis can be
 //! argued before any code depends on it.
 //!
@@ -35,8 +36,9 @@
 //!   exchange's), with a configured partition count (default: the largest
 //!   source partition count).
 //!
-//! The stage layout (stages, their uids, inputs, partition counts, and the
-//! uids and state names of their operators) has a fingerprint. The first
+//! The stage layout (`Job::stage_layout`: stages, their sources, inputs and
+//! operator uids; not parallelism or partition counts, which may differ or
+//! grow) has a fingerprint. The first
 //! worker writes the layout to the compacted topic `<application-id>-layout`;
 //! every worker reads that topic's *first* record at start and refuses to
 //! run, naming the difference, if its own layout differs (a worker of

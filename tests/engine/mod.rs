@@ -7,6 +7,7 @@ mod metrics;
 mod parallelism;
 mod regressions;
 mod sources;
+mod stages;
 mod stateless;
 mod timers;
 mod validation;

@@ -197,6 +197,13 @@ impl Job {
         Arc::clone(&self.graph.borrow().metrics)
     }
 
+    /// The job cut into stages at its keyed exchanges, as built so far:
+    /// what worker mode distributes, and what workers of one application
+    /// must agree on (compare [`StageLayout::fingerprint`](crate::StageLayout::fingerprint)).
+    pub fn stage_layout(&self) -> crate::StageLayout {
+        self.graph.borrow().stage_layout()
+    }
+
     /// Keeps `value` alive until the job's run ends (a web UI serving the
     /// job's metrics, say: dropping it stops the server).
     pub fn attach(self, value: impl std::any::Any + Send) -> Self {

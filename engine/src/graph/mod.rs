@@ -11,9 +11,11 @@ pub(crate) mod build;
 pub(crate) mod context;
 mod job;
 pub(crate) mod port;
+pub(crate) mod stages;
 mod stream;
 
 pub use job::Job;
+pub use stages::{KeyedInput, Stage, StageLayout};
 pub use stream::{KeySelector, KeyedStream, SinkHandle, Stream};
 
 use std::rc::Rc;
