@@ -12,6 +12,7 @@ mod exactly_once;
 mod live_and_replay;
 mod sink;
 mod source;
+mod workers;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

@@ -1,7 +1,9 @@
 //! Worker mode: one job on several processes and machines, distributed by
 //! Kafka. **Status: design, not built yet** (issue 16): of what follows,
 //! only the stage layout (`Job::stage_layout`, with its fingerprint and
-//! repartition topic names) exists; nothing in this module runs. It is written down first so the pieces can be built and
+//! repartition topic names) and [`InternalTopics`] (repartition topics
+//! made or checked, the layout recorded and compared) exist; no worker
+//! runs yet. It is written down first so the pieces can be built and
 //! tested one at a time against it, and so its failure analysis can be
 //! argued before any code depends on it.
 //!
@@ -39,11 +41,12 @@
 //! The stage layout (`Job::stage_layout`: stages, their sources, inputs and
 //! operator uids; not parallelism or partition counts, which may differ or
 //! grow) has a fingerprint. The first
-//! worker writes the layout to the compacted topic `<application-id>-layout`;
-//! every worker reads that topic's *first* record at start and refuses to
-//! run, naming the difference, if its own layout differs (a worker of
-//! another job version). First-record-wins needs no coordinator: the log
-//! orders concurrent first writers. A repartition or changelog topic that
+//! worker writes the layout to the one-partition topic
+//! `<application-id>-layout` (kept forever, not compacted: its first record
+//! decides); every worker reads that topic's *first* record at start and
+//! refuses to run, naming the difference, if its own layout differs (a
+//! worker of another job version). First-record-wins needs no
+//! coordinator: the log orders concurrent first writers. A repartition or changelog topic that
 //! exists with another partition count is refused the same way, with the
 //! topic, both counts, and the advice to use a new application id or
 //! reset the old one.
@@ -202,3 +205,7 @@
 //! loses and duplicates nothing. Partitions added to the input topic are
 //! picked up. A topic with another partition count and a worker of
 //! another layout are refused with clear messages.
+
+mod topics;
+
+pub use topics::InternalTopics;
