@@ -7,6 +7,11 @@ use tideline::prelude::*;
 use tideline::window::Tumbling;
 use tideline::{KeyedInput, StageLayout};
 
+/// The error's text; an `Ok` gives an empty text, which no assertion accepts.
+fn error_text<T>(result: Result<T>) -> String {
+    result.err().map(|e| e.to_string()).unwrap_or_default()
+}
+
 /// A source, a map, a keyed window, a rebalance and a sink; the window's
 /// uid and the parallelism as given.
 fn layout(window_uid: &str, parallelism: usize) -> StageLayout {
@@ -74,19 +79,11 @@ fn topic_names_are_checked_and_uids_made_legal() {
         Some("app-key_by-2-repartition")
     );
     for bad in ["", "clicks per user", "ünïcode"] {
-        let err = layout
-            .repartition_topic(bad, &input)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = error_text(layout.repartition_topic(bad, &input));
         assert!(err.contains("cannot name Kafka topics"), "{bad:?}: {err}");
     }
     let long = "a".repeat(240);
-    let err = layout
-        .repartition_topic(&long, &input)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = error_text(layout.repartition_topic(&long, &input));
     assert!(err.contains("Kafka allows 249"), "{err}");
 }
 

@@ -11,6 +11,11 @@ use tideline::StageLayout;
 
 use super::{brokers, create_topic, unique_topic};
 
+/// The error's text; an `Ok` gives an empty text, which no assertion accepts.
+fn error_text<T>(result: Result<T>) -> String {
+    result.err().map(|e| e.to_string()).unwrap_or_default()
+}
+
 /// A keyed window job whose window has `uid`.
 fn layout(uid: &str) -> StageLayout {
     let job = Job::new();
@@ -38,11 +43,7 @@ fn repartition_topics_are_made_once_and_refused_with_another_count() -> Result<(
         InternalTopics::new(&brokers, &app, 3).ensure_repartition_topics(&layout)?,
         topics
     );
-    let err = InternalTopics::new(&brokers, &app, 4)
-        .ensure_repartition_topics(&layout)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = error_text(InternalTopics::new(&brokers, &app, 4).ensure_repartition_topics(&layout));
     assert!(
         err.contains(&topics[0]) && err.contains("exists with 3 partitions, this job asks for 4"),
         "{err}"
@@ -57,11 +58,9 @@ fn a_topic_made_by_hand_with_another_count_is_refused() -> Result<()> {
     };
     let app = unique_topic("app");
     create_topic(&brokers, &format!("{app}-key_by-repartition"), 2);
-    let err = InternalTopics::new(&brokers, &app, 6)
-        .ensure_repartition_topics(&layout("counts"))
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = error_text(
+        InternalTopics::new(&brokers, &app, 6).ensure_repartition_topics(&layout("counts")),
+    );
     assert!(
         err.contains("exists with 2 partitions, this job asks for 6"),
         "{err}"
@@ -79,11 +78,7 @@ fn a_worker_of_another_layout_is_refused() -> Result<()> {
     topics.check_layout(&layout("counts"))?;
     // The same job again (another worker, or a restart): accepted.
     topics.check_layout(&layout("counts"))?;
-    let err = topics
-        .check_layout(&layout("counts-v2"))
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = error_text(topics.check_layout(&layout("counts-v2")));
     assert!(err.contains("runs another stage layout"), "{err}");
     assert!(
         err.contains("counts-v2"),
