@@ -1,9 +1,10 @@
 //! Worker mode: one job on several processes and machines, distributed by
 //! Kafka. **Status: design, not built yet** (issue 16): of what follows,
 //! only the stage layout (`Job::stage_layout`, with its fingerprint and
-//! repartition topic names) and [`InternalTopics`] (repartition topics
-//! made or checked, the layout recorded and compared) exist; no worker
-//! runs yet. It is written down first so the pieces can be built and
+//! repartition topic names), [`InternalTopics`] (repartition topics
+//! made or checked, the layout recorded and compared) and
+//! [`RepartitionCodec`] (records and control records as Kafka records)
+//! exist; no worker runs yet. It is written down first so the pieces can be built and
 //! tested one at a time against it, and so its failure analysis can be
 //! argued before any code depends on it.
 //!
@@ -206,6 +207,8 @@
 //! picked up. A topic with another partition count and a worker of
 //! another layout are refused with clear messages.
 
+mod exchange;
 mod topics;
 
+pub use exchange::{Control, Incoming, Outgoing, RepartitionCodec};
 pub use topics::InternalTopics;
