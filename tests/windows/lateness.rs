@@ -218,3 +218,36 @@ fn windows_fire_in_end_order_when_the_watermark_jumps() -> Result<()> {
     );
     Ok(())
 }
+
+/// Sliding panes with an allowed lateness at the end of time: the last
+/// watermark drops every pane (nothing waits for a later one), and every
+/// window fired once with its records.
+#[test]
+fn sliding_panes_with_the_largest_lateness_finish() -> Result<()> {
+    let t = TestJob::new();
+    let (input, stream) =
+        t.push_source::<i64>(WatermarkStrategy::none().with_timestamps(|t: &i64| *t));
+    let windowed = stream
+        .key_by(|_| 'k')
+        .window(Sliding::of(Span::millis(10), Span::millis(2)))
+        .allowed_lateness(Span::millis(i64::MAX));
+    let live = windowed.live_windows();
+    let counts = windowed.aggregate(Count);
+    let out = t.collect(&counts);
+    let mut run = t.start()?;
+    for ts in 0..10 {
+        input.send(ts)?;
+    }
+    input.watermark(i64::MAX)?;
+    run.step()?;
+    let windows: Vec<(i64, u64)> = out
+        .values()
+        .iter()
+        .map(|r| (r.window.start, r.value))
+        .collect();
+    // Windows starting at -8, -6, …, 8; each record counts in five.
+    assert_eq!(windows.len(), 9, "{windows:?}");
+    assert_eq!(windows.iter().map(|w| w.1).sum::<u64>(), 50);
+    assert_eq!(live.get(), 0, "every pane dropped at the end of time");
+    Ok(())
+}

@@ -122,9 +122,16 @@ impl Grid {
     /// pane `s` has such a window iff `s >= ` this (the last window of a
     /// pane starts at the window start at or before it, which grows with
     /// `s`). One division, where testing each pane would take one each.
-    fn first_start_ending_from(&self, end: i64) -> i64 {
-        let earliest = end.saturating_sub(self.size);
-        earliest.saturating_add(floor_mod_diff(self.offset, earliest, self.slide))
+    ///
+    /// `None` within a window and a slide of the ends of time, where the
+    /// per-pane answers saturate: callers then test each pane.
+    fn first_start_ending_from(&self, end: i64) -> Option<i64> {
+        let margin = self.size.saturating_add(self.slide);
+        if end <= i64::MIN.saturating_add(margin) || end >= i64::MAX.saturating_sub(margin) {
+            return None;
+        }
+        let earliest = end - self.size;
+        Some(earliest + floor_mod_diff(self.offset, earliest, self.slide))
     }
 
     /// The ends of the first and last windows holding the pane at `start`.
@@ -347,12 +354,19 @@ impl<Acc: Clone> PaneBuffer<Acc> {
     fn next_end_from(&self, grid: &Grid, from: i64) -> Option<i64> {
         // Full panes' first ends grow with their start: the first that
         // reaches `from` is the earliest.
-        let reaching = grid.first_start_ending_from(from);
-        let full = self
-            .panes
-            .iter()
-            .find(|(s, _)| *s >= reaching)
-            .map(|(s, _)| grid.first_end_of_pane(*s).max(from));
+        let full = match grid.first_start_ending_from(from) {
+            Some(reaching) => self
+                .panes
+                .iter()
+                .find(|(s, _)| *s >= reaching)
+                .map(|(s, _)| grid.first_end_of_pane(*s).max(from)),
+            None => self
+                .panes
+                .iter()
+                .map(|(s, _)| grid.ends_of_pane(*s))
+                .find(|(_, last)| *last >= from)
+                .map(|(first, _)| first.max(from)),
+        };
         let partial = self
             .partials
             .iter()
@@ -427,17 +441,20 @@ impl<Acc: Clone> PaneBuffer<Acc> {
         let expired = |start: i64| EventTime::from_millis(grid.expiry(start)) <= watermark;
         // A pane expires when its last window ends at or before
         // `watermark + 1 - lateness`: the ones before the first that does not.
-        let kept_from = grid.first_start_ending_from(
-            watermark
-                .millis()
-                .saturating_add(2)
-                .saturating_sub(grid.lateness),
-        );
-        let gone = self
-            .panes
-            .iter()
-            .take_while(|(s, _)| *s < kept_from)
-            .count();
+        let kept_from = watermark
+            .millis()
+            .checked_add(2)
+            .and_then(|b| b.checked_sub(grid.lateness))
+            .and_then(|b| grid.first_start_ending_from(b));
+        let gone = match kept_from {
+            Some(kept_from) => self
+                .panes
+                .iter()
+                .take_while(|(s, _)| *s < kept_from)
+                .count(),
+            // At the ends of time (the last watermark, say), pane by pane.
+            None => self.panes.iter().take_while(|(s, _)| expired(*s)).count(),
+        };
         self.panes.drain(..gone);
         if !self.partials.is_empty() {
             self.partials.retain(|p| !expired(p.start));
@@ -458,13 +475,18 @@ impl<Acc: Clone> PaneBuffer<Acc> {
 mod tests {
     use super::*;
 
-    /// The division-free search bounds agree with asking each pane.
+    /// The one-division bound agrees with asking each pane, and declines
+    /// at the ends of time.
     #[test]
     fn first_start_ending_from_matches_each_panes_last_end() {
         for (size, slide, offset) in [(10, 2, 0), (10, 2, 1), (9, 3, -4), (6, 4, 5), (5, 5, 2)] {
             let grid = Grid::new(size, slide, offset, 0);
+            assert_eq!(grid.first_start_ending_from(i64::MAX), None);
+            assert_eq!(grid.first_start_ending_from(i64::MIN + 3), None);
             for end in -40..40 {
-                let bound = grid.first_start_ending_from(end);
+                let Some(bound) = grid.first_start_ending_from(end) else {
+                    panic!("no bound for end {end}");
+                };
                 for start in (-60..60).map(|s| grid.pane_start(s)) {
                     assert_eq!(
                         start >= bound,
