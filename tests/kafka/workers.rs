@@ -86,5 +86,17 @@ fn a_worker_of_another_layout_is_refused() -> Result<()> {
     );
     // The first layout stays the application's.
     topics.check_layout(&layout("counts"))?;
+    // The same layout routing keys with other counts would split keys.
+    let err = error_text(
+        InternalTopics::new(&brokers, &app, 2)
+            .key_groups(64)
+            .check_layout(&layout("counts")),
+    );
+    assert!(
+        err.contains("runs with 128 key groups and 2 partitions"),
+        "{err}"
+    );
+    let err = error_text(InternalTopics::new(&brokers, &app, 3).check_layout(&layout("counts")));
+    assert!(err.contains("this worker with 128 and 3"), "{err}");
     Ok(())
 }

@@ -42,7 +42,9 @@
 //! The stage layout (`Job::stage_layout`: stages, their sources, inputs and
 //! operator uids; not parallelism or partition counts, which may differ or
 //! grow) has a fingerprint. The first
-//! worker writes the layout to the one-partition topic
+//! worker writes the layout, with the key-group count and the repartition
+//! partition count (with other counts a key would go to another task), to
+//! the one-partition topic
 //! `<application-id>-layout` (kept forever, not compacted: its first record
 //! decides); every worker reads that topic's *first* record at start and
 //! refuses to run, naming the difference, if its own layout differs (a

@@ -40,13 +40,17 @@ pub struct InternalTopics {
     settings: ClientSettings,
     application_id: String,
     partitions: usize,
+    key_groups: u16,
     replication: i32,
 }
 
-/// The layout record: what a worker compares.
+/// The layout record: what a worker compares. Key groups and partitions
+/// are in it too: with other counts a key would go to another task.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct LayoutRecord {
     fingerprint: u64,
+    key_groups: u16,
+    partitions: usize,
     layout: serde_json::Value,
 }
 
@@ -63,8 +67,16 @@ impl InternalTopics {
             settings: ClientSettings::new(brokers),
             application_id: application_id.into(),
             partitions,
+            key_groups: tideline_state::key_group::DEFAULT_KEY_GROUPS,
             replication: 1,
         }
+    }
+
+    /// The job's key groups (`Job::key_groups`; the engine's default
+    /// unless set): every worker must route keys with the same count.
+    pub fn key_groups(mut self, key_groups: u16) -> Self {
+        self.key_groups = key_groups;
+        self
     }
 
     /// The replication factor of topics it creates (3 on a production
@@ -95,29 +107,59 @@ impl InternalTopics {
                 "repartition topics need at least one partition",
             ));
         }
-        let mut topics = Vec::new();
+        let mut topics: Vec<String> = Vec::new();
+        let mut exchanges: Vec<&str> = Vec::new();
         for stage in &layout.stages {
             for input in &stage.keyed_inputs {
-                topics.push(layout.repartition_topic(&self.application_id, input)?);
+                let topic = layout.repartition_topic(&self.application_id, input)?;
+                if let Some(other) = topics.iter().position(|t| *t == topic) {
+                    // Uids that differ only in characters a topic name cannot hold.
+                    return Err(Error::config(
+                        "workers.exchange_uid",
+                        format!(
+                            "the keyed exchanges '{}' and '{}' would share the topic '{topic}': \
+                             give one of them another uid",
+                            exchanges[other], input.exchange
+                        ),
+                    ));
+                }
+                topics.push(topic);
+                exchanges.push(&input.exchange);
             }
         }
         for topic in &topics {
-            self.ensure_topic(topic, self.partitions, "workers.partitions")?;
+            self.ensure_topic(topic, self.partitions, &[], "workers.partitions")?;
         }
         Ok(topics)
     }
 
-    /// Records `layout` as the application's if none is yet, and checks
-    /// that the recorded one (the first ever written) is the same.
+    /// Records `layout` (with the key groups and partition count) as the
+    /// application's if none is yet, and checks that the recorded one (the
+    /// first ever written) is the same. Call it before
+    /// [`InternalTopics::ensure_repartition_topics`], so a refused worker
+    /// creates nothing.
     ///
     /// # Errors
     /// A recorded layout with another fingerprint (a worker of another
-    /// version of the job), or a cluster that cannot be reached.
+    /// version of the job) or other key groups or partition counts, or a
+    /// cluster that cannot be reached.
     pub fn check_layout(&self, layout: &StageLayout) -> Result<()> {
         let topic = self.layout_topic();
-        self.ensure_topic(&topic, 1, "workers.application_id")?;
+        // Kept forever and never compacted: its first record decides.
+        self.ensure_topic(
+            &topic,
+            1,
+            &[
+                ("cleanup.policy", "delete"),
+                ("retention.ms", "-1"),
+                ("retention.bytes", "-1"),
+            ],
+            "workers.application_id",
+        )?;
         let mine = LayoutRecord {
             fingerprint: layout.fingerprint(),
+            key_groups: self.key_groups,
+            partitions: self.partitions,
             layout: serde_json::to_value(layout)
                 .map_err(|e| Error::Internal(format!("the stage layout as JSON: {e}")))?,
         };
@@ -140,6 +182,21 @@ impl InternalTopics {
                 format!("'{topic}' does not hold a Tideline stage layout ({e}): is the application id another program's?"),
             )
         })?;
+        if (first.key_groups, first.partitions) != (mine.key_groups, mine.partitions) {
+            return Err(Error::config(
+                "workers.partitions",
+                format!(
+                    "application '{}' runs with {} key groups and {} partitions per repartition \
+                     topic, this worker with {} and {}: keys would go to other tasks; use the \
+                     same settings or a new application id",
+                    self.application_id,
+                    first.key_groups,
+                    first.partitions,
+                    mine.key_groups,
+                    mine.partitions
+                ),
+            ));
+        }
         if first.fingerprint != mine.fingerprint {
             return Err(Error::config(
                 "workers.application_id",
@@ -160,7 +217,13 @@ impl InternalTopics {
 
     /// Creates `topic` with `partitions` if missing; refuses it if it has
     /// another count; waits until its partitions have leaders.
-    fn ensure_topic(&self, topic: &str, partitions: usize, field: &str) -> Result<()> {
+    fn ensure_topic(
+        &self,
+        topic: &str,
+        partitions: usize,
+        configs: &[(&str, &str)],
+        field: &str,
+    ) -> Result<()> {
         let consumer = self.settings.metadata_consumer(None)?;
         let exists = self.partition_count(&consumer, topic)?;
         match exists {
@@ -181,7 +244,10 @@ impl InternalTopics {
                 format!("{partitions} partitions is more than Kafka allows"),
             )
         })?;
-        let new = NewTopic::new(topic, count, TopicReplication::Fixed(self.replication));
+        let new = configs.iter().fold(
+            NewTopic::new(topic, count, TopicReplication::Fixed(self.replication)),
+            |new, (key, value)| new.set(key, value),
+        );
         let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
         let results = futures_executor::block_on(admin.create_topics([&new], &options))
             .map_err(|e| self.settings.error(format!("create topic '{topic}'"), e))?;
@@ -321,5 +387,38 @@ impl InternalTopics {
             self.settings
                 .error(format!("write the layout to '{topic}'"), e)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tideline_engine::{KeyedInput, Stage};
+
+    /// Two exchanges whose uids differ only where topic names cannot: refused
+    /// before anything is asked of a cluster (none listens at this address).
+    #[test]
+    fn exchanges_that_would_share_a_topic_are_refused() {
+        let stage = |exchange: &str| Stage {
+            id: exchange.to_string(),
+            sources: Vec::new(),
+            operators: Vec::new(),
+            keyed_inputs: vec![KeyedInput {
+                exchange: exchange.to_string(),
+                from_stage: 0,
+            }],
+        };
+        let layout = StageLayout {
+            stages: vec![stage("a b"), stage("a-b")],
+        };
+        let err = InternalTopics::new("127.0.0.1:1", "app", 2)
+            .ensure_repartition_topics(&layout)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("'a b' and 'a-b' would share the topic 'app-a-b-repartition'"),
+            "{err}"
+        );
     }
 }

@@ -62,8 +62,8 @@ impl<const N: usize> Row<N> {
 /// leading ones of the order you want (the rest is the tie-break).
 ///
 /// The parts must be the CSV a sink of this crate writes: one header row,
-/// one line per row, fields without commas or line breaks inside (numbers,
-/// plain words). `header` is what each part's first row must be, and what
+/// one line per row, fields without quotes, commas or line breaks inside
+/// (numbers, plain words; a row with a `"` is refused, not guessed at). `header` is what each part's first row must be, and what
 /// an output with no parts holds.
 ///
 /// ```no_run
@@ -239,13 +239,26 @@ fn index_rows<const N: usize>(
     rows: &mut Vec<Row<N>>,
 ) -> Result<()> {
     let text = &bytes[..span.end];
+    // Counted only when reporting: the header is row 1.
+    let row_of = |line: &Range<usize>| {
+        2 + memchr::memchr_iter(b'\n', &bytes[part.body.start..line.start]).count()
+    };
     for line in line_ranges(text, span.start) {
-        let Some(key) = sort_key(&bytes[line.clone()], &sort_columns) else {
-            // Counted only now: the header is row 1.
-            let row = 2 + memchr::memchr_iter(b'\n', &bytes[part.body.start..line.start]).count();
+        // A quoted field may hold commas and line breaks, which the
+        // splitting here would take for field and row ends.
+        if memchr::memchr(b'"', &bytes[line.clone()]).is_some() {
             return Err(Error::user(format!(
-                "cannot sort {}: row {row} has no 64-bit integer in one of the columns {sort_columns:?}",
+                "cannot sort {}: row {} has a quoted field (only unquoted fields are sorted: \
+                 read these parts with read_committed)",
                 part.path.display(),
+                row_of(&line)
+            )));
+        }
+        let Some(key) = sort_key(&bytes[line.clone()], &sort_columns) else {
+            return Err(Error::user(format!(
+                "cannot sort {}: row {} has no 64-bit integer in one of the columns {sort_columns:?}",
+                part.path.display(),
+                row_of(&line)
             )));
         };
         rows.push(Row {
@@ -469,6 +482,12 @@ mod tests {
         assert!(err.contains("its header is 'a,b', expected 'a,c'"), "{err}");
         let err = error_text(sort_committed_csv(&parts, &out, &["a", "b"], [2]));
         assert!(err.contains("past the header"), "{err}");
+        write_part(&parts, "part-0000000002-0000.csv", "a,b\n1,\"x, y\"\n")?;
+        let err = error_text(sort_committed_csv(&parts, &out, &["a", "b"], [0]));
+        assert!(
+            err.contains("part-0000000002-0000.csv") && err.contains("row 2 has a quoted field"),
+            "{err}"
+        );
         assert!(!out.exists());
         Ok(())
     }
