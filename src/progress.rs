@@ -254,7 +254,7 @@ fn print_lines(metrics: &JobMetrics, stop: &Stop, interval: Duration) {
     let mut tracker = ProgressTracker::new();
     loop {
         // The last line is printed when the guard is dropped.
-        let last = stop.is_set() || stop.wait(next.saturating_duration_since(Instant::now()));
+        let last = stop.wait(next.saturating_duration_since(Instant::now()));
         if !last {
             next += interval;
         }

@@ -6,6 +6,11 @@
 mod engine;
 mod windows;
 
+/// The error's text; an `Ok` gives an empty text, which no assertion accepts.
+pub(crate) fn error_text<T>(result: tideline::Result<T>) -> String {
+    result.err().map(|e| e.to_string()).unwrap_or_default()
+}
+
 /// The examples run as part of the suite, so CI runs them.
 #[allow(dead_code)]
 #[path = "../examples/quickstart.rs"]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::metadata::Metadata;
+use rdkafka::metadata::{Metadata, MetadataTopic};
 use tideline_engine::Error;
 
 /// How long a metadata, offset or commit request may take before the
@@ -104,10 +104,7 @@ impl ClientSettings {
         topics
             .iter()
             .map(|topic| {
-                metadata
-                    .topics()
-                    .iter()
-                    .find(|t| t.name() == topic && t.error().is_none())
+                topic_metadata(metadata, topic)
                     .map(|t| t.partitions().len())
                     .filter(|n| *n > 0)
                     .ok_or_else(|| {
@@ -123,6 +120,14 @@ impl ClientSettings {
             })
             .collect()
     }
+}
+
+/// The metadata of `topic`, if the cluster has it without an error.
+pub(crate) fn topic_metadata<'a>(metadata: &'a Metadata, topic: &str) -> Option<&'a MetadataTopic> {
+    metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
 }
 
 /// A librdkafka property it refused, as a configuration error.

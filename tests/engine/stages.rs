@@ -7,10 +7,7 @@ use tideline::prelude::*;
 use tideline::window::Tumbling;
 use tideline::{KeyedInput, StageLayout};
 
-/// The error's text; an `Ok` gives an empty text, which no assertion accepts.
-fn error_text<T>(result: Result<T>) -> String {
-    result.err().map(|e| e.to_string()).unwrap_or_default()
-}
+use crate::error_text;
 
 /// A source, a map, a keyed window, a rebalance and a sink; the window's
 /// uid and the parallelism as given.

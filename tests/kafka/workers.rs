@@ -10,11 +10,7 @@ use tideline::window::Tumbling;
 use tideline::StageLayout;
 
 use super::{brokers, create_topic, unique_topic};
-
-/// The error's text; an `Ok` gives an empty text, which no assertion accepts.
-fn error_text<T>(result: Result<T>) -> String {
-    result.err().map(|e| e.to_string()).unwrap_or_default()
-}
+use crate::error_text;
 
 /// A keyed window job whose window has `uid`.
 fn layout(uid: &str) -> StageLayout {

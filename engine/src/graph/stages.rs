@@ -30,7 +30,7 @@ pub struct StageLayout {
 }
 
 /// One stage of a [`StageLayout`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Stage {
     /// Its sources' uids, else its keyed exchanges', joined by `+`.
     pub id: String,
@@ -129,12 +129,7 @@ impl Graph {
         for node in 0..self.nodes.len() {
             let r = root(&mut parent, node);
             let stage = *stage_of_root[r].get_or_insert_with(|| {
-                stages.push(Stage {
-                    id: String::new(),
-                    sources: Vec::new(),
-                    operators: Vec::new(),
-                    keyed_inputs: Vec::new(),
-                });
+                stages.push(Stage::default());
                 stages.len() - 1
             });
             stage_of.push(stage);

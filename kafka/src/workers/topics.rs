@@ -32,7 +32,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use tideline_engine::{Error, Result, StageLayout};
 
-use crate::client::{invalid_property, ClientSettings, REQUEST_TIMEOUT};
+use crate::client::{invalid_property, topic_metadata, ClientSettings, REQUEST_TIMEOUT};
 
 /// The internal topics of one application of workers.
 #[derive(Clone, Debug)]
@@ -225,13 +225,9 @@ impl InternalTopics {
         field: &str,
     ) -> Result<()> {
         let consumer = self.settings.metadata_consumer(None)?;
-        let exists = self.partition_count(&consumer, topic)?;
-        match exists {
-            Some(n) if n == partitions => return Ok(()),
-            // There, its partitions not all led yet: wait below.
-            Some(0) => return self.wait_for_leaders(&consumer, topic, partitions, field),
-            Some(n) => return Err(self.count_mismatch(topic, n, partitions, field)),
-            None => {}
+        if self.partition_count(&consumer, topic)?.is_some() {
+            // There: checked (and waited for) as a new one is.
+            return self.wait_for_leaders(&consumer, topic, partitions, field);
         }
         let admin: AdminClient<DefaultClientContext> = self
             .settings
@@ -297,10 +293,7 @@ impl InternalTopics {
     /// have a leader (0 if some do not yet).
     fn partition_count(&self, consumer: &BaseConsumer, topic: &str) -> Result<Option<usize>> {
         let metadata = self.settings.metadata(consumer)?;
-        Ok(metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
+        Ok(topic_metadata(&metadata, topic)
             .filter(|t| !t.partitions().is_empty())
             .map(|t| {
                 let led = t.partitions().iter().all(|p| p.leader() >= 0);

@@ -287,7 +287,9 @@ fn sort_key<const N: usize>(row: &[u8], columns: &[usize; N]) -> Option<[i64; N]
     None
 }
 
-/// A field as a 64-bit integer: optional `-`, then digits only.
+/// A field as a 64-bit integer: optional `-`, then digits only. (Bytes,
+/// not text: std's `i64::from_ascii` is unstable, and `str::parse` would
+/// need a UTF-8 check of every field first.)
 fn integer(field: &[u8]) -> Option<i64> {
     let (negative, digits) = match field.split_first() {
         Some((b'-', rest)) => (true, rest),
