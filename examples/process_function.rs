@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tideline::prelude::*;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Click {
     user: u32,
     ts: i64,

@@ -31,7 +31,7 @@ struct RawClick {
 }
 
 /// A click after parsing.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 struct Click {
     user: u32,
     ts: i64,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tideline::prelude::*;
 
 /// A click: who, and when (event time, ms).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Click {
     user: u32,
     ts: i64,

@@ -196,6 +196,11 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 share.coordinator.state.topic.num.partitions=4
 
+# Tests write event times from 1970 as Kafka timestamps: time-based
+# retention would delete their records at its first check (5 minutes
+# after the broker starts), in the middle of a test.
+log.retention.ms=-1
+
 # Consumer groups start at once; transactions may last up to 15 minutes.
 group.initial.rebalance.delay.ms=0
 transaction.max.timeout.ms=900000

@@ -70,11 +70,12 @@ pub use tideline_engine::RocksDbOptions;
 pub use tideline_engine::{
     metrics, time, AbortedCheckpoint, CheckpointConfig, CheckpointStats, Committer, Data,
     DeadLetter, Error, ErrorDomain, EventTime, ExecutionMode, FailurePolicy, Job, JobConfig,
-    JobHandle, JobSummary, KeyedInput, KeyedStream, LocalRun, Operator, OperatorContext,
+    JobHandle, JobPart, JobSummary, KeyedInput, KeyedStream, LocalRun, Operator, OperatorContext,
     OperatorSummary, Output, OutputTag, PartitionProgress, ReaderContext, Record, Rejected,
-    RestartStrategy, RestoreContext, RestoreFrom, Result, Sink, SinkHandle, SnapshotWriter, Source,
-    SourceOffset, SourceOutput, SourceReader, SourceStatus, Stage, StageLayout, StateBackend,
-    StateSize, StopHandle, Stream, SubtaskInfo, Watermark,
+    RemoteEdge, RemoteExchange, RemoteRecord, RestartStrategy, RestoreContext, RestoreFrom, Result,
+    Sink, SinkHandle, SnapshotWriter, Source, SourceOffset, SourceOutput, SourceReader,
+    SourceStatus, Stage, StageLayout, StateBackend, StateSize, StopHandle, Stream, SubtaskInfo,
+    Watermark,
 };
 #[cfg(feature = "kafka")]
 pub use tideline_kafka as kafka;

@@ -155,6 +155,11 @@ pub struct JobConfig {
     /// How operators decide that a record is late (default: per source
     /// partition, deterministic).
     pub lateness_rule: LatenessRule,
+    /// The job runs as tasks on several workers ([`Job::spawn_part`](crate::Job::spawn_part)):
+    /// operators then build only exchanges that can cross workers (a
+    /// window aggregation skips its pre-aggregating combiner, whose
+    /// partials are not serde). Default: off.
+    pub worker_mode: bool,
 }
 
 impl Default for JobConfig {
@@ -174,6 +179,7 @@ impl Default for JobConfig {
             allow_non_restored_state: false,
             restart_strategy: RestartStrategy::None,
             lateness_rule: LatenessRule::PartitionLocal,
+            worker_mode: false,
         }
     }
 }

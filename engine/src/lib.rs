@@ -40,7 +40,8 @@ pub use checkpoint::{
 pub use config::{ExecutionMode, FailurePolicy, JobConfig, RestartStrategy};
 pub use error::{BoxError, Error, ErrorDomain, Result};
 pub use graph::{
-    Job, KeySelector, KeyedInput, KeyedStream, SinkHandle, Stage, StageLayout, Stream,
+    Job, JobPart, KeySelector, KeyedInput, KeyedStream, RemoteEdge, RemoteExchange, RemoteRecord,
+    SinkHandle, Stage, StageLayout, Stream,
 };
 pub use operator::{DeadLetter, Operator, OperatorContext, Output, OutputTag, StateSize};
 pub use record::{Data, Record};

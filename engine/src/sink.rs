@@ -76,6 +76,38 @@ pub trait Sink<T>: Send + 'static {
     }
 }
 
+/// A boxed sink is a sink (what a [`RemoteExchange`](crate::RemoteExchange)
+/// hands out).
+impl<T: 'static> Sink<T> for Box<dyn Sink<T>> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn open(&mut self, subtask: SubtaskInfo) -> Result<()> {
+        (**self).open(subtask)
+    }
+
+    fn write_batch(&mut self, batch: Vec<Record<T>>) -> Result<()> {
+        (**self).write_batch(batch)
+    }
+
+    fn on_watermark(&mut self, watermark: EventTime) -> Result<()> {
+        (**self).on_watermark(watermark)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        (**self).finish()
+    }
+
+    fn pre_commit(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
+        (**self).pre_commit(checkpoint)
+    }
+
+    fn committer(&self) -> Option<Arc<dyn Committer>> {
+        (**self).committer()
+    }
+}
+
 /// Phase two of an exactly-once sink's two-phase commit.
 ///
 /// Invariants the engine keeps: a transaction is committed only after the
@@ -139,6 +171,10 @@ pub struct SubtaskInfo {
     pub subtask: usize,
     /// The number of subtasks.
     pub parallelism: usize,
+    /// This subtask runs on its own: the job's other subtasks are other
+    /// task runs, maybe on other machines (worker mode). A sink must then
+    /// not fence, abort or clean up anything another subtask owns.
+    pub isolated: bool,
 }
 
 pub(crate) struct SinkPush<S> {

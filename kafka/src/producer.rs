@@ -48,6 +48,8 @@ pub(crate) struct StoredRecord {
     /// `None`: a tombstone (deletes the key in a compacted topic).
     pub(crate) value: Option<Vec<u8>>,
     pub(crate) headers: Vec<(String, Vec<u8>)>,
+    /// The partition, when the sink chooses it (else the key's murmur2).
+    pub(crate) partition: Option<i32>,
 }
 
 /// How long a flush, a transaction call or a full queue may block.
@@ -92,6 +94,9 @@ pub(crate) fn send(
     }
     if let Some(key) = &record.key {
         base = base.key(&key[..]);
+    }
+    if let Some(partition) = record.partition {
+        base = base.partition(partition);
     }
     if let Some(headers) = headers {
         base = base.headers(headers);

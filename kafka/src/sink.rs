@@ -106,6 +106,7 @@ type SerializeFn<T> = Arc<dyn Fn(&T) -> std::result::Result<Option<Vec<u8>>, Str
 type KeyFn<T> = Arc<dyn Fn(&T) -> Option<Vec<u8>> + Send + Sync>;
 type HeadersFn<T> = Arc<dyn Fn(&T) -> Vec<(String, Vec<u8>)> + Send + Sync>;
 type TopicFn<T> = Arc<dyn Fn(&T) -> String + Send + Sync>;
+type PartitionFn<T> = Arc<dyn Fn(&T) -> Option<i32> + Send + Sync>;
 /// A fault-injection hook: called with a transactional id and a checkpoint
 /// id right before that checkpoint's transaction commit is sent.
 type BeforeCommitFn = Arc<dyn Fn(&str, u64) + Send + Sync>;
@@ -119,6 +120,7 @@ pub struct KafkaSinkBuilder<T> {
     key: Option<KeyFn<T>>,
     headers: Option<HeadersFn<T>>,
     topic_by: Option<TopicFn<T>>,
+    partition_by: Option<PartitionFn<T>>,
     guarantee: DeliveryGuarantee,
     prefix: Option<String>,
     max_open: usize,
@@ -190,6 +192,7 @@ struct Fns<T> {
     key: Option<KeyFn<T>>,
     headers: Option<HeadersFn<T>>,
     topic_by: Option<TopicFn<T>>,
+    partition_by: Option<PartitionFn<T>>,
     guarantee: DeliveryGuarantee,
 }
 
@@ -271,6 +274,7 @@ impl<T> KafkaSink<T> {
             key: None,
             headers: None,
             topic_by: None,
+            partition_by: None,
             guarantee: DeliveryGuarantee::AtLeastOnce,
             prefix: None,
             max_open: 4,
@@ -301,6 +305,16 @@ impl<T> KafkaSinkBuilder<T> {
     /// holds the exactly-once commit markers). Topics must exist.
     pub fn topic_by(mut self, topic: impl Fn(&T) -> String + Send + Sync + 'static) -> Self {
         self.topic_by = Some(Arc::new(topic));
+        self
+    }
+
+    /// The partition of each record (`None`: the key's, as
+    /// [`key`](KafkaSinkBuilder::key) says). The partition must exist.
+    pub fn partition_by(
+        mut self,
+        partition: impl Fn(&T) -> Option<i32> + Send + Sync + 'static,
+    ) -> Self {
+        self.partition_by = Some(Arc::new(partition));
         self
     }
 
@@ -395,6 +409,7 @@ impl<T> KafkaSinkBuilder<T> {
                 key: self.key,
                 headers: self.headers,
                 topic_by: self.topic_by,
+                partition_by: self.partition_by,
                 guarantee: self.guarantee,
             }),
             shared: Arc::new(Transactions {
@@ -405,6 +420,7 @@ impl<T> KafkaSinkBuilder<T> {
                 fence_subtasks: self.fence_subtasks,
                 before_commit: self.before_commit,
                 parallelism: AtomicUsize::new(0),
+                isolated: Mutex::new(None),
                 lineage: Mutex::new(None),
                 state: Mutex::new(SlotState::default()),
                 freed: Condvar::new(),
@@ -413,6 +429,7 @@ impl<T> KafkaSinkBuilder<T> {
             subtask: SubtaskInfo {
                 subtask: 0,
                 parallelism: 1,
+                isolated: false,
             },
             producer: None,
             open: None,
@@ -452,67 +469,114 @@ struct TransactionRecord {
     records: Vec<StoredRecord>,
 }
 
-/// Starts a [`TransactionRecord`] blob of this version (records may be
-/// tombstones). A blob of the first version (before tombstones) starts with
-/// the varint length of its id, which is never ten `0xFF` bytes.
+/// Starts a [`TransactionRecord`] blob of this version (records may name
+/// their partition). A blob of the first version (before tombstones)
+/// starts with the varint length of its id, which is never ten `0xFF`
+/// bytes; the second version (tombstones, no partitions) with these ten
+/// and a 2.
+const TRANSACTION_V3: [u8; 11] = [
+    0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 3,
+];
 const TRANSACTION_V2: [u8; 11] = [
     0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 2,
 ];
 
 impl TransactionRecord {
     fn encode(&self) -> Result<Vec<u8>> {
-        postcard::to_extend(self, TRANSACTION_V2.to_vec())
+        postcard::to_extend(self, TRANSACTION_V3.to_vec())
             .map_err(|e| Error::Internal(format!("encode a Kafka transaction: {e}")))
     }
 
-    /// Decodes a blob of either version; `topic` names the sink in errors.
+    /// Decodes a blob of any version; `topic` names the sink in errors.
     fn decode(blob: &[u8], topic: &str) -> Result<Self> {
         let corrupt = |e: postcard::Error| Error::Checkpoint {
             path: format!("kafka sink transaction on topic '{topic}'"),
             reason: format!("cannot decode: {e}"),
         };
-        if let Some(body) = blob.strip_prefix(&TRANSACTION_V2[..]) {
+        if let Some(body) = blob.strip_prefix(&TRANSACTION_V3[..]) {
             return postcard::from_bytes(body).map_err(corrupt);
         }
-        let v1: TransactionRecordV1 = postcard::from_bytes(blob).map_err(corrupt)?;
-        Ok(TransactionRecord {
-            id: v1.id,
-            parallelism: v1.parallelism,
-            max_open: v1.max_open,
-            checkpoint: v1.checkpoint,
-            lineage: v1.lineage,
-            records: v1
-                .records
-                .into_iter()
-                .map(|r| StoredRecord {
+        let old: OldTransactionRecord<StoredRecordV2> = match blob.strip_prefix(&TRANSACTION_V2[..])
+        {
+            Some(body) => postcard::from_bytes(body).map_err(corrupt)?,
+            None => {
+                let v1: OldTransactionRecord<StoredRecordV1> =
+                    postcard::from_bytes(blob).map_err(corrupt)?;
+                v1.map_records(|r| StoredRecordV2 {
                     topic: r.topic,
                     key: r.key,
                     value: Some(r.value),
                     headers: r.headers,
                 })
-                .collect(),
-        })
+            }
+        };
+        Ok(old.map_records(|r| StoredRecord {
+            topic: r.topic,
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
+            partition: None,
+        }))
     }
 }
 
-/// A transaction as checkpoints of the first version stored it.
+/// A transaction as checkpoints of the first two versions stored it, with
+/// records of that version.
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
-struct TransactionRecordV1 {
+struct OldTransactionRecord<R> {
     id: String,
     parallelism: usize,
     max_open: usize,
     checkpoint: u64,
     lineage: u64,
-    records: Vec<StoredRecordV1>,
+    records: Vec<R>,
 }
 
+impl<R> OldTransactionRecord<R> {
+    fn map_records<S, Out: From<OldTransactionRecord<S>>>(self, f: impl FnMut(R) -> S) -> Out {
+        OldTransactionRecord {
+            id: self.id,
+            parallelism: self.parallelism,
+            max_open: self.max_open,
+            checkpoint: self.checkpoint,
+            lineage: self.lineage,
+            records: self.records.into_iter().map(f).collect(),
+        }
+        .into()
+    }
+}
+
+impl From<OldTransactionRecord<StoredRecord>> for TransactionRecord {
+    fn from(old: OldTransactionRecord<StoredRecord>) -> Self {
+        Self {
+            id: old.id,
+            parallelism: old.parallelism,
+            max_open: old.max_open,
+            checkpoint: old.checkpoint,
+            lineage: old.lineage,
+            records: old.records,
+        }
+    }
+}
+
+/// A record as the first version stored it (no tombstones).
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
 struct StoredRecordV1 {
     topic: String,
     key: Option<Vec<u8>>,
     value: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+/// A record as the second version stored it (no partition).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct StoredRecordV2 {
+    topic: String,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
     headers: Vec<(String, Vec<u8>)>,
 }
 
@@ -535,6 +599,9 @@ struct Transactions {
     fence_subtasks: usize,
     before_commit: Option<BeforeCommitFn>,
     parallelism: AtomicUsize,
+    /// The subtask, when it runs on its own (worker mode): fencing and
+    /// restores then touch only its ids.
+    isolated: Mutex<Option<usize>>,
     /// The lineage of this job's markers: restored, or drawn at the first
     /// transaction of a fresh start.
     lineage: Mutex<Option<u64>>,
@@ -663,7 +730,12 @@ impl Transactions {
         // open: each is a round trip to the transaction coordinator, so
         // they are made in the background (a failure fails the next
         // transaction of any subtask).
-        let others: Vec<String> = if subtask == 0 {
+        let isolated = self
+            .isolated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        let others: Vec<String> = if subtask == 0 && !isolated {
             (parallelism..self.fence_subtasks.max(parallelism))
                 .flat_map(|other| (0..self.max_open).map(move |slot| (other, slot)))
                 .map(|(other, slot)| self.id(other, slot))
@@ -877,7 +949,13 @@ impl Committer for Transactions {
             *self.lineage.lock().unwrap_or_else(PoisonError::into_inner) = Some(txn.lineage);
         }
         let lineage = self.lineage();
-        let ids: Vec<String> = (0..parallelism.max(1))
+        // A subtask running on its own (worker mode) fences only its own
+        // ids: the others belong to live tasks elsewhere.
+        let subtasks = match *self.isolated.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(subtask) => subtask..subtask + 1,
+            None => 0..parallelism.max(1),
+        };
+        let ids: Vec<String> = subtasks
             .flat_map(|subtask| (0..max_open).map(move |slot| (subtask, slot)))
             .map(|(subtask, slot)| self.id(subtask, slot))
             .collect();
@@ -925,6 +1003,7 @@ impl<T: Data> KafkaSink<T> {
                 .as_ref()
                 .map(|f| f(record))
                 .unwrap_or_default(),
+            partition: self.fns.partition_by.as_ref().and_then(|f| f(record)),
         })
     }
 
@@ -966,6 +1045,13 @@ impl<T: Data> Sink<T> for KafkaSink<T> {
 
     fn open(&mut self, subtask: SubtaskInfo) -> Result<()> {
         self.subtask = subtask;
+        if subtask.isolated {
+            *self
+                .shared
+                .isolated
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(subtask.subtask);
+        }
         self.shared
             .parallelism
             .fetch_max(subtask.parallelism, Ordering::Relaxed);
@@ -1082,19 +1168,48 @@ mod tests {
                     key: Some(b"k".to_vec()),
                     value: None,
                     headers: vec![],
+                    partition: None,
                 },
                 StoredRecord {
                     topic: "t".into(),
                     key: None,
                     value: Some(b"v".to_vec()),
                     headers: vec![("h".into(), b"x".to_vec())],
+                    partition: Some(3),
                 },
             ],
         };
         let decoded = TransactionRecord::decode(&txn.encode().unwrap(), "t").unwrap();
         assert_eq!(decoded.records, txn.records);
         // Written before tombstones: every record has a value.
-        let v1 = postcard::to_allocvec(&TransactionRecordV1 {
+        // Written before partitions: tombstones, no partition.
+        let v2 = postcard::to_extend(
+            &OldTransactionRecord {
+                id: "p-0-1".into(),
+                parallelism: 2,
+                max_open: 4,
+                checkpoint: 7,
+                lineage: 9,
+                records: vec![StoredRecordV2 {
+                    topic: "t".into(),
+                    key: None,
+                    value: None,
+                    headers: vec![],
+                }],
+            },
+            TRANSACTION_V2.to_vec(),
+        )
+        .unwrap();
+        let decoded = TransactionRecord::decode(&v2, "t").unwrap();
+        assert_eq!(decoded.checkpoint, 7);
+        assert_eq!(
+            (
+                decoded.records[0].value.clone(),
+                decoded.records[0].partition
+            ),
+            (None, None)
+        );
+        let v1 = postcard::to_allocvec(&OldTransactionRecord {
             id: "p-0-1".into(),
             parallelism: 2,
             max_open: 4,

@@ -25,6 +25,7 @@ fn context(partitions: usize) -> ReaderContext {
         subtask: tideline::SubtaskInfo {
             subtask: 0,
             parallelism: 1,
+            isolated: false,
         },
     }
 }
@@ -137,6 +138,7 @@ fn a_paced_source_emits_only_what_is_due() {
         subtask: tideline::SubtaskInfo {
             subtask: 0,
             parallelism: 1,
+            isolated: false,
         },
     };
     // 2,000 events per second: 2 per millisecond, plus the first at once.

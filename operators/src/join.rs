@@ -71,7 +71,7 @@ where
     let (kl, kr) = (left.key_selector(), right.key_selector());
     let l = left.input().map(Either::<A, B>::Left);
     let r = right.input().map(Either::<A, B>::Right);
-    l.union(&r).key_by(move |e| match e {
+    l.union(&r).key_by_local(move |e| match e {
         Either::Left(a) => kl(a),
         Either::Right(b) => kr(b),
     })

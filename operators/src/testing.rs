@@ -210,7 +210,7 @@ impl<I: Data, O: Data> KeyedProcessHarness<I, O> {
     {
         let t = TestJob::new();
         let (input, stream) = t.push_source::<I>(WatermarkStrategy::none());
-        let output_stream = stream.key_by(key).process(function);
+        let output_stream = stream.key_by_local(key).process(function);
         let output = t.collect(&output_stream);
         Self {
             clock: t.clock(),

@@ -114,10 +114,12 @@ fn files_show_completed_checkpoints_only_and_a_restore_continues_from_one() -> R
     a.open(SubtaskInfo {
         subtask: 0,
         parallelism: 2,
+        isolated: false,
     })?;
     b.open(SubtaskInfo {
         subtask: 1,
         parallelism: 2,
+        isolated: false,
     })?;
     a.write_batch(rows(&[
         (1, ChangelogRow::insert(order(1, "pending", 10))),
@@ -166,6 +168,7 @@ fn files_show_completed_checkpoints_only_and_a_restore_continues_from_one() -> R
     a.open(SubtaskInfo {
         subtask: 0,
         parallelism: 1,
+        isolated: false,
     })?;
     a.write_batch(rows(&[
         (3, ChangelogRow::delete(order(1, "paid", 10))),

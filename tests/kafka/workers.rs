@@ -1,15 +1,20 @@
-//! Worker mode's internal topics against the real broker: repartition
-//! topics made once and refused with another partition count, and workers
-//! of another stage layout refused.
+//! Worker mode against the real broker: repartition topics made once and
+//! refused with another partition count, workers of another stage layout
+//! refused, and a job run as separate task runs whose keyed exchange goes
+//! through a repartition topic, with the one-process job's output.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tideline::kafka::workers::InternalTopics;
+use serde::{Deserialize, Serialize};
+use tideline::kafka::workers::{InternalTopics, KafkaExchange, KafkaWorkers};
+use tideline::kafka::{Bound, KafkaSink, KafkaSource};
 use tideline::prelude::*;
 use tideline::window::Tumbling;
-use tideline::StageLayout;
+use tideline::{JobPart, StageLayout};
 
-use super::{brokers, create_topic, unique_topic};
+use super::{brokers, consume_json, create_topic, produce, unique_topic, Click, Produce};
 use crate::error_text;
 
 /// A keyed window job whose window has `uid`.
@@ -94,5 +99,370 @@ fn a_worker_of_another_layout_is_refused() -> Result<()> {
     );
     let err = error_text(InternalTopics::new(&brokers, &app, 3).check_layout(&layout("counts")));
     assert!(err.contains("this worker with 128 and 3"), "{err}");
+    Ok(())
+}
+
+/// One window's result, as the job writes it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Row {
+    user: u32,
+    start: i64,
+    count: u64,
+}
+
+/// Where a run of the clicks job reads and writes.
+struct Topics {
+    brokers: String,
+    input: String,
+    output: String,
+    late: String,
+}
+
+/// The job code, the same for one process and for task runs: per-user
+/// tumbling 1 s counts of `input` into `output`, late clicks into `late`.
+/// `throttle` slows it (1 ms every 2 clicks), so kills land mid-run.
+fn clicks_job(job: Job, topics: &Topics, throttle: bool) -> Result<Job> {
+    let late = OutputTag::<Click>::new("late-clicks");
+    let source = KafkaSource::builder(&topics.brokers)
+        .topic(&topics.input)
+        .bounded(Bound::EndOffsets)
+        .json::<Click>()?;
+    let counts = job
+        .source(
+            source,
+            WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(100))
+                .with_timestamps(|c: &Click| c.ts),
+        )
+        .inspect(move |c: &Click| {
+            if throttle && c.seq % 2 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .key_by(|c: &Click| c.user)
+        .window(Tumbling::of(Duration::from_secs(1)))
+        .side_output_late_data(&late)
+        .aggregate(Count)
+        .uid("counts");
+    counts
+        .side_output(&late)
+        .sink(
+            KafkaSink::<Click>::json(&topics.brokers, &topics.late)
+                .exactly_once(format!("{}-txn", topics.late))
+                .build()?,
+        )
+        .uid("late-sink");
+    counts
+        .map(|r| Row {
+            user: r.key,
+            start: r.window.start,
+            count: r.value,
+        })
+        .sink(
+            KafkaSink::<Row>::json(&topics.brokers, &topics.output)
+                .key(|r: &Row| Some(r.user.to_string().into_bytes()))
+                .exactly_once(format!("{}-txn", topics.output))
+                .build()?,
+        )
+        .uid("rows-sink");
+    Ok(job)
+}
+
+/// Clicks over 6 partitions: 60 users, out of order within the 100 ms
+/// bound, and every 101st click 2.5 s behind (late for its window).
+fn write_clicks(brokers: &str, topic: &str, clicks: u64) {
+    create_topic(brokers, topic, 6);
+    let records: Vec<Produce> = (0..clicks)
+        .map(|i| {
+            let behind = if i % 101 == 100 {
+                2_500
+            } else {
+                (i * 13 % 50) as i64
+            };
+            let click = Click {
+                user: (i * 7 % 60) as u32,
+                ts: 1_000_000 + i as i64 - behind,
+                seq: i,
+            };
+            Produce::click((i % 6) as i32, &click)
+        })
+        .collect();
+    produce(brokers, topic, &records);
+}
+
+/// The rows and late clicks of `topics`, sorted.
+fn results(topics: &Topics) -> (Vec<Row>, Vec<Click>) {
+    let mut rows: Vec<Row> = consume_json(&topics.brokers, &topics.output);
+    rows.sort();
+    let mut late: Vec<Click> = consume_json(&topics.brokers, &topics.late);
+    late.sort();
+    (rows, late)
+}
+
+/// Fresh output topics reading `input`.
+fn fresh_topics(brokers: &str, input: &str, name: &str) -> Topics {
+    let topics = Topics {
+        brokers: brokers.to_string(),
+        input: input.to_string(),
+        output: unique_topic(&format!("{name}-rows")),
+        late: unique_topic(&format!("{name}-late")),
+    };
+    create_topic(brokers, &topics.output, 3);
+    create_topic(brokers, &topics.late, 1);
+    topics
+}
+
+/// Runs every task of the clicks job as its own task run, each from a job
+/// built afresh (as a worker builds one per task), through repartition
+/// topics of `partitions` partitions; waits for them all.
+fn run_as_tasks(topics: &Topics, app: &str, partitions: usize, dir: &Path) -> Result<()> {
+    let build = || {
+        clicks_job(
+            Job::new()
+                .worker_mode()
+                .mode(ExecutionMode::Bounded)
+                .checkpointing(Duration::from_millis(200), dir.join("chk")),
+            topics,
+            false,
+        )
+    };
+    let layout = build()?.stage_layout();
+    assert_eq!(layout.stages.len(), 2, "{layout:?}");
+    InternalTopics::new(&topics.brokers, app, partitions).ensure_repartition_topics(&layout)?;
+    let exchange = Arc::new(KafkaExchange::new(
+        &topics.brokers,
+        app,
+        build()?.config().key_groups,
+    ));
+    let mut handles = Vec::new();
+    for (stage, tasks) in [(0, 6), (1, partitions)] {
+        for task in 0..tasks {
+            handles.push(build()?.spawn_part(&JobPart {
+                stage,
+                task,
+                repartition_partitions: partitions,
+                exchange: Arc::clone(&exchange) as Arc<dyn tideline::RemoteExchange>,
+            })?);
+        }
+    }
+    for handle in handles {
+        handle.join()?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_job_run_as_task_runs_over_repartition_topics_equals_one_process() -> Result<()> {
+    let Some(brokers) = brokers() else {
+        return Ok(());
+    };
+    let input = unique_topic("tasks-in");
+    let clicks = 30_000;
+    write_clicks(&brokers, &input, clicks);
+    let one = fresh_topics(&brokers, &input, "one-process");
+    clicks_job(
+        Job::new().parallelism(2).mode(ExecutionMode::Bounded),
+        &one,
+        false,
+    )?
+    .run()?;
+    let (want_rows, want_late) = results(&one);
+    let counted: u64 = want_rows.iter().map(|r| r.count).sum();
+    assert!(!want_late.is_empty(), "the input has late clicks");
+    assert_eq!(counted + want_late.len() as u64, clicks);
+
+    let tasks = fresh_topics(&brokers, &input, "tasks");
+    let dir = tempfile::tempdir().map_err(|e| Error::io("create", "tempdir", e))?;
+    run_as_tasks(&tasks, &unique_topic("app"), 3, dir.path())?;
+    let (rows, late) = results(&tasks);
+    assert_eq!(rows.len(), want_rows.len(), "rows missing or doubled");
+    assert_eq!(rows, want_rows);
+    assert_eq!(late, want_late);
+    Ok(())
+}
+
+/// What a worker process is told, by environment variables.
+struct WorkerConfig {
+    topics: Topics,
+    app: String,
+    dir: String,
+    /// The worker leaves the group once this file exists.
+    stop_file: String,
+}
+
+impl WorkerConfig {
+    fn from_env() -> Option<Self> {
+        let var = |k: &str| std::env::var(k).ok();
+        Some(Self {
+            topics: Topics {
+                brokers: var("TL_W_BROKERS")?,
+                input: var("TL_W_IN")?,
+                output: var("TL_W_OUT")?,
+                late: var("TL_W_LATE")?,
+            },
+            app: var("TL_W_APP")?,
+            dir: var("TL_W_DIR")?,
+            stop_file: var("TL_W_STOP")?,
+        })
+    }
+
+    /// Starts worker `n` as a process of this test binary.
+    fn spawn(&self, n: usize) -> Worker {
+        let stop_file = format!("{}-{n}", self.stop_file);
+        let log = std::fs::File::create(format!("{}/worker-{n}.log", self.dir)).expect("log");
+        let child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "kafka::workers::worker_process",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("TL_W_BROKERS", &self.topics.brokers)
+            .env("TL_W_IN", &self.topics.input)
+            .env("TL_W_OUT", &self.topics.output)
+            .env("TL_W_LATE", &self.topics.late)
+            .env("TL_W_APP", &self.app)
+            .env("TL_W_DIR", &self.dir)
+            .env("TL_W_STOP", &stop_file)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn a worker process");
+        Worker { child, stop_file }
+    }
+}
+
+/// A running worker process.
+struct Worker {
+    child: std::process::Child,
+    stop_file: String,
+}
+
+impl Worker {
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL the worker");
+        self.child.wait().expect("wait for the worker");
+    }
+
+    /// Asks it to leave the group, and waits until it has.
+    fn leave(mut self) {
+        std::fs::write(&self.stop_file, b"").expect("stop file");
+        let status = self.child.wait().expect("wait for the worker");
+        assert!(status.success(), "the worker left cleanly: {status}");
+    }
+}
+
+/// Run by the tests below as a worker process (never on its own).
+#[test]
+#[ignore = "a worker process of the worker tests; they run it"]
+fn worker_process() -> Result<()> {
+    let config = WorkerConfig::from_env().expect("run by the worker tests, with TL_W_* set");
+    // The test keeps each worker's log (stderr) in its directory.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+    let workers = KafkaWorkers::new(&config.topics.brokers, &config.app)
+        .partitions(3)
+        .session_timeout(Duration::from_secs(6));
+    let handle = workers.handle();
+    let stop_file = config.stop_file.clone();
+    std::thread::spawn(move || {
+        while !Path::new(&stop_file).exists() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        handle.leave();
+    });
+    let dir = Path::new(&config.dir).join("chk");
+    workers.run(|job| {
+        clicks_job(
+            job.mode(ExecutionMode::Bounded)
+                .checkpointing(Duration::from_millis(200), &dir),
+            &config.topics,
+            true,
+        )
+    })
+}
+
+/// Waits until `topics` hold at least `rows` rows and `late` late clicks,
+/// failing with the workers' logs if they do not get there, or all end.
+fn wait_for_results(config: &WorkerConfig, workers: &mut [Worker], rows: usize, late: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (got_rows, got_late) = results(&config.topics);
+        if got_rows.len() >= rows && got_late.len() >= late {
+            return;
+        }
+        let ended: Vec<String> = workers
+            .iter_mut()
+            .filter_map(|w| w.child.try_wait().ok().flatten().map(|s| s.to_string()))
+            .collect();
+        if std::time::Instant::now() >= deadline || ended.len() == workers.len() {
+            let logs: Vec<String> = (0..4)
+                .filter_map(|n| {
+                    std::fs::read_to_string(format!("{}/worker-{n}.log", config.dir))
+                        .ok()
+                        .map(|log| format!("--- worker {n}:\n{log}"))
+                })
+                .collect();
+            panic!(
+                "the workers did not finish: {} of {rows} rows, {} of {late} late clicks; \
+                 ended: {ended:?}\n{}",
+                got_rows.len(),
+                got_late.len(),
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn three_workers_with_a_kill_a_newcomer_and_a_leave_equal_one_process() -> Result<()> {
+    let Some(brokers) = brokers() else {
+        return Ok(());
+    };
+    let input = unique_topic("workers-in");
+    let clicks = 20_000;
+    write_clicks(&brokers, &input, clicks);
+    let one = fresh_topics(&brokers, &input, "workers-one");
+    clicks_job(
+        Job::new().parallelism(2).mode(ExecutionMode::Bounded),
+        &one,
+        false,
+    )?
+    .run()?;
+    let (want_rows, want_late) = results(&one);
+
+    let dir = tempfile::tempdir()
+        .map_err(|e| Error::io("create", "tempdir", e))?
+        .keep();
+    eprintln!("worker logs in {}", dir.display());
+    let config = WorkerConfig {
+        topics: fresh_topics(&brokers, &input, "workers"),
+        app: unique_topic("app"),
+        dir: dir.display().to_string(),
+        stop_file: dir.join("stop").display().to_string(),
+    };
+    let mut workers: Vec<Worker> = (0..3).map(|n| config.spawn(n)).collect();
+    std::thread::sleep(Duration::from_millis(2_500));
+    // SIGKILL one mid-run; its tasks move after the session timeout.
+    workers.remove(0).kill();
+    std::thread::sleep(Duration::from_millis(1_500));
+    workers.push(config.spawn(3));
+    std::thread::sleep(Duration::from_millis(1_500));
+    // A graceful leave: its tasks move at once.
+    workers.remove(0).leave();
+    wait_for_results(&config, &mut workers, want_rows.len(), want_late.len());
+    for worker in workers {
+        worker.leave();
+    }
+    let (rows, late) = results(&config.topics);
+    assert_eq!(rows.len(), want_rows.len(), "rows missing or doubled");
+    assert_eq!(rows, want_rows);
+    assert_eq!(late, want_late);
     Ok(())
 }

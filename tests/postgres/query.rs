@@ -43,6 +43,7 @@ fn ctx(clock: &Arc<ManualClock>) -> ReaderContext {
         subtask: tideline::SubtaskInfo {
             subtask: 0,
             parallelism: 1,
+            isolated: false,
         },
     }
 }

@@ -16,6 +16,7 @@ fn ctx() -> ReaderContext {
         subtask: tideline::SubtaskInfo {
             subtask: 0,
             parallelism: 1,
+            isolated: false,
         },
     }
 }

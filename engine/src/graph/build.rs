@@ -11,6 +11,7 @@ use crate::config::ExecutionMode;
 use crate::error::{Error, Result};
 use crate::graph::context::{BuildCtx, EdgeLayout, NodeLayout};
 use crate::graph::port::{Port, SideRegistry};
+use crate::graph::remote::{DecodingSource, PartPlan, RecordCodec, RemoteRecord, RemoteWriter};
 use crate::graph::{EdgeKind, Graph, NodeId, OpId, OpKind};
 use crate::metrics::{
     EdgeKind as GraphEdgeKind, GraphEdge, GraphOperator, JobGraph, OpCounters, OperatorKind,
@@ -26,6 +27,7 @@ use crate::runtime::push::BoxPush;
 use crate::runtime::shared::Shared;
 use crate::runtime::source_task::{Discovery, Partition, SourceTask};
 use crate::runtime::task::{ChainHead, Task, TaskCheckpoint};
+use crate::sink::SinkPush;
 use crate::source::{ReaderContext, Source, SourceOffset};
 use crate::time::WatermarkStrategy;
 use crate::time::{EventTime, Periodic};
@@ -72,14 +74,20 @@ fn chain_head<T: Data>(
     Ok(head)
 }
 
-/// The consumer that ends a chain at an exchange into node `to`, edge `edge`.
+/// The consumer that ends a chain at an exchange into node `to`, edge
+/// `edge`; in a task run, a keyed exchange into another stage writes to
+/// the remote exchange instead (with `codec`).
 pub(crate) fn exchange_writer<T: Data>(
     to: NodeId,
     edge: usize,
     kind: EdgeKind,
     hash: Option<KeyHashFn<T>>,
+    codec: Option<RecordCodec<T>>,
 ) -> crate::graph::port::ConsumerFactory<T> {
     Box::new(move |ctx| {
+        if let Some(plan) = ctx.part.filter(|plan| !plan.builds(to)) {
+            return remote_writer(ctx, plan, to, hash.clone(), codec);
+        }
         let target = &ctx.layout[to];
         let layout = target.edges[edge];
         let channel = if layout.forward {
@@ -115,6 +123,65 @@ pub(crate) fn exchange_writer<T: Data>(
             ctx.task_counters(),
         )) as BoxPush<T>)
     })
+}
+
+/// The consumer writing a keyed exchange into node `to` of another stage.
+fn remote_writer<T: Data>(
+    ctx: &mut BuildCtx<'_>,
+    plan: &PartPlan,
+    to: NodeId,
+    hash: Option<KeyHashFn<T>>,
+    codec: Option<RecordCodec<T>>,
+) -> Result<BoxPush<T>> {
+    let edge = plan.edge_into(to, ctx.node);
+    let (Some(hash), Some(codec)) = (hash, codec) else {
+        return Err(Error::config(
+            format!("exchange '{}'", edge.exchange),
+            "worker mode sends keyed exchanges between workers, and this one cannot \
+             cross (a rebalance or broadcast, or an operator's internal key_by_local \
+             over records that are not serde)",
+        ));
+    };
+    let sink = plan.part.exchange.writer(&edge)?;
+    let exchange_op = plan.exchange_op[to]
+        .ok_or_else(|| Error::Internal(format!("keyed node {to} without an exchange operator")))?;
+    remote_sink_push(ctx, exchange_op, sink).map(|sink| {
+        Box::new(RemoteWriter {
+            codec,
+            hash,
+            key_groups: ctx.config.key_groups,
+            partitions: edge.downstream_tasks,
+            exchange: edge.exchange.clone(),
+            sink,
+        }) as BoxPush<T>
+    })
+}
+
+/// The exchange's sink, opened as this subtask's, its committer registered
+/// under the exchange operator `op`'s uid. (Its counters are its own: the
+/// exchange operator's are sized for the downstream stage.)
+fn remote_sink_push(
+    ctx: &mut BuildCtx<'_>,
+    op: OpId,
+    mut sink: Box<dyn crate::sink::Sink<RemoteRecord>>,
+) -> Result<SinkPush<Box<dyn crate::sink::Sink<RemoteRecord>>>> {
+    let info = ctx.subtask_info();
+    let name = ctx.op_name(op);
+    let uid = ctx.op_uid(op);
+    sink.open(info).map_err(|e| e.in_operator(&name))?;
+    let committer = sink.committer();
+    if let Some(c) = &committer {
+        ctx.register_committer(&uid, c);
+    }
+    let commit_at_end = committer.filter(|_| ctx.coordinator.is_none());
+    Ok(SinkPush::new(
+        name,
+        uid,
+        sink,
+        Arc::default(),
+        ctx.subtask,
+        commit_at_end,
+    ))
 }
 
 pub(crate) struct SourceFactory<T> {
@@ -205,10 +272,57 @@ impl<T: Data> TaskFactory for SourceFactory<T> {
 pub(crate) struct InputFactory<T> {
     pub(crate) head: Rc<Port<T>>,
     pub(crate) op: OpId,
+    /// How a keyed exchange's records cross workers.
+    pub(crate) codec: Option<RecordCodec<T>>,
+}
+
+impl<T: Data> InputFactory<T> {
+    /// In a task run, a node behind a keyed exchange from another stage
+    /// reads that exchange as a source: watermarks only as its reader
+    /// asserts them, lateness watermarks as the records carry them.
+    fn remote_input(&self, ctx: &mut BuildCtx<'_>) -> Option<Result<Box<dyn Task>>> {
+        let plan = ctx.part?;
+        let node = &ctx.nodes[ctx.node];
+        let from = node.inputs.iter().find(|e| !plan.builds(e.from))?.from;
+        Some(self.read_remote(ctx, plan, from))
+    }
+
+    fn read_remote(
+        &self,
+        ctx: &mut BuildCtx<'_>,
+        plan: &PartPlan,
+        from: NodeId,
+    ) -> Result<Box<dyn Task>> {
+        let edge = plan.edge_into(ctx.node, from);
+        let (Some(codec), true) = (self.codec, ctx.nodes[ctx.node].inputs.len() == 1) else {
+            return Err(Error::config(
+                format!("exchange '{}'", edge.exchange),
+                "worker mode reads keyed exchanges from other workers, and this one cannot \
+                 cross (several inputs, or an operator's internal key_by_local over records \
+                 that are not serde)",
+            ));
+        };
+        let source = DecodingSource {
+            inner: plan.part.exchange.reader(&edge)?,
+            codec,
+            exchange: edge.exchange.clone(),
+        };
+        SourceFactory {
+            source: Arc::new(source),
+            strategy: WatermarkStrategy::asserted_only(),
+            head: Rc::clone(&self.head),
+            sides: Rc::new(SideRegistry::default()),
+            op: self.op,
+        }
+        .build(ctx)
+    }
 }
 
 impl<T: Data> TaskFactory for InputFactory<T> {
     fn build(&self, ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Task>> {
+        if let Some(task) = self.remote_input(ctx) {
+            return task;
+        }
         let layout = &ctx.layout[ctx.node];
         let (parallelism, channels) = (layout.parallelism, layout.channels);
         let receivers =
@@ -371,15 +485,18 @@ impl Graph {
         Ok(())
     }
 
-    fn layout(&self) -> Vec<NodeLayout> {
-        let parallelism: Vec<usize> = self
-            .nodes
-            .iter()
-            .map(|n| match &n.source {
-                Some(s) => s.partitions.min(self.config.parallelism),
-                None => self.config.parallelism,
-            })
-            .collect();
+    fn layout(&self, part: Option<&PartPlan>) -> Vec<NodeLayout> {
+        let parallelism: Vec<usize> = match part {
+            Some(plan) => plan.parallelism.clone(),
+            None => self
+                .nodes
+                .iter()
+                .map(|n| match &n.source {
+                    Some(s) => s.partitions.min(self.config.parallelism),
+                    None => self.config.parallelism,
+                })
+                .collect(),
+        };
         self.nodes
             .iter()
             .enumerate()
@@ -415,13 +532,23 @@ impl Graph {
     /// restart restores the new tasks from the latest checkpoint); every
     /// build counts records afresh.
     pub(crate) fn build(&self, capacity: Option<usize>) -> Result<BuiltJob> {
+        self.build_part(capacity, None)
+    }
+
+    /// [`Graph::build`], of only the task `part` plans when there is one
+    /// (worker mode; see [`remote`](crate::graph::remote)).
+    pub(crate) fn build_part(
+        &self,
+        capacity: Option<usize>,
+        part: Option<&PartPlan>,
+    ) -> Result<BuiltJob> {
         let op_uids: Vec<Arc<str>> = self
             .ops
             .iter()
             .map(|o| Arc::from(self.effective_uid(o).as_str()))
             .collect();
         self.validate(&op_uids)?;
-        let layout = self.layout();
+        let layout = self.layout(part);
         let op_names: Vec<Arc<str>> = self
             .ops
             .iter()
@@ -459,7 +586,10 @@ impl Graph {
                 "restoring from a checkpoint"
             );
         }
-        let task_count: usize = layout.iter().map(|l| l.parallelism).sum();
+        let task_count: usize = match part {
+            Some(plan) => (0..layout.len()).filter(|&n| plan.builds(n)).count(),
+            None => layout.iter().map(|l| l.parallelism).sum(),
+        };
         let coordinator = match &self.config.checkpointing {
             Some(cp) => Some(Coordinator::start(
                 CheckpointStorage::new(&cp.dir)?,
@@ -488,6 +618,7 @@ impl Graph {
             &shared,
             coordinator.as_ref(),
             restored.as_ref(),
+            part,
         );
         let (tasks, hooks) = match built {
             Ok(built) => built,
@@ -559,12 +690,18 @@ impl Graph {
         shared: &Arc<Shared>,
         coordinator: Option<&Arc<Coordinator>>,
         restored: Option<&Restored>,
+        part: Option<&PartPlan>,
     ) -> Result<(Vec<Box<dyn Task>>, Hooks)> {
         let mut hooks = Hooks::default();
         let mut channels = Channels::new(capacity);
         let mut tasks = Vec::new();
         for (node_id, node) in self.nodes.iter().enumerate() {
-            for subtask in 0..layout[node_id].parallelism {
+            let subtasks = match part {
+                Some(plan) if !plan.builds(node_id) => 0..0,
+                Some(plan) => plan.part.task..plan.part.task + 1,
+                None => 0..layout[node_id].parallelism,
+            };
+            for subtask in subtasks {
                 let mut ctx = BuildCtx {
                     config: &self.config,
                     layout,
@@ -582,6 +719,8 @@ impl Graph {
                     coordinator,
                     restored,
                     hooks: &mut hooks,
+                    nodes: &self.nodes,
+                    part,
                 };
                 tasks.push(node.factory.build(&mut ctx)?);
             }

@@ -9,7 +9,8 @@ use crate::checkpoint::coordinator::Coordinator;
 use crate::checkpoint::hooks::{Hooks, SinkHook};
 use crate::checkpoint::restore::Restored;
 use crate::config::JobConfig;
-use crate::graph::{NodeId, OpId};
+use crate::graph::remote::PartPlan;
+use crate::graph::{Node, NodeId, OpId};
 use crate::metrics::{OpCounters, SourceTaskMetrics, TaskCounters};
 use crate::operator::OperatorContext;
 use crate::runtime::channels::Channels;
@@ -55,6 +56,10 @@ pub(crate) struct BuildCtx<'a> {
     pub(crate) restored: Option<&'a Restored>,
     /// Completion hooks of sources and exactly-once sinks.
     pub(crate) hooks: &'a mut Hooks,
+    /// The graph's nodes.
+    pub(crate) nodes: &'a [Node],
+    /// In a task run (worker mode), its plan.
+    pub(crate) part: Option<&'a PartPlan>,
 }
 
 impl BuildCtx<'_> {
@@ -92,6 +97,7 @@ impl BuildCtx<'_> {
         crate::sink::SubtaskInfo {
             subtask: self.subtask,
             parallelism: self.parallelism(),
+            isolated: self.part.is_some(),
         }
     }
 

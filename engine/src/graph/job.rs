@@ -264,6 +264,13 @@ impl Job {
         self.configure(|c| c.restart_strategy = strategy)
     }
 
+    /// Marks the job as one that runs on several workers (set before its
+    /// operators are added; see [`JobConfig::worker_mode`]). Worker runners
+    /// hand the job code a job made with it.
+    pub fn worker_mode(self) -> Self {
+        self.configure(|c| c.worker_mode = true)
+    }
+
     /// Validates the job, runs it on its own threads and waits for the end.
     /// On a failure, the [restart strategy](Job::restart_strategy) may
     /// rebuild it and restore it from its latest checkpoint; the summary
@@ -298,6 +305,53 @@ impl Job {
     pub fn start_local(self) -> Result<LocalRun> {
         let (tasks, shared, report) = self.build_once(None)?;
         Ok(LocalRun::new(tasks, shared, report))
+    }
+
+    /// The task count of each stage of [`Job::stage_layout`] in worker
+    /// mode, with repartition topics of `repartition_partitions`
+    /// partitions: a source stage has one task per source partition, a
+    /// stage behind a keyed exchange one per repartition partition.
+    ///
+    /// # Errors
+    /// A graph worker mode cannot split (a rebalance or broadcast edge, a
+    /// union of inputs with different partition counts), or no partitions.
+    pub fn stage_tasks(&self, repartition_partitions: usize) -> Result<Vec<usize>> {
+        self.graph.borrow().stage_tasks(repartition_partitions)
+    }
+
+    /// Starts one task of the job on its own threads: worker mode's unit
+    /// of work (see [`JobPart`](crate::JobPart) and
+    /// `tideline_kafka::workers`). Of the graph, only the nodes of stage
+    /// `part.stage` are built, and of those only subtask `part.task`; keyed
+    /// exchanges to and from other stages go through `part.exchange`.
+    /// With checkpointing, the task checkpoints into
+    /// `<dir>/stage-<s>-task-<t>` and resumes from its latest checkpoint
+    /// there. The job stays as it was, so any number of its tasks can be
+    /// started, one after another; each has its own stop handle and
+    /// metrics.
+    ///
+    /// # Errors
+    /// A graph worker mode cannot split (a rebalance or broadcast edge, an
+    /// exchange whose records are not serde), a stage or task that does not
+    /// exist, or any error starting the job would give.
+    pub fn spawn_part(&self, part: &crate::JobPart) -> Result<JobHandle> {
+        let mut graph = self.graph.borrow_mut();
+        let plan = graph.part_plan(part)?;
+        let mut config = graph.config.clone();
+        if let Some(cp) = &mut config.checkpointing {
+            cp.dir = crate::graph::remote::part_checkpoint_dir(&cp.dir, part);
+            config.restore = Some(RestoreFrom::Latest);
+        }
+        let capacity = config.channel_capacity;
+        let saved = (
+            std::mem::replace(&mut graph.config, config),
+            std::mem::take(&mut graph.stop),
+            std::mem::take(&mut graph.metrics),
+        );
+        let built = graph.build_part(Some(capacity), Some(&plan));
+        (graph.config, graph.stop, graph.metrics) = saved;
+        let (tasks, shared, report) = built?;
+        JobHandle::spawn(tasks, shared, report)
     }
 
     /// Builds the job's only run: what it keeps alive moves into the run,

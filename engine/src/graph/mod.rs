@@ -11,10 +11,12 @@ pub(crate) mod build;
 pub(crate) mod context;
 mod job;
 pub(crate) mod port;
+pub(crate) mod remote;
 pub(crate) mod stages;
 mod stream;
 
 pub use job::Job;
+pub use remote::{JobPart, RemoteEdge, RemoteExchange, RemoteRecord};
 pub use stages::{KeyedInput, Stage, StageLayout};
 pub use stream::{KeySelector, KeyedStream, SinkHandle, Stream};
 

@@ -74,6 +74,15 @@ impl StageLayout {
     /// An application id that is empty or holds such characters, or a
     /// name longer than Kafka allows (249 characters).
     pub fn repartition_topic(&self, application_id: &str, input: &KeyedInput) -> Result<String> {
+        Self::repartition_topic_of(application_id, &input.exchange)
+    }
+
+    /// [`StageLayout::repartition_topic`] of the exchange whose uid is
+    /// `exchange`.
+    ///
+    /// # Errors
+    /// As [`StageLayout::repartition_topic`].
+    pub fn repartition_topic_of(application_id: &str, exchange: &str) -> Result<String> {
         let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
         if application_id.is_empty() || !application_id.chars().all(legal) {
             return Err(Error::config(
@@ -84,8 +93,7 @@ impl StageLayout {
                 ),
             ));
         }
-        let uid: String = input
-            .exchange
+        let uid: String = exchange
             .chars()
             .map(|c| if legal(c) { c } else { '-' })
             .collect();
@@ -105,9 +113,9 @@ impl StageLayout {
 }
 
 impl Graph {
-    /// The graph cut at its keyed exchanges (see the module docs).
-    pub(crate) fn stage_layout(&self) -> StageLayout {
-        // Union-find over nodes, joined by every edge but keyed ones.
+    /// Per node, the index of its stage: union-find over every edge but
+    /// keyed ones, stages numbered in the order of their first node.
+    pub(crate) fn node_stages(&self) -> Vec<usize> {
         let mut parent: Vec<usize> = (0..self.nodes.len()).collect();
         fn root(parent: &mut [usize], mut n: usize) -> usize {
             while parent[n] != n {
@@ -124,16 +132,23 @@ impl Graph {
             }
         }
         let mut stage_of_root = vec![None; self.nodes.len()];
-        let mut stage_of = Vec::with_capacity(self.nodes.len());
-        let mut stages: Vec<Stage> = Vec::new();
-        for node in 0..self.nodes.len() {
-            let r = root(&mut parent, node);
-            let stage = *stage_of_root[r].get_or_insert_with(|| {
-                stages.push(Stage::default());
-                stages.len() - 1
-            });
-            stage_of.push(stage);
-        }
+        let mut stages = 0;
+        (0..self.nodes.len())
+            .map(|node| {
+                let r = root(&mut parent, node);
+                *stage_of_root[r].get_or_insert_with(|| {
+                    stages += 1;
+                    stages - 1
+                })
+            })
+            .collect()
+    }
+
+    /// The graph cut at its keyed exchanges (see the module docs).
+    pub(crate) fn stage_layout(&self) -> StageLayout {
+        let stage_of = self.node_stages();
+        let count = stage_of.iter().max().map_or(0, |m| m + 1);
+        let mut stages: Vec<Stage> = vec![Stage::default(); count];
         for op in &self.ops {
             let stage = &mut stages[stage_of[op.node]];
             match op.kind {
@@ -143,14 +158,10 @@ impl Graph {
             }
         }
         for (node, info) in self.nodes.iter().enumerate() {
-            let exchange = self
-                .ops
-                .iter()
-                .find(|o| o.node == node && o.kind == OpKind::Exchange)
-                .map_or("", |o| o.uid());
+            let exchange = self.exchange_uid(node);
             for edge in info.inputs.iter().filter(|e| e.kind == EdgeKind::Keyed) {
                 stages[stage_of[node]].keyed_inputs.push(KeyedInput {
-                    exchange: exchange.to_string(),
+                    exchange: exchange.clone(),
                     from_stage: stage_of[edge.from],
                 });
             }

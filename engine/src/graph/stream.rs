@@ -4,12 +4,14 @@ use std::hash::Hash;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tideline_state::key_group::key_hash;
 
 use crate::error::Result;
 use crate::graph::build::{exchange_writer, InputFactory};
 use crate::graph::port::{AnyPort, Port, SideRegistry};
+use crate::graph::remote::RecordCodec;
 use crate::graph::{Edge, EdgeKind, Graph, Node, NodeId, OpId, OpKind};
 use crate::operator::{DeadLetter, Operator, OperatorContext, OperatorPush, Output, OutputTag};
 use crate::record::Data;
@@ -182,8 +184,27 @@ impl<T: Data> Stream<T> {
     /// subtask of the next operator (through key groups, so state can be
     /// redistributed). A key's group is hashed from its serde (postcard)
     /// encoding, which stays the same across builds, so keys must be
-    /// `Serialize`; `Hash` serves in-memory lookups of keyed state.
+    /// `Serialize`; `Hash` serves in-memory lookups of keyed state. The
+    /// records must be serde too: in worker mode they cross workers, in
+    /// postcard (as Kafka Streams needs a serde at every repartition).
     pub fn key_by<K, F>(&self, key: F) -> KeyedStream<K, T>
+    where
+        K: Hash + Serialize + Eq + Clone + Send + 'static,
+        F: Fn(&T) -> K + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned,
+    {
+        KeyedStream {
+            input: self.clone(),
+            key: Arc::new(key),
+            codec: Some(RecordCodec::postcard()),
+        }
+    }
+
+    /// [`key_by`](Stream::key_by) for records that are not serde: the same
+    /// in one process, but such an exchange cannot cross workers, so worker
+    /// mode refuses a job that has one (operators use it for their
+    /// internal exchanges when worker mode is off).
+    pub fn key_by_local<K, F>(&self, key: F) -> KeyedStream<K, T>
     where
         K: Hash + Serialize + Eq + Clone + Send + 'static,
         F: Fn(&T) -> K + Send + Sync + 'static,
@@ -191,7 +212,14 @@ impl<T: Data> Stream<T> {
         KeyedStream {
             input: self.clone(),
             key: Arc::new(key),
+            codec: None,
         }
+    }
+
+    /// Whether the job runs on several workers ([`JobConfig::worker_mode`](crate::JobConfig::worker_mode)):
+    /// operators then build only exchanges that can cross workers.
+    pub fn worker_mode(&self) -> bool {
+        self.graph.borrow().config.worker_mode
     }
 
     /// Merges this stream with `other` (same type) into one stream.
@@ -202,21 +230,28 @@ impl<T: Data> Stream<T> {
                 (self, EdgeKind::Forward, None),
                 (other, EdgeKind::Forward, None),
             ],
+            None,
         )
     }
 
     /// Redistributes batches round-robin over the next operator's subtasks.
     pub fn rebalance(&self) -> Stream<T> {
-        self.exchange("rebalance", vec![(self, EdgeKind::Rebalance, None)])
+        self.exchange("rebalance", vec![(self, EdgeKind::Rebalance, None)], None)
     }
 
     /// Sends every record to every subtask of the next operator.
     pub fn broadcast(&self) -> Stream<T> {
-        self.exchange("broadcast", vec![(self, EdgeKind::Broadcast, None)])
+        self.exchange("broadcast", vec![(self, EdgeKind::Broadcast, None)], None)
     }
 
-    /// Starts a new node fed by `inputs` over channels.
-    pub(crate) fn exchange(&self, name: &str, inputs: Vec<ExchangeInput<'_, T>>) -> Stream<T> {
+    /// Starts a new node fed by `inputs` over channels; `codec` lets a
+    /// keyed exchange cross workers.
+    pub(crate) fn exchange(
+        &self,
+        name: &str,
+        inputs: Vec<ExchangeInput<'_, T>>,
+        codec: Option<RecordCodec<T>>,
+    ) -> Stream<T> {
         let head = Rc::new(Port::<T>::new());
         let (node, op) = {
             let mut g = self.graph.borrow_mut();
@@ -233,6 +268,7 @@ impl<T: Data> Stream<T> {
                 factory: Box::new(InputFactory {
                     head: Rc::clone(&head),
                     op: op_id,
+                    codec,
                 }),
             });
             let port = Rc::clone(&head) as Rc<dyn AnyPort>;
@@ -244,7 +280,9 @@ impl<T: Data> Stream<T> {
             (node, op)
         };
         for (edge, (stream, kind, hash)) in inputs.into_iter().enumerate() {
-            stream.port.add(exchange_writer(node, edge, kind, hash));
+            stream
+                .port
+                .add(exchange_writer(node, edge, kind, hash, codec));
         }
         Stream::from_parts(&self.graph, node, op, head)
     }
@@ -355,6 +393,8 @@ impl SinkHandle {
 pub struct KeyedStream<K, T> {
     input: Stream<T>,
     key: KeySelector<K, T>,
+    /// How its records cross workers (`None`: they cannot).
+    codec: Option<RecordCodec<T>>,
 }
 
 impl<K, T> Clone for KeyedStream<K, T> {
@@ -362,6 +402,7 @@ impl<K, T> Clone for KeyedStream<K, T> {
         Self {
             input: self.input.clone(),
             key: Arc::clone(&self.key),
+            codec: self.codec,
         }
     }
 }
@@ -389,8 +430,11 @@ impl<K: Hash + Serialize + Eq + Clone + Send + 'static, T: Data> KeyedStream<K, 
     pub fn partitioned(&self) -> Stream<T> {
         let key = Arc::clone(&self.key);
         let hash: KeyHashFn<T> = Arc::new(move |t| Ok(key_hash(&key(t))?));
-        self.input
-            .exchange("key_by", vec![(&self.input, EdgeKind::Keyed, Some(hash))])
+        self.input.exchange(
+            "key_by",
+            vec![(&self.input, EdgeKind::Keyed, Some(hash))],
+            self.codec,
+        )
     }
 
     /// Adds a keyed operator after the exchange; `factory` gets the key

@@ -11,6 +11,8 @@ pub(crate) struct WatermarkGenerator {
     max_timestamp: EventTime,
     explicit: EventTime,
     last_data_at: Option<i64>,
+    /// Leave records' lateness watermarks as the reader set them.
+    pub(crate) keep_lateness: bool,
 }
 
 impl WatermarkGenerator {
@@ -21,6 +23,7 @@ impl WatermarkGenerator {
             max_timestamp: EventTime::MIN,
             explicit: EventTime::MIN,
             last_data_at: None,
+            keep_lateness: false,
         }
     }
 
@@ -42,7 +45,9 @@ impl WatermarkGenerator {
             if let Some(f) = timestamps {
                 r.timestamp = f(&r.value);
             }
-            r.lateness_watermark = self.current();
+            if !self.keep_lateness {
+                r.lateness_watermark = self.current();
+            }
             self.on_timestamp(r.timestamp);
         }
     }

@@ -24,6 +24,10 @@ pub struct WatermarkStrategy<T> {
     pub(crate) out_of_orderness: Option<Duration>,
     pub(crate) timestamps: Option<TimestampFn<T>>,
     pub(crate) idle_timeout: Option<Duration>,
+    /// Records keep the lateness watermark their reader gave them (a
+    /// keyed exchange read from other workers, where the upstream task
+    /// stamped it).
+    pub(crate) keep_lateness: bool,
 }
 
 impl<T> Clone for WatermarkStrategy<T> {
@@ -32,6 +36,7 @@ impl<T> Clone for WatermarkStrategy<T> {
             out_of_orderness: self.out_of_orderness,
             timestamps: self.timestamps.clone(),
             idle_timeout: self.idle_timeout,
+            keep_lateness: self.keep_lateness,
         }
     }
 }
@@ -54,6 +59,7 @@ impl<T> WatermarkStrategy<T> {
             out_of_orderness: Some(d),
             timestamps: None,
             idle_timeout: None,
+            keep_lateness: false,
         }
     }
 
@@ -69,6 +75,17 @@ impl<T> WatermarkStrategy<T> {
             out_of_orderness: None,
             timestamps: None,
             idle_timeout: None,
+            keep_lateness: false,
+        }
+    }
+
+    /// Only the watermarks the reader asserts, and each record's lateness
+    /// watermark as the reader set it: a keyed exchange read from other
+    /// workers.
+    pub(crate) fn asserted_only() -> Self {
+        Self {
+            keep_lateness: true,
+            ..Self::none()
         }
     }
 
@@ -109,9 +126,11 @@ impl<T> WatermarkStrategy<T> {
     }
 
     pub(crate) fn generator(&self) -> super::WatermarkGenerator {
-        super::WatermarkGenerator::new(
+        let mut generator = super::WatermarkGenerator::new(
             self.out_of_orderness.and_then(duration_millis),
             self.idle_timeout.and_then(duration_millis),
-        )
+        );
+        generator.keep_lateness = self.keep_lateness;
+        generator
     }
 }

@@ -2,31 +2,33 @@
 //! between workers, as Kafka records of one repartition topic.
 //!
 //! # Format
-//! - **A record:** partition = the task owning its key group (the stable
-//!   key hash the in-process exchange uses, so a key goes where it would
-//!   go in one process); Kafka key = the key's postcard bytes; value = the
-//!   record value's postcard bytes; headers `tl-ts` (event time),
-//!   `tl-lw` (the lateness watermark of the partition-local rule) and
-//!   `tl-from` (the upstream task), integers big-endian.
+//! - **A record** ([`RemoteRecord`], as the engine encodes it): partition =
+//!   the task owning its key group (the stable key hash the in-process
+//!   exchange uses, so a key goes where it would go in one process); Kafka
+//!   key = the key group, 2 bytes big-endian (the engine hashes keys, it
+//!   does not keep their bytes); value = the record value's postcard
+//!   bytes; headers `tl-ts` (event time), `tl-lw` (the lateness watermark
+//!   of the partition-local rule) and `tl-from` (the upstream task),
+//!   integers big-endian.
 //! - **A control record:** no key, an empty value, header `tl-ctl`
 //!   (`wm`, `idle` or `end`), `tl-from`, and for `wm` the watermark in
 //!   `tl-ts`. An upstream task sends one to every partition.
 //!
 //! # Invariants
-//! - Decoding gives back exactly what was encoded: timestamp, lateness
-//!   watermark and value of a record; sender and kind of a control record.
+//! - Decoding gives back exactly what was encoded: partition, key group,
+//!   timestamp, lateness watermark and value bytes of a record; sender and
+//!   kind of a control record.
 //! - A downstream task feeds control records to a
 //!   [`WatermarkTracker`](tideline_engine::time::WatermarkTracker) with one
 //!   input per upstream task, the rule channels follow in one process, so
 //!   firing is the same (see the module docs of [`super`]).
 //! - A Kafka record that is not of this format decodes to an error saying
-//!   what is wrong with it (for a dead letter naming topic, partition and
+//!   what is wrong with it (a dead letter naming topic, partition and
 //!   offset), never to a guess.
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use tideline_engine::{Error, EventTime, Record, Result};
-use tideline_state::key_group::{key_group_of_hash, key_hash, subtask_for_key_group};
+use tideline_engine::{Error, EventTime, RemoteRecord, Result};
+
+use crate::record::KafkaRecord;
 
 /// Header names.
 const TIMESTAMP: &str = "tl-ts";
@@ -61,13 +63,13 @@ pub struct Outgoing {
 
 /// A Kafka record read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Incoming<T> {
+pub enum Incoming {
     /// A record, as the upstream task had it.
     Record {
         /// The upstream task that sent it.
         from: usize,
         /// The record.
-        record: Record<T>,
+        record: RemoteRecord,
     },
     /// A control record.
     Control {
@@ -81,7 +83,6 @@ pub enum Incoming<T> {
 /// Encodes and decodes the records of one repartition topic.
 #[derive(Clone, Copy, Debug)]
 pub struct RepartitionCodec {
-    key_groups: u16,
     partitions: usize,
 }
 
@@ -102,32 +103,26 @@ impl RepartitionCodec {
                 ),
             ));
         }
-        Ok(Self {
-            key_groups,
-            partitions,
-        })
+        Ok(Self { partitions })
     }
 
-    /// The Kafka record for `record` of key `key`, sent by upstream task `from`.
+    /// The Kafka record for `record`, sent by upstream task `from`.
     ///
     /// # Errors
-    /// A key or value that serde cannot encode.
-    pub fn record<K: Serialize, T: Serialize>(
-        &self,
-        key: &K,
-        record: &Record<T>,
-        from: usize,
-    ) -> Result<Outgoing> {
-        let hash = key_hash(key).map_err(|e| Error::user(format!("a key to repartition: {e}")))?;
-        let group = key_group_of_hash(hash, self.key_groups);
-        let key = postcard::to_stdvec(key)
-            .map_err(|e| Error::user(format!("a key to repartition: {e}")))?;
-        let value = postcard::to_stdvec(&record.value)
-            .map_err(|e| Error::user(format!("a record to repartition: {e}")))?;
+    /// A record routed to a partition the topic does not have (the engine
+    /// and the topic disagree on the task count).
+    pub fn record(&self, record: &RemoteRecord, from: usize) -> Result<Outgoing> {
+        let partition = record.partition as usize;
+        if partition >= self.partitions {
+            return Err(Error::Internal(format!(
+                "a record routed to partition {partition} of a repartition topic of {}",
+                self.partitions
+            )));
+        }
         Ok(Outgoing {
-            partition: subtask_for_key_group(group, self.key_groups, self.partitions),
-            key: Some(key),
-            value,
+            partition,
+            key: Some(record.key_group.to_be_bytes().to_vec()),
+            value: record.value.clone(),
             headers: vec![
                 (TIMESTAMP, record.timestamp.millis().to_be_bytes().to_vec()),
                 (
@@ -166,18 +161,31 @@ impl RepartitionCodec {
             .collect()
     }
 
-    /// What a Kafka record with `headers` and `value` carries.
+    /// What a consumed Kafka record carries.
     ///
     /// # Errors
-    /// A record without the headers of this format, with a header of the
-    /// wrong size or an unknown control kind, or a value that does not
-    /// decode as `T`: the message says which.
-    pub fn decode<T: DeserializeOwned>(
-        &self,
-        headers: &[(&str, &[u8])],
-        value: &[u8],
-    ) -> Result<Incoming<T>> {
-        let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    /// A record without the headers of this format, with a header or key
+    /// of the wrong size or an unknown control kind: the message says which.
+    pub fn decode(&self, record: &KafkaRecord<'_>) -> std::result::Result<Incoming, String> {
+        let header = |name: &str| {
+            record
+                .headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.unwrap_or_default())
+        };
+        let fixed = |name: &str, bytes: Option<&[u8]>| -> std::result::Result<[u8; 8], String> {
+            let bytes = bytes.ok_or_else(|| not_ours(format!("no '{name}' header")))?;
+            bytes
+                .try_into()
+                .map_err(|_| not_ours(format!("'{name}' is {} bytes, not 8", bytes.len())))
+        };
+        let time = |name: &str| -> std::result::Result<EventTime, String> {
+            Ok(EventTime::from_millis(i64::from_be_bytes(fixed(
+                name,
+                header(name),
+            )?)))
+        };
         let from = header(FROM)
             .ok_or_else(|| not_ours(format!("no '{FROM}' header")))
             .and_then(|b| {
@@ -186,13 +194,6 @@ impl RepartitionCodec {
                     .map_err(|_| not_ours(format!("'{FROM}' is {} bytes, not 4", b.len())))?;
                 Ok(u32::from_be_bytes(bytes) as usize)
             })?;
-        let time = |name: &str| -> Result<EventTime> {
-            let bytes = header(name).ok_or_else(|| not_ours(format!("no '{name}' header")))?;
-            let bytes: [u8; 8] = bytes
-                .try_into()
-                .map_err(|_| not_ours(format!("'{name}' is {} bytes, not 8", bytes.len())))?;
-            Ok(EventTime::from_millis(i64::from_be_bytes(bytes)))
-        };
         if let Some(kind) = header(CONTROL) {
             let control = match kind {
                 b"wm" => Control::Watermark(time(TIMESTAMP)?),
@@ -207,23 +208,21 @@ impl RepartitionCodec {
             };
             return Ok(Incoming::Control { from, control });
         }
-        let value: T = match postcard::take_from_bytes(value) {
-            Ok((value, [])) => value,
-            Ok((_, rest)) => {
-                return Err(not_ours(format!(
-                    "the value does not decode as the record type: {} bytes left over",
-                    rest.len()
-                )))
-            }
-            Err(e) => {
-                return Err(not_ours(format!(
-                    "the value does not decode as the record type: {e}"
-                )))
-            }
-        };
+        let key = record.key.unwrap_or_default();
+        let key_group: [u8; 2] = key
+            .try_into()
+            .map_err(|_| not_ours(format!("the key is {} bytes, not 2", key.len())))?;
+        let partition = u32::try_from(record.partition)
+            .map_err(|_| not_ours(format!("partition {}", record.partition)))?;
         Ok(Incoming::Record {
             from,
-            record: Record::new(time(TIMESTAMP)?, value).with_lateness_watermark(time(LATENESS)?),
+            record: RemoteRecord {
+                partition,
+                key_group: u16::from_be_bytes(key_group),
+                timestamp: time(TIMESTAMP)?,
+                lateness_watermark: time(LATENESS)?,
+                value: record.payload_or_err().map_err(not_ours)?.to_vec(),
+            },
         })
     }
 }
@@ -236,10 +235,8 @@ fn task_bytes(task: usize) -> Vec<u8> {
         .to_vec()
 }
 
-fn not_ours(what: String) -> Error {
-    Error::user(format!(
-        "not a record of a Tideline repartition topic: {what}"
-    ))
+fn not_ours(what: String) -> String {
+    format!("not a record of a Tideline repartition topic: {what}")
 }
 
 #[cfg(test)]
@@ -247,26 +244,47 @@ mod tests {
     use super::*;
     use tideline_engine::time::{Watermark, WatermarkTracker};
 
-    fn headers(out: &Outgoing) -> Vec<(&str, &[u8])> {
-        out.headers
-            .iter()
-            .map(|(n, v)| (*n, v.as_slice()))
-            .collect()
+    /// `out` as a consumer would read it from `partition`.
+    fn consumed(out: &Outgoing) -> KafkaRecord<'_> {
+        KafkaRecord {
+            topic: "t",
+            partition: out.partition as i32,
+            offset: 0,
+            key: out.key.as_deref(),
+            payload: Some(&out.value),
+            timestamp: None,
+            headers: out
+                .headers
+                .iter()
+                .map(|(n, v)| (*n, Some(v.as_slice())))
+                .collect(),
+        }
     }
 
     #[test]
-    fn records_come_back_as_sent_and_go_where_their_key_group_is_owned() -> Result<()> {
+    fn records_come_back_as_sent() -> Result<()> {
         let codec = RepartitionCodec::new(128, 6)?;
-        let record = Record::new(1_000, ("page".to_string(), 7u64))
-            .with_lateness_watermark(EventTime::from_millis(950));
-        let out = codec.record(&42u64, &record, 3)?;
-        let group = key_group_of_hash(
-            key_hash(&42u64).map_err(|e| Error::user(e.to_string()))?,
-            128,
+        let record = RemoteRecord {
+            partition: 4,
+            key_group: 97,
+            timestamp: EventTime::from_millis(1_000),
+            lateness_watermark: EventTime::from_millis(950),
+            value: vec![1, 2, 3],
+        };
+        let out = codec.record(&record, 3)?;
+        assert_eq!(out.partition, 4);
+        assert_eq!(
+            codec.decode(&consumed(&out)),
+            Ok(Incoming::Record { from: 3, record })
         );
-        assert_eq!(out.partition, subtask_for_key_group(group, 128, 6));
-        let back: Incoming<(String, u64)> = codec.decode(&headers(&out), &out.value)?;
-        assert_eq!(back, Incoming::Record { from: 3, record });
+        let astray = RemoteRecord {
+            partition: 6,
+            key_group: 1,
+            timestamp: EventTime::MIN,
+            lateness_watermark: EventTime::MIN,
+            value: Vec::new(),
+        };
+        assert!(codec.record(&astray, 0).is_err());
         Ok(())
     }
 
@@ -288,11 +306,9 @@ mod tests {
                 outs.iter().map(|o| o.partition).collect::<Vec<_>>(),
                 vec![0, 1, 2]
             );
-            let Incoming::Control { from, control } =
-                codec.decode::<u64>(&headers(&outs[1]), &outs[1].value)?
-            else {
+            let Ok(Incoming::Control { from, control }) = codec.decode(&consumed(&outs[1])) else {
                 return Err(Error::Internal(
-                    "a control record decoded as a record".into(),
+                    "a control record decoded as something else".into(),
                 ));
             };
             let emitted = match control {
@@ -319,16 +335,24 @@ mod tests {
     #[test]
     fn foreign_records_are_refused_saying_why() -> Result<()> {
         let codec = RepartitionCodec::new(128, 2)?;
-        let text = |r: Result<Incoming<u64>>| r.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(text(codec.decode(&[], b"x")).contains("no 'tl-from' header"));
         let from = 1u32.to_be_bytes();
-        assert!(
-            text(codec.decode(&[("tl-from", &from), ("tl-ctl", b"stop")], b""))
-                .contains("unknown control kind 'stop'")
-        );
-        assert!(text(codec.decode(&[("tl-from", &from[..2])], b"")).contains("2 bytes, not 4"));
-        let out = codec.record(&1u8, &Record::new(5, "text".to_string()), 0)?;
-        assert!(text(codec.decode(&headers(&out), &out.value)).contains("does not decode"));
+        let mut out = Outgoing {
+            partition: 0,
+            key: None,
+            value: b"x".to_vec(),
+            headers: vec![],
+        };
+        let text = |out: &Outgoing| codec.decode(&consumed(out)).err().unwrap_or_default();
+        assert!(text(&out).contains("no 'tl-from' header"));
+        out.headers = vec![(FROM, from.to_vec()), (CONTROL, b"stop".to_vec())];
+        assert!(text(&out).contains("unknown control kind 'stop'"));
+        out.headers = vec![(FROM, from[..2].to_vec())];
+        assert!(text(&out).contains("2 bytes, not 4"));
+        out.headers = vec![(FROM, from.to_vec())];
+        out.key = Some(vec![1, 2, 3]);
+        assert!(text(&out).contains("the key is 3 bytes, not 2"));
+        out.key = Some(vec![0, 1]);
+        assert!(text(&out).contains("no 'tl-ts' header"));
         assert!(RepartitionCodec::new(4, 5).is_err() && RepartitionCodec::new(4, 0).is_err());
         Ok(())
     }

@@ -133,6 +133,32 @@ impl InternalTopics {
         Ok(topics)
     }
 
+    /// The task topic of stage `stage`: `<application-id>-stage-<stage>-tasks`.
+    pub fn task_topic(&self, stage: usize) -> String {
+        format!("{}-stage-{stage}-tasks", self.application_id)
+    }
+
+    /// Makes sure every stage's task topic exists with one partition per
+    /// task (`tasks`, per stage, from `Job::stage_tasks`): the partitions
+    /// the group assigns (see [`KafkaWorkers`](super::KafkaWorkers)).
+    /// Returns their names, stage by stage.
+    ///
+    /// # Errors
+    /// A task topic with another partition count (its stage's source has
+    /// another partition count than when the application started), or a
+    /// cluster that cannot be reached or refuses to create a topic.
+    pub fn ensure_task_topics(&self, tasks: &[usize]) -> Result<Vec<String>> {
+        tasks
+            .iter()
+            .enumerate()
+            .map(|(stage, &count)| {
+                let topic = self.task_topic(stage);
+                self.ensure_topic(&topic, count, &[], "workers.tasks")?;
+                Ok(topic)
+            })
+            .collect()
+    }
+
     /// Records `layout` (with the key groups and partition count) as the
     /// application's if none is yet, and checks that the recorded one (the
     /// first ever written) is the same. Call it before

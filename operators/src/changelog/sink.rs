@@ -527,6 +527,7 @@ where
             subtask: SubtaskInfo {
                 subtask: 0,
                 parallelism: 1,
+                isolated: false,
             },
             pending: BTreeMap::new(),
         }

@@ -85,7 +85,7 @@ impl<T: Data> ChangelogStreamExt<T> for Stream<ChangelogRow<T>> {
         K: Hash + Serialize + Eq + Clone + Send + 'static,
         F: Fn(&T) -> K + Send + Sync + 'static,
     {
-        self.key_by(move |r: &ChangelogRow<T>| key(&r.row))
+        self.key_by_local(move |r: &ChangelogRow<T>| key(&r.row))
     }
 
     fn upserts<K, F>(&self, key: F) -> Stream<(K, Option<T>)>

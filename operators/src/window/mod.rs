@@ -348,7 +348,12 @@ where
         // Tumbling and sliding windows of exact aggregates under the
         // event-time trigger fold records where they are read (see `combine`).
         let panes = Grid::of(&kind, lateness);
-        let combine = Tr::IS_EVENT_TIME && A::EXACT_MERGE && panes.is_some();
+        // In worker mode the exchange must cross workers, which the
+        // combiner's partials (not serde) cannot.
+        let combine = Tr::IS_EVENT_TIME
+            && A::EXACT_MERGE
+            && panes.is_some()
+            && !self.keyed.input().worker_mode();
         // The window operator computes sliding windows from panes too.
         let sliding_panes = panes.filter(|_| matches!(kind, WindowKind::Sliding { .. }));
         let raw_key = self.keyed.key_selector();
@@ -392,7 +397,7 @@ where
                             ctx.config.lateness_rule,
                         ))
                     })
-                    .key_by(move |c: &Combined<K, T, A::Acc>| match c {
+                    .key_by_local(move |c: &Combined<K, T, A::Acc>| match c {
                         Combined::Raw(value) => exchange_key(value),
                         Combined::Partial { key, .. } => key.clone(),
                     })

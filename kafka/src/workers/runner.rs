@@ -1,0 +1,330 @@
+//! [`KafkaWorkers`]: runs the tasks of a job that Kafka's group protocol
+//! assigns to this worker.
+//!
+//! # How tasks are assigned
+//! Every stage `s` of the job has a **task topic**
+//! `<application-id>-stage-<s>-tasks`, with one partition per task of the
+//! stage and never a record in it. Every worker subscribes to all of them
+//! in the consumer group `<application-id>`; the partitions it is assigned
+//! are the tasks it runs: partition `p` of stage `s`'s topic is task
+//! `(s, p)`, a [`JobPart`] started with [`Job::spawn_part`] on a job the
+//! worker builds afresh from the job code. Assignment is the classic
+//! protocol's `cooperative-sticky` assignor: a member joining or leaving
+//! moves only the tasks that must move, and the others never stop.
+//!
+//! # Invariants
+//! - A task runs on at most one live worker of the group: it is started
+//!   after its partition is assigned, and stopped (aborted: its open
+//!   transaction is never committed) before a revocation is acknowledged.
+//! - A task started anywhere resumes from its latest complete checkpoint,
+//!   so moving a task loses and repeats nothing its sinks committed.
+//!
+//! # Failure analysis
+//! - **A worker is killed:** the group notices after `session.timeout.ms`
+//!   (10 s by default here) and assigns its tasks to the others, which
+//!   restore them from their checkpoints; the dead worker's open
+//!   transactions are aborted when the new owners fence their ids.
+//! - **A worker leaves** ([`WorkerHandle::leave`]): it aborts its tasks and
+//!   leaves the group at once, so the others take over without waiting for
+//!   the session timeout.
+//! - **A task fails:** the worker stops all its tasks, leaves the group and
+//!   returns the error, as a one-process job does.
+//! - **Not handled yet:** a worker that is paused past the session timeout
+//!   while its tasks run (a zombie) can still complete a checkpoint after
+//!   the new owner restored; its commits are fenced, but its checkpoint
+//!   files are not (they need a store that fences, as Kafka does).
+//!   Checkpoints need a directory every worker reaches.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::ClientContext;
+use tideline_engine::{Error, Job, JobHandle, JobPart, RemoteExchange, Result};
+
+use super::{InternalTopics, KafkaExchange};
+use crate::client::{invalid_property, ClientSettings};
+
+/// Runs a job's tasks on this worker, as the group assigns them.
+///
+/// ```no_run
+/// use tideline_engine::Job;
+/// use tideline_kafka::workers::KafkaWorkers;
+/// # fn clicks(job: Job) -> tideline_engine::Result<Job> { Ok(job) }
+/// // The same job code as for one process: `clicks(Job::new())?.run()`.
+/// KafkaWorkers::new("kafka:9092", "clicks-per-user").run(clicks)?;
+/// # Ok::<(), tideline_engine::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct KafkaWorkers {
+    settings: ClientSettings,
+    application_id: String,
+    partitions: usize,
+    session_timeout: Duration,
+    stop: Arc<AtomicBool>,
+}
+
+/// Asks a running [`KafkaWorkers::run`] to leave the group and return.
+#[derive(Clone, Debug)]
+pub struct WorkerHandle {
+    stop: Arc<AtomicBool>,
+}
+
+impl WorkerHandle {
+    /// Leaves: the worker aborts its tasks (they resume elsewhere from
+    /// their checkpoints), leaves the group and `run` returns.
+    pub fn leave(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// What the group told the worker, for its loop to act on.
+#[derive(Default)]
+struct Assignment {
+    /// Task topics' partitions assigned and not yet started.
+    assigned: BTreeSet<(String, i32)>,
+}
+
+struct GroupContext {
+    assignment: Mutex<Assignment>,
+    /// The running tasks by (topic, partition); shared with the loop, so a
+    /// revocation stops them before it is acknowledged.
+    running: Arc<Mutex<BTreeMap<(String, i32), JobHandle>>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut assignment = self
+                .assignment
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            for element in tpl.elements() {
+                let key = (element.topic().to_string(), element.partition());
+                assignment.assigned.remove(&key);
+                if let Some(task) = running.remove(&key) {
+                    stop_task(task, &key);
+                }
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            // Task topics hold no records; pausing them keeps the consumer
+            // from even asking.
+            if let Err(e) = consumer.pause(tpl) {
+                tracing::warn!(error = %e, "cannot pause the task topics");
+            }
+            let mut assignment = self
+                .assignment
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for element in tpl.elements() {
+                assignment
+                    .assigned
+                    .insert((element.topic().to_string(), element.partition()));
+            }
+        }
+    }
+}
+
+/// Aborts a task and waits for it: nothing after its last checkpoint is
+/// committed, so its next owner repeats exactly that.
+fn stop_task(task: JobHandle, key: &(String, i32)) {
+    task.stop_handle().abort();
+    match task.join() {
+        Ok(_) | Err(Error::Aborted) => {}
+        Err(e) => tracing::warn!(task = ?key, error = %e, "a stopped task ended with an error"),
+    }
+}
+
+impl KafkaWorkers {
+    /// The workers of `application_id` on the cluster at `brokers`, with
+    /// repartition topics of 6 partitions and a 10 s session timeout.
+    pub fn new(brokers: impl Into<String>, application_id: impl Into<String>) -> Self {
+        Self {
+            settings: ClientSettings::new(brokers),
+            application_id: application_id.into(),
+            partitions: 6,
+            session_timeout: Duration::from_secs(10),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The partition count of every repartition topic: the task count of
+    /// every stage behind a keyed exchange (default 6). Every worker of
+    /// the application must use the same.
+    pub fn partitions(mut self, partitions: usize) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// How long the group waits for a silent worker before moving its
+    /// tasks (default 10 s; the broker allows 6 s to 30 min by default).
+    pub fn session_timeout(mut self, timeout: Duration) -> Self {
+        self.session_timeout = timeout;
+        self
+    }
+
+    /// A handle that makes [`KafkaWorkers::run`] leave and return.
+    pub fn handle(&self) -> WorkerHandle {
+        WorkerHandle {
+            stop: Arc::clone(&self.stop),
+        }
+    }
+
+    /// Joins the application's group and runs the tasks it is assigned,
+    /// until [`WorkerHandle::leave`] or a task fails. `job` is the job
+    /// code: it gets a job in worker mode and adds the sources, operators
+    /// and sinks it would add in one process; it is called once to learn
+    /// the layout, then once per task started.
+    ///
+    /// # Errors
+    /// A layout another worker of the application does not share, internal
+    /// topics with other partition counts, a job worker mode cannot split,
+    /// a cluster that cannot be reached, or the first task failure.
+    pub fn run<F>(&self, job: F) -> Result<()>
+    where
+        F: Fn(Job) -> Result<Job>,
+    {
+        let probe = job(Job::new().worker_mode())?;
+        let layout = probe.stage_layout();
+        let tasks = probe.stage_tasks(self.partitions)?;
+        let key_groups = probe.config().key_groups;
+        drop(probe);
+        let topics = InternalTopics::new(
+            self.settings.brokers.clone(),
+            &self.application_id,
+            self.partitions,
+        )
+        .key_groups(key_groups);
+        topics.check_layout(&layout)?;
+        topics.ensure_repartition_topics(&layout)?;
+        let task_topics = topics.ensure_task_topics(&tasks)?;
+        let exchange: Arc<dyn RemoteExchange> = Arc::new(KafkaExchange::new(
+            self.settings.brokers.clone(),
+            &self.application_id,
+            key_groups,
+        ));
+        let running = Arc::new(Mutex::new(BTreeMap::new()));
+        let consumer = self.join_group(&task_topics, Arc::clone(&running))?;
+        let result = self.serve(&consumer, &job, &task_topics, &exchange, &running);
+        // Leaving: stop every task first, then the group hears at once.
+        let stopping: Vec<_> =
+            std::mem::take(&mut *running.lock().unwrap_or_else(PoisonError::into_inner))
+                .into_iter()
+                .collect();
+        for (key, task) in stopping {
+            stop_task(task, &key);
+        }
+        consumer.unsubscribe();
+        drop(consumer);
+        result
+    }
+
+    fn join_group(
+        &self,
+        task_topics: &[String],
+        running: Arc<Mutex<BTreeMap<(String, i32), JobHandle>>>,
+    ) -> Result<BaseConsumer<GroupContext>> {
+        let session = self.session_timeout.as_millis().to_string();
+        let heartbeat = (self.session_timeout.as_millis() / 10).max(100).to_string();
+        let consumer: BaseConsumer<GroupContext> = self
+            .settings
+            .config(&[
+                ("group.id", &self.application_id),
+                ("partition.assignment.strategy", "cooperative-sticky"),
+                ("session.timeout.ms", &session),
+                ("heartbeat.interval.ms", &heartbeat),
+                ("enable.auto.commit", "false"),
+            ])
+            .create_with_context(GroupContext {
+                assignment: Mutex::new(Assignment::default()),
+                running,
+            })
+            .map_err(|e| invalid_property(&self.settings, e))?;
+        let names: Vec<&str> = task_topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| self.settings.error("join the group", e))?;
+        Ok(consumer)
+    }
+
+    /// The worker's loop: serves the group, starts assigned tasks, reaps
+    /// finished ones, until asked to leave or a task fails.
+    fn serve<F>(
+        &self,
+        consumer: &BaseConsumer<GroupContext>,
+        job: &F,
+        task_topics: &[String],
+        exchange: &Arc<dyn RemoteExchange>,
+        running: &Mutex<BTreeMap<(String, i32), JobHandle>>,
+    ) -> Result<()>
+    where
+        F: Fn(Job) -> Result<Job>,
+    {
+        let mut finished: BTreeSet<(String, i32)> = BTreeSet::new();
+        while !self.stop.load(Ordering::SeqCst) {
+            // Rebalance callbacks run inside this poll.
+            if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
+                tracing::warn!(error = %e, "group consumer");
+            }
+            let start: Vec<(String, i32)> = {
+                let assignment = consumer
+                    .context()
+                    .assignment
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let running = running.lock().unwrap_or_else(PoisonError::into_inner);
+                assignment
+                    .assigned
+                    .iter()
+                    .filter(|k| !running.contains_key(*k) && !finished.contains(*k))
+                    .cloned()
+                    .collect()
+            };
+            for key in start {
+                let Some(stage) = task_topics.iter().position(|t| *t == key.0) else {
+                    continue;
+                };
+                let part = JobPart {
+                    stage,
+                    task: usize::try_from(key.1).unwrap_or(usize::MAX),
+                    repartition_partitions: self.partitions,
+                    exchange: Arc::clone(exchange),
+                };
+                tracing::info!(stage, task = part.task, "starting a task");
+                let handle = job(Job::new().worker_mode())?.spawn_part(&part)?;
+                running
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(key, handle);
+            }
+            let done: Vec<(String, i32)> = running
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .filter(|(_, task)| task.is_finished())
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in done {
+                let task = running
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&key);
+                if let Some(task) = task {
+                    task.join()?;
+                    tracing::info!(task = ?key, "a task finished");
+                    finished.insert(key);
+                }
+            }
+        }
+        Ok(())
+    }
+}
