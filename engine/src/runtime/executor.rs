@@ -112,6 +112,11 @@ pub(crate) fn report_end(
                 "job finished"
             );
         }
+        // Asked for (a stop handle; worker mode moving a task): not a failure.
+        Err(e @ Error::Aborted) => {
+            metrics.failed(e, false);
+            tracing::info!("job aborted");
+        }
         Err(e) => {
             metrics.failed(e, false);
             tracing::error!(error = %e, "job failed");
