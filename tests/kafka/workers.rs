@@ -189,8 +189,11 @@ fn write_clicks(brokers: &str, topic: &str, clicks: u64) {
     produce(brokers, topic, &records);
 }
 
+/// A run's output: its rows and late clicks, sorted.
+type Output = (Vec<Row>, Vec<Click>);
+
 /// The rows and late clicks of `topics`, sorted.
-fn results(topics: &Topics) -> (Vec<Row>, Vec<Click>) {
+fn results(topics: &Topics) -> Output {
     let mut rows: Vec<Row> = consume_json(&topics.brokers, &topics.output);
     rows.sort();
     let mut late: Vec<Click> = consume_json(&topics.brokers, &topics.late);
@@ -422,7 +425,7 @@ fn wait_for_results(config: &WorkerConfig, workers: &mut [Worker], rows: usize, 
 
 /// The clicks job's one-process output, and a worker configuration over
 /// the same input with fresh output topics (worker logs kept in its dir).
-fn worker_setup(brokers: &str, clicks: u64) -> Result<((Vec<Row>, Vec<Click>), WorkerConfig)> {
+fn worker_setup(brokers: &str, clicks: u64) -> Result<(Output, WorkerConfig)> {
     let input = unique_topic("workers-in");
     write_clicks(brokers, &input, clicks);
     let one = fresh_topics(brokers, &input, "workers-one");
@@ -450,7 +453,7 @@ fn worker_setup(brokers: &str, clicks: u64) -> Result<((Vec<Row>, Vec<Click>), W
 fn finish_and_compare(
     config: &WorkerConfig,
     mut workers: Vec<Worker>,
-    (want_rows, want_late): &(Vec<Row>, Vec<Click>),
+    (want_rows, want_late): &Output,
 ) {
     wait_for_results(config, &mut workers, want_rows.len(), want_late.len());
     for worker in workers {

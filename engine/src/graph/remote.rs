@@ -364,6 +364,16 @@ pub(crate) struct DecodingSource<T> {
     pub(crate) exchange: String,
 }
 
+impl<T: Data> DecodingSource<T> {
+    fn decoding(&self, inner: Box<dyn SourceReader<RemoteRecord>>) -> Box<dyn SourceReader<T>> {
+        Box::new(DecodingReader {
+            inner,
+            codec: self.codec,
+            exchange: self.exchange.clone(),
+        })
+    }
+}
+
 impl<T: Data> Source<T> for DecodingSource<T> {
     fn name(&self) -> &str {
         &self.exchange
@@ -382,11 +392,7 @@ impl<T: Data> Source<T> for DecodingSource<T> {
         partition: usize,
         ctx: &ReaderContext,
     ) -> Result<Box<dyn SourceReader<T>>> {
-        Ok(Box::new(DecodingReader {
-            inner: self.inner.create_reader(partition, ctx)?,
-            codec: self.codec,
-            exchange: self.exchange.clone(),
-        }))
+        Ok(self.decoding(self.inner.create_reader(partition, ctx)?))
     }
 
     fn create_reader_at(
@@ -395,11 +401,7 @@ impl<T: Data> Source<T> for DecodingSource<T> {
         ctx: &ReaderContext,
         offset: &SourceOffset,
     ) -> Result<Box<dyn SourceReader<T>>> {
-        Ok(Box::new(DecodingReader {
-            inner: self.inner.create_reader_at(partition, ctx, offset)?,
-            codec: self.codec,
-            exchange: self.exchange.clone(),
-        }))
+        Ok(self.decoding(self.inner.create_reader_at(partition, ctx, offset)?))
     }
 
     fn restore_partitions(&self, offsets: &[(usize, SourceOffset)]) -> Result<()> {

@@ -260,14 +260,7 @@ impl Source<RemoteRecord> for RepartitionSource {
     }
 
     fn restore_partitions(&self, offsets: &[(usize, SourceOffset)]) -> Result<()> {
-        let inner = offsets
-            .iter()
-            .map(|(p, offset)| {
-                let (_, inner) = Upstreams::decode(&offset.0, self.upstream_tasks, &self.exchange)?;
-                Ok((*p, SourceOffset(inner.to_vec())))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.inner.restore_partitions(&inner)
+        self.inner.restore_partitions(&self.kafka_offsets(offsets)?)
     }
 
     fn notify_checkpoint_complete(
@@ -275,19 +268,28 @@ impl Source<RemoteRecord> for RepartitionSource {
         checkpoint: u64,
         offsets: &[(usize, SourceOffset)],
     ) -> Result<()> {
-        let inner = offsets
-            .iter()
-            .filter_map(|(p, offset)| {
-                Upstreams::decode(&offset.0, self.upstream_tasks, &self.exchange)
-                    .ok()
-                    .map(|(_, inner)| (*p, SourceOffset(inner.to_vec())))
-            })
-            .collect::<Vec<_>>();
-        self.inner.notify_checkpoint_complete(checkpoint, &inner)
+        self.inner
+            .notify_checkpoint_complete(checkpoint, &self.kafka_offsets(offsets)?)
     }
 
     fn notify_checkpoint_aborted(&self, checkpoint: u64) -> Result<()> {
         self.inner.notify_checkpoint_aborted(checkpoint)
+    }
+}
+
+impl RepartitionSource {
+    /// The Kafka readers' own offsets inside this source's.
+    fn kafka_offsets(
+        &self,
+        offsets: &[(usize, SourceOffset)],
+    ) -> Result<Vec<(usize, SourceOffset)>> {
+        offsets
+            .iter()
+            .map(|(p, offset)| {
+                let (_, inner) = Upstreams::decode(&offset.0, self.upstream_tasks, &self.exchange)?;
+                Ok((*p, SourceOffset(inner.to_vec())))
+            })
+            .collect()
     }
 }
 
