@@ -9,12 +9,12 @@
 //! let job = Job::new().mode(ExecutionMode::Bounded);
 //! let out = CollectSink::new();
 //! job.source(
-//!     VecSource::timestamped(vec![(1_000, ("a", 1)), (4_000, ("a", 2)), (12_000, ("a", 5))]),
+//!     VecSource::timestamped(vec![(1_000, ('a', 1)), (4_000, ('a', 2)), (12_000, ('a', 5))]),
 //!     WatermarkStrategy::monotonous(),
 //! )
-//! .key_by(|(k, _)| k.to_string())
+//! .key_by(|(k, _)| *k)
 //! .window(Tumbling::of(Duration::from_secs(10)))
-//! .aggregate((Count, Sum::of(|(_, v): &(&str, i64)| *v)))
+//! .aggregate((Count, Sum::of(|(_, v): &(char, i64)| *v)))
 //! .sink(out.clone());
 //! job.run()?;
 //! let rows: Vec<_> = out.values().into_iter().map(|r| (r.window.start, r.value)).collect();
