@@ -181,6 +181,22 @@ impl Graph {
                 "repartition topics need at least one partition",
             ));
         }
+        // A keyed edge inside a stage (a union of a stream with its own
+        // keyed exchange) would need the stage's other tasks.
+        let stage_of = self.node_stages();
+        for (node, info) in self.nodes.iter().enumerate() {
+            if info
+                .inputs
+                .iter()
+                .any(|e| e.kind == EdgeKind::Keyed && stage_of[e.from] == stage_of[node])
+            {
+                return Err(Error::config(
+                    format!("operator '{}'", self.exchange_uid(node)),
+                    "worker mode cannot run a keyed exchange whose output joins its own \
+                     stage again (a union with its input): key the union instead",
+                ));
+            }
+        }
         // Nodes are created after their inputs, so one pass in order
         // knows every input's parallelism.
         let mut parallelism: Vec<usize> = Vec::with_capacity(self.nodes.len());

@@ -29,14 +29,16 @@
 //! operators and sinks (a job graph is not `Send`, and sinks keep
 //! per-run state such as transaction lineages).
 //!
-//! There is no coordinator process and no shared file system: Kafka's group
-//! protocol assigns the work, internal topics carry keyed data, watermarks
-//! and state, and Kafka transactions make each step atomic.
+//! There is no coordinator process: Kafka's group protocol assigns the
+//! work, internal topics carry keyed data and watermarks, and Kafka
+//! transactions make each step atomic. Checkpoints, for now, need a
+//! directory every worker reaches (see "Exactly once").
 //!
 //! # Stages and tasks
 //! The job graph is cut at every keyed exchange (`key_by`) into **stages**:
-//! the runtime's nodes joined by forward and rebalance edges, which stay
-//! inside a worker, on the existing threads and channels. (A broadcast
+//! the runtime's nodes joined by forward edges, which stay inside a
+//! worker, on the existing threads and channels (worker mode refuses
+//! rebalance edges for now). (A broadcast
 //! edge must reach every task, so it cannot stay local: it goes through a
 //! topic that every downstream task reads whole, outside the group's
 //! assignment; not designed in detail yet.) A **task** is
@@ -92,13 +94,14 @@
 //!   robustness work, `key_group_of_hash`) mapped to a partition as key
 //!   groups map to subtasks today. Every worker routes a key the same
 //!   way, and a downstream task's state is exactly some key groups;
-//! - Kafka key: the key's bytes (postcard); value: the record's bytes;
+//! - Kafka key: the key group (2 bytes); value: the record's bytes;
 //! - headers: `tl-ts` (event time), `tl-lw` (the record's lateness
 //!   watermark, the partition-local rule), `tl-from` (upstream task).
 //!
 //! # Event time across workers
 //! Each upstream task writes its watermark as a **control record**
-//! (header `tl-ctl`, value `(task, watermark)`, or `(task, idle)`) to every
+//! (headers `tl-ctl`, `tl-from` and `tl-ts`; only watermarks are written
+//! today, idleness is not built) to every
 //! partition of the repartition topic, in the same transaction as its data
 //! and after it. A downstream task keeps, per upstream task, the last
 //! watermark it read (`-inf` before the first, so nothing fires before

@@ -197,6 +197,16 @@ impl KafkaWorkers {
         let layout = probe.stage_layout();
         let tasks = probe.stage_tasks(self.partitions)?;
         let key_groups = probe.config().key_groups;
+        if probe.config().checkpointing.is_none() {
+            // Exchanges commit with checkpoints: without them nothing would
+            // ever reach a downstream task, and a moved task would restart
+            // from nothing.
+            return Err(Error::config(
+                "workers.checkpointing",
+                "worker mode needs checkpoints: call job.checkpointing(interval, dir) in \
+                 the job code, with a directory every worker reaches",
+            ));
+        }
         drop(probe);
         let topics = InternalTopics::new(
             self.settings.brokers.clone(),
