@@ -11,7 +11,7 @@ use crate::config::ExecutionMode;
 use crate::error::{Error, Result};
 use crate::graph::context::{BuildCtx, EdgeLayout, NodeLayout};
 use crate::graph::port::{Port, SideRegistry};
-use crate::graph::remote::{DecodingSource, PartPlan, RecordCodec, RemoteRecord, RemoteWriter};
+use crate::graph::remote::{DecodingSource, PartPlan, RecordCodec, RemoteWriter};
 use crate::graph::{EdgeKind, Graph, NodeId, OpId, OpKind};
 use crate::metrics::{
     EdgeKind as GraphEdgeKind, GraphEdge, GraphOperator, JobGraph, OpCounters, OperatorKind,
@@ -145,7 +145,9 @@ fn remote_writer<T: Data>(
     let sink = plan.part.exchange.writer(&edge)?;
     let exchange_op = plan.exchange_op[to]
         .ok_or_else(|| Error::Internal(format!("keyed node {to} without an exchange operator")))?;
-    remote_sink_push(ctx, exchange_op, sink).map(|sink| {
+    // Its counters are its own: the exchange operator's are sized for the
+    // downstream stage.
+    open_sink_push(ctx, exchange_op, sink, Arc::default()).map(|sink| {
         Box::new(RemoteWriter {
             codec,
             hash,
@@ -157,14 +159,14 @@ fn remote_writer<T: Data>(
     })
 }
 
-/// The exchange's sink, opened as this subtask's, its committer registered
-/// under the exchange operator `op`'s uid. (Its counters are its own: the
-/// exchange operator's are sized for the downstream stage.)
-fn remote_sink_push(
+/// `sink`, opened as this subtask's, its committer registered under
+/// operator `op`'s uid: what every sink of a chain is built as.
+pub(crate) fn open_sink_push<T: Data, S: crate::sink::Sink<T>>(
     ctx: &mut BuildCtx<'_>,
     op: OpId,
-    mut sink: Box<dyn crate::sink::Sink<RemoteRecord>>,
-) -> Result<SinkPush<Box<dyn crate::sink::Sink<RemoteRecord>>>> {
+    mut sink: S,
+    counters: Arc<OpCounters>,
+) -> Result<SinkPush<S>> {
     let info = ctx.subtask_info();
     let name = ctx.op_name(op);
     let uid = ctx.op_uid(op);
@@ -178,7 +180,7 @@ fn remote_sink_push(
         name,
         uid,
         sink,
-        Arc::default(),
+        counters,
         ctx.subtask,
         commit_at_end,
     ))

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tideline_state::key_group::key_hash;
 
 use crate::error::Result;
-use crate::graph::build::{exchange_writer, InputFactory};
+use crate::graph::build::{exchange_writer, open_sink_push, InputFactory};
 use crate::graph::port::{AnyPort, Port, SideRegistry};
 use crate::graph::remote::RecordCodec;
 use crate::graph::{Edge, EdgeKind, Graph, Node, NodeId, OpId, OpKind};
@@ -17,7 +17,7 @@ use crate::operator::{DeadLetter, Operator, OperatorContext, OperatorPush, Outpu
 use crate::record::Data;
 use crate::runtime::exchange::KeyHashFn;
 use crate::runtime::push::BoxPush;
-use crate::sink::{Sink, SinkPush, SubtaskInfo};
+use crate::sink::{Sink, SubtaskInfo};
 
 /// A stream of records of type `T`: the output of a source or an operator.
 ///
@@ -305,24 +305,9 @@ impl<T: Data> Stream<T> {
             .add_op(name, self.node, OpKind::Sink);
         self.graph.borrow_mut().ops[op].inputs = vec![(self.op, None)];
         self.port.add(Box::new(move |ctx| {
-            let info = ctx.subtask_info();
-            let name = ctx.op_name(op);
-            let uid = ctx.op_uid(op);
-            let mut sink = factory(info).map_err(|e| e.in_operator(&name))?;
-            sink.open(info).map_err(|e| e.in_operator(&name))?;
-            let committer = sink.committer();
-            if let Some(c) = &committer {
-                ctx.register_committer(&uid, c);
-            }
-            let commit_at_end = committer.filter(|_| ctx.coordinator.is_none());
-            Ok(Box::new(SinkPush::new(
-                name,
-                uid,
-                sink,
-                ctx.op_counters(op),
-                ctx.subtask,
-                commit_at_end,
-            )) as BoxPush<T>)
+            let sink = factory(ctx.subtask_info()).map_err(|e| e.in_operator(&ctx.op_name(op)))?;
+            let counters = ctx.op_counters(op);
+            Ok(Box::new(open_sink_push(ctx, op, sink, counters)?) as BoxPush<T>)
         }));
         SinkHandle {
             graph: Rc::clone(&self.graph),
