@@ -15,85 +15,19 @@
 //! and `cargo test`, use 100 k). Without a broker it says so and does
 //! nothing, unless `CI` is set: then it fails.
 
+#[path = "common/kafka.rs"]
+mod kafka_common;
+
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use tideline::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use tideline::kafka::rdkafka::client::DefaultClientContext;
+use kafka_common::{admin, create_topic, fail, quick, reachable_brokers, write_input, Click, Row};
+use tideline::kafka::rdkafka::admin::AdminOptions;
 use tideline::kafka::rdkafka::config::ClientConfig;
 use tideline::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use tideline::kafka::rdkafka::error::KafkaError;
-use tideline::kafka::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tideline::kafka::rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tideline::kafka::{Bound, KafkaSink, KafkaSource};
 use tideline::prelude::*;
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Click {
-    user: u32,
-    ts: i64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Row {
-    user: u32,
-    start: i64,
-    count: u64,
-}
-
-fn fail(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::external("Kafka", what, e.to_string())
-}
-
-fn create_topic(
-    admin: &AdminClient<DefaultClientContext>,
-    topic: &str,
-    partitions: i32,
-) -> Result<()> {
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    for r in futures_executor::block_on(admin.create_topics([&new], &AdminOptions::new()))
-        .map_err(|e| fail("create topic", e))?
-    {
-        r.map_err(|(t, e)| fail(&format!("create topic {t}"), e))?;
-    }
-    // Metadata propagates to the broker's cache before the topic is usable.
-    std::thread::sleep(Duration::from_millis(500));
-    Ok(())
-}
-
-fn write_input(brokers: &str, topic: &str, records: u64) -> Result<()> {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .create()
-        .map_err(|e| fail("producer", e))?;
-    for i in 0..records {
-        // 20 clicks per ms: a 1 s window holds 20 per user.
-        let value = format!(
-            "{{\"user\":{},\"ts\":{}}}",
-            i * 7 % 1000,
-            1_000_000 + i as i64 / 20
-        );
-        let key = (i % 1000).to_string();
-        let mut record = BaseRecord::to(topic)
-            .partition((i % 2) as i32)
-            .key(&key)
-            .payload(&value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    producer.poll(Duration::from_millis(5));
-                    record = back;
-                }
-            }
-        }
-    }
-    producer
-        .flush(Duration::from_secs(120))
-        .map_err(|e| fail("flush", e))
-}
 
 /// Records per second of a bare consumer reading `topic` to its end.
 fn raw_consume(brokers: &str, topic: &str, records: u64) -> Result<f64> {
@@ -182,34 +116,15 @@ fn pipeline(
 }
 
 fn main() -> Result<()> {
-    // `cargo bench` passes `--bench`; without it (`cargo test`) runs are small.
-    let quick = std::env::args().all(|a| a != "--bench")
-        || std::env::args().any(|a| a == "--quick" || a == "--test");
-    let records: u64 = if quick { 100_000 } else { 6_000_000 };
-    let brokers =
-        std::env::var("TIDELINE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
-    let reachable = brokers
-        .split(',')
-        .filter_map(|b| b.parse().ok())
-        .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
-    if !reachable {
-        if std::env::var_os("CI").is_some() {
-            return Err(fail(
-                "reach the broker",
-                format!("CI is set but nothing answers at {brokers}"),
-            ));
-        }
-        println!("kafka bench: no broker at {brokers} (scripts/kafka.sh start); nothing measured");
+    let records: u64 = if quick() { 100_000 } else { 6_000_000 };
+    let Some(brokers) = reachable_brokers("kafka")? else {
         return Ok(());
-    }
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .map_err(|e| fail("admin", e))?;
+    };
+    let admin = admin(&brokers)?;
     let run = std::process::id();
     let input = format!("bench-in-{run}");
     create_topic(&admin, &input, 2)?;
-    write_input(&brokers, &input, records)?;
+    write_input(&brokers, &input, records, 2)?;
     println!(
         "kafka bench: {records} JSON clicks in 2 partitions, events/s (input records per second)"
     );

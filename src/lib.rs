@@ -68,14 +68,14 @@ pub use tideline_engine as engine;
 #[cfg(feature = "rocksdb")]
 pub use tideline_engine::RocksDbOptions;
 pub use tideline_engine::{
-    metrics, time, AbortedCheckpoint, CheckpointConfig, CheckpointStats, Committer, Data,
-    DeadLetter, Error, ErrorDomain, EventTime, ExecutionMode, FailurePolicy, Job, JobConfig,
-    JobHandle, JobPart, JobSummary, KeyedInput, KeyedStream, LocalRun, Operator, OperatorContext,
-    OperatorSummary, Output, OutputTag, PartitionProgress, ReaderContext, Record, Rejected,
-    RemoteEdge, RemoteExchange, RemoteRecord, RestartStrategy, RestoreContext, RestoreFrom, Result,
-    Sink, SinkHandle, SnapshotWriter, Source, SourceOffset, SourceOutput, SourceReader,
-    SourceStatus, Stage, StageLayout, StateBackend, StateSize, StopHandle, Stream, SubtaskInfo,
-    Watermark,
+    metrics, time, AbortedCheckpoint, CheckpointConfig, CheckpointStats, CheckpointStore,
+    Committer, Data, DeadLetter, Error, ErrorDomain, EventTime, ExecutionMode, FailurePolicy, Job,
+    JobConfig, JobHandle, JobPart, JobSummary, KeyedInput, KeyedStream, LocalDirectory, LocalRun,
+    Operator, OperatorContext, OperatorSummary, Output, OutputTag, PartitionProgress,
+    ReaderContext, Record, Rejected, RemoteEdge, RemoteExchange, RemoteRecord, RestartStrategy,
+    RestoreContext, RestoreFrom, Result, Sink, SinkHandle, SnapshotWriter, Source, SourceOffset,
+    SourceOutput, SourceReader, SourceStatus, Stage, StageLayout, StateBackend, StateSize,
+    StopHandle, Stream, SubtaskInfo, TaskCheckpointStores, Watermark,
 };
 #[cfg(feature = "kafka")]
 pub use tideline_kafka as kafka;

@@ -34,14 +34,14 @@ mod source;
 pub mod time;
 
 pub use checkpoint::{
-    AbortedCheckpoint, CheckpointConfig, CheckpointStats, RestoreContext, RestoreFrom,
-    SnapshotWriter,
+    AbortedCheckpoint, CheckpointConfig, CheckpointStats, CheckpointStore, FileSum, LocalDirectory,
+    RestoreContext, RestoreFrom, SnapshotWriter,
 };
 pub use config::{ExecutionMode, FailurePolicy, JobConfig, RestartStrategy};
 pub use error::{BoxError, Error, ErrorDomain, Result};
 pub use graph::{
     Job, JobPart, KeySelector, KeyedInput, KeyedStream, RemoteEdge, RemoteExchange, RemoteRecord,
-    SinkHandle, Stage, StageLayout, Stream,
+    SinkHandle, Stage, StageLayout, Stream, TaskCheckpointStores,
 };
 pub use operator::{DeadLetter, Operator, OperatorContext, Output, OutputTag, StateSize};
 pub use record::{Data, Record};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tideline::engine::checkpoint::CheckpointStorage;
 use tideline::prelude::*;
 use tideline::RestoreFrom;
+use tideline::{CheckpointStore, LocalDirectory};
 
 use super::{committed, drive, tempdir, windowed_job, Backend};
 
@@ -76,6 +77,41 @@ fn largest_file(dir: &Path) -> Option<PathBuf> {
         }
     }
     best.map(|(_, p)| p)
+}
+
+/// Checkpoints in a store of their own (`Job::checkpoint_store`): the
+/// checkpoint directory only stages files, and a run dropped mid-way
+/// resumes from the store to the uninterrupted run's output.
+#[test]
+fn checkpoints_in_a_store_of_their_own_restore_to_the_uninterrupted_output() -> Result<()> {
+    for backend in super::backends() {
+        let reference = tempdir()?;
+        let fresh = Arc::new(ManualClock::new(0));
+        let job = windowed_job(reference.path(), &fresh, 6_000, 2, 2, backend, false)?;
+        drive(job, &fresh, None)?;
+
+        let (dir, elsewhere) = (tempdir()?, tempdir()?);
+        let store: Arc<dyn CheckpointStore> = Arc::new(LocalDirectory::new(elsewhere.path())?);
+        let clock = Arc::new(ManualClock::new(0));
+        let job = |store: &Arc<dyn CheckpointStore>| -> Result<Job> {
+            Ok(
+                windowed_job(dir.path(), &clock, 6_000, 2, 2, backend, true)?
+                    .checkpoint_store(Arc::clone(store)),
+            )
+        };
+        assert!(drive(job(&store)?, &clock, Some(25))?.is_none());
+        let in_store = CheckpointStorage::new(elsewhere.path())?.complete_ids()?;
+        assert!(in_store.len() >= 2, "{in_store:?}");
+        // The staging directory holds no checkpoint.
+        assert!(CheckpointStorage::new(dir.path().join("chk"))?
+            .complete_ids()?
+            .is_empty());
+        let summary =
+            drive(job(&store)?, &clock, None)?.ok_or_else(|| Error::user("unfinished"))?;
+        assert_eq!(summary.restored_from, Some(in_store[0]));
+        assert_eq!(committed(dir.path())?, committed(reference.path())?);
+    }
+    Ok(())
 }
 
 #[test]

@@ -7,6 +7,7 @@
 // the step that failed.
 #![allow(clippy::expect_used)]
 
+mod checkpoint_store;
 mod discovery;
 mod exactly_once;
 mod live_and_replay;
@@ -86,7 +87,11 @@ pub(crate) fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     for r in results {
         r.expect("topic created");
     }
-    // Wait until the topic's partitions have leaders (metadata shows them).
+    wait_for_partitions(brokers, topic, partitions);
+}
+
+/// Waits until `topic`'s metadata shows `partitions` partitions, all led.
+fn wait_for_partitions(brokers: &str, topic: &str, partitions: i32) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -119,6 +124,11 @@ pub(crate) fn add_partitions(brokers: &str, topic: &str, total: usize) {
     {
         r.expect("partitions added");
     }
+    wait_for_partitions(
+        brokers,
+        topic,
+        i32::try_from(total).expect("a partition count"),
+    );
 }
 
 /// A click: the tests' input records.

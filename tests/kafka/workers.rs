@@ -171,6 +171,11 @@ fn clicks_job(job: Job, topics: &Topics, throttle: bool) -> Result<Job> {
 /// bound, and every 101st click 2.5 s behind (late for its window).
 fn write_clicks(brokers: &str, topic: &str, clicks: u64) {
     create_topic(brokers, topic, 6);
+    produce_clicks(brokers, topic, clicks);
+}
+
+/// The clicks of [`write_clicks`] into `topic`, which has 6 partitions.
+fn produce_clicks(brokers: &str, topic: &str, clicks: u64) {
     let records: Vec<Produce> = (0..clicks)
         .map(|i| {
             let behind = if i % 101 == 100 {
@@ -244,6 +249,8 @@ fn run_as_tasks(topics: &Topics, app: &str, partitions: usize, dir: &Path) -> Re
                 task,
                 repartition_partitions: partitions,
                 exchange: Arc::clone(&exchange) as Arc<dyn tideline::RemoteExchange>,
+                checkpoint_stores: None,
+                stage_tasks: None,
             })?);
         }
     }
@@ -379,7 +386,9 @@ fn worker_process() -> Result<()> {
         }
         handle.leave();
     });
-    let dir = Path::new(&config.dir).join("chk");
+    // A directory of this process's own: checkpoints are in Kafka, so a
+    // task restores on a worker that never saw its files.
+    let dir = Path::new(&config.dir).join(format!("chk-{}", std::process::id()));
     workers.run(|job| {
         clicks_job(
             job.mode(ExecutionMode::Bounded)
@@ -428,6 +437,12 @@ fn wait_for_results(config: &WorkerConfig, workers: &mut [Worker], rows: usize, 
 fn worker_setup(brokers: &str, clicks: u64) -> Result<(Output, WorkerConfig)> {
     let input = unique_topic("workers-in");
     write_clicks(brokers, &input, clicks);
+    worker_setup_on(brokers, &input)
+}
+
+/// [`worker_setup`] over the clicks already in `input`.
+fn worker_setup_on(brokers: &str, input: &str) -> Result<(Output, WorkerConfig)> {
+    let input = input.to_string();
     let one = fresh_topics(brokers, &input, "workers-one");
     clicks_job(
         Job::new().parallelism(2).mode(ExecutionMode::Bounded),
@@ -539,5 +554,40 @@ fn a_rolling_restart_of_every_worker_loses_and_doubles_nothing() -> Result<()> {
         workers.push(config.spawn(n));
     }
     finish_and_compare(&config, workers, &want);
+    Ok(())
+}
+
+/// An application that started when its input had 3 partitions (its task
+/// topics say so) meets an input of 6: its workers are not refused, each
+/// of its 3 source tasks reads 2 partitions, and the output is the
+/// one-process run's over all 6.
+#[test]
+fn partitions_added_to_the_input_are_read_by_the_tasks_the_application_has() -> Result<()> {
+    let Some(brokers) = brokers() else {
+        return Ok(());
+    };
+    let input = unique_topic("grown-in");
+    create_topic(&brokers, &input, 3);
+    super::add_partitions(&brokers, &input, 6);
+    produce_clicks(&brokers, &input, 12_000);
+    let (want, config) = worker_setup_on(&brokers, &input)?;
+    // The application's task topics, as made when the input had 3.
+    let topics = InternalTopics::new(&brokers, &config.app, 3);
+    let made = topics.ensure_task_topics(&[3, 3])?;
+    assert_eq!(made.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [3, 3]);
+    // Asked for 6 now, it keeps 3.
+    assert_eq!(topics.ensure_task_topics(&[6, 3])?, made);
+    let workers: Vec<Worker> = (0..2).map(|n| config.spawn(n)).collect();
+    finish_and_compare(&config, workers, &want);
+    let started: Vec<String> = (0..2)
+        .flat_map(|n| started_tasks(&config, n))
+        .map(|(task, _)| task)
+        .collect();
+    assert!(
+        started
+            .iter()
+            .all(|t| !t.starts_with("stage=0 task=") || !t.ends_with(['3', '4', '5'])),
+        "only 3 source tasks: {started:?}"
+    );
     Ok(())
 }

@@ -41,6 +41,7 @@ pub mod storage;
 pub mod store;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use snapshot::{RestoreContext, SnapshotFile, SnapshotWriter};
@@ -48,19 +49,44 @@ pub use storage::{CheckpointStorage, CompletedCheckpoint, FileSum, SkippedCheckp
 pub use store::{CheckpointStore, LocalDirectory};
 
 /// How a job takes checkpoints.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct CheckpointConfig {
     /// Time (of the job's clock) between the end of one checkpoint and the
     /// start of the next.
     pub interval: Duration,
-    /// Where checkpoints are written.
+    /// Where checkpoints are written; with a [`store`](Self::store), only
+    /// where tasks stage their files (a local directory).
     pub dir: PathBuf,
+    /// Where checkpoint files are kept when not in `dir` itself (see
+    /// [`Job::checkpoint_store`](crate::Job::checkpoint_store)).
+    pub store: Option<Arc<dyn CheckpointStore>>,
     /// How many complete checkpoints are kept (the newest ones).
     pub retain: usize,
     /// How long (of the job's clock) a task may align one checkpoint's
     /// barriers before it gives that checkpoint up (`None`: it waits as long
     /// as it takes).
     pub alignment_timeout: Option<Duration>,
+}
+
+impl CheckpointConfig {
+    /// The job's checkpoints: in its store, staged in `dir`; or in `dir`.
+    ///
+    /// # Errors
+    /// When the directory cannot be created.
+    pub fn storage(&self) -> crate::Result<CheckpointStorage> {
+        match &self.store {
+            Some(store) => CheckpointStorage::with_store(Arc::clone(store), &self.dir),
+            None => CheckpointStorage::new(&self.dir),
+        }
+    }
+
+    /// Where the checkpoints are, for messages.
+    pub(crate) fn location(&self) -> String {
+        match &self.store {
+            Some(store) => store.location(),
+            None => self.dir.display().to_string(),
+        }
+    }
 }
 
 /// Which checkpoint a job restarts from.

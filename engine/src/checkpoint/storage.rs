@@ -494,10 +494,7 @@ impl CheckpointStorage {
 
     /// Deletes every key under `prefix`.
     fn delete_prefix(&self, prefix: &str) -> Result<()> {
-        self.store
-            .list(prefix)?
-            .iter()
-            .try_for_each(|key| self.store.delete(key))
+        self.store.delete_all(&self.store.list(prefix)?)
     }
 
     /// Removes the files of checkpoints that never completed (a run stopped
@@ -524,9 +521,10 @@ impl CheckpointStorage {
         let complete = self.complete_of(&ids)?;
         let kept: Vec<u64> = complete.iter().copied().take(retain.max(1)).collect();
         let oldest_kept = kept.last().copied().unwrap_or(0);
+        let mut doomed = Vec::new();
         for id in ids {
             if id < oldest_kept || (complete.contains(&id) && !kept.contains(&id)) {
-                self.delete_prefix(&format!("{}/", checkpoint_dir_name(id)))?;
+                doomed.extend(self.store.list(&format!("{}/", checkpoint_dir_name(id)))?);
             }
         }
         let mut referenced = BTreeSet::new();
@@ -543,12 +541,9 @@ impl CheckpointStorage {
                 .into_iter()
                 .filter(|k| !k.starts_with(&own)),
         );
-        for key in candidates {
-            if !referenced.contains(&key) {
-                self.store.delete(&key)?;
-            }
-        }
-        Ok(())
+        doomed.extend(candidates.filter(|key| !referenced.contains(key)));
+        // One call: a store where each is a round trip (Kafka) does it in one.
+        self.store.delete_all(&doomed)
     }
 
     /// Copies the complete checkpoint `metadata` describes into the local

@@ -81,6 +81,15 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// When it cannot be removed.
     fn delete(&self, key: &str) -> Result<()>;
+
+    /// Removes every key of `keys`: pruning's call, so a store where each
+    /// call is a round trip can do it in one.
+    ///
+    /// # Errors
+    /// When one cannot be removed (some others may be).
+    fn delete_all(&self, keys: &[String]) -> Result<()> {
+        keys.iter().try_for_each(|key| self.delete(key))
+    }
 }
 
 /// A [`CheckpointStore`] in a local directory; also the staging directory

@@ -372,7 +372,7 @@ impl Graph {
                         "RestoreFrom::Latest needs a checkpoint directory: call job.checkpointing(...) first",
                     ));
                 };
-                let storage = CheckpointStorage::new(&cp.dir)?;
+                let storage = cp.storage()?;
                 let (latest, skipped) = storage.latest()?;
                 if latest.is_none() && !skipped.is_empty() {
                     let reasons: Vec<String> = skipped
@@ -380,7 +380,7 @@ impl Graph {
                         .map(|s| format!("checkpoint {}: {}", s.id, s.reason))
                         .collect();
                     return Err(Error::Checkpoint {
-                        path: cp.dir.display().to_string(),
+                        path: cp.location(),
                         reason: format!(
                             "no checkpoint verifies, refusing to start over: {}",
                             reasons.join("; ")
@@ -594,7 +594,7 @@ impl Graph {
         };
         let coordinator = match &self.config.checkpointing {
             Some(cp) => Some(Coordinator::start(
-                CheckpointStorage::new(&cp.dir)?,
+                cp.storage()?,
                 cp.retain,
                 cp.interval,
                 Arc::clone(&self.config.clock),

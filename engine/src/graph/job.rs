@@ -137,9 +137,23 @@ impl Job {
             c.checkpointing = Some(CheckpointConfig {
                 interval,
                 dir,
+                store: None,
                 retain: 3,
                 alignment_timeout: None,
             })
+        })
+    }
+
+    /// Keeps checkpoint files in `store` (an object store, a Kafka topic)
+    /// instead of the directory given to [`Job::checkpointing`], which then
+    /// only stages them: tasks write snapshots there (RocksDB needs local
+    /// files) and restores lay them out there. Call it after
+    /// `checkpointing`.
+    pub fn checkpoint_store(self, store: Arc<dyn crate::CheckpointStore>) -> Self {
+        self.configure(|c| {
+            if let Some(cp) = &mut c.checkpointing {
+                cp.store = Some(store);
+            }
         })
     }
 
@@ -316,7 +330,9 @@ impl Job {
     /// A graph worker mode cannot split (a rebalance or broadcast edge, a
     /// union of inputs with different partition counts), or no partitions.
     pub fn stage_tasks(&self, repartition_partitions: usize) -> Result<Vec<usize>> {
-        self.graph.borrow().stage_tasks(repartition_partitions)
+        self.graph
+            .borrow()
+            .stage_tasks(repartition_partitions, None)
     }
 
     /// Starts one task of the job on its own threads: worker mode's unit
@@ -325,8 +341,9 @@ impl Job {
     /// `part.stage` are built, and of those only subtask `part.task`; keyed
     /// exchanges to and from other stages go through `part.exchange`.
     /// With checkpointing, the task checkpoints into
-    /// `<dir>/stage-<s>-task-<t>` and resumes from its latest checkpoint
-    /// there. The job stays as it was, so any number of its tasks can be
+    /// `<dir>/stage-<s>-task-<t>` (or into the store
+    /// `part.checkpoint_stores` opens for it, staged there) and resumes
+    /// from its latest checkpoint there. The job stays as it was, so any number of its tasks can be
     /// started, one after another; each has its own stop handle and
     /// metrics.
     ///
@@ -340,6 +357,9 @@ impl Job {
         let mut config = graph.config.clone();
         if let Some(cp) = &mut config.checkpointing {
             cp.dir = crate::graph::remote::part_checkpoint_dir(&cp.dir, part);
+            if let Some(stores) = &part.checkpoint_stores {
+                cp.store = Some(stores.open(part.stage, part.task, &cp.dir)?);
+            }
             config.restore = Some(RestoreFrom::Latest);
         }
         let capacity = config.channel_capacity;
@@ -419,10 +439,7 @@ fn restart_from(config: &crate::JobConfig) -> Result<RestoreFrom> {
         }
         _ => None,
     };
-    let newest = crate::checkpoint::CheckpointStorage::new(&cp.dir)?
-        .complete_ids()?
-        .first()
-        .copied();
+    let newest = cp.storage()?.complete_ids()?.first().copied();
     Ok(match started_from {
         Some((path, id)) if newest.is_none_or(|n| n < id) => RestoreFrom::Path(path.clone()),
         _ => RestoreFrom::Latest,

@@ -16,7 +16,7 @@ pub(crate) mod stages;
 mod stream;
 
 pub use job::Job;
-pub use remote::{JobPart, RemoteEdge, RemoteExchange, RemoteRecord};
+pub use remote::{JobPart, RemoteEdge, RemoteExchange, RemoteRecord, TaskCheckpointStores};
 pub use stages::{KeyedInput, Stage, StageLayout};
 pub use stream::{KeySelector, KeyedStream, SinkHandle, Stream};
 

@@ -99,6 +99,25 @@ pub trait RemoteExchange: Send + Sync + fmt::Debug + 'static {
     fn reader(&self, edge: &RemoteEdge) -> Result<Arc<dyn Source<RemoteRecord>>>;
 }
 
+/// Where the tasks of worker mode keep their checkpoints, when not in the
+/// job's checkpoint directory (which then stages them): a store per task,
+/// opened when the task starts, on whichever worker runs it.
+pub trait TaskCheckpointStores: Send + Sync + fmt::Debug + 'static {
+    /// The store of task `task` of stage `stage`, whose local staging
+    /// directory is `staging`. Opening it may fence an earlier owner of
+    /// the task (a store that can, should): from then on only this one
+    /// completes the task's checkpoints.
+    ///
+    /// # Errors
+    /// When the store cannot be reached or opened.
+    fn open(
+        &self,
+        stage: usize,
+        task: usize,
+        staging: &std::path::Path,
+    ) -> Result<Arc<dyn crate::CheckpointStore>>;
+}
+
 /// Which task of the job to run (see [`Job::spawn_part`](crate::Job::spawn_part)).
 #[derive(Clone, Debug)]
 pub struct JobPart {
@@ -111,6 +130,17 @@ pub struct JobPart {
     pub repartition_partitions: usize,
     /// What carries the keyed exchanges between stages.
     pub exchange: Arc<dyn RemoteExchange>,
+    /// Where the task's checkpoints are kept (`None`: in
+    /// `<checkpoint dir>/stage-<s>-task-<t>`).
+    pub checkpoint_stores: Option<Arc<dyn TaskCheckpointStores>>,
+    /// The task count of every stage as the application runs it, when a
+    /// source stage's topics may have gained partitions since it started
+    /// (`None`: the sources' partition counts now). A source stage keeps
+    /// its count `n`, and its task `t` reads partitions `t, t + n, …`, as
+    /// subtask `t` of a one-process job at parallelism `n` does: a task's
+    /// state, transactional ids and the exchanges' upstream counts stay
+    /// the same, so running tasks are never renumbered.
+    pub stage_tasks: Option<Vec<usize>>,
 }
 
 /// How a record type crosses workers: postcard both ways (captured where
@@ -174,7 +204,14 @@ impl Graph {
     /// Per node, its parallelism in worker mode: a source's partition
     /// count, `repartition_partitions` behind a keyed exchange, its input's
     /// behind a forward edge; refusing a graph worker mode cannot split.
-    fn worker_parallelism(&self, repartition_partitions: usize) -> Result<Vec<usize>> {
+    ///
+    /// A source node runs with its stage's count from `source_tasks` when
+    /// given (see [`JobPart::stage_tasks`]), else with its partition count.
+    fn worker_parallelism(
+        &self,
+        repartition_partitions: usize,
+        source_tasks: Option<&[usize]>,
+    ) -> Result<Vec<usize>> {
         if repartition_partitions == 0 {
             return Err(Error::config(
                 "workers.partitions",
@@ -202,7 +239,9 @@ impl Graph {
         let mut parallelism: Vec<usize> = Vec::with_capacity(self.nodes.len());
         for (node, info) in self.nodes.iter().enumerate() {
             let p = match &info.source {
-                Some(source) => source.partitions,
+                Some(source) => source_tasks
+                    .and_then(|tasks| tasks.get(stage_of[node]).copied())
+                    .unwrap_or(source.partitions),
                 None => {
                     let name = self.exchange_uid(node);
                     let mut p = None;
@@ -238,8 +277,12 @@ impl Graph {
 
     /// Per stage, its task count in worker mode (see
     /// [`Job::stage_tasks`](crate::Job::stage_tasks)).
-    pub(crate) fn stage_tasks(&self, repartition_partitions: usize) -> Result<Vec<usize>> {
-        let parallelism = self.worker_parallelism(repartition_partitions)?;
+    pub(crate) fn stage_tasks(
+        &self,
+        repartition_partitions: usize,
+        source_tasks: Option<&[usize]>,
+    ) -> Result<Vec<usize>> {
+        let parallelism = self.worker_parallelism(repartition_partitions, source_tasks)?;
         let stage_of = self.node_stages();
         let mut tasks = vec![0; stage_of.iter().max().map_or(0, |m| m + 1)];
         for (node, &stage) in stage_of.iter().enumerate() {
@@ -250,8 +293,9 @@ impl Graph {
 
     /// Plans the run of `part`, refusing a graph worker mode cannot split.
     pub(crate) fn part_plan(&self, part: &JobPart) -> Result<PartPlan> {
-        let parallelism = self.worker_parallelism(part.repartition_partitions)?;
-        let tasks = self.stage_tasks(part.repartition_partitions)?;
+        let fixed = part.stage_tasks.as_deref();
+        let parallelism = self.worker_parallelism(part.repartition_partitions, fixed)?;
+        let tasks = self.stage_tasks(part.repartition_partitions, fixed)?;
         let Some(&count) = tasks.get(part.stage) else {
             return Err(Error::config(
                 "workers.part",

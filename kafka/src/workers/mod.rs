@@ -4,11 +4,12 @@
 //! tasks the group assigns to a worker, [`KafkaExchange`] carries keyed
 //! exchanges through repartition topics exactly once, [`InternalTopics`]
 //! makes and checks the application's topics. Where the built design
-//! differs from the first one below, the section says so and why. Not
-//! built yet: checkpoints in Kafka (they need a directory every worker
-//! reaches), standby replicas, idleness across workers, rebalance and
-//! broadcast edges across workers, and growing a stage when its source
-//! topic gains partitions.
+//! differs from the first one below, the section says so and why.
+//! Checkpoints are kept in Kafka ([`KafkaTaskStores`]), so no worker needs
+//! a directory another one reaches. A source topic that gains partitions
+//! is read by the tasks the application has (see "Stages and tasks").
+//! Not built yet: standby replicas, idleness across workers, rebalance
+//! and broadcast edges across workers, and more tasks for a grown source.
 //!
 //! # What a user does
 //! The job code is the one-process job. One builder call switches it to
@@ -31,8 +32,8 @@
 //!
 //! There is no coordinator process: Kafka's group protocol assigns the
 //! work, internal topics carry keyed data and watermarks, and Kafka
-//! transactions make each step atomic. Checkpoints, for now, need a
-//! directory every worker reaches (see "Exactly once").
+//! transactions make each step atomic. Each task's checkpoints are in a
+//! compacted partition of their own (see "Exactly once").
 //!
 //! # Stages and tasks
 //! The job graph is cut at every keyed exchange (`key_by`) into **stages**:
@@ -50,6 +51,20 @@
 //!   topic** `<application-id>-<uid>-repartition` (`uid` the keyed
 //!   exchange's), with a configured partition count (default: the largest
 //!   source partition count).
+//!
+//! **A source topic that gains partitions** (built): a source stage keeps
+//! the task count its task topic was made with, `n`, and task `t` reads
+//! partitions `t, t + n, …`, as subtask `t` of a one-process job at
+//! parallelism `n` does (a running unbounded task finds the new ones by
+//! partition discovery; a task started later has them from the start).
+//! Nothing is renumbered: a task's state, its transactional ids and the
+//! downstream tasks' count of upstream tasks stay as they were, so the
+//! results are those of one process over the grown topic. What it does
+//! not do is add tasks: more partitions bring no more parallelism to a
+//! running application (a new application id does). The first design
+//! grew the stage instead, but every downstream task would have had to
+//! learn of new upstream tasks mid-run, and a new task's windows could
+//! miss firings the others had already made.
 //!
 //! The stage layout (`Job::stage_layout`: stages, their sources, inputs and
 //! operator uids; not parallelism or partition counts, which may differ or
@@ -125,7 +140,7 @@
 //! state, its input offsets (source or repartition partition, with the
 //! upstream watermarks it has heard) and its pre-committed output
 //! transactions (sinks and repartition topics, control records included)
-//! go into one checkpoint of the task's own directory; the transactions
+//! go into one checkpoint of the task's own; the transactions
 //! are committed when the checkpoint is complete, and a crash between the
 //! two is repaired from the checkpoint's copy of the records (the Kafka
 //! sink's protocol). Output is visible exactly when the checkpoint that
@@ -146,12 +161,23 @@
 //! checkpoint-and-two-phase-commit protocol that is tested against
 //! SIGKILLs, restores at another parallelism and keeps RocksDB snapshots
 //! incremental; a changelog would be a second, untested way to make state
-//! durable. The price, and what is left: checkpoints must be stored where
-//! every worker can read them, for now a shared directory (the issue asks
-//! for none). The planned fix keeps the protocol and moves the store into
-//! Kafka: a `CheckpointStore` over a compacted topic per task, written by
-//! a transactional producer with the task's id, so a zombie's late
-//! checkpoint is fenced as its output is.
+//! durable. Checkpoints must be readable by every worker, so they are
+//! kept in Kafka (built: [`KafkaCheckpointStore`]): the files of task `t`
+//! of stage `s` are chunk records in partition `t` of the compacted topic
+//! `<application-id>-stage-<s>-checkpoints`, each write one transaction of
+//! the transactional id `<application-id>-checkpoints-<s>-<t>`. A new
+//! owner opens the store before restoring, which fences that id, so a
+//! zombie's late checkpoint is refused as its output is; then it replays
+//! the partition into a local cache and restores from it. The job's
+//! checkpoint directory is local scratch (staging and that cache).
+//!
+//! What this costs against a changelog: a checkpoint writes a task's
+//! whole state, not the changes since the last commit, for the memory
+//! backend (RocksDB checkpoints are incremental: only new SST files are
+//! written); and a restore reads the task's retained checkpoints rather
+//! than a compacted table. Both are per task and bounded by the state size;
+//! the changelog's advantage grows with state that changes little between
+//! checkpoints.
 //!
 //! The first design, kept for that step: each task has its own
 //! transactional producer, `transactional.id =
@@ -168,8 +194,8 @@
 //!   group cannot commit.
 //!
 //! Only Kafka sinks are exactly once in worker mode (their records are in
-//! the task's transaction); file sinks of tasks on different machines
-//! would each need the shared directory too.
+//! the task's transaction); a file sink of a task writes on whichever
+//! worker runs it, so its files would need a shared directory.
 //!
 //! # Rebalance (built)
 //! - **Partitions revoked** (a worker leaves or a new one takes over): the
@@ -194,20 +220,22 @@
 //! | killed after a checkpoint completed, before its commit | the new owner restores that checkpoint and commits its transactions from the checkpoint's copy of their records, unless their commit markers say they committed | nothing | nothing |
 //! | killed during the commit | the coordinator completes or aborts it (atomic); the marker tells which, and the restore repairs an aborted one as above | nothing | nothing |
 //! | a worker leaves | it aborts its tasks before acknowledging their revocation; the others restore them at once (no session timeout) | nothing | nothing |
-//! | zombie (a paused worker whose tasks moved) | its transactions are fenced by the new owner's; **not handled yet:** it may still write a checkpoint into the shared directory after the new owner restored (a Kafka-backed store would fence that too) | — | — |
+//! | zombie (a paused worker whose tasks moved) | its transactions are fenced by the new owner's, its checkpoint store's producer too (the new owner opens the store before it restores): its next commit or checkpoint fails, and its worker with it | nothing | nothing |
 //! | broker unreachable | librdkafka retries; a commit that cannot complete fails the task, and the worker with it | nothing | nothing |
 //! | repartition topic truncated by retention | the restored offset is out of range: the task fails loudly rather than skip data | — | — |
 //!
 //! Time from a SIGKILL to the dead worker's partitions producing output
 //! elsewhere: the session timeout (10 s by default here) to notice, then
-//! the restore of the task's checkpoint (state size / read rate), then
+//! the restore of the task's checkpoint (reading its partition of the
+//! checkpoint topic: state size / read rate), then
 //! one checkpoint interval for the output to commit. A graceful leave
 //! skips the session timeout.
 //!
 //! # Scaling, on paper: 100 workers, 1,000 partitions
-//! - **Per partition:** a task, its RocksDB, one transactional producer,
-//!   one changelog partition, and one partition of each repartition topic
-//!   it reads. A thousand producers over 100 workers is ten per worker
+//! - **Per partition:** a task, its RocksDB, its transactional producers
+//!   (one per sink and exchange, one for its checkpoint store), one
+//!   partition of its stage's checkpoint topic, and one partition of each
+//!   repartition topic it reads. A thousand producers over 100 workers is ten per worker
 //!   (librdkafka producers cost a thread and buffers each: acceptable; at
 //!   tens of thousands of tasks per-thread ids, Kafka Streams' v2, would
 //!   be needed, with slower recovery).
@@ -228,9 +256,10 @@
 //!   data record before it; a downstream task applies it once it has read
 //!   that far) makes it `P_up` writes per interval, with the ordering
 //!   argument above kept by the offsets.
-//! - **Restore:** the changelog is read at roughly the network and RocksDB
-//!   ingest rate, some hundred MB/s per task, so several seconds per GB of
-//!   state; standby replicas make failover cost only their lag.
+//! - **Restore:** a task's checkpoint partition is read at roughly the
+//!   network and disk rate, some hundred MB/s per task, so several seconds
+//!   per GB of state; standby replicas (not built) would make failover
+//!   cost only their lag.
 //!
 //! # Tests this design will be held to (issue 16)
 //! Three worker processes of the same test binary over a 6-partition input
@@ -244,11 +273,13 @@
 
 pub use tideline_engine::{JobPart, RemoteExchange};
 
+mod checkpoint_store;
 mod exchange;
 mod repartition;
 mod runner;
 mod topics;
 
+pub use checkpoint_store::{KafkaCheckpointStore, KafkaTaskStores};
 pub use exchange::{Control, Incoming, Outgoing, RepartitionCodec};
 pub use repartition::KafkaExchange;
 pub use runner::{KafkaWorkers, WorkerHandle};

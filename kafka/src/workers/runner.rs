@@ -29,11 +29,15 @@
 //!   the session timeout.
 //! - **A task fails:** the worker stops all its tasks, leaves the group and
 //!   returns the error, as a one-process job does.
-//! - **Not handled yet:** a worker that is paused past the session timeout
-//!   while its tasks run (a zombie) can still complete a checkpoint after
-//!   the new owner restored; its commits are fenced, but its checkpoint
-//!   files are not (they need a store that fences, as Kafka does).
-//!   Checkpoints need a directory every worker reaches.
+//! - **A zombie** (a worker paused past the session timeout while its
+//!   tasks run): the new owner of a task opens its checkpoint store
+//!   ([`KafkaTaskStores`]) before it restores, which fences the zombie's
+//!   store producer, and restores its sinks' and exchanges' transactional
+//!   ids, which fences those: the zombie can neither commit output nor
+//!   complete a checkpoint, and fails at its next attempt.
+//! - Checkpoints are in Kafka (one compacted partition per task), so no
+//!   worker needs a directory another one reaches: the job's checkpoint
+//!   directory is the worker's local staging area.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,9 +46,11 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::ClientContext;
-use tideline_engine::{Error, Job, JobHandle, JobPart, RemoteExchange, Result};
+use tideline_engine::{
+    Error, Job, JobHandle, JobPart, RemoteExchange, Result, TaskCheckpointStores,
+};
 
-use super::{InternalTopics, KafkaExchange};
+use super::{InternalTopics, KafkaExchange, KafkaTaskStores};
 use crate::client::{invalid_property, ClientSettings};
 
 /// Runs a job's tasks on this worker, as the group assigns them.
@@ -78,6 +84,16 @@ impl WorkerHandle {
     pub fn leave(&self) {
         self.stop.store(true, Ordering::SeqCst);
     }
+}
+
+/// What every task this worker starts shares.
+struct TaskPlan {
+    /// Per stage, its task topic.
+    topics: Vec<String>,
+    /// Per stage, its task count (its task topic's partition count).
+    tasks: Vec<usize>,
+    exchange: Arc<dyn RemoteExchange>,
+    stores: Arc<dyn TaskCheckpointStores>,
 }
 
 /// What the group told the worker, for its loop to act on.
@@ -204,7 +220,7 @@ impl KafkaWorkers {
             return Err(Error::config(
                 "workers.checkpointing",
                 "worker mode needs checkpoints: call job.checkpointing(interval, dir) in \
-                 the job code, with a directory every worker reaches",
+                 the job code, with a local directory of this worker's own",
             ));
         }
         drop(probe);
@@ -216,7 +232,9 @@ impl KafkaWorkers {
         .key_groups(key_groups);
         topics.check_layout(&layout)?;
         topics.ensure_repartition_topics(&layout)?;
-        let task_topics = topics.ensure_task_topics(&tasks)?;
+        let (task_topics, tasks): (Vec<String>, Vec<usize>) =
+            topics.ensure_task_topics(&tasks)?.into_iter().unzip();
+        topics.ensure_checkpoint_topics(&tasks)?;
         let exchange: Arc<dyn RemoteExchange> = Arc::new(KafkaExchange::new(
             self.settings.brokers.clone(),
             &self.application_id,
@@ -224,7 +242,17 @@ impl KafkaWorkers {
         ));
         let running = Arc::new(Mutex::new(BTreeMap::new()));
         let consumer = self.join_group(&task_topics, Arc::clone(&running))?;
-        let result = self.serve(&consumer, &job, &task_topics, &exchange, &running);
+        let stores: Arc<dyn TaskCheckpointStores> = Arc::new(KafkaTaskStores::new(
+            self.settings.brokers.clone(),
+            &self.application_id,
+        ));
+        let plan = TaskPlan {
+            topics: task_topics,
+            tasks,
+            exchange,
+            stores,
+        };
+        let result = self.serve(&consumer, &job, &plan, &running);
         // Leaving: stop every task first, then the group hears at once.
         let stopping: Vec<_> =
             std::mem::take(&mut *running.lock().unwrap_or_else(PoisonError::into_inner))
@@ -272,8 +300,7 @@ impl KafkaWorkers {
         &self,
         consumer: &BaseConsumer<GroupContext>,
         job: &F,
-        task_topics: &[String],
-        exchange: &Arc<dyn RemoteExchange>,
+        plan: &TaskPlan,
         running: &Mutex<BTreeMap<(String, i32), JobHandle>>,
     ) -> Result<()>
     where
@@ -300,14 +327,16 @@ impl KafkaWorkers {
                     .collect()
             };
             for key in start {
-                let Some(stage) = task_topics.iter().position(|t| *t == key.0) else {
+                let Some(stage) = plan.topics.iter().position(|t| *t == key.0) else {
                     continue;
                 };
                 let part = JobPart {
                     stage,
                     task: usize::try_from(key.1).unwrap_or(usize::MAX),
                     repartition_partitions: self.partitions,
-                    exchange: Arc::clone(exchange),
+                    exchange: Arc::clone(&plan.exchange),
+                    checkpoint_stores: Some(Arc::clone(&plan.stores)),
+                    stage_tasks: Some(plan.tasks.clone()),
                 };
                 tracing::info!(stage, task = part.task, "starting a task");
                 let handle = job(Job::new().worker_mode())?.spawn_part(&part)?;

@@ -141,19 +141,72 @@ impl InternalTopics {
     /// Makes sure every stage's task topic exists with one partition per
     /// task (`tasks`, per stage, from `Job::stage_tasks`): the partitions
     /// the group assigns (see [`KafkaWorkers`](super::KafkaWorkers)).
-    /// Returns their names, stage by stage.
+    /// Returns their names and the task counts the application runs with,
+    /// stage by stage: a task topic with fewer partitions than a stage now
+    /// asks for is kept as it is (the stage's source topics gained
+    /// partitions: its tasks read them, see `JobPart::stage_tasks`).
     ///
     /// # Errors
-    /// A task topic with another partition count (its stage's source has
-    /// another partition count than when the application started), or a
-    /// cluster that cannot be reached or refuses to create a topic.
-    pub fn ensure_task_topics(&self, tasks: &[usize]) -> Result<Vec<String>> {
+    /// A task topic with more partitions than the stage has tasks (its
+    /// source topics were made again with fewer partitions), or a cluster
+    /// that cannot be reached or refuses to create a topic.
+    pub fn ensure_task_topics(&self, tasks: &[usize]) -> Result<Vec<(String, usize)>> {
+        let consumer = self.settings.metadata_consumer(None)?;
+        tasks
+            .iter()
+            .enumerate()
+            .map(|(stage, &wanted)| {
+                let topic = self.task_topic(stage);
+                let count = match self.partition_count(&consumer, &topic)? {
+                    Some(has) if has > 0 && has < wanted => {
+                        tracing::info!(
+                            stage,
+                            tasks = has,
+                            partitions = wanted,
+                            "the stage's sources have more partitions than it has tasks: \
+                             each task reads several"
+                        );
+                        has
+                    }
+                    _ => wanted,
+                };
+                self.ensure_topic(&topic, count, &[], "workers.tasks")?;
+                Ok((topic, count))
+            })
+            .collect()
+    }
+
+    /// The checkpoint topic of stage `stage`:
+    /// `<application-id>-stage-<stage>-checkpoints`.
+    pub fn checkpoint_topic(&self, stage: usize) -> String {
+        checkpoint_topic(&self.application_id, stage)
+    }
+
+    /// Makes sure every stage's checkpoint topic exists, compacted, with
+    /// one partition per task (`tasks`, per stage, from `Job::stage_tasks`):
+    /// where [`KafkaTaskStores`](super::KafkaTaskStores) keeps each task's
+    /// checkpoint files. Returns their names, stage by stage.
+    ///
+    /// # Errors
+    /// As [`InternalTopics::ensure_task_topics`].
+    pub fn ensure_checkpoint_topics(&self, tasks: &[usize]) -> Result<Vec<String>> {
         tasks
             .iter()
             .enumerate()
             .map(|(stage, &count)| {
-                let topic = self.task_topic(stage);
-                self.ensure_topic(&topic, count, &[], "workers.tasks")?;
+                let topic = self.checkpoint_topic(stage);
+                self.ensure_topic(
+                    &topic,
+                    count,
+                    &[
+                        ("cleanup.policy", "compact"),
+                        // Superseded files leave the log within minutes, so
+                        // a restore reads little more than the live ones.
+                        ("segment.ms", "600000"),
+                        ("min.cleanable.dirty.ratio", "0.1"),
+                    ],
+                    "workers.tasks",
+                )?;
                 Ok(topic)
             })
             .collect()
@@ -407,6 +460,11 @@ impl InternalTopics {
                 .error(format!("write the layout to '{topic}'"), e)
         })
     }
+}
+
+/// `<application-id>-stage-<stage>-checkpoints`.
+pub(crate) fn checkpoint_topic(application_id: &str, stage: usize) -> String {
+    format!("{application_id}-stage-{stage}-checkpoints")
 }
 
 #[cfg(test)]

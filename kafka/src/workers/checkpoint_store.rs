@@ -1,0 +1,595 @@
+//! [`KafkaCheckpointStore`]: a task's checkpoint files in a partition of a
+//! compacted topic, so a task restores on any worker and no worker needs a
+//! directory another one reaches.
+//!
+//! Stage `s` has the topic `<application-id>-stage-<s>-checkpoints`, one
+//! partition per task, `cleanup.policy=compact`; task `t` keeps its files
+//! in partition `t`, written by the transactional id
+//! `<application-id>-checkpoints-<s>-<t>`. Each file is one or more
+//! records (chunks of at most 512 KiB, below the broker's default message
+//! size), keyed `<file key>\0<chunk index>`; deleting a file writes a
+//! tombstone per chunk. The worker keeps a local copy of every file (the
+//! cache, in the task's staging directory), rebuilt from the partition
+//! when the store opens; reads are served from it.
+//!
+//! # Invariants
+//! - Every [`write`](CheckpointStore::write), [`store`](CheckpointStore::store)
+//!   and [`delete`](CheckpointStore::delete) is one Kafka transaction,
+//!   committed before it returns and before the cache changes: a file is
+//!   in the partition whole or not at all, and the cache never holds what
+//!   the partition does not.
+//! - Only the last opener of a task's store can write it: opening
+//!   initializes the transactional id, which fences every earlier producer
+//!   with it and aborts its open transaction, *before* the partition is
+//!   read. A zombie (a worker paused past its session timeout whose task
+//!   moved) fails at its next write, so it can neither complete a
+//!   checkpoint nor delete one the new owner restores.
+//! - Compaction keeps, per record key, the newest record, and never
+//!   reorders: the chunks of a file's newest version (written together,
+//!   in order, by the only writer) all survive, after whatever stale
+//!   chunks of older versions remain. A replay in log order assembles a
+//!   version only from a chunk 0 followed by every other chunk of the same
+//!   write, so stale fragments are passed over.
+//!
+//! # Failure analysis
+//! - **Crash during a write:** the transaction never commits; read_committed
+//!   replays skip it, and a new owner's initialization aborts it.
+//! - **A zombie's write after the task moved:** fenced (an error); the
+//!   zombie's task fails and the partition holds only the new owner's
+//!   files.
+//! - **A chunk missing or out of order** (another program wrote to the
+//!   topic): the replay keeps the last complete version of each file; the
+//!   checkpoint's checksums then decide, as for a damaged directory.
+//! - **Broker unreachable:** every call fails with an error naming the
+//!   brokers; the task fails and restarts elsewhere, as with a full disk.
+//! - **Restore time** grows with the partition's size: the files of the
+//!   retained checkpoints, plus what compaction has not yet removed
+//!   (`segment.ms` of 10 minutes bounds how long superseded data stays
+//!   in the uncleaned tail).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::Producer;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tideline_engine::{
+    CheckpointStore, Error, FileSum, LocalDirectory, Result, TaskCheckpointStores,
+};
+
+use super::topics::checkpoint_topic;
+use crate::client::{ClientSettings, REQUEST_TIMEOUT};
+use crate::producer::{self, KafkaProducer, StoredRecord, PRODUCE_TIMEOUT};
+
+/// The largest chunk of a file one record carries.
+const CHUNK: usize = 512 * 1024;
+
+/// The first byte of every chunk record's value.
+const FORMAT: u8 = 1;
+
+/// A chunk's value: format, write id, chunk count, then the bytes.
+const HEADER: usize = 1 + 8 + 4;
+
+/// Where the cache lives inside the task's staging directory.
+const CACHE_DIR: &str = ".kafka-store";
+
+/// The file a replay assembles a version in before it is complete.
+const ASSEMBLING: &str = ".assembling";
+
+/// One task's checkpoint files in one partition of a compacted topic (see
+/// the module docs).
+#[derive(Debug)]
+pub struct KafkaCheckpointStore {
+    settings: ClientSettings,
+    topic: String,
+    partition: i32,
+    cache: LocalDirectory,
+    writer: Mutex<Writer>,
+}
+
+/// What a write needs, behind one lock: transactions are one at a time.
+struct Writer {
+    producer: KafkaProducer,
+    transactional_id: String,
+    /// The chunk count of every file held, to tombstone them all.
+    chunks: BTreeMap<String, u32>,
+    /// Distinguishes this writer's versions of a file from earlier ones.
+    next_write: u64,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("transactional_id", &self.transactional_id)
+            .field("files", &self.chunks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One chunk record as read back.
+struct Chunk<'a> {
+    write: u64,
+    count: u32,
+    bytes: &'a [u8],
+}
+
+impl KafkaCheckpointStore {
+    /// Opens the store in partition `partition` of `topic` on the cluster
+    /// at `brokers` (the topic must exist, compacted), writing as
+    /// `transactional_id`, with its cache under `staging`: fences every
+    /// earlier writer with that id, then replays the partition into the
+    /// cache. Any job can keep its checkpoints there
+    /// ([`Job::checkpoint_store`](tideline_engine::Job::checkpoint_store));
+    /// worker mode opens one per task through [`KafkaTaskStores`].
+    ///
+    /// # Errors
+    /// A cluster that cannot be reached, a transactional id that cannot be
+    /// initialized, a record that is not a chunk of this format, or a
+    /// cache that cannot be written.
+    pub fn open(
+        brokers: impl Into<String>,
+        topic: &str,
+        partition: i32,
+        transactional_id: &str,
+        staging: &Path,
+    ) -> Result<Self> {
+        let settings = ClientSettings::new(brokers);
+        let producer = producer::create(
+            &settings,
+            &[
+                ("transactional.id", transactional_id),
+                ("transaction.timeout.ms", "60000"),
+            ],
+        )?;
+        // Fence first: nothing an earlier owner writes after this is read.
+        producer.init_transactions(PRODUCE_TIMEOUT).map_err(|e| {
+            settings.error(
+                format!("initialize transactional id '{transactional_id}'"),
+                e,
+            )
+        })?;
+        let root = staging.join(CACHE_DIR);
+        if root.exists() {
+            std::fs::remove_dir_all(&root).map_err(|e| Error::io("delete", &root, e))?;
+        }
+        let cache = LocalDirectory::new(&root)?;
+        let store = Self {
+            settings,
+            topic: topic.to_string(),
+            partition,
+            cache,
+            writer: Mutex::new(Writer {
+                producer,
+                transactional_id: transactional_id.to_string(),
+                chunks: BTreeMap::new(),
+                next_write: 0,
+            }),
+        };
+        let started = Instant::now();
+        let (files, records, highest_write) = store.replay()?;
+        {
+            let mut writer = store.lock();
+            writer.chunks = files;
+            writer.next_write = highest_write + 1;
+        }
+        tracing::info!(
+            topic,
+            partition,
+            records,
+            files = store.lock().chunks.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "checkpoint store replayed"
+        );
+        Ok(store)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn what(&self) -> String {
+        format!(
+            "the checkpoints in partition {} of '{}'",
+            self.partition, self.topic
+        )
+    }
+
+    /// Reads the partition from its start to its end into the cache.
+    /// Returns every file's chunk count, the records read and the highest
+    /// write id seen.
+    fn replay(&self) -> Result<(BTreeMap<String, u32>, u64, u64)> {
+        let group = format!("{}-reader", self.lock().transactional_id);
+        // End of partition is reported at the last stable offset: commit
+        // markers take offsets too, so neither the last record's offset
+        // nor the position says reliably that the end is reached.
+        let consumer: BaseConsumer = self
+            .settings
+            .config(&[
+                ("group.id", &group),
+                ("enable.auto.commit", "false"),
+                ("isolation.level", "read_committed"),
+                ("enable.partition.eof", "true"),
+                // The end is found by a fetch that returns nothing: the
+                // broker's default wait (500 ms) would be the restore's
+                // floor.
+                ("fetch.wait.max.ms", "10"),
+            ])
+            .create()
+            .map_err(|e| crate::client::invalid_property(&self.settings, e))?;
+        let (low, high) = consumer
+            .fetch_watermarks(&self.topic, self.partition, REQUEST_TIMEOUT)
+            .map_err(|e| {
+                self.settings
+                    .error(format!("read the offsets of {}", self.what()), e)
+            })?;
+        let mut files = BTreeMap::new();
+        let mut highest_write = 0;
+        let mut records = 0u64;
+        if high <= low {
+            return Ok((files, records, highest_write));
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&self.topic, self.partition, Offset::Offset(low))
+            .map_err(|e| self.settings.error(format!("read {}", self.what()), e))?;
+        consumer
+            .assign(&assignment)
+            .map_err(|e| self.settings.error(format!("read {}", self.what()), e))?;
+        let mut assembly: Option<Assembly> = None;
+        let mut quiet_since = Instant::now();
+        loop {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    quiet_since = Instant::now();
+                    records += 1;
+                    let (name, index) = parse_key(message.key()).ok_or_else(|| {
+                        self.foreign(message.offset(), "its key is not a chunk's")
+                    })?;
+                    match message.payload() {
+                        None => {
+                            // A delete tombstones chunk 0; a rewrite with
+                            // fewer chunks only the ones past its end.
+                            if index == 0 {
+                                self.cache.delete(&name)?;
+                                files.remove(&name);
+                            }
+                        }
+                        Some(value) => {
+                            let chunk = parse_value(value).ok_or_else(|| {
+                                self.foreign(message.offset(), "its value is not a chunk's")
+                            })?;
+                            highest_write = highest_write.max(chunk.write);
+                            if let Some(count) =
+                                self.add_chunk(&mut assembly, &name, index, &chunk)?
+                            {
+                                files.insert(name, count);
+                            }
+                        }
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => {
+                    return Err(self.settings.error(format!("read {}", self.what()), e))
+                }
+                None if quiet_since.elapsed() > REQUEST_TIMEOUT => {
+                    return Err(Error::external(
+                        self.settings.system(),
+                        format!("read {}", self.what()),
+                        format!("no record and no end arrived for {REQUEST_TIMEOUT:?} (the end is near offset {high})"),
+                    ));
+                }
+                None => {}
+            }
+        }
+        let _ = std::fs::remove_file(self.cache.root().join(ASSEMBLING));
+        Ok((files, records, highest_write))
+    }
+
+    /// Adds a chunk to the version being assembled; returns the chunk
+    /// count once a version is complete and in the cache.
+    fn add_chunk(
+        &self,
+        assembly: &mut Option<Assembly>,
+        name: &str,
+        index: u32,
+        chunk: &Chunk<'_>,
+    ) -> Result<Option<u32>> {
+        let path = self.cache.root().join(ASSEMBLING);
+        if index == 0 {
+            let file = File::create(&path).map_err(|e| Error::io("create", &path, e))?;
+            *assembly = Some(Assembly {
+                name: name.to_string(),
+                write: chunk.write,
+                count: chunk.count,
+                next: 0,
+                file,
+            });
+        }
+        let Some(current) = assembly.as_mut() else {
+            return Ok(None);
+        };
+        if current.name != name || current.write != chunk.write || current.next != index {
+            // A stale fragment of an older version: its newer one follows.
+            *assembly = None;
+            return Ok(None);
+        }
+        current
+            .file
+            .write_all(chunk.bytes)
+            .map_err(|e| Error::io("write", &path, e))?;
+        current.next += 1;
+        if current.next < current.count {
+            return Ok(None);
+        }
+        let count = current.count;
+        *assembly = None;
+        self.cache.delete(name)?;
+        self.cache.store(&path, name)?;
+        Ok(Some(count))
+    }
+
+    fn foreign(&self, offset: i64, why: &str) -> Error {
+        Error::config(
+            "workers.application_id",
+            format!(
+                "the record at offset {offset} of {} is not a Tideline checkpoint file ({why}): \
+                 is the topic another program's?",
+                self.what()
+            ),
+        )
+    }
+
+    /// Chunk `index` of `name` (`None`: its tombstone).
+    fn chunk_record(&self, name: &str, index: u32, value: Option<Vec<u8>>) -> StoredRecord {
+        StoredRecord {
+            topic: self.topic.clone(),
+            key: Some(chunk_key(name, index)),
+            value,
+            headers: Vec::new(),
+            partition: Some(self.partition),
+        }
+    }
+
+    /// Runs the records `fill` sends (chunks and tombstones) as one
+    /// transaction, committed when this returns `Ok`.
+    fn transaction(
+        &self,
+        producer: &KafkaProducer,
+        action: &str,
+        fill: impl FnOnce(&mut dyn FnMut(StoredRecord) -> Result<()>) -> Result<()>,
+    ) -> Result<()> {
+        let what = format!("{action} in {}", self.what());
+        producer.begin_transaction().map_err(|e| {
+            self.settings
+                .error(format!("begin a transaction to {what}"), e)
+        })?;
+        let result = fill(&mut |record| producer::send(producer, &self.settings, &record))
+            .and_then(|()| producer::flush(producer, &self.settings, &what))
+            .and_then(|()| {
+                producer.commit_transaction(PRODUCE_TIMEOUT).map_err(|e| {
+                    self.settings
+                        .error(format!("commit a transaction to {what}"), e)
+                })
+            });
+        if result.is_err() {
+            // Fenced or failed: nothing of it is visible; the task fails.
+            let _ = producer.abort_transaction(PRODUCE_TIMEOUT);
+        }
+        result
+    }
+
+    /// Writes a new version of `name` from `bytes` (`len` of them), one
+    /// transaction, and tombstones the chunks of its older version past
+    /// the new one's end. Returns the new chunk count.
+    fn put(&self, writer: &mut Writer, name: &str, len: u64, mut bytes: impl Read) -> Result<u32> {
+        let count = u32::try_from(len.div_ceil(CHUNK as u64).max(1)).map_err(|_| {
+            Error::config(
+                "checkpoint.store",
+                format!("'{name}' is too large to store in Kafka"),
+            )
+        })?;
+        let old = writer.chunks.get(name).copied().unwrap_or(0);
+        let write = writer.next_write;
+        let record = |index: u32, value: Option<Vec<u8>>| self.chunk_record(name, index, value);
+        let mut buf = vec![0u8; CHUNK];
+        self.transaction(&writer.producer, &format!("write '{name}'"), |send| {
+            let mut left = len;
+            for index in 0..count {
+                let n = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
+                bytes
+                    .read_exact(&mut buf[..n])
+                    .map_err(|e| Error::io("read", Path::new(name), e))?;
+                left -= n as u64;
+                send(record(index, Some(chunk_value(write, count, &buf[..n]))))?;
+            }
+            (count..old).try_for_each(|index| send(record(index, None)))
+        })?;
+        writer.next_write += 1;
+        writer.chunks.insert(name.to_string(), count);
+        Ok(count)
+    }
+}
+
+/// A version of a file being put together from its chunks.
+struct Assembly {
+    name: String,
+    write: u64,
+    count: u32,
+    next: u32,
+    file: File,
+}
+
+/// `<file key>\0<chunk index, 4 bytes big-endian>`.
+fn chunk_key(name: &str, index: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 5);
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn parse_key(key: Option<&[u8]>) -> Option<(String, u32)> {
+    let key = key?;
+    let split = key.len().checked_sub(5)?;
+    let (name, rest) = key.split_at(split);
+    if rest[0] != 0 {
+        return None;
+    }
+    let index = u32::from_be_bytes(rest[1..].try_into().ok()?);
+    Some((String::from_utf8(name.to_vec()).ok()?, index))
+}
+
+fn chunk_value(write: u64, count: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(HEADER + bytes.len());
+    value.push(FORMAT);
+    value.extend_from_slice(&write.to_be_bytes());
+    value.extend_from_slice(&count.to_be_bytes());
+    value.extend_from_slice(bytes);
+    value
+}
+
+fn parse_value(value: &[u8]) -> Option<Chunk<'_>> {
+    if value.len() < HEADER || value[0] != FORMAT {
+        return None;
+    }
+    let write = u64::from_be_bytes(value[1..9].try_into().ok()?);
+    let count = u32::from_be_bytes(value[9..13].try_into().ok()?);
+    (count > 0).then_some(Chunk {
+        write,
+        count,
+        bytes: &value[HEADER..],
+    })
+}
+
+impl CheckpointStore for KafkaCheckpointStore {
+    fn location(&self) -> String {
+        format!(
+            "kafka://{}/{}/{}",
+            self.settings.brokers, self.topic, self.partition
+        )
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .lock()
+            .chunks
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+
+    fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.lock().chunks.contains_key(key))
+    }
+
+    fn read(&self, key: &str) -> Result<Vec<u8>> {
+        self.cache.read(key)
+    }
+
+    fn write(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        let mut writer = self.lock();
+        self.put(&mut writer, key, bytes.len() as u64, bytes)?;
+        self.cache.write(key, bytes)
+    }
+
+    fn store(&self, staged: &Path, key: &str) -> Result<bool> {
+        let mut writer = self.lock();
+        if writer.chunks.contains_key(key) {
+            return Ok(false);
+        }
+        let file = File::open(staged).map_err(|e| Error::io("open", staged, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("read", staged, e))?
+            .len();
+        self.put(&mut writer, key, len, std::io::BufReader::new(file))?;
+        self.cache.store(staged, key)
+    }
+
+    fn checksum(&self, key: &str) -> Result<FileSum> {
+        self.cache.checksum(key)
+    }
+
+    fn fetch(&self, key: &str, local: &Path) -> Result<()> {
+        self.cache.fetch(key, local)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        self.delete_all(&[key.to_string()])
+    }
+
+    /// One transaction for all of them: pruning a checkpoint costs one
+    /// round of commits, not one per file.
+    fn delete_all(&self, keys: &[String]) -> Result<()> {
+        let mut writer = self.lock();
+        let held: Vec<(&String, u32)> = keys
+            .iter()
+            .filter_map(|key| Some((key, *writer.chunks.get(key)?)))
+            .collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        let action = format!("delete {} files", held.len());
+        self.transaction(&writer.producer, &action, |send| {
+            held.iter().try_for_each(|(key, count)| {
+                (0..*count).try_for_each(|index| send(self.chunk_record(key, index, None)))
+            })
+        })?;
+        for (key, _) in &held {
+            writer.chunks.remove(*key);
+            self.cache.delete(key)?;
+        }
+        Ok(())
+    }
+}
+
+/// The checkpoint stores of an application's tasks: task `t` of stage `s`
+/// in partition `t` of `<application-id>-stage-<s>-checkpoints` (made by
+/// [`InternalTopics::ensure_checkpoint_topics`](super::InternalTopics::ensure_checkpoint_topics)).
+/// [`KafkaWorkers`](super::KafkaWorkers) uses it for every task it runs.
+#[derive(Clone, Debug)]
+pub struct KafkaTaskStores {
+    settings: ClientSettings,
+    application_id: String,
+}
+
+impl KafkaTaskStores {
+    /// The stores of `application_id`'s tasks on the cluster at `brokers`.
+    pub fn new(brokers: impl Into<String>, application_id: impl Into<String>) -> Self {
+        Self {
+            settings: ClientSettings::new(brokers),
+            application_id: application_id.into(),
+        }
+    }
+}
+
+impl TaskCheckpointStores for KafkaTaskStores {
+    /// Empties `staging` (scratch: what matters is in Kafka), then opens
+    /// the task's store, fencing its earlier owners.
+    fn open(&self, stage: usize, task: usize, staging: &Path) -> Result<Arc<dyn CheckpointStore>> {
+        let partition = i32::try_from(task).map_err(|_| {
+            Error::config(
+                "workers.tasks",
+                format!("task {task} is past Kafka's partitions"),
+            )
+        })?;
+        if staging.exists() {
+            std::fs::remove_dir_all(staging).map_err(|e| Error::io("delete", staging, e))?;
+        }
+        let store = KafkaCheckpointStore::open(
+            self.settings.brokers.clone(),
+            &checkpoint_topic(&self.application_id, stage),
+            partition,
+            &format!("{}-checkpoints-{stage}-{task}", self.application_id),
+            staging,
+        )?;
+        Ok(Arc::new(store))
+    }
+}
