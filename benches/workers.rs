@@ -76,6 +76,8 @@ fn clicks_job(job: Job, brokers: &str, input: &str, output: &str) -> Result<Job>
 
 /// A worker process: runs its tasks until the stop file appears.
 fn worker(brokers: &str, app: &str, input: &str, output: &str, dir: &Path) -> Result<()> {
+    // Its stderr is its log (kept with `TL_BENCH_LOGS=<dir>`).
+    tideline::logging::init();
     let workers = KafkaWorkers::new(brokers, app).partitions(PARTITIONS);
     let handle = workers.handle();
     let stop = dir.join("stop");
@@ -144,12 +146,21 @@ fn count_rows(brokers: &str, topic: &str, rows: Option<u64>) -> Result<(u64, Ins
 fn run_workers(brokers: &str, input: &str, n: usize, rows: u64, run: &str) -> Result<(f64, f64)> {
     let output = format!("bench-workers-out-{run}-{n}");
     create_topic(&admin(brokers)?, &output, OUTPUT_PARTITIONS)?;
-    let dir = tempfile::tempdir().map_err(|e| Error::io("create", "tempdir", e))?;
+    let dir = match std::env::var_os("TL_BENCH_LOGS") {
+        Some(logs) => {
+            let dir = Path::new(&logs).join(format!("{n}-workers"));
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+            dir
+        }
+        None => tempfile::tempdir()
+            .map_err(|e| Error::io("create", "tempdir", e))?
+            .keep(),
+    };
     let exe = std::env::current_exe().map_err(|e| Error::io("find", "this benchmark", e))?;
     let started = Instant::now();
     let mut children = Vec::new();
     for w in 0..n {
-        let log = dir.path().join(format!("worker-{w}.log"));
+        let log = dir.join(format!("worker-{w}.log"));
         let log = std::fs::File::create(&log).map_err(|e| Error::io("create", &log, e))?;
         let child = std::process::Command::new(&exe)
             .env("TL_BENCH_WORKER", "1")
@@ -157,7 +168,7 @@ fn run_workers(brokers: &str, input: &str, n: usize, rows: u64, run: &str) -> Re
             .env("TL_BENCH_APP", format!("bench-workers-{run}-{n}"))
             .env("TL_BENCH_IN", input)
             .env("TL_BENCH_OUT", &output)
-            .env("TL_BENCH_DIR", dir.path())
+            .env("TL_BENCH_DIR", &dir)
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -165,16 +176,14 @@ fn run_workers(brokers: &str, input: &str, n: usize, rows: u64, run: &str) -> Re
         children.push(child);
     }
     let counted = count_rows(brokers, &output, Some(rows));
-    std::fs::write(dir.path().join("stop"), b"").map_err(|e| Error::io("write", "stop", e))?;
+    std::fs::write(dir.join("stop"), b"").map_err(|e| Error::io("write", "stop", e))?;
     for mut child in children {
         let status = child
             .wait()
             .map_err(|e| Error::io("wait for", "a worker", e))?;
         if !status.success() {
             let logs: String = (0..n)
-                .filter_map(|w| {
-                    std::fs::read_to_string(dir.path().join(format!("worker-{w}.log"))).ok()
-                })
+                .filter_map(|w| std::fs::read_to_string(dir.join(format!("worker-{w}.log"))).ok())
                 .collect();
             return Err(Error::Internal(format!(
                 "a worker failed ({status}):\n{logs}"

@@ -557,6 +557,11 @@ fn a_rolling_restart_of_every_worker_loses_and_doubles_nothing() -> Result<()> {
     Ok(())
 }
 
+/// The stage layout of the clicks job over `config`'s topics.
+fn build_layout(config: &WorkerConfig) -> Result<StageLayout> {
+    Ok(clicks_job(Job::new().worker_mode(), &config.topics, false)?.stage_layout())
+}
+
 /// An application that started when its input had 3 partitions (its task
 /// topics say so) meets an input of 6: its workers are not refused, each
 /// of its 3 source tasks reads 2 partitions, and the output is the
@@ -573,10 +578,17 @@ fn partitions_added_to_the_input_are_read_by_the_tasks_the_application_has() -> 
     let (want, config) = worker_setup_on(&brokers, &input)?;
     // The application's task topics, as made when the input had 3.
     let topics = InternalTopics::new(&brokers, &config.app, 3);
-    let made = topics.ensure_task_topics(&[3, 3])?;
+    let layout = build_layout(&config)?;
+    let made = topics.ensure_task_topics(&layout, &[3, 3])?;
     assert_eq!(made.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [3, 3]);
     // Asked for 6 now, it keeps 3.
-    assert_eq!(topics.ensure_task_topics(&[6, 3])?, made);
+    assert_eq!(topics.ensure_task_topics(&layout, &[6, 3])?, made);
+    // A keyed stage's count never changes so.
+    let err = error_text(topics.ensure_task_topics(&layout, &[3, 4]));
+    assert!(
+        err.contains("exists with 3 partitions, this job asks for 4"),
+        "{err}"
+    );
     let workers: Vec<Worker> = (0..2).map(|n| config.spawn(n)).collect();
     finish_and_compare(&config, workers, &want);
     let started: Vec<String> = (0..2)

@@ -48,7 +48,8 @@ pub use snapshot::{RestoreContext, SnapshotFile, SnapshotWriter};
 pub use storage::{CheckpointStorage, CompletedCheckpoint, FileSum, SkippedCheckpoint};
 pub use store::{CheckpointStore, LocalDirectory};
 
-/// How a job takes checkpoints.
+/// How a job takes checkpoints. Two are equal when their settings are and
+/// they name the same store object (or none).
 #[derive(Clone, Debug)]
 pub struct CheckpointConfig {
     /// Time (of the job's clock) between the end of one checkpoint and the
@@ -67,6 +68,30 @@ pub struct CheckpointConfig {
     /// as it takes).
     pub alignment_timeout: Option<Duration>,
 }
+
+impl PartialEq for CheckpointConfig {
+    fn eq(&self, other: &Self) -> bool {
+        let same_store = match (&self.store, &other.store) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        same_store
+            && (
+                self.interval,
+                &self.dir,
+                self.retain,
+                self.alignment_timeout,
+            ) == (
+                other.interval,
+                &other.dir,
+                other.retain,
+                other.alignment_timeout,
+            )
+    }
+}
+
+impl Eq for CheckpointConfig {}
 
 impl CheckpointConfig {
     /// The job's checkpoints: in its store, staged in `dir`; or in `dir`.

@@ -134,10 +134,12 @@ impl Job {
     pub fn checkpointing(self, interval: Duration, dir: impl Into<PathBuf>) -> Self {
         let dir = dir.into();
         self.configure(|c| {
+            // Called again, it keeps the store `checkpoint_store` set.
+            let store = c.checkpointing.take().and_then(|cp| cp.store);
             c.checkpointing = Some(CheckpointConfig {
                 interval,
                 dir,
-                store: None,
+                store,
                 retain: 3,
                 alignment_timeout: None,
             })
@@ -148,7 +150,7 @@ impl Job {
     /// instead of the directory given to [`Job::checkpointing`], which then
     /// only stages them: tasks write snapshots there (RocksDB needs local
     /// files) and restores lay them out there. Call it after
-    /// `checkpointing`.
+    /// `checkpointing` (without checkpoints it has nothing to keep).
     pub fn checkpoint_store(self, store: Arc<dyn crate::CheckpointStore>) -> Self {
         self.configure(|c| {
             if let Some(cp) = &mut c.checkpointing {
@@ -342,8 +344,9 @@ impl Job {
     /// exchanges to and from other stages go through `part.exchange`.
     /// With checkpointing, the task checkpoints into
     /// `<dir>/stage-<s>-task-<t>` (or into the store
-    /// `part.checkpoint_stores` opens for it, staged there) and resumes
-    /// from its latest checkpoint there. The job stays as it was, so any number of its tasks can be
+    /// `part.checkpoint_stores` opens for it, staged in
+    /// `<dir>/stage-<s>-task-<t>.<process id>`) and resumes from its latest
+    /// checkpoint there. The job stays as it was, so any number of its tasks can be
     /// started, one after another; each has its own stop handle and
     /// metrics.
     ///

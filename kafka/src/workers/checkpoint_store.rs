@@ -82,6 +82,9 @@ const CACHE_DIR: &str = ".kafka-store";
 /// The file a replay assembles a version in before it is complete.
 const ASSEMBLING: &str = ".assembling";
 
+/// Where a staged file waits in the cache while it is written to Kafka.
+const INCOMING: &str = ".incoming";
+
 /// One task's checkpoint files in one partition of a compacted topic (see
 /// the module docs).
 #[derive(Debug)]
@@ -101,6 +104,10 @@ struct Writer {
     chunks: BTreeMap<String, u32>,
     /// Distinguishes this writer's versions of a file from earlier ones.
     next_write: u64,
+    /// Why a write failed once it had started: the partition, the cache
+    /// and the chunk counts may disagree (or the producer be fenced), so
+    /// every later call fails until the store is opened again.
+    broken: Option<String>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -128,6 +135,12 @@ impl KafkaCheckpointStore {
     /// ([`Job::checkpoint_store`](tideline_engine::Job::checkpoint_store));
     /// worker mode opens one per task through [`KafkaTaskStores`].
     ///
+    /// The partition must have one writer at a time, and every writer of
+    /// it must use the same transactional id: that is what fences the
+    /// earlier ones (two ids on one partition are neither fenced nor
+    /// safe). A write that fails once it has started leaves the store
+    /// unusable (every later call fails) until it is opened again.
+    ///
     /// # Errors
     /// A cluster that cannot be reached, a transactional id that cannot be
     /// initialized, a record that is not a chunk of this format, or a
@@ -144,7 +157,9 @@ impl KafkaCheckpointStore {
             &settings,
             &[
                 ("transactional.id", transactional_id),
-                ("transaction.timeout.ms", "60000"),
+                // One file's upload is one transaction: a large snapshot
+                // may take minutes (15 is the broker's default ceiling).
+                ("transaction.timeout.ms", "900000"),
             ],
         )?;
         // Fence first: nothing an earlier owner writes after this is read.
@@ -169,6 +184,7 @@ impl KafkaCheckpointStore {
                 transactional_id: transactional_id.to_string(),
                 chunks: BTreeMap::new(),
                 next_write: 0,
+                broken: None,
             }),
         };
         let started = Instant::now();
@@ -193,6 +209,24 @@ impl KafkaCheckpointStore {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Runs `f` on the writer unless an earlier write broke the store;
+    /// an error of `f` breaks it.
+    fn using<T>(&self, f: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
+        let mut writer = self.lock();
+        if let Some(why) = &writer.broken {
+            return Err(Error::external(
+                self.settings.system(),
+                format!("use {}", self.what()),
+                format!("an earlier write failed ({why}); open the store again"),
+            ));
+        }
+        let result = f(&mut writer);
+        if let Err(e) = &result {
+            writer.broken = Some(e.to_string());
+        }
+        result
+    }
+
     fn what(&self) -> String {
         format!(
             "the checkpoints in partition {} of '{}'",
@@ -215,6 +249,9 @@ impl KafkaCheckpointStore {
                 ("enable.auto.commit", "false"),
                 ("isolation.level", "read_committed"),
                 ("enable.partition.eof", "true"),
+                // A start that is out of range is an error, never a
+                // silent jump to the end (an empty replay).
+                ("auto.offset.reset", "error"),
                 // The end is found by a fetch that returns nothing: the
                 // broker's default wait (500 ms) would be the restore's
                 // floor.
@@ -236,7 +273,7 @@ impl KafkaCheckpointStore {
         }
         let mut assignment = TopicPartitionList::new();
         assignment
-            .add_partition_offset(&self.topic, self.partition, Offset::Offset(low))
+            .add_partition_offset(&self.topic, self.partition, Offset::Beginning)
             .map_err(|e| self.settings.error(format!("read {}", self.what()), e))?;
         consumer
             .assign(&assignment)
@@ -336,7 +373,7 @@ impl KafkaCheckpointStore {
 
     fn foreign(&self, offset: i64, why: &str) -> Error {
         Error::config(
-            "workers.application_id",
+            "checkpoint.store",
             format!(
                 "the record at offset {offset} of {} is not a Tideline checkpoint file ({why}): \
                  is the topic another program's?",
@@ -404,7 +441,7 @@ impl KafkaCheckpointStore {
                 let n = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
                 bytes
                     .read_exact(&mut buf[..n])
-                    .map_err(|e| Error::io("read", Path::new(name), e))?;
+                    .map_err(|e| Error::io("read the bytes to store as", Path::new(name), e))?;
                 left -= n as u64;
                 send(record(index, Some(chunk_value(write, count, &buf[..n]))))?;
             }
@@ -476,17 +513,18 @@ impl CheckpointStore for KafkaCheckpointStore {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        Ok(self
-            .lock()
-            .chunks
-            .keys()
-            .filter(|k| k.starts_with(prefix))
-            .cloned()
-            .collect())
+        self.using(|writer| {
+            Ok(writer
+                .chunks
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect())
+        })
     }
 
     fn exists(&self, key: &str) -> Result<bool> {
-        Ok(self.lock().chunks.contains_key(key))
+        self.using(|writer| Ok(writer.chunks.contains_key(key)))
     }
 
     fn read(&self, key: &str) -> Result<Vec<u8>> {
@@ -494,23 +532,32 @@ impl CheckpointStore for KafkaCheckpointStore {
     }
 
     fn write(&self, key: &str, bytes: &[u8]) -> Result<()> {
-        let mut writer = self.lock();
-        self.put(&mut writer, key, bytes.len() as u64, bytes)?;
-        self.cache.write(key, bytes)
+        self.using(|writer| {
+            self.put(writer, key, bytes.len() as u64, bytes)?;
+            self.cache.write(key, bytes)
+        })
     }
 
     fn store(&self, staged: &Path, key: &str) -> Result<bool> {
-        let mut writer = self.lock();
-        if writer.chunks.contains_key(key) {
-            return Ok(false);
-        }
-        let file = File::open(staged).map_err(|e| Error::io("open", staged, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("read", staged, e))?
-            .len();
-        self.put(&mut writer, key, len, std::io::BufReader::new(file))?;
-        self.cache.store(staged, key)
+        self.using(|writer| {
+            if writer.chunks.contains_key(key) {
+                return Ok(false);
+            }
+            // Into the cache's directory first (a rename, or a copy from
+            // another file system), so that after the commit only a
+            // rename inside the cache is left to do.
+            let incoming = self.cache.root().join(INCOMING);
+            if std::fs::rename(staged, &incoming).is_err() {
+                std::fs::copy(staged, &incoming).map_err(|e| Error::io("copy", staged, e))?;
+            }
+            let file = File::open(&incoming).map_err(|e| Error::io("open", &incoming, e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| Error::io("read", &incoming, e))?
+                .len();
+            self.put(writer, key, len, std::io::BufReader::new(file))?;
+            self.cache.store(&incoming, key)
+        })
     }
 
     fn checksum(&self, key: &str) -> Result<FileSum> {
@@ -528,25 +575,25 @@ impl CheckpointStore for KafkaCheckpointStore {
     /// One transaction for all of them: pruning a checkpoint costs one
     /// round of commits, not one per file.
     fn delete_all(&self, keys: &[String]) -> Result<()> {
-        let mut writer = self.lock();
-        let held: Vec<(&String, u32)> = keys
-            .iter()
-            .filter_map(|key| Some((key, *writer.chunks.get(key)?)))
-            .collect();
-        if held.is_empty() {
-            return Ok(());
-        }
-        let action = format!("delete {} files", held.len());
-        self.transaction(&writer.producer, &action, |send| {
-            held.iter().try_for_each(|(key, count)| {
-                (0..*count).try_for_each(|index| send(self.chunk_record(key, index, None)))
-            })
-        })?;
-        for (key, _) in &held {
-            writer.chunks.remove(*key);
-            self.cache.delete(key)?;
-        }
-        Ok(())
+        self.using(|writer| {
+            let held: Vec<(&String, u32)> = keys
+                .iter()
+                .filter_map(|key| Some((key, *writer.chunks.get(key)?)))
+                .collect();
+            if held.is_empty() {
+                return Ok(());
+            }
+            let action = format!("delete {} files", held.len());
+            self.transaction(&writer.producer, &action, |send| {
+                held.iter().try_for_each(|(key, count)| {
+                    (0..*count).try_for_each(|index| send(self.chunk_record(key, index, None)))
+                })
+            })?;
+            for (key, _) in &held {
+                writer.chunks.remove(*key);
+            }
+            held.iter().try_for_each(|(key, _)| self.cache.delete(key))
+        })
     }
 }
 

@@ -41,7 +41,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
@@ -68,6 +68,7 @@ pub struct KafkaWorkers {
     settings: ClientSettings,
     application_id: String,
     partitions: usize,
+    replication: i32,
     session_timeout: Duration,
     stop: Arc<AtomicBool>,
 }
@@ -103,11 +104,27 @@ struct Assignment {
     assigned: BTreeSet<(String, i32)>,
 }
 
+/// A task topic's partition: which task.
+type TaskKey = (String, i32);
+
+/// A task this worker runs.
+enum TaskSlot {
+    /// Being built and restored on a thread of its own (opening its
+    /// checkpoint store, fencing, replaying), so the group's loop goes on
+    /// meanwhile; the thread sends the running task, or why it failed.
+    Starting(mpsc::Receiver<Result<JobHandle>>),
+    Running(JobHandle),
+}
+
+/// The worker's tasks, shared by the loop and the rebalance callbacks.
+type Tasks = Arc<Mutex<BTreeMap<TaskKey, TaskSlot>>>;
+
 struct GroupContext {
     assignment: Mutex<Assignment>,
-    /// The running tasks by (topic, partition); shared with the loop, so a
-    /// revocation stops them before it is acknowledged.
-    running: Arc<Mutex<BTreeMap<(String, i32), JobHandle>>>,
+    /// The tasks by (topic, partition); shared with the loop, so a
+    /// revocation stops them (waiting for one still starting) before it
+    /// is acknowledged.
+    tasks: Tasks,
 }
 
 impl ClientContext for GroupContext {}
@@ -119,12 +136,12 @@ impl ConsumerContext for GroupContext {
                 .assignment
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
             for element in tpl.elements() {
                 let key = (element.topic().to_string(), element.partition());
                 assignment.assigned.remove(&key);
-                if let Some(task) = running.remove(&key) {
-                    stop_task(task, &key);
+                if let Some(slot) = tasks.remove(&key) {
+                    stop_slot(slot, &key);
                 }
             }
         }
@@ -150,9 +167,21 @@ impl ConsumerContext for GroupContext {
     }
 }
 
+/// Stops a task, waiting first for one still starting.
+fn stop_slot(slot: TaskSlot, key: &TaskKey) {
+    match slot {
+        TaskSlot::Running(task) => stop_task(task, key),
+        TaskSlot::Starting(started) => match started.recv() {
+            Ok(Ok(task)) => stop_task(task, key),
+            Ok(Err(e)) => tracing::warn!(task = ?key, error = %e, "a stopped task failed to start"),
+            Err(_) => {}
+        },
+    }
+}
+
 /// Aborts a task and waits for it: nothing after its last checkpoint is
 /// committed, so its next owner repeats exactly that.
-fn stop_task(task: JobHandle, key: &(String, i32)) {
+fn stop_task(task: JobHandle, key: &TaskKey) {
     task.stop_handle().abort();
     match task.join() {
         Ok(_) | Err(Error::Aborted) => {}
@@ -168,6 +197,7 @@ impl KafkaWorkers {
             settings: ClientSettings::new(brokers),
             application_id: application_id.into(),
             partitions: 6,
+            replication: 1,
             session_timeout: Duration::from_secs(10),
             stop: Arc::new(AtomicBool::new(false)),
         }
@@ -178,6 +208,14 @@ impl KafkaWorkers {
     /// the application must use the same.
     pub fn partitions(mut self, partitions: usize) -> Self {
         self.partitions = partitions;
+        self
+    }
+
+    /// The replication factor of the internal topics it creates (default
+    /// 1, for a one-broker test cluster; 3 on a production cluster: the
+    /// checkpoint topics are the only copy of the tasks' state).
+    pub fn replication(mut self, factor: i32) -> Self {
+        self.replication = factor;
         self
     }
 
@@ -207,7 +245,7 @@ impl KafkaWorkers {
     /// a cluster that cannot be reached, or the first task failure.
     pub fn run<F>(&self, job: F) -> Result<()>
     where
-        F: Fn(Job) -> Result<Job>,
+        F: Fn(Job) -> Result<Job> + Sync,
     {
         let probe = job(Job::new().worker_mode())?;
         let layout = probe.stage_layout();
@@ -229,19 +267,22 @@ impl KafkaWorkers {
             &self.application_id,
             self.partitions,
         )
-        .key_groups(key_groups);
+        .key_groups(key_groups)
+        .replication(self.replication);
         topics.check_layout(&layout)?;
         topics.ensure_repartition_topics(&layout)?;
-        let (task_topics, tasks): (Vec<String>, Vec<usize>) =
-            topics.ensure_task_topics(&tasks)?.into_iter().unzip();
+        let (task_topics, tasks): (Vec<String>, Vec<usize>) = topics
+            .ensure_task_topics(&layout, &tasks)?
+            .into_iter()
+            .unzip();
         topics.ensure_checkpoint_topics(&tasks)?;
         let exchange: Arc<dyn RemoteExchange> = Arc::new(KafkaExchange::new(
             self.settings.brokers.clone(),
             &self.application_id,
             key_groups,
         ));
-        let running = Arc::new(Mutex::new(BTreeMap::new()));
-        let consumer = self.join_group(&task_topics, Arc::clone(&running))?;
+        let tasks_here: Tasks = Arc::new(Mutex::new(BTreeMap::new()));
+        let consumer = self.join_group(&task_topics, Arc::clone(&tasks_here))?;
         let stores: Arc<dyn TaskCheckpointStores> = Arc::new(KafkaTaskStores::new(
             self.settings.brokers.clone(),
             &self.application_id,
@@ -252,15 +293,16 @@ impl KafkaWorkers {
             exchange,
             stores,
         };
-        let result = self.serve(&consumer, &job, &plan, &running);
-        // Leaving: stop every task first, then the group hears at once.
-        let stopping: Vec<_> =
-            std::mem::take(&mut *running.lock().unwrap_or_else(PoisonError::into_inner))
-                .into_iter()
-                .collect();
-        for (key, task) in stopping {
-            stop_task(task, &key);
-        }
+        let result = std::thread::scope(|scope| {
+            let result = self.serve(scope, &consumer, &job, &plan, &tasks_here);
+            // Leaving: stop every task first, then the group hears at once.
+            let stopping =
+                std::mem::take(&mut *tasks_here.lock().unwrap_or_else(PoisonError::into_inner));
+            for (key, slot) in stopping {
+                stop_slot(slot, &key);
+            }
+            result
+        });
         consumer.unsubscribe();
         drop(consumer);
         result
@@ -269,7 +311,7 @@ impl KafkaWorkers {
     fn join_group(
         &self,
         task_topics: &[String],
-        running: Arc<Mutex<BTreeMap<(String, i32), JobHandle>>>,
+        tasks: Tasks,
     ) -> Result<BaseConsumer<GroupContext>> {
         let session = self.session_timeout.as_millis().to_string();
         let heartbeat = (self.session_timeout.as_millis() / 10).max(100).to_string();
@@ -284,7 +326,7 @@ impl KafkaWorkers {
             ])
             .create_with_context(GroupContext {
                 assignment: Mutex::new(Assignment::default()),
-                running,
+                tasks,
             })
             .map_err(|e| invalid_property(&self.settings, e))?;
         let names: Vec<&str> = task_topics.iter().map(String::as_str).collect();
@@ -294,70 +336,82 @@ impl KafkaWorkers {
         Ok(consumer)
     }
 
-    /// The worker's loop: serves the group, starts assigned tasks, reaps
-    /// finished ones, until asked to leave or a task fails.
-    fn serve<F>(
+    /// The worker's loop: serves the group, starts assigned tasks (each
+    /// on a thread of `scope`), reaps finished ones, until asked to leave
+    /// or a task fails.
+    fn serve<'scope, 'env, F>(
         &self,
+        scope: &'scope std::thread::Scope<'scope, 'env>,
         consumer: &BaseConsumer<GroupContext>,
-        job: &F,
+        job: &'env F,
         plan: &TaskPlan,
-        running: &Mutex<BTreeMap<(String, i32), JobHandle>>,
+        tasks: &Mutex<BTreeMap<TaskKey, TaskSlot>>,
     ) -> Result<()>
     where
-        F: Fn(Job) -> Result<Job>,
+        F: Fn(Job) -> Result<Job> + Sync,
     {
-        let mut finished: BTreeSet<(String, i32)> = BTreeSet::new();
+        let lock = || tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut finished: BTreeSet<TaskKey> = BTreeSet::new();
         while !self.stop.load(Ordering::SeqCst) {
             // Rebalance callbacks run inside this poll.
             if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
                 tracing::warn!(error = %e, "group consumer");
             }
-            let start: Vec<(String, i32)> = {
+            {
                 let assignment = consumer
                     .context()
                     .assignment
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                let running = running.lock().unwrap_or_else(PoisonError::into_inner);
-                assignment
+                let mut tasks = lock();
+                let start: Vec<TaskKey> = assignment
                     .assigned
                     .iter()
-                    .filter(|k| !running.contains_key(*k) && !finished.contains(*k))
+                    .filter(|k| !tasks.contains_key(*k) && !finished.contains(*k))
                     .cloned()
-                    .collect()
-            };
-            for key in start {
-                let Some(stage) = plan.topics.iter().position(|t| *t == key.0) else {
-                    continue;
-                };
-                let part = JobPart {
-                    stage,
-                    task: usize::try_from(key.1).unwrap_or(usize::MAX),
-                    repartition_partitions: self.partitions,
-                    exchange: Arc::clone(&plan.exchange),
-                    checkpoint_stores: Some(Arc::clone(&plan.stores)),
-                    stage_tasks: Some(plan.tasks.clone()),
-                };
-                tracing::info!(stage, task = part.task, "starting a task");
-                let handle = job(Job::new().worker_mode())?.spawn_part(&part)?;
-                running
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(key, handle);
+                    .collect();
+                for key in start {
+                    let Some(stage) = plan.topics.iter().position(|t| *t == key.0) else {
+                        continue;
+                    };
+                    let part = JobPart {
+                        stage,
+                        task: usize::try_from(key.1).unwrap_or(usize::MAX),
+                        repartition_partitions: self.partitions,
+                        exchange: Arc::clone(&plan.exchange),
+                        checkpoint_stores: Some(Arc::clone(&plan.stores)),
+                        stage_tasks: Some(plan.tasks.clone()),
+                    };
+                    tracing::info!(stage, task = part.task, "starting a task");
+                    let (started, slot) = mpsc::channel();
+                    scope.spawn(move || {
+                        let task = job(Job::new().worker_mode()).and_then(|j| j.spawn_part(&part));
+                        // The receiver is gone only if the worker stopped.
+                        let _ = started.send(task);
+                    });
+                    tasks.insert(key, TaskSlot::Starting(slot));
+                }
             }
-            let done: Vec<(String, i32)> = running
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .filter(|(_, task)| task.is_finished())
-                .map(|(key, _)| key.clone())
-                .collect();
+            let mut tasks = lock();
+            let mut done = Vec::new();
+            for (key, slot) in tasks.iter_mut() {
+                match slot {
+                    TaskSlot::Starting(started) => match started.try_recv() {
+                        Ok(Ok(task)) => *slot = TaskSlot::Running(task),
+                        Ok(Err(e)) => return Err(e),
+                        Err(mpsc::TryRecvError::Empty) => {}
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            return Err(Error::Internal(format!(
+                                "the thread starting task {key:?} ended without a word"
+                            )))
+                        }
+                    },
+                    TaskSlot::Running(task) if task.is_finished() => done.push(key.clone()),
+                    TaskSlot::Running(_) => {}
+                }
+            }
             for key in done {
-                let task = running
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&key);
-                if let Some(task) = task {
+                if let Some(TaskSlot::Running(task)) = tasks.remove(&key) {
                     task.join()?;
                     tracing::info!(task = ?key, "a task finished");
                     finished.insert(key);

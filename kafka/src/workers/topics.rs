@@ -23,7 +23,7 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -142,23 +142,33 @@ impl InternalTopics {
     /// task (`tasks`, per stage, from `Job::stage_tasks`): the partitions
     /// the group assigns (see [`KafkaWorkers`](super::KafkaWorkers)).
     /// Returns their names and the task counts the application runs with,
-    /// stage by stage: a task topic with fewer partitions than a stage now
-    /// asks for is kept as it is (the stage's source topics gained
-    /// partitions: its tasks read them, see `JobPart::stage_tasks`).
+    /// stage by stage: the task topic of a stage that reads only sources
+    /// (in `layout`) and has fewer partitions than the stage now asks for
+    /// is kept as it is (the stage's source topics gained partitions: its
+    /// tasks read them, see `JobPart::stage_tasks`).
     ///
     /// # Errors
-    /// A task topic with more partitions than the stage has tasks (its
-    /// source topics were made again with fewer partitions), or a cluster
-    /// that cannot be reached or refuses to create a topic.
-    pub fn ensure_task_topics(&self, tasks: &[usize]) -> Result<Vec<(String, usize)>> {
+    /// A task topic with another partition count (more than a source stage
+    /// has tasks: its source topics were made again with fewer
+    /// partitions; or any other for a stage behind a keyed exchange), or
+    /// a cluster that cannot be reached or refuses to create a topic.
+    pub fn ensure_task_topics(
+        &self,
+        layout: &StageLayout,
+        tasks: &[usize],
+    ) -> Result<Vec<(String, usize)>> {
         let consumer = self.settings.metadata_consumer(None)?;
         tasks
             .iter()
             .enumerate()
             .map(|(stage, &wanted)| {
                 let topic = self.task_topic(stage);
+                let reads_only_sources = layout
+                    .stages
+                    .get(stage)
+                    .is_some_and(|s| !s.sources.is_empty() && s.keyed_inputs.is_empty());
                 let count = match self.partition_count(&consumer, &topic)? {
-                    Some(has) if has > 0 && has < wanted => {
+                    Some(has) if reads_only_sources && has > 0 && has < wanted => {
                         tracing::info!(
                             stage,
                             tasks = has,
@@ -188,7 +198,10 @@ impl InternalTopics {
     /// checkpoint files. Returns their names, stage by stage.
     ///
     /// # Errors
-    /// As [`InternalTopics::ensure_task_topics`].
+    /// A checkpoint topic with another partition count, or one that
+    /// exists without compaction (its retention would delete files the
+    /// checkpoints need), or a cluster that cannot be reached or refuses
+    /// to create a topic.
     pub fn ensure_checkpoint_topics(&self, tasks: &[usize]) -> Result<Vec<String>> {
         tasks
             .iter()
@@ -207,9 +220,41 @@ impl InternalTopics {
                     ],
                     "workers.tasks",
                 )?;
+                self.check_compacted(&topic)?;
                 Ok(topic)
             })
             .collect()
+    }
+
+    /// Refuses `topic` unless its cleanup policy is `compact` (alone).
+    fn check_compacted(&self, topic: &str) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .settings
+            .config(&[])
+            .create()
+            .map_err(|e| invalid_property(&self.settings, e))?;
+        let options = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
+        let described = futures_executor::block_on(
+            admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options),
+        )
+        .map_err(|e| self.settings.error(format!("describe topic '{topic}'"), e))?;
+        let policy = described
+            .into_iter()
+            .next()
+            .and_then(|r| r.ok())
+            .and_then(|r| r.get("cleanup.policy").and_then(|e| e.value.clone()));
+        match policy.as_deref() {
+            Some("compact") => Ok(()),
+            other => Err(Error::config(
+                "workers.application_id",
+                format!(
+                    "the checkpoint topic '{topic}' has cleanup.policy {}, not compact: its \
+                     retention would delete checkpoint files; set cleanup.policy=compact, or \
+                     use a new application id",
+                    other.unwrap_or("unknown")
+                ),
+            )),
+        }
     }
 
     /// Records `layout` (with the key groups and partition count) as the
