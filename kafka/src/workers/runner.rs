@@ -8,7 +8,9 @@
 //! in the consumer group `<application-id>`; the partitions it is assigned
 //! are the tasks it runs: partition `p` of stage `s`'s topic is task
 //! `(s, p)`, a [`JobPart`] started with [`Job::spawn_part`] on a job the
-//! worker builds afresh from the job code. Assignment is the classic
+//! worker builds afresh from the job code, on a thread of its own (opening
+//! its checkpoint store and restoring may take a while; the group's loop
+//! keeps serving heartbeats and rebalances meanwhile). Assignment is the classic
 //! protocol's `cooperative-sticky` assignor: a member joining or leaving
 //! moves only the tasks that must move, and the others never stop.
 //!
