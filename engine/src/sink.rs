@@ -45,6 +45,17 @@ pub trait Sink<T>: Send + 'static {
         Ok(())
     }
 
+    /// Every input of this subtask went idle (no data for its idle
+    /// timeout): until data or a watermark comes again, its watermark
+    /// should hold nobody back. For sinks that pass event time on (a
+    /// worker-mode exchange tells the tasks downstream); others ignore it.
+    ///
+    /// # Errors
+    /// Any error stops the job.
+    fn on_idle(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// End of input: flush and close.
     ///
     /// # Errors
@@ -93,6 +104,10 @@ impl<T: 'static> Sink<T> for Box<dyn Sink<T>> {
 
     fn on_watermark(&mut self, watermark: EventTime) -> Result<()> {
         (**self).on_watermark(watermark)
+    }
+
+    fn on_idle(&mut self) -> Result<()> {
+        (**self).on_idle()
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -222,7 +237,10 @@ impl<T: Data, S: Sink<T>> Push<T> for SinkPush<S> {
                 let sink = &mut self.sink;
                 guarded(&self.name, || sink.on_watermark(wm))
             }
-            Watermark::Idle => Ok(()),
+            Watermark::Idle => {
+                let sink = &mut self.sink;
+                guarded(&self.name, || sink.on_idle())
+            }
         }
     }
 

@@ -603,3 +603,140 @@ fn partitions_added_to_the_input_are_read_by_the_tasks_the_application_has() -> 
     );
     Ok(())
 }
+
+/// Per-user 1 s counts of `topics.input`, live (unbounded), with
+/// partitions idle after 300 ms without data.
+fn idle_job(job: Job, topics: &Topics) -> Result<Job> {
+    let source = KafkaSource::builder(&topics.brokers)
+        .topic(&topics.input)
+        .json::<Click>()?;
+    job.source(
+        source,
+        WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(100))
+            .with_timestamps(|c: &Click| c.ts)
+            .with_idleness(Duration::from_millis(300)),
+    )
+    .key_by(|c: &Click| c.user)
+    .window(Tumbling::of(Duration::from_secs(1)))
+    .aggregate(Count)
+    .uid("counts")
+    .map(|r| Row {
+        user: r.key,
+        start: r.window.start,
+        count: r.value,
+    })
+    .sink(
+        KafkaSink::<Row>::json(&topics.brokers, &topics.output)
+            .exactly_once(format!("{}-txn", topics.output))
+            .build()?,
+    )
+    .uid("rows-sink");
+    Ok(job)
+}
+
+/// An upstream task whose partition never has data goes idle, and says so
+/// to the tasks downstream (a control record): windows fire on the other
+/// upstream task's watermark alone, as in one process. Without it the
+/// downstream watermark would stay at the silent task's `-inf` and no
+/// window would ever fire.
+#[test]
+fn an_idle_upstream_task_holds_no_window_back_on_other_workers() -> Result<()> {
+    let Some(brokers) = brokers() else {
+        return Ok(());
+    };
+    let topics = Topics {
+        brokers: brokers.clone(),
+        input: unique_topic("idle-in"),
+        output: unique_topic("idle-rows"),
+        late: String::new(),
+    };
+    create_topic(&brokers, &topics.input, 2);
+    create_topic(&brokers, &topics.output, 1);
+    // Clicks into partition 0 only, 1 per ms of event time, 5 users, for
+    // as long as the test runs: partition 0 stays active, 1 goes idle.
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (brokers, input, writing) =
+            (brokers.clone(), topics.input.clone(), Arc::clone(&writing));
+        std::thread::spawn(move || {
+            let mut seq = 0u64;
+            while writing.load(std::sync::atomic::Ordering::SeqCst) && seq < 120_000 {
+                let batch: Vec<Produce> = (seq..seq + 100)
+                    .map(|i| {
+                        let click = Click {
+                            user: (i % 5) as u32,
+                            ts: 1_000_000 + i as i64,
+                            seq: i,
+                        };
+                        Produce::click(0, &click)
+                    })
+                    .collect();
+                produce(&brokers, &input, &batch);
+                seq += 100;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let dir = tempfile::tempdir().map_err(|e| Error::io("create", "tempdir", e))?;
+    let app = unique_topic("idle-app");
+    let build = || {
+        idle_job(
+            Job::new()
+                .worker_mode()
+                .checkpointing(Duration::from_millis(200), dir.path().join("chk")),
+            &topics,
+        )
+    };
+    let layout = build()?.stage_layout();
+    InternalTopics::new(&brokers, &app, 2).ensure_repartition_topics(&layout)?;
+    let exchange = Arc::new(KafkaExchange::new(
+        &brokers,
+        &app,
+        build()?.config().key_groups,
+    ));
+    let mut handles = Vec::new();
+    for (stage, task) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        handles.push(build()?.spawn_part(&JobPart {
+            stage,
+            task,
+            repartition_partitions: 2,
+            exchange: Arc::clone(&exchange) as Arc<dyn tideline::RemoteExchange>,
+            checkpoint_stores: None,
+            stage_tasks: None,
+        })?);
+    }
+    // The first two windows: 1,000 clicks each, 200 per user.
+    let mut want: Vec<Row> = (0..2)
+        .flat_map(|w| {
+            (0..5).map(move |user| Row {
+                user,
+                start: 1_000_000 + w * 1_000,
+                count: 200,
+            })
+        })
+        .collect();
+    want.sort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let rows = loop {
+        let mut rows: Vec<Row> = consume_json(&brokers, &topics.output);
+        rows.retain(|r| r.start < 1_002_000);
+        rows.sort();
+        if rows.len() >= want.len() || std::time::Instant::now() >= deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
+    for handle in handles {
+        handle.stop_handle().abort();
+        match handle.join() {
+            Ok(_) | Err(Error::Aborted) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    writer
+        .join()
+        .map_err(|_| Error::user("the click writer panicked"))?;
+    assert_eq!(rows, want, "windows fired with an idle upstream task");
+    Ok(())
+}

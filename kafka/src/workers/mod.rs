@@ -8,7 +8,7 @@
 //! Checkpoints are kept in Kafka ([`KafkaTaskStores`]), so no worker needs
 //! a directory another one reaches. A source topic that gains partitions
 //! is read by the tasks the application has (see "Stages and tasks").
-//! Not built yet: standby replicas, idleness across workers, rebalance
+//! Not built yet: standby replicas, rebalance
 //! and broadcast edges across workers, and more tasks for a grown source.
 //!
 //! # What a user does
@@ -115,8 +115,8 @@
 //!
 //! # Event time across workers
 //! Each upstream task writes its watermark as a **control record**
-//! (headers `tl-ctl`, `tl-from` and `tl-ts`; only watermarks are written
-//! today, idleness is not built) to every
+//! (headers `tl-ctl`, `tl-from` and `tl-ts`: a watermark, `idle` when
+//! every input of the task went idle, or the end) to every
 //! partition of the repartition topic, in the same transaction as its data
 //! and after it. A downstream task keeps, per upstream task, the last
 //! watermark it read (`-inf` before the first, so nothing fires before

@@ -116,6 +116,7 @@ impl RemoteExchange for KafkaExchange {
             codec,
             from: 0,
             sent: EventTime::MIN,
+            idle: false,
         }))
     }
 
@@ -158,6 +159,21 @@ struct RepartitionWriter {
     from: usize,
     /// The last watermark sent.
     sent: EventTime,
+    /// Whether the last control record sent said this task is idle.
+    idle: bool,
+}
+
+impl RepartitionWriter {
+    /// Writes `control` to every partition, stamped `at`.
+    fn send_control(&mut self, control: Control, at: EventTime) -> Result<()> {
+        let controls = self
+            .codec
+            .control(control, self.from)
+            .into_iter()
+            .map(|o| Record::new(at, o))
+            .collect();
+        self.inner.write_batch(controls)
+    }
 }
 
 impl Sink<RemoteRecord> for RepartitionWriter {
@@ -184,17 +200,22 @@ impl Sink<RemoteRecord> for RepartitionWriter {
     }
 
     fn on_watermark(&mut self, watermark: EventTime) -> Result<()> {
-        if watermark <= self.sent {
+        // A watermark that does not advance changes nothing downstream,
+        // unless it ends this task's idleness there.
+        if watermark <= self.sent && !self.idle {
             return Ok(());
         }
-        self.sent = watermark;
-        let controls = self
-            .codec
-            .control(Control::Watermark(watermark), self.from)
-            .into_iter()
-            .map(|o| Record::new(watermark, o))
-            .collect();
-        self.inner.write_batch(controls)
+        self.sent = self.sent.max(watermark);
+        self.idle = false;
+        self.send_control(Control::Watermark(watermark), watermark)
+    }
+
+    fn on_idle(&mut self) -> Result<()> {
+        if self.idle {
+            return Ok(());
+        }
+        self.idle = true;
+        self.send_control(Control::Idle, self.sent)
     }
 
     fn finish(&mut self) -> Result<()> {
