@@ -47,6 +47,7 @@ use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use tideline_engine::{
     Error, Job, JobHandle, JobPart, RemoteExchange, Result, TaskCheckpointStores,
@@ -356,8 +357,14 @@ impl KafkaWorkers {
         let mut finished: BTreeSet<TaskKey> = BTreeSet::new();
         while !self.stop.load(Ordering::SeqCst) {
             // Rebalance callbacks run inside this poll.
-            if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
-                tracing::warn!(error = %e, "group consumer");
+            match consumer.poll(Duration::from_millis(100)) {
+                // librdkafka gives up on a fatal error (this member was
+                // fenced): the group no longer counts on this worker.
+                Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
+                    return Err(self.settings.error("stay in the group", e));
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "group consumer"),
+                _ => {}
             }
             {
                 let assignment = consumer
