@@ -20,13 +20,15 @@ mod kafka_common;
 
 use std::time::{Duration, Instant};
 
-use kafka_common::{admin, create_topic, fail, quick, reachable_brokers, write_input, Click, Row};
+use kafka_common::{
+    admin, clicks_per_user, create_topic, fail, quick, reachable_brokers, write_input, Row,
+};
 use tideline::kafka::rdkafka::admin::AdminOptions;
 use tideline::kafka::rdkafka::config::ClientConfig;
 use tideline::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use tideline::kafka::rdkafka::error::KafkaError;
 use tideline::kafka::rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use tideline::kafka::{Bound, KafkaSink, KafkaSource};
+use tideline::kafka::KafkaSink;
 use tideline::prelude::*;
 
 /// Records per second of a bare consumer reading `topic` to its end.
@@ -80,10 +82,6 @@ fn pipeline(
         .parallelism(parallelism)
         .mode(ExecutionMode::Bounded)
         .checkpointing(Duration::from_secs(1), dir.path().join("chk"));
-    let source = KafkaSource::builder(brokers)
-        .topic(input)
-        .bounded(Bound::EndOffsets)
-        .json::<Click>()?;
     let sink = KafkaSink::<Row>::json(brokers, output)
         .key(|r: &Row| Some(r.user.to_string().into_bytes()));
     let sink = if exactly_once {
@@ -91,20 +89,7 @@ fn pipeline(
     } else {
         sink.at_least_once()
     };
-    job.source(
-        source,
-        WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(100))
-            .with_timestamps(|c: &Click| c.ts),
-    )
-    .key_by(|c: &Click| c.user)
-    .window(Tumbling::of(Duration::from_secs(1)))
-    .aggregate(tideline::window::Count)
-    .map(|r| Row {
-        user: r.key,
-        start: r.window.start,
-        count: r.value,
-    })
-    .sink(sink.build()?);
+    let job = clicks_per_user(job, brokers, input, sink.build()?)?;
     let started = Instant::now();
     let summary = job.run()?;
     let seconds = started.elapsed().as_secs_f64();

@@ -29,14 +29,16 @@ mod kafka_common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kafka_common::{admin, create_topic, fail, quick, reachable_brokers, write_input, Click, Row};
+use kafka_common::{
+    admin, clicks_per_user, create_topic, fail, quick, reachable_brokers, write_input, Row,
+};
 use tideline::kafka::rdkafka::admin::AdminOptions;
 use tideline::kafka::rdkafka::config::ClientConfig;
 use tideline::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use tideline::kafka::rdkafka::error::KafkaError;
 use tideline::kafka::rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tideline::kafka::workers::KafkaWorkers;
-use tideline::kafka::{Bound, KafkaSink, KafkaSource};
+use tideline::kafka::KafkaSink;
 use tideline::prelude::*;
 
 /// Partitions of the input and of the repartition topic.
@@ -46,32 +48,11 @@ const OUTPUT_PARTITIONS: i32 = 3;
 
 /// The job code, the same in one process and on workers.
 fn clicks_job(job: Job, brokers: &str, input: &str, output: &str) -> Result<Job> {
-    let source = KafkaSource::builder(brokers)
-        .topic(input)
-        .bounded(Bound::EndOffsets)
-        .json::<Click>()?;
-    job.source(
-        source,
-        WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(100))
-            .with_timestamps(|c: &Click| c.ts),
-    )
-    .key_by(|c: &Click| c.user)
-    .window(Tumbling::of(Duration::from_secs(1)))
-    .aggregate(tideline::window::Count)
-    .uid("counts")
-    .map(|r| Row {
-        user: r.key,
-        start: r.window.start,
-        count: r.value,
-    })
-    .sink(
-        KafkaSink::<Row>::json(brokers, output)
-            .key(|r: &Row| Some(r.user.to_string().into_bytes()))
-            .exactly_once(format!("{output}-txn"))
-            .build()?,
-    )
-    .uid("rows");
-    Ok(job)
+    let sink = KafkaSink::<Row>::json(brokers, output)
+        .key(|r: &Row| Some(r.user.to_string().into_bytes()))
+        .exactly_once(format!("{output}-txn"))
+        .build()?;
+    clicks_per_user(job, brokers, input, sink)
 }
 
 /// A worker process: runs its tasks until the stop file appears.

@@ -7,6 +7,7 @@ use tideline::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, Topic
 use tideline::kafka::rdkafka::client::DefaultClientContext;
 use tideline::kafka::rdkafka::config::ClientConfig;
 use tideline::kafka::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use tideline::kafka::{Bound, KafkaSink, KafkaSource};
 use tideline::prelude::*;
 
 /// An input record.
@@ -113,4 +114,35 @@ pub(crate) fn reachable_brokers(bench: &str) -> Result<Option<String>> {
 pub(crate) fn quick() -> bool {
     std::env::args().all(|a| a != "--bench")
         || std::env::args().any(|a| a == "--quick" || a == "--test")
+}
+
+/// The benchmarks' job: the JSON clicks of `input` (to its end) →
+/// `key_by(user)` → tumbling 1 s counts → `sink`.
+pub(crate) fn clicks_per_user(
+    job: Job,
+    brokers: &str,
+    input: &str,
+    sink: KafkaSink<Row>,
+) -> Result<Job> {
+    let source = KafkaSource::builder(brokers)
+        .topic(input)
+        .bounded(Bound::EndOffsets)
+        .json::<Click>()?;
+    job.source(
+        source,
+        WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(100))
+            .with_timestamps(|c: &Click| c.ts),
+    )
+    .key_by(|c: &Click| c.user)
+    .window(Tumbling::of(Duration::from_secs(1)))
+    .aggregate(tideline::window::Count)
+    .uid("counts")
+    .map(|r| Row {
+        user: r.key,
+        start: r.window.start,
+        count: r.value,
+    })
+    .sink(sink)
+    .uid("rows");
+    Ok(job)
 }
