@@ -224,7 +224,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Self {
+    /// The error of a caught panic (user code's fault), with its message.
+    pub fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Self {
         let message = if let Some(s) = payload.downcast_ref::<&str>() {
             (*s).to_string()
         } else if let Some(s) = payload.downcast_ref::<String>() {

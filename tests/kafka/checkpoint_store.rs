@@ -151,3 +151,17 @@ fn a_record_that_is_not_a_checkpoint_file_is_refused_by_name() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_checkpoint_topic_that_is_not_compacted_is_refused() -> Result<()> {
+    let Some(brokers) = brokers() else {
+        return Ok(());
+    };
+    let app = unique_topic("uncompacted");
+    let topics = InternalTopics::new(&brokers, &app, 1);
+    // Made by hand with the broker's default policy (delete).
+    super::create_topic(&brokers, &topics.checkpoint_topic(0), 1);
+    let err = crate::error_text(topics.ensure_checkpoint_topics(&[1]));
+    assert!(err.contains("cleanup.policy delete, not compact"), "{err}");
+    Ok(())
+}

@@ -344,9 +344,8 @@ impl Job {
     /// exchanges to and from other stages go through `part.exchange`.
     /// With checkpointing, the task checkpoints into
     /// `<dir>/stage-<s>-task-<t>` (or into the store
-    /// `part.checkpoint_stores` opens for it, staged in
-    /// `<dir>/stage-<s>-task-<t>.<process id>`) and resumes from its latest
-    /// checkpoint there. The job stays as it was, so any number of its tasks can be
+    /// `part.checkpoint_stores` opens for it, staged there) and resumes
+    /// from its latest checkpoint there. The job stays as it was, so any number of its tasks can be
     /// started, one after another; each has its own stop handle and
     /// metrics.
     ///

@@ -342,17 +342,10 @@ impl Graph {
     }
 }
 
-/// The checkpoint directory of task run `part` under the job's `dir`:
-/// `stage-<s>-task-<t>`, or with a store of its own only its staging
-/// directory, `stage-<s>-task-<t>.<process id>`: a process's own, so a
-/// zombie and the task's new owner never stage into the same files even
-/// when their workers share `dir`.
+/// The checkpoint directory of task run `part` under the job's `dir`
+/// (with a store of its own, only its staging directory).
 pub(crate) fn part_checkpoint_dir(dir: &std::path::Path, part: &JobPart) -> PathBuf {
-    let name = format!("stage-{}-task-{}", part.stage, part.task);
-    match part.checkpoint_stores {
-        Some(_) => dir.join(format!("{name}.{}", std::process::id())),
-        None => dir.join(name),
-    }
+    dir.join(format!("stage-{}-task-{}", part.stage, part.task))
 }
 
 /// The end of a chain at a keyed exchange into another stage: records are

@@ -104,9 +104,9 @@ struct Writer {
     chunks: BTreeMap<String, u32>,
     /// Distinguishes this writer's versions of a file from earlier ones.
     next_write: u64,
-    /// Why a write failed once it had started: the partition, the cache
-    /// and the chunk counts may disagree (or the producer be fenced), so
-    /// every later call fails until the store is opened again.
+    /// Why a write or delete failed: the partition, the cache and the
+    /// chunk counts may disagree (or the producer be fenced), so every
+    /// later call fails until the store is opened again.
     broken: Option<String>,
 }
 
@@ -138,8 +138,9 @@ impl KafkaCheckpointStore {
     /// The partition must have one writer at a time, and every writer of
     /// it must use the same transactional id: that is what fences the
     /// earlier ones (two ids on one partition are neither fenced nor
-    /// safe). A write that fails once it has started leaves the store
-    /// unusable (every later call fails) until it is opened again.
+    /// safe). A write or delete that fails leaves the store unusable
+    /// (every later call fails) until it is opened again: the partition,
+    /// the cache and the producer may disagree by then.
     ///
     /// # Errors
     /// A cluster that cannot be reached, a transactional id that cannot be
@@ -213,18 +214,25 @@ impl KafkaCheckpointStore {
     /// an error of `f` breaks it.
     fn using<T>(&self, f: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
         let mut writer = self.lock();
-        if let Some(why) = &writer.broken {
-            return Err(Error::external(
-                self.settings.system(),
-                format!("use {}", self.what()),
-                format!("an earlier write failed ({why}); open the store again"),
-            ));
-        }
+        self.check(&writer)?;
         let result = f(&mut writer);
         if let Err(e) = &result {
             writer.broken = Some(e.to_string());
         }
         result
+    }
+
+    /// Refuses every use once a write failed: the cache may no longer
+    /// say what the partition holds.
+    fn check(&self, writer: &Writer) -> Result<()> {
+        match &writer.broken {
+            Some(why) => Err(Error::external(
+                self.settings.system(),
+                format!("use {}", self.what()),
+                format!("an earlier write failed ({why}); open the store again"),
+            )),
+            None => Ok(()),
+        }
     }
 
     fn what(&self) -> String {
@@ -528,6 +536,7 @@ impl CheckpointStore for KafkaCheckpointStore {
     }
 
     fn read(&self, key: &str) -> Result<Vec<u8>> {
+        self.check(&self.lock())?;
         self.cache.read(key)
     }
 
@@ -561,10 +570,12 @@ impl CheckpointStore for KafkaCheckpointStore {
     }
 
     fn checksum(&self, key: &str) -> Result<FileSum> {
+        self.check(&self.lock())?;
         self.cache.checksum(key)
     }
 
     fn fetch(&self, key: &str, local: &Path) -> Result<()> {
+        self.check(&self.lock())?;
         self.cache.fetch(key, local)
     }
 

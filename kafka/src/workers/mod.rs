@@ -123,6 +123,12 @@
 //! every upstream task has spoken; the number of upstream tasks is the
 //! upstream stage's partition count), and its watermark is the minimum
 //! over the non-idle ones, exactly as channels are combined in one process.
+//! A task that writes data after saying it was idle says it is active
+//! first (its watermark again), as data wakes an in-process channel.
+//! Limit: a downstream task whose upstream tasks are all idle does not
+//! go idle itself, so idleness crosses one exchange, not two in a row (a
+//! stage behind two keyed exchanges waits for its slowest input's
+//! watermark as long as that input is silent).
 //!
 //! Why the results equal a one-process run's: within one partition, Kafka
 //! keeps one idempotent producer's records in order, so each upstream

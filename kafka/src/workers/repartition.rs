@@ -116,7 +116,7 @@ impl RemoteExchange for KafkaExchange {
             codec,
             from: 0,
             sent: EventTime::MIN,
-            idle: false,
+            told_idle: None,
         }))
     }
 
@@ -159,8 +159,11 @@ struct RepartitionWriter {
     from: usize,
     /// The last watermark sent.
     sent: EventTime,
-    /// Whether the last control record sent said this task is idle.
-    idle: bool,
+    /// What the last control record sent said: idle, active (a
+    /// watermark), or nothing yet. Unknown at the start, also after a
+    /// restore, when downstream may hold this task as idle: the first
+    /// data, watermark or idleness is always told.
+    told_idle: Option<bool>,
 }
 
 impl RepartitionWriter {
@@ -187,6 +190,13 @@ impl Sink<RemoteRecord> for RepartitionWriter {
     }
 
     fn write_batch(&mut self, batch: Vec<Record<RemoteRecord>>) -> Result<()> {
+        if self.told_idle != Some(false) && !batch.is_empty() {
+            // Data wakes the task's input downstream, as data on an
+            // in-process channel does: before the records, so they are
+            // not held to another input's watermark.
+            self.told_idle = Some(false);
+            self.send_control(Control::Watermark(self.sent), self.sent)?;
+        }
         let out = batch
             .iter()
             .map(|r| {
@@ -202,19 +212,19 @@ impl Sink<RemoteRecord> for RepartitionWriter {
     fn on_watermark(&mut self, watermark: EventTime) -> Result<()> {
         // A watermark that does not advance changes nothing downstream,
         // unless it ends this task's idleness there.
-        if watermark <= self.sent && !self.idle {
+        if watermark <= self.sent && self.told_idle == Some(false) {
             return Ok(());
         }
         self.sent = self.sent.max(watermark);
-        self.idle = false;
+        self.told_idle = Some(false);
         self.send_control(Control::Watermark(watermark), watermark)
     }
 
     fn on_idle(&mut self) -> Result<()> {
-        if self.idle {
+        if self.told_idle == Some(true) {
             return Ok(());
         }
-        self.idle = true;
+        self.told_idle = Some(true);
         self.send_control(Control::Idle, self.sent)
     }
 

@@ -124,6 +124,9 @@ type Tasks = Arc<Mutex<BTreeMap<TaskKey, TaskSlot>>>;
 
 struct GroupContext {
     assignment: Mutex<Assignment>,
+    /// The first error of a task stopped at a revocation (it had failed
+    /// before it was stopped): the loop returns it.
+    failure: Mutex<Option<Error>>,
     /// The tasks by (topic, partition); shared with the loop, so a
     /// revocation stops them (waiting for one still starting) before it
     /// is acknowledged.
@@ -143,8 +146,11 @@ impl ConsumerContext for GroupContext {
             for element in tpl.elements() {
                 let key = (element.topic().to_string(), element.partition());
                 assignment.assigned.remove(&key);
-                if let Some(slot) = tasks.remove(&key) {
-                    stop_slot(slot, &key);
+                if let Some(failed) = tasks.remove(&key).and_then(|slot| stop_slot(slot, &key)) {
+                    self.failure
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get_or_insert(failed);
                 }
             }
         }
@@ -170,25 +176,35 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-/// Stops a task, waiting first for one still starting.
-fn stop_slot(slot: TaskSlot, key: &TaskKey) {
+/// Stops a task, waiting first for one still starting; returns its error
+/// if it had failed (or failed to start).
+fn stop_slot(slot: TaskSlot, key: &TaskKey) -> Option<Error> {
     match slot {
         TaskSlot::Running(task) => stop_task(task, key),
         TaskSlot::Starting(started) => match started.recv() {
             Ok(Ok(task)) => stop_task(task, key),
-            Ok(Err(e)) => tracing::warn!(task = ?key, error = %e, "a stopped task failed to start"),
-            Err(_) => {}
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(Error::Internal(format!(
+                "the thread starting task {key:?} ended without a word"
+            ))),
         },
     }
 }
 
 /// Aborts a task and waits for it: nothing after its last checkpoint is
-/// committed, so its next owner repeats exactly that.
-fn stop_task(task: JobHandle, key: &TaskKey) {
+/// committed, so its next owner repeats exactly that. Returns its error
+/// if it had ended with one before it was stopped (what fails after the
+/// abort, as its sinks lose their pending commits, is the abort's doing).
+fn stop_task(task: JobHandle, key: &TaskKey) -> Option<Error> {
+    let ended_before = task.is_finished();
     task.stop_handle().abort();
     match task.join() {
-        Ok(_) | Err(Error::Aborted) => {}
-        Err(e) => tracing::warn!(task = ?key, error = %e, "a stopped task ended with an error"),
+        Ok(_) | Err(Error::Aborted) => None,
+        Err(e) if ended_before => Some(e),
+        Err(e) => {
+            tracing::info!(task = ?key, error = %e, "a stopped task ended with an error");
+            None
+        }
     }
 }
 
@@ -254,7 +270,7 @@ impl KafkaWorkers {
         let layout = probe.stage_layout();
         let tasks = probe.stage_tasks(self.partitions)?;
         let key_groups = probe.config().key_groups;
-        if probe.config().checkpointing.is_none() {
+        let Some(staging) = probe.config().checkpointing.as_ref().map(|c| c.dir.clone()) else {
             // Exchanges commit with checkpoints: without them nothing would
             // ever reach a downstream task, and a moved task would restart
             // from nothing.
@@ -263,8 +279,9 @@ impl KafkaWorkers {
                 "worker mode needs checkpoints: call job.checkpointing(interval, dir) in \
                  the job code, with a local directory of this worker's own",
             ));
-        }
+        };
         drop(probe);
+        let _staging_lock = lock_staging(&staging)?;
         let topics = InternalTopics::new(
             self.settings.brokers.clone(),
             &self.application_id,
@@ -301,10 +318,13 @@ impl KafkaWorkers {
             // Leaving: stop every task first, then the group hears at once.
             let stopping =
                 std::mem::take(&mut *tasks_here.lock().unwrap_or_else(PoisonError::into_inner));
+            let mut failed = None;
             for (key, slot) in stopping {
-                stop_slot(slot, &key);
+                if let Some(e) = stop_slot(slot, &key) {
+                    failed.get_or_insert(e);
+                }
             }
-            result
+            result.and(failed.map_or(Ok(()), Err))
         });
         consumer.unsubscribe();
         drop(consumer);
@@ -329,6 +349,7 @@ impl KafkaWorkers {
             ])
             .create_with_context(GroupContext {
                 assignment: Mutex::new(Assignment::default()),
+                failure: Mutex::new(None),
                 tasks,
             })
             .map_err(|e| invalid_property(&self.settings, e))?;
@@ -366,6 +387,15 @@ impl KafkaWorkers {
                 Some(Err(e)) => tracing::warn!(error = %e, "group consumer"),
                 _ => {}
             }
+            let failed = consumer
+                .context()
+                .failure
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(e) = failed {
+                return Err(e);
+            }
             {
                 let assignment = consumer
                     .context()
@@ -394,7 +424,12 @@ impl KafkaWorkers {
                     tracing::info!(stage, task = part.task, "starting a task");
                     let (started, slot) = mpsc::channel();
                     scope.spawn(move || {
-                        let task = job(Job::new().worker_mode()).and_then(|j| j.spawn_part(&part));
+                        // A panic in the job code is the task's error, not
+                        // the worker's (the scope would panic at its end).
+                        let task = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            job(Job::new().worker_mode()).and_then(|j| j.spawn_part(&part))
+                        }))
+                        .unwrap_or_else(|panic| Err(Error::from_panic(panic)));
                         // The receiver is gone only if the worker stopped.
                         let _ = started.send(task);
                     });
@@ -428,5 +463,49 @@ impl KafkaWorkers {
             }
         }
         Ok(())
+    }
+}
+
+/// Locks the job's checkpoint directory for this worker until the lock
+/// is dropped: tasks stage their files there, so a second worker on the
+/// same directory (a zombie's task and its new owner) could mix them up.
+/// The lock goes with the process, however it ends.
+fn lock_staging(dir: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+    let path = dir.join(".worker.lock");
+    let file = std::fs::File::create(&path).map_err(|e| Error::io("create", &path, e))?;
+    #[cfg(unix)]
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            return Err(Error::config(
+                "workers.checkpointing",
+                format!(
+                    "the checkpoint directory '{}' is in use by another worker process: give \
+                     each worker a local directory of its own (checkpoints are kept in Kafka)",
+                    dir.display()
+                ),
+            ))
+        }
+        Err(e) => return Err(Error::io("lock", &path, std::io::Error::from(e))),
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_worker_on_the_same_directory_is_refused_until_the_first_ends() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("create", "tempdir", e))?;
+        let first = lock_staging(dir.path())?;
+        let err = lock_staging(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("is in use by another worker process"), "{err}");
+        drop(first);
+        lock_staging(dir.path()).map(drop)
     }
 }

@@ -234,16 +234,37 @@ impl InternalTopics {
             .create()
             .map_err(|e| invalid_property(&self.settings, e))?;
         let options = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
-        let described = futures_executor::block_on(
-            admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options),
-        )
-        .map_err(|e| self.settings.error(format!("describe topic '{topic}'"), e))?;
-        let policy = described
-            .into_iter()
-            .next()
-            .and_then(|r| r.ok())
-            .and_then(|r| r.get("cleanup.policy").and_then(|e| e.value.clone()));
-        match policy.as_deref() {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let action = || format!("describe the configuration of topic '{topic}'");
+        let config = loop {
+            let described = futures_executor::block_on(
+                admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options),
+            )
+            .map_err(|e| self.settings.error(action(), e))?;
+            match described.into_iter().next() {
+                Some(Ok(config)) => break config,
+                // Just made: the broker answering may not know it yet.
+                Some(Err(RDKafkaErrorCode::UnknownTopicOrPartition))
+                    if Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Some(Err(code)) => {
+                    return Err(Error::external(self.settings.system(), action(), code))
+                }
+                None => {
+                    return Err(Error::external(
+                        self.settings.system(),
+                        action(),
+                        "the broker described nothing",
+                    ))
+                }
+            }
+        };
+        match config
+            .get("cleanup.policy")
+            .and_then(|e| e.value.as_deref())
+        {
             Some("compact") => Ok(()),
             other => Err(Error::config(
                 "workers.application_id",
@@ -251,7 +272,7 @@ impl InternalTopics {
                     "the checkpoint topic '{topic}' has cleanup.policy {}, not compact: its \
                      retention would delete checkpoint files; set cleanup.policy=compact, or \
                      use a new application id",
-                    other.unwrap_or("unknown")
+                    other.unwrap_or("(none)")
                 ),
             )),
         }
