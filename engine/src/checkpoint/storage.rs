@@ -288,6 +288,12 @@ pub struct CheckpointStorage {
     /// Local: where tasks stage and restores lay files out.
     root: PathBuf,
     store: Arc<dyn CheckpointStore>,
+    /// The files of checkpoints whose metadata this storage wrote or
+    /// read, by id: pruning needs them after every checkpoint, and
+    /// metadata can be large (an exactly-once sink's transactions are in
+    /// it), so it is parsed once, not once per retained checkpoint per
+    /// checkpoint.
+    files_of: Arc<std::sync::Mutex<BTreeMap<u64, Vec<String>>>>,
 }
 
 impl CheckpointStorage {
@@ -301,6 +307,7 @@ impl CheckpointStorage {
         Ok(Self {
             root: store.root().to_path_buf(),
             store: Arc::new(store),
+            files_of: Arc::default(),
         })
     }
 
@@ -315,7 +322,11 @@ impl CheckpointStorage {
     ) -> Result<Self> {
         let root = staging.into();
         std::fs::create_dir_all(&root).map_err(|e| Error::io("create", &root, e))?;
-        Ok(Self { root, store })
+        Ok(Self {
+            root,
+            store,
+            files_of: Arc::default(),
+        })
     }
 
     /// The local staging directory.
@@ -481,7 +492,12 @@ impl CheckpointStorage {
         };
         let bytes = serde_json::to_vec(&file)
             .map_err(|e| Error::Internal(format!("encoding checkpoint metadata: {e}")))?;
-        self.store.write(&metadata_key(metadata.id), &bytes)
+        self.store.write(&metadata_key(metadata.id), &bytes)?;
+        self.files_of
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(metadata.id, metadata.files.keys().cloned().collect());
+        Ok(())
     }
 
     /// Stores the file a task staged at `staged` (relative to the staging
@@ -528,10 +544,21 @@ impl CheckpointStorage {
             }
         }
         let mut referenced = BTreeSet::new();
-        for id in &kept {
-            // A kept checkpoint that no longer reads is no reason to keep files.
-            if let Ok(meta) = self.read_metadata(*id) {
-                referenced.extend(meta.files.into_keys());
+        {
+            let mut files_of = self
+                .files_of
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            files_of.retain(|id, _| kept.contains(id));
+            for id in &kept {
+                if !files_of.contains_key(id) {
+                    // A kept checkpoint that no longer reads is no reason
+                    // to keep files.
+                    if let Ok(meta) = self.read_metadata(*id) {
+                        files_of.insert(*id, meta.files.into_keys().collect());
+                    }
+                }
+                referenced.extend(files_of.get(id).into_iter().flatten().cloned());
             }
         }
         let own = format!("{own_final}/");
