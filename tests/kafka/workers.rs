@@ -740,3 +740,39 @@ fn an_idle_upstream_task_holds_no_window_back_on_other_workers() -> Result<()> {
     assert_eq!(rows, want, "windows fired with an idle upstream task");
     Ok(())
 }
+
+/// A session timeout the brokers refuse (below their 6 s minimum) stops
+/// the worker with an error naming the setting, instead of a warning at
+/// every poll.
+#[test]
+fn a_session_timeout_the_brokers_refuse_is_an_error() -> Result<()> {
+    let Some(brokers) = brokers() else {
+        return Ok(());
+    };
+    let app = unique_topic("short-session");
+    let dir = tempfile::tempdir().map_err(|e| Error::io("create", "tempdir", e))?;
+    let staging = dir.path().to_path_buf();
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let result = KafkaWorkers::new(&brokers, &app)
+            .partitions(1)
+            .session_timeout(Duration::from_secs(1))
+            .run(|job| {
+                let job = job.checkpointing(Duration::from_millis(200), &staging);
+                job.source(VecSource::new(vec![1u32]), WatermarkStrategy::none())
+                    .key_by(|x: &u32| *x)
+                    .window(Tumbling::of(Duration::from_millis(10)))
+                    .aggregate(Count)
+                    .map(|r| r.value)
+                    .sink(CollectSink::new());
+                Ok(job)
+            });
+        let _ = done.send(result);
+    });
+    let result = outcome
+        .recv_timeout(Duration::from_secs(60))
+        .map_err(|_| Error::user("the worker did not stop within 60 s"))?;
+    let err = error_text(result);
+    assert!(err.contains("refuse a session timeout of 1s"), "{err}");
+    Ok(())
+}

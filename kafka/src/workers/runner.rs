@@ -137,21 +137,40 @@ impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut assignment = self
-                .assignment
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
-            for element in tpl.elements() {
-                let key = (element.topic().to_string(), element.partition());
-                assignment.assigned.remove(&key);
-                if let Some(failed) = tasks.remove(&key).and_then(|slot| stop_slot(slot, &key)) {
-                    self.failure
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .get_or_insert(failed);
-                }
+        let revoked: Vec<TaskKey> = match rebalance {
+            Rebalance::Revoke(tpl) => tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect(),
+            // The assignment is unknown now (rdkafka drops it): stop every
+            // task, as if all were revoked; the group hands them out again.
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "rebalance failed: stopping every task");
+                self.tasks
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .keys()
+                    .cloned()
+                    .collect()
+            }
+            Rebalance::Assign(_) => Vec::new(),
+        };
+        let mut assignment = self
+            .assignment
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(rebalance, Rebalance::Error(_)) {
+            assignment.assigned.clear();
+        }
+        for key in revoked {
+            assignment.assigned.remove(&key);
+            if let Some(failed) = tasks.remove(&key).and_then(|slot| stop_slot(slot, &key)) {
+                self.failure
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get_or_insert(failed);
             }
         }
     }
@@ -383,6 +402,20 @@ impl KafkaWorkers {
                 // fenced): the group no longer counts on this worker.
                 Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
                     return Err(self.settings.error("stay in the group", e));
+                }
+                // Retrying would only repeat it, once a poll, forever.
+                Some(Err(e))
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::InvalidSessionTimeout) =>
+                {
+                    return Err(Error::config(
+                        "workers.session_timeout",
+                        format!(
+                            "the brokers refuse a session timeout of {:?} (their \
+                             group.min.session.timeout.ms and group.max.session.timeout.ms \
+                             bound it, 6 s to 30 min by default): {e}",
+                            self.session_timeout
+                        ),
+                    ));
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "group consumer"),
                 _ => {}
