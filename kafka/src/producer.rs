@@ -71,6 +71,28 @@ pub(crate) fn create(settings: &ClientSettings, extra: &[(&str, &str)]) -> Resul
         .map_err(|e| crate::client::invalid_property(settings, e))
 }
 
+/// A transactional producer for `id`, initialized: this fences every
+/// earlier producer with that id and aborts (or waits out) its open
+/// transaction. A transaction may stay open `timeout_ms` before the
+/// coordinator aborts it.
+pub(crate) fn transactional(
+    settings: &ClientSettings,
+    id: &str,
+    timeout_ms: &str,
+) -> Result<KafkaProducer> {
+    let producer = create(
+        settings,
+        &[
+            ("transactional.id", id),
+            ("transaction.timeout.ms", timeout_ms),
+        ],
+    )?;
+    producer
+        .init_transactions(PRODUCE_TIMEOUT)
+        .map_err(|e| settings.error(format!("initialize transactional id '{id}'"), e))?;
+    Ok(producer)
+}
+
 /// Sends `record`, waiting while the producer's queue is full.
 pub(crate) fn send(
     producer: &KafkaProducer,

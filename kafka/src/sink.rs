@@ -633,18 +633,7 @@ impl Transactions {
     /// A transactional producer for `id`, initialized: this fences every
     /// earlier producer with that id and aborts its open transaction.
     fn init_producer(&self, id: &str) -> Result<KafkaProducer> {
-        let producer = producer::create(
-            &self.settings,
-            &[
-                ("transactional.id", id),
-                ("transaction.timeout.ms", "60000"),
-            ],
-        )?;
-        producer.init_transactions(PRODUCE_TIMEOUT).map_err(|e| {
-            self.settings
-                .error(format!("initialize transactional id '{id}'"), e)
-        })?;
-        Ok(producer)
+        producer::transactional(&self.settings, id, "60000")
     }
 
     /// Initializes a producer for each of `ids` (in parallel: each is a

@@ -154,22 +154,10 @@ impl KafkaCheckpointStore {
         staging: &Path,
     ) -> Result<Self> {
         let settings = ClientSettings::new(brokers);
-        let producer = producer::create(
-            &settings,
-            &[
-                ("transactional.id", transactional_id),
-                // One file's upload is one transaction: a large snapshot
-                // may take minutes (15 is the broker's default ceiling).
-                ("transaction.timeout.ms", "900000"),
-            ],
-        )?;
         // Fence first: nothing an earlier owner writes after this is read.
-        producer.init_transactions(PRODUCE_TIMEOUT).map_err(|e| {
-            settings.error(
-                format!("initialize transactional id '{transactional_id}'"),
-                e,
-            )
-        })?;
+        // One file's upload is one transaction: a large snapshot may take
+        // minutes (15 is the broker's default ceiling).
+        let producer = producer::transactional(&settings, transactional_id, "900000")?;
         let root = staging.join(CACHE_DIR);
         if root.exists() {
             std::fs::remove_dir_all(&root).map_err(|e| Error::io("delete", &root, e))?;
