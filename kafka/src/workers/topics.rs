@@ -226,13 +226,17 @@ impl InternalTopics {
             .collect()
     }
 
-    /// Refuses `topic` unless its cleanup policy is `compact` (alone).
-    fn check_compacted(&self, topic: &str) -> Result<()> {
-        let admin: AdminClient<DefaultClientContext> = self
-            .settings
+    /// An admin client of the cluster.
+    fn admin(&self) -> Result<AdminClient<DefaultClientContext>> {
+        self.settings
             .config(&[])
             .create()
-            .map_err(|e| invalid_property(&self.settings, e))?;
+            .map_err(|e| invalid_property(&self.settings, e))
+    }
+
+    /// Refuses `topic` unless its cleanup policy is `compact` (alone).
+    fn check_compacted(&self, topic: &str) -> Result<()> {
+        let admin = self.admin()?;
         let options = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         let action = || format!("describe the configuration of topic '{topic}'");
@@ -374,11 +378,7 @@ impl InternalTopics {
             // There: checked (and waited for) as a new one is.
             return self.wait_for_leaders(&consumer, topic, partitions, field);
         }
-        let admin: AdminClient<DefaultClientContext> = self
-            .settings
-            .config(&[])
-            .create()
-            .map_err(|e| invalid_property(&self.settings, e))?;
+        let admin = self.admin()?;
         let count = i32::try_from(partitions).map_err(|_| {
             Error::config(
                 field,
