@@ -203,11 +203,17 @@ fn stop_slot(slot: TaskSlot, key: &TaskKey) -> Option<Error> {
         TaskSlot::Starting(started) => match started.recv() {
             Ok(Ok(task)) => stop_task(task, key),
             Ok(Err(e)) => Some(e),
-            Err(_) => Some(Error::Internal(format!(
-                "the thread starting task {key:?} ended without a word"
-            ))),
+            Err(_) => Some(start_lost(key)),
         },
     }
+}
+
+/// The error of a start thread that ended without sending its task (it
+/// catches panics, so this is not expected).
+fn start_lost(key: &TaskKey) -> Error {
+    Error::Internal(format!(
+        "the thread starting task {key:?} ended without a word"
+    ))
 }
 
 /// Aborts a task and waits for it: nothing after its last checkpoint is
@@ -477,11 +483,7 @@ impl KafkaWorkers {
                         Ok(Ok(task)) => *slot = TaskSlot::Running(task),
                         Ok(Err(e)) => return Err(e),
                         Err(mpsc::TryRecvError::Empty) => {}
-                        Err(mpsc::TryRecvError::Disconnected) => {
-                            return Err(Error::Internal(format!(
-                                "the thread starting task {key:?} ended without a word"
-                            )))
-                        }
+                        Err(mpsc::TryRecvError::Disconnected) => return Err(start_lost(key)),
                     },
                     TaskSlot::Running(task) if task.is_finished() => done.push(key.clone()),
                     TaskSlot::Running(_) => {}
