@@ -283,19 +283,15 @@ impl Graph {
         source_tasks: Option<&[usize]>,
     ) -> Result<Vec<usize>> {
         let parallelism = self.worker_parallelism(repartition_partitions, source_tasks)?;
-        let stage_of = self.node_stages();
-        let mut tasks = vec![0; stage_of.iter().max().map_or(0, |m| m + 1)];
-        for (node, &stage) in stage_of.iter().enumerate() {
-            tasks[stage] = tasks[stage].max(parallelism[node]);
-        }
-        Ok(tasks)
+        Ok(tasks_per_stage(&parallelism, &self.node_stages()))
     }
 
     /// Plans the run of `part`, refusing a graph worker mode cannot split.
     pub(crate) fn part_plan(&self, part: &JobPart) -> Result<PartPlan> {
         let fixed = part.stage_tasks.as_deref();
         let parallelism = self.worker_parallelism(part.repartition_partitions, fixed)?;
-        let tasks = self.stage_tasks(part.repartition_partitions, fixed)?;
+        let stage_of = self.node_stages();
+        let tasks = tasks_per_stage(&parallelism, &stage_of);
         let Some(&count) = tasks.get(part.stage) else {
             return Err(Error::config(
                 "workers.part",
@@ -324,7 +320,7 @@ impl Graph {
             .collect();
         Ok(PartPlan {
             part: part.clone(),
-            stage_of: self.node_stages(),
+            stage_of,
             parallelism,
             exchange: (0..self.nodes.len())
                 .map(|n| self.exchange_uid(n))
@@ -340,6 +336,15 @@ impl Graph {
             .find(|o| o.node == node && o.kind == OpKind::Exchange)
             .map_or_else(String::new, |o| o.uid().to_string())
     }
+}
+
+/// Per stage, its task count: the largest parallelism of its nodes.
+fn tasks_per_stage(parallelism: &[usize], stage_of: &[usize]) -> Vec<usize> {
+    let mut tasks = vec![0; stage_of.iter().max().map_or(0, |m| m + 1)];
+    for (node, &stage) in stage_of.iter().enumerate() {
+        tasks[stage] = tasks[stage].max(parallelism[node]);
+    }
+    tasks
 }
 
 /// The checkpoint directory of task run `part` under the job's `dir`
