@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use tideline::kafka::workers::{InternalTopics, KafkaCheckpointStore, KafkaTaskStores};
+use tideline::kafka::workers::{
+    CheckpointReplica, InternalTopics, KafkaCheckpointStore, KafkaTaskStores,
+};
 use tideline::prelude::*;
 use tideline::{CheckpointStore, TaskCheckpointStores};
 
@@ -163,5 +165,78 @@ fn a_checkpoint_topic_that_is_not_compacted_is_refused() -> Result<()> {
     super::create_topic(&brokers, &topics.checkpoint_topic(0), 1);
     let err = crate::error_text(topics.ensure_checkpoint_topics(&[1]));
     assert!(err.contains("cleanup.policy delete, not compact"), "{err}");
+    Ok(())
+}
+
+/// A replica kept up to date as a standby would be: a store opened from
+/// it reads only the records written past its position, and holds the
+/// same files as a store that replays the whole partition. A replica of
+/// another partition is not used.
+#[test]
+fn a_store_opened_from_a_replica_reads_only_the_tail() -> Result<()> {
+    let Some(brokers) = brokers() else {
+        return Ok(());
+    };
+    let app = unique_topic("replica");
+    let topics = InternalTopics::new(&brokers, &app, 1);
+    topics.ensure_checkpoint_topics(&[2])?;
+    let topic = topics.checkpoint_topic(0);
+    let txn = format!("{app}-checkpoints-0-1");
+    let (dir_a, dir_b, dir_c, dir_r) = (tempdir()?, tempdir()?, tempdir()?, tempdir()?);
+    let owner = KafkaCheckpointStore::open(&brokers, &topic, 1, &txn, dir_a.path())?;
+    owner.write("chk-0000000001/op/0/state", &pattern(1_200_000, 4))?;
+    owner.write("chk-0000000001/_metadata", b"{\"first\":1}")?;
+    owner.write("chk-0000000002/_metadata", b"{\"second\":2}")?;
+
+    let mut replica = CheckpointReplica::new(&topic, 1, &dir_r.path().join("replica"))?;
+    let read = replica.catch_up(&brokers)?;
+    assert_eq!(read, 5, "3 chunks and 2 files");
+    assert_eq!(
+        replica.files().collect::<Vec<_>>(),
+        [
+            "chk-0000000001/_metadata",
+            "chk-0000000001/op/0/state",
+            "chk-0000000002/_metadata"
+        ]
+    );
+    assert!(replica.is_fresh());
+    assert_eq!(replica.catch_up(&brokers)?, 0, "nothing new");
+    // The owner goes on: a rewrite with fewer chunks, a delete, a file of
+    // two chunks.
+    owner.write("chk-0000000001/op/0/state", b"short")?;
+    owner.delete_all(&["chk-0000000001/_metadata".to_string()])?;
+    owner.write("chk-0000000003/op/0/state", &pattern(700_000, 5))?;
+    let written = contents(&owner)?;
+
+    let other_partition = CheckpointReplica::new(&topic, 0, &dir_r.path().join("other"))?;
+    let not_used = KafkaCheckpointStore::open_from(
+        &brokers,
+        &topic,
+        1,
+        &txn,
+        dir_c.path(),
+        Some(other_partition),
+    )?;
+    assert!(!not_used.replayed().from_replica);
+    let whole = not_used.replayed().records;
+    drop(not_used);
+
+    let position = replica.position();
+    let taker =
+        KafkaCheckpointStore::open_from(&brokers, &topic, 1, &txn, dir_b.path(), Some(replica))?;
+    let replayed = taker.replayed();
+    assert!(replayed.from_replica, "{replayed:?}");
+    assert_eq!(replayed.from_offset, position);
+    // 1 chunk, 2 tombstones for the rewrite, 1 for the delete, 2 chunks.
+    assert_eq!(
+        replayed.records, 6,
+        "{replayed:?} (a whole replay read {whole})"
+    );
+    assert!(whole > replayed.records);
+    assert_eq!(contents(&taker)?, written);
+    // The earlier owner is fenced as by any opening.
+    assert!(owner.write("chk-0000000004/_metadata", b"{}").is_err());
+    let fresh = open(&KafkaTaskStores::new(&brokers, &app), 1, dir_c.path())?;
+    assert_eq!(contents(fresh.as_ref())?, written);
     Ok(())
 }

@@ -297,6 +297,8 @@ struct WorkerConfig {
     dir: String,
     /// The worker leaves the group once this file exists.
     stop_file: String,
+    /// Its `KafkaWorkers::standby_replicas`.
+    standbys: usize,
 }
 
 impl WorkerConfig {
@@ -312,6 +314,7 @@ impl WorkerConfig {
             app: var("TL_W_APP")?,
             dir: var("TL_W_DIR")?,
             stop_file: var("TL_W_STOP")?,
+            standbys: var("TL_W_STANDBYS")?.parse().ok()?,
         })
     }
 
@@ -335,6 +338,7 @@ impl WorkerConfig {
             .env("TL_W_APP", &self.app)
             .env("TL_W_DIR", &self.dir)
             .env("TL_W_STOP", &stop_file)
+            .env("TL_W_STANDBYS", self.standbys.to_string())
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(log)
@@ -377,7 +381,8 @@ fn worker_process() -> Result<()> {
         .try_init();
     let workers = KafkaWorkers::new(&config.topics.brokers, &config.app)
         .partitions(3)
-        .session_timeout(Duration::from_secs(6));
+        .session_timeout(Duration::from_secs(6))
+        .standby_replicas(config.standbys);
     let handle = workers.handle();
     let stop_file = config.stop_file.clone();
     std::thread::spawn(move || {
@@ -459,6 +464,7 @@ fn worker_setup_on(brokers: &str, input: &str) -> Result<(Output, WorkerConfig)>
         app: unique_topic("app"),
         dir: dir.display().to_string(),
         stop_file: dir.join("stop").display().to_string(),
+        standbys: 0,
     };
     Ok((results(&one), config))
 }
@@ -482,13 +488,23 @@ fn finish_and_compare(
 
 /// The tasks worker `n`'s log says it started, each with when.
 fn started_tasks(config: &WorkerConfig, n: usize) -> Vec<(String, chrono::DateTime<chrono::Utc>)> {
+    logged(config, n, "starting a task")
+}
+
+/// What follows `message` on the lines of worker `n`'s log that have it,
+/// each with when it was logged.
+fn logged(
+    config: &WorkerConfig,
+    n: usize,
+    message: &str,
+) -> Vec<(String, chrono::DateTime<chrono::Utc>)> {
     let log = std::fs::read_to_string(format!("{}/worker-{n}.log", config.dir)).unwrap_or_default();
     log.lines()
-        .filter(|line| line.contains("starting a task"))
+        .filter(|line| line.contains(message))
         .filter_map(|line| {
             let at = chrono::DateTime::parse_from_rfc3339(line.split_whitespace().next()?).ok()?;
-            let task = line.split("starting a task").nth(1)?.trim().to_string();
-            Some((task, at.with_timezone(&chrono::Utc)))
+            let rest = line.split(message).nth(1)?.trim().to_string();
+            Some((rest, at.with_timezone(&chrono::Utc)))
         })
         .collect()
 }
@@ -774,5 +790,53 @@ fn a_session_timeout_the_brokers_refuse_is_an_error() -> Result<()> {
         .map_err(|_| Error::user("the worker did not stop within 60 s"))?;
     let err = error_text(result);
     assert!(err.contains("refuse a session timeout of 1s"), "{err}");
+    Ok(())
+}
+
+/// With a standby replica each, two workers keep warm copies of each
+/// other's tasks: when one is killed, every task that moves to the other
+/// restores from its replica (reading only the tail of its checkpoint
+/// partition), and the output is still the one-process run's.
+#[test]
+fn a_killed_workers_tasks_restore_from_standby_replicas() -> Result<()> {
+    let Some(brokers) = brokers() else {
+        return Ok(());
+    };
+    let (want, mut config) = worker_setup(&brokers, 20_000)?;
+    config.standbys = 1;
+    let mut workers: Vec<Worker> = (0..2).map(|n| config.spawn(n)).collect();
+    // Both run tasks and worker 1 keeps replicas of worker 0's; a few
+    // placement rounds (2 s each) later, of all of them, read to their end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while started_tasks(&config, 0).is_empty()
+        || started_tasks(&config, 1).is_empty()
+        || logged(&config, 1, "keeping a standby replica").is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workers got no tasks or worker 1 keeps no replica"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(4_500));
+    let killed_at = chrono::Utc::now();
+    workers.remove(0).kill();
+    finish_and_compare(&config, workers, &want);
+    let restores: Vec<String> = logged(&config, 1, "checkpoint store replayed")
+        .into_iter()
+        .filter(|(_, at)| *at > killed_at)
+        .map(|(fields, _)| fields)
+        .collect();
+    let moved = started_tasks(&config, 1)
+        .into_iter()
+        .filter(|(_, at)| *at > killed_at)
+        .count();
+    assert!(moved > 0, "worker 0's tasks moved to worker 1");
+    assert_eq!(restores.len(), moved, "{restores:#?}");
+    assert!(
+        restores.iter().all(|r| r.contains("standby=true")),
+        "every moved task restored from its replica: {restores:#?}"
+    );
+    eprintln!("restores after the kill: {restores:#?}");
     Ok(())
 }

@@ -45,42 +45,33 @@
 //! - **Restore time** grows with the partition's size: the files of the
 //!   retained checkpoints, plus what compaction has not yet removed
 //!   (`segment.ms` of 10 minutes bounds how long superseded data stays
-//!   in the uncleaned tail).
+//!   in the uncleaned tail). A standby replica on the new owner's worker
+//!   ([`CheckpointReplica`], `KafkaWorkers::standby_replicas`) cuts it to
+//!   the records written since the replica's last read.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use rdkafka::producer::Producer;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tideline_engine::{
     CheckpointStore, Error, FileSum, LocalDirectory, Result, TaskCheckpointStores,
 };
 
+use super::replica::{chunk_key, chunk_value, CheckpointReplica};
+use super::standby::Standbys;
 use super::topics::checkpoint_topic;
-use crate::client::{ClientSettings, REQUEST_TIMEOUT};
+use crate::client::ClientSettings;
 use crate::producer::{self, KafkaProducer, StoredRecord, PRODUCE_TIMEOUT};
 
 /// The largest chunk of a file one record carries.
 const CHUNK: usize = 512 * 1024;
 
-/// The first byte of every chunk record's value.
-const FORMAT: u8 = 1;
-
-/// A chunk's value: format, write id, chunk count, then the bytes.
-const HEADER: usize = 1 + 8 + 4;
-
 /// Where the cache lives inside the task's staging directory.
 const CACHE_DIR: &str = ".kafka-store";
-
-/// The file a replay assembles a version in before it is complete.
-const ASSEMBLING: &str = ".assembling";
 
 /// Where a staged file waits in the cache while it is written to Kafka.
 const INCOMING: &str = ".incoming";
@@ -93,6 +84,7 @@ pub struct KafkaCheckpointStore {
     topic: String,
     partition: i32,
     cache: LocalDirectory,
+    replayed: ReplayStats,
     writer: Mutex<Writer>,
 }
 
@@ -117,13 +109,6 @@ impl std::fmt::Debug for Writer {
             .field("files", &self.chunks.len())
             .finish_non_exhaustive()
     }
-}
-
-/// One chunk record as read back.
-struct Chunk<'a> {
-    write: u64,
-    count: u32,
-    bytes: &'a [u8],
 }
 
 impl KafkaCheckpointStore {
@@ -153,45 +138,99 @@ impl KafkaCheckpointStore {
         transactional_id: &str,
         staging: &Path,
     ) -> Result<Self> {
+        Self::open_from(brokers, topic, partition, transactional_id, staging, None)
+    }
+
+    /// [`open`](Self::open), starting from `replica`, a copy of the same
+    /// partition kept up to date elsewhere on this machine (a standby
+    /// replica): its files move into the cache and only the records
+    /// written past its position are read. A replica of another
+    /// partition, one that has not caught up for
+    /// [`MAX_STANDBY_LAG`](super::MAX_STANDBY_LAG), or one that cannot be
+    /// read on from, is dropped and the whole partition replayed.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_from(
+        brokers: impl Into<String>,
+        topic: &str,
+        partition: i32,
+        transactional_id: &str,
+        staging: &Path,
+        replica: Option<CheckpointReplica>,
+    ) -> Result<Self> {
         let settings = ClientSettings::new(brokers);
         // Fence first: nothing an earlier owner writes after this is read.
         // One file's upload is one transaction: a large snapshot may take
         // minutes (15 is the broker's default ceiling).
         let producer = producer::transactional(&settings, transactional_id, "900000")?;
         let root = staging.join(CACHE_DIR);
-        if root.exists() {
-            std::fs::remove_dir_all(&root).map_err(|e| Error::io("delete", &root, e))?;
-        }
-        let cache = LocalDirectory::new(&root)?;
-        let store = Self {
-            settings,
-            topic: topic.to_string(),
-            partition,
-            cache,
-            writer: Mutex::new(Writer {
-                producer,
-                transactional_id: transactional_id.to_string(),
-                chunks: BTreeMap::new(),
-                next_write: 0,
-                broken: None,
-            }),
-        };
         let started = Instant::now();
-        let (files, records, highest_write) = store.replay()?;
-        {
-            let mut writer = store.lock();
-            writer.chunks = files;
-            writer.next_write = highest_write + 1;
-        }
+        let warm = match replica {
+            Some(replica) if replica.source() == (topic, partition) && replica.is_fresh() => {
+                replica
+                    .move_to(&root)
+                    .map_err(|e| {
+                        tracing::warn!(topic, partition, error = %e, "a standby replica cannot be used");
+                    })
+                    .ok()
+            }
+            Some(replica) => {
+                replica.discard();
+                None
+            }
+            None => None,
+        };
+        let from_replica = warm.is_some();
+        let mut replica = match warm {
+            Some(replica) => replica,
+            None => CheckpointReplica::new(topic, partition, &root)?,
+        };
+        let from_offset = replica.position();
+        let records = match replica.catch_up_with(&settings) {
+            Ok(records) => records,
+            Err(e) if from_replica => {
+                tracing::warn!(topic, partition, error = %e, "reading on from a standby replica failed: replaying the whole partition");
+                replica = CheckpointReplica::new(topic, partition, &root)?;
+                replica.catch_up_with(&settings)?
+            }
+            Err(e) => return Err(e),
+        };
+        let replayed = ReplayStats {
+            records,
+            from_offset,
+            from_replica,
+            took: started.elapsed(),
+        };
         tracing::info!(
             topic,
             partition,
             records,
-            files = store.lock().chunks.len(),
-            took_ms = started.elapsed().as_millis() as u64,
+            from_offset = replayed.from_offset,
+            standby = from_replica,
+            files = replica.file_chunks().len(),
+            took_ms = replayed.took.as_millis() as u64,
             "checkpoint store replayed"
         );
-        Ok(store)
+        Ok(Self {
+            settings,
+            topic: topic.to_string(),
+            partition,
+            cache: replica.cache().clone(),
+            replayed,
+            writer: Mutex::new(Writer {
+                producer,
+                transactional_id: transactional_id.to_string(),
+                chunks: replica.file_chunks().clone(),
+                next_write: replica.highest_write() + 1,
+                broken: None,
+            }),
+        })
+    }
+
+    /// What opening it read.
+    pub fn replayed(&self) -> ReplayStats {
+        self.replayed
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
@@ -227,154 +266,6 @@ impl KafkaCheckpointStore {
         format!(
             "the checkpoints in partition {} of '{}'",
             self.partition, self.topic
-        )
-    }
-
-    /// Reads the partition from its start to its end into the cache.
-    /// Returns every file's chunk count, the records read and the highest
-    /// write id seen.
-    fn replay(&self) -> Result<(BTreeMap<String, u32>, u64, u64)> {
-        let group = format!("{}-reader", self.lock().transactional_id);
-        // End of partition is reported at the last stable offset: commit
-        // markers take offsets too, so neither the last record's offset
-        // nor the position says reliably that the end is reached.
-        let consumer: BaseConsumer = self
-            .settings
-            .config(&[
-                ("group.id", &group),
-                ("enable.auto.commit", "false"),
-                ("isolation.level", "read_committed"),
-                ("enable.partition.eof", "true"),
-                // A start that is out of range is an error, never a
-                // silent jump to the end (an empty replay).
-                ("auto.offset.reset", "error"),
-                // The end is found by a fetch that returns nothing: the
-                // broker's default wait (500 ms) would be the restore's
-                // floor.
-                ("fetch.wait.max.ms", "10"),
-            ])
-            .create()
-            .map_err(|e| crate::client::invalid_property(&self.settings, e))?;
-        let (low, high) = consumer
-            .fetch_watermarks(&self.topic, self.partition, REQUEST_TIMEOUT)
-            .map_err(|e| {
-                self.settings
-                    .error(format!("read the offsets of {}", self.what()), e)
-            })?;
-        let mut files = BTreeMap::new();
-        let mut highest_write = 0;
-        let mut records = 0u64;
-        if high <= low {
-            return Ok((files, records, highest_write));
-        }
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(&self.topic, self.partition, Offset::Beginning)
-            .map_err(|e| self.settings.error(format!("read {}", self.what()), e))?;
-        consumer
-            .assign(&assignment)
-            .map_err(|e| self.settings.error(format!("read {}", self.what()), e))?;
-        let mut assembly: Option<Assembly> = None;
-        let mut quiet_since = Instant::now();
-        loop {
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(message)) => {
-                    quiet_since = Instant::now();
-                    records += 1;
-                    let (name, index) = parse_key(message.key()).ok_or_else(|| {
-                        self.foreign(message.offset(), "its key is not a chunk's")
-                    })?;
-                    match message.payload() {
-                        None => {
-                            // A delete tombstones chunk 0; a rewrite with
-                            // fewer chunks only the ones past its end.
-                            if index == 0 {
-                                self.cache.delete(&name)?;
-                                files.remove(&name);
-                            }
-                        }
-                        Some(value) => {
-                            let chunk = parse_value(value).ok_or_else(|| {
-                                self.foreign(message.offset(), "its value is not a chunk's")
-                            })?;
-                            highest_write = highest_write.max(chunk.write);
-                            if let Some(count) =
-                                self.add_chunk(&mut assembly, &name, index, &chunk)?
-                            {
-                                files.insert(name, count);
-                            }
-                        }
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) => {
-                    return Err(self.settings.error(format!("read {}", self.what()), e))
-                }
-                None if quiet_since.elapsed() > REQUEST_TIMEOUT => {
-                    return Err(Error::external(
-                        self.settings.system(),
-                        format!("read {}", self.what()),
-                        format!("no record and no end arrived for {REQUEST_TIMEOUT:?} (the end is near offset {high})"),
-                    ));
-                }
-                None => {}
-            }
-        }
-        let _ = std::fs::remove_file(self.cache.root().join(ASSEMBLING));
-        Ok((files, records, highest_write))
-    }
-
-    /// Adds a chunk to the version being assembled; returns the chunk
-    /// count once a version is complete and in the cache.
-    fn add_chunk(
-        &self,
-        assembly: &mut Option<Assembly>,
-        name: &str,
-        index: u32,
-        chunk: &Chunk<'_>,
-    ) -> Result<Option<u32>> {
-        let path = self.cache.root().join(ASSEMBLING);
-        if index == 0 {
-            let file = File::create(&path).map_err(|e| Error::io("create", &path, e))?;
-            *assembly = Some(Assembly {
-                name: name.to_string(),
-                write: chunk.write,
-                count: chunk.count,
-                next: 0,
-                file,
-            });
-        }
-        let Some(current) = assembly.as_mut() else {
-            return Ok(None);
-        };
-        if current.name != name || current.write != chunk.write || current.next != index {
-            // A stale fragment of an older version: its newer one follows.
-            *assembly = None;
-            return Ok(None);
-        }
-        current
-            .file
-            .write_all(chunk.bytes)
-            .map_err(|e| Error::io("write", &path, e))?;
-        current.next += 1;
-        if current.next < current.count {
-            return Ok(None);
-        }
-        let count = current.count;
-        *assembly = None;
-        self.cache.delete(name)?;
-        self.cache.store(&path, name)?;
-        Ok(Some(count))
-    }
-
-    fn foreign(&self, offset: i64, why: &str) -> Error {
-        Error::config(
-            "checkpoint.store",
-            format!(
-                "the record at offset {offset} of {} is not a Tideline checkpoint file ({why}): \
-                 is the topic another program's?",
-                self.what()
-            ),
         )
     }
 
@@ -449,55 +340,18 @@ impl KafkaCheckpointStore {
     }
 }
 
-/// A version of a file being put together from its chunks.
-struct Assembly {
-    name: String,
-    write: u64,
-    count: u32,
-    next: u32,
-    file: File,
-}
-
-/// `<file key>\0<chunk index, 4 bytes big-endian>`.
-fn chunk_key(name: &str, index: u32) -> Vec<u8> {
-    let mut key = Vec::with_capacity(name.len() + 5);
-    key.extend_from_slice(name.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&index.to_be_bytes());
-    key
-}
-
-fn parse_key(key: Option<&[u8]>) -> Option<(String, u32)> {
-    let key = key?;
-    let split = key.len().checked_sub(5)?;
-    let (name, rest) = key.split_at(split);
-    if rest[0] != 0 {
-        return None;
-    }
-    let index = u32::from_be_bytes(rest[1..].try_into().ok()?);
-    Some((String::from_utf8(name.to_vec()).ok()?, index))
-}
-
-fn chunk_value(write: u64, count: u32, bytes: &[u8]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(HEADER + bytes.len());
-    value.push(FORMAT);
-    value.extend_from_slice(&write.to_be_bytes());
-    value.extend_from_slice(&count.to_be_bytes());
-    value.extend_from_slice(bytes);
-    value
-}
-
-fn parse_value(value: &[u8]) -> Option<Chunk<'_>> {
-    if value.len() < HEADER || value[0] != FORMAT {
-        return None;
-    }
-    let write = u64::from_be_bytes(value[1..9].try_into().ok()?);
-    let count = u32::from_be_bytes(value[9..13].try_into().ok()?);
-    (count > 0).then_some(Chunk {
-        write,
-        count,
-        bytes: &value[HEADER..],
-    })
+/// What opening a [`KafkaCheckpointStore`] read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// The records read.
+    pub records: u64,
+    /// The offset the reading started at: 0 for a whole replay, a
+    /// standby replica's position otherwise.
+    pub from_offset: i64,
+    /// Whether it started from a standby replica's files.
+    pub from_replica: bool,
+    /// How long it took, fencing excluded.
+    pub took: Duration,
 }
 
 impl CheckpointStore for KafkaCheckpointStore {
@@ -604,6 +458,9 @@ impl CheckpointStore for KafkaCheckpointStore {
 pub struct KafkaTaskStores {
     settings: ClientSettings,
     application_id: String,
+    /// The standby replicas this worker keeps, which a task opened here
+    /// starts from.
+    standbys: Option<Arc<Standbys>>,
 }
 
 impl KafkaTaskStores {
@@ -612,7 +469,15 @@ impl KafkaTaskStores {
         Self {
             settings: ClientSettings::new(brokers),
             application_id: application_id.into(),
+            standbys: None,
         }
+    }
+
+    /// Tasks opened start from the replicas of `standbys` when it keeps
+    /// theirs.
+    pub(crate) fn with_standbys(mut self, standbys: Arc<Standbys>) -> Self {
+        self.standbys = Some(standbys);
+        self
     }
 }
 
@@ -629,12 +494,17 @@ impl TaskCheckpointStores for KafkaTaskStores {
         if staging.exists() {
             std::fs::remove_dir_all(staging).map_err(|e| Error::io("delete", staging, e))?;
         }
-        let store = KafkaCheckpointStore::open(
+        let replica = self
+            .standbys
+            .as_ref()
+            .and_then(|standbys| standbys.take((stage, task)));
+        let store = KafkaCheckpointStore::open_from(
             self.settings.brokers.clone(),
             &checkpoint_topic(&self.application_id, stage),
             partition,
             &format!("{}-checkpoints-{stage}-{task}", self.application_id),
             staging,
+            replica,
         )?;
         Ok(Arc::new(store))
     }

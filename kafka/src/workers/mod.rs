@@ -8,8 +8,9 @@
 //! Checkpoints are kept in Kafka ([`KafkaTaskStores`]), so no worker needs
 //! a directory another one reaches. A source topic that gains partitions
 //! is read by the tasks the application has (see "Stages and tasks").
-//! Not built yet: standby replicas, rebalance
-//! and broadcast edges across workers, and more tasks for a grown source.
+//! Standby replicas ([`KafkaWorkers::standby_replicas`]) keep warm copies
+//! of tasks' checkpoints on other workers. Not built yet: rebalance and
+//! broadcast edges across workers, and more tasks for a grown source.
 //!
 //! # What a user does
 //! The job code is the one-process job. One builder call switches it to
@@ -214,10 +215,18 @@
 //! - **Partitions assigned**: the task is built from the job code and
 //!   restores from its latest checkpoint, or starts fresh.
 //! - **Partitions lost** (session timeout): as revoked, by the new owner.
-//! - **Standby replicas** (optional, `standbys(n)`): a worker that does not
-//!   own a task may keep a warm copy by reading its changelog; when it gets
-//!   the task it restores only the tail. Restore times are to be reported
-//!   with and without.
+//! - **Standby replicas** (optional, [`KafkaWorkers::standby_replicas`]):
+//!   a worker that does not run a task keeps a copy of its checkpoint
+//!   partition ([`CheckpointReplica`]), read as it is written; when it gets
+//!   the task, opening the store fences the old owner and reads only the
+//!   records past the replica's position. **Differs from the first
+//!   design:** Kafka Streams' assignor places tasks where their standbys
+//!   are; librdkafka has no custom assignors, so placement is computed by
+//!   every worker from the group's description instead (each keeps the
+//!   tasks of the `n` members before it, by member id; the `standby`
+//!   module), and a dead worker's tasks land where cooperative-sticky puts
+//!   them: with `n` = workers − 1 every move is warm. Restore times with
+//!   and without are in `benches/README.md` (`benches/restore.rs`).
 //!
 //! # Failure analysis (as built)
 //! | failure | what happens | lost | duplicated |
@@ -263,9 +272,11 @@
 //!   that far) makes it `P_up` writes per interval, with the ordering
 //!   argument above kept by the offsets.
 //! - **Restore:** a task's checkpoint partition is read at roughly the
-//!   network and disk rate, some hundred MB/s per task, so several seconds
-//!   per GB of state; standby replicas (not built) would make failover
-//!   cost only their lag.
+//!   network and disk rate (measured on this machine's loopback: see
+//!   `benches/README.md`, "Restoring a task"), so seconds per GB of
+//!   state; with standby replicas a failover costs only their lag (one
+//!   checkpoint's new files). Each replica is a reader of the partition:
+//!   `n` replicas multiply the checkpoint topics' read traffic by `n + 1`.
 //!
 //! # Tests this design will be held to (issue 16)
 //! Three worker processes of the same test binary over a 6-partition input
@@ -282,11 +293,14 @@ pub use tideline_engine::{JobPart, RemoteExchange};
 mod checkpoint_store;
 mod exchange;
 mod repartition;
+mod replica;
 mod runner;
+mod standby;
 mod topics;
 
-pub use checkpoint_store::{KafkaCheckpointStore, KafkaTaskStores};
+pub use checkpoint_store::{KafkaCheckpointStore, KafkaTaskStores, ReplayStats};
 pub use exchange::{Control, Incoming, Outgoing, RepartitionCodec};
 pub use repartition::KafkaExchange;
+pub use replica::{CheckpointReplica, MAX_STANDBY_LAG};
 pub use runner::{KafkaWorkers, WorkerHandle};
 pub use topics::InternalTopics;

@@ -53,6 +53,7 @@ use tideline_engine::{
     Error, Job, JobHandle, JobPart, RemoteExchange, Result, TaskCheckpointStores,
 };
 
+use super::standby::{worker_client_id, StandbyPlan, Standbys};
 use super::{InternalTopics, KafkaExchange, KafkaTaskStores};
 use crate::client::{invalid_property, ClientSettings};
 
@@ -73,6 +74,7 @@ pub struct KafkaWorkers {
     partitions: usize,
     replication: i32,
     session_timeout: Duration,
+    standby_replicas: usize,
     stop: Arc<AtomicBool>,
 }
 
@@ -243,6 +245,7 @@ impl KafkaWorkers {
             partitions: 6,
             replication: 1,
             session_timeout: Duration::from_secs(10),
+            standby_replicas: 0,
             stop: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -267,6 +270,19 @@ impl KafkaWorkers {
     /// tasks (default 10 s; the broker allows 6 s to 30 min by default).
     pub fn session_timeout(mut self, timeout: Duration) -> Self {
         self.session_timeout = timeout;
+        self
+    }
+
+    /// How many other workers keep a warm copy of each task's checkpoints
+    /// (default 0): a task that moves to one of them after its worker
+    /// died restores from local files, reading only what was written
+    /// since. Each replica reads its task's checkpoint partition as it is
+    /// written, so the cost is that traffic and disk, per replica. The
+    /// assignor does not know where replicas are: with `workers - 1`
+    /// replicas every move is warm, with fewer only some (the `standby`
+    /// module's docs tell the placement).
+    pub fn standby_replicas(mut self, replicas: usize) -> Self {
+        self.standby_replicas = replicas;
         self
     }
 
@@ -327,19 +343,48 @@ impl KafkaWorkers {
             key_groups,
         ));
         let tasks_here: Tasks = Arc::new(Mutex::new(BTreeMap::new()));
-        let consumer = self.join_group(&task_topics, Arc::clone(&tasks_here))?;
-        let stores: Arc<dyn TaskCheckpointStores> = Arc::new(KafkaTaskStores::new(
-            self.settings.brokers.clone(),
-            &self.application_id,
-        ));
+        let client_id = worker_client_id(&self.application_id);
+        let consumer = self.join_group(&task_topics, &client_id, Arc::clone(&tasks_here))?;
+        let mut stores = KafkaTaskStores::new(self.settings.brokers.clone(), &self.application_id);
+        let standbys = if self.standby_replicas > 0 {
+            // Scratch: what a previous run of this worker left is stale.
+            let root = staging.join(".standby");
+            if root.exists() {
+                std::fs::remove_dir_all(&root).map_err(|e| Error::io("delete", &root, e))?;
+            }
+            let standbys = Arc::new(Standbys::new(
+                self.settings.clone(),
+                &self.application_id,
+                root,
+            ));
+            stores = stores.with_standbys(Arc::clone(&standbys));
+            Some(standbys)
+        } else {
+            None
+        };
+        let standby_plan = StandbyPlan {
+            replicas: self.standby_replicas,
+            task_topics: task_topics.clone(),
+            client_id,
+        };
         let plan = TaskPlan {
             topics: task_topics,
             tasks,
             exchange,
-            stores,
+            stores: Arc::new(stores),
         };
+        let following = AtomicBool::new(false);
         let result = std::thread::scope(|scope| {
+            let follower = standbys
+                .as_ref()
+                .map(|standbys| scope.spawn(|| standbys.follow(&standby_plan, &following)));
             let result = self.serve(scope, &consumer, &job, &plan, &tasks_here);
+            following.store(true, Ordering::SeqCst);
+            let result = match follower.map(std::thread::ScopedJoinHandle::join) {
+                Some(Ok(Err(e))) => result.and(Err(e)),
+                Some(Err(panic)) => result.and(Err(Error::from_panic(panic))),
+                Some(Ok(Ok(()))) | None => result,
+            };
             // Leaving: stop every task first, then the group hears at once.
             let stopping =
                 std::mem::take(&mut *tasks_here.lock().unwrap_or_else(PoisonError::into_inner));
@@ -359,6 +404,7 @@ impl KafkaWorkers {
     fn join_group(
         &self,
         task_topics: &[String],
+        client_id: &str,
         tasks: Tasks,
     ) -> Result<BaseConsumer<GroupContext>> {
         let session = self.session_timeout.as_millis().to_string();
@@ -367,6 +413,7 @@ impl KafkaWorkers {
             .settings
             .config(&[
                 ("group.id", &self.application_id),
+                ("client.id", client_id),
                 ("partition.assignment.strategy", "cooperative-sticky"),
                 ("session.timeout.ms", &session),
                 ("heartbeat.interval.ms", &heartbeat),
