@@ -126,7 +126,7 @@ fn main() -> Result<()> {
                 &topic,
                 0,
                 &txn,
-                &open_dir.path().join("warm"),
+                &open_dir.path().join(format!("warm-{round}")),
                 Some(replica),
             )?;
             warm.push(started.elapsed());
