@@ -61,7 +61,7 @@ use tideline_engine::{
     CheckpointStore, Error, FileSum, LocalDirectory, Result, TaskCheckpointStores,
 };
 
-use super::replica::{chunk_key, chunk_value, CheckpointReplica};
+use super::replica::{checkpoints_in, chunk_key, chunk_value, remove_dir, CheckpointReplica};
 use super::standby::Standbys;
 use super::topics::checkpoint_topic;
 use crate::client::ClientSettings;
@@ -263,10 +263,7 @@ impl KafkaCheckpointStore {
     }
 
     fn what(&self) -> String {
-        format!(
-            "the checkpoints in partition {} of '{}'",
-            self.partition, self.topic
-        )
+        checkpoints_in(&self.topic, self.partition)
     }
 
     /// Chunk `index` of `name` (`None`: its tombstone).
@@ -491,9 +488,7 @@ impl TaskCheckpointStores for KafkaTaskStores {
                 format!("task {task} is past Kafka's partitions"),
             )
         })?;
-        if staging.exists() {
-            std::fs::remove_dir_all(staging).map_err(|e| Error::io("delete", staging, e))?;
-        }
+        remove_dir(staging)?;
         let replica = self
             .standbys
             .as_ref()

@@ -36,10 +36,10 @@ use tideline_engine::{CheckpointStore, Error, LocalDirectory, Result};
 use crate::client::{ClientSettings, REQUEST_TIMEOUT};
 
 /// The first byte of every chunk record's value.
-pub(crate) const FORMAT: u8 = 1;
+const FORMAT: u8 = 1;
 
 /// A chunk's value: format, write id, chunk count, then the bytes.
-pub(crate) const HEADER: usize = 1 + 8 + 4;
+const HEADER: usize = 1 + 8 + 4;
 
 /// The file a replay assembles a version in before it is complete.
 const ASSEMBLING: &str = ".assembling";
@@ -97,9 +97,7 @@ impl CheckpointReplica {
     /// # Errors
     /// When `dir` cannot be emptied or made.
     pub fn new(topic: &str, partition: i32, dir: &Path) -> Result<Self> {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(|e| Error::io("delete", dir, e))?;
-        }
+        remove_dir(dir)?;
         Ok(Self {
             topic: topic.to_string(),
             partition,
@@ -158,9 +156,7 @@ impl CheckpointReplica {
     /// its position; the version being assembled starts over.
     pub(crate) fn move_to(mut self, dir: &Path) -> Result<Self> {
         self.rewind();
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(|e| Error::io("delete", dir, e))?;
-        }
+        remove_dir(dir)?;
         if let Some(parent) = dir.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
         }
@@ -267,10 +263,7 @@ impl CheckpointReplica {
     }
 
     fn what(&self) -> String {
-        format!(
-            "the checkpoints in partition {} of '{}'",
-            self.partition, self.topic
-        )
+        checkpoints_in(&self.topic, self.partition)
     }
 
     fn foreign(&self, offset: i64, why: &str) -> Error {
@@ -365,6 +358,19 @@ impl CheckpointReplica {
         } else {
             Offset::Offset(self.resume)
         }
+    }
+}
+
+/// How errors name a task's checkpoint partition.
+pub(crate) fn checkpoints_in(topic: &str, partition: i32) -> String {
+    format!("the checkpoints in partition {partition} of '{topic}'")
+}
+
+/// Deletes `dir` and everything in it, if it is there.
+pub(crate) fn remove_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("delete", dir, e)),
+        _ => Ok(()),
     }
 }
 

@@ -53,6 +53,7 @@ use tideline_engine::{
     Error, Job, JobHandle, JobPart, RemoteExchange, Result, TaskCheckpointStores,
 };
 
+use super::replica::remove_dir;
 use super::standby::{worker_client_id, StandbyPlan, Standbys};
 use super::{InternalTopics, KafkaExchange, KafkaTaskStores};
 use crate::client::{invalid_property, ClientSettings};
@@ -349,9 +350,7 @@ impl KafkaWorkers {
         let standbys = if self.standby_replicas > 0 {
             // Scratch: what a previous run of this worker left is stale.
             let root = staging.join(".standby");
-            if root.exists() {
-                std::fs::remove_dir_all(&root).map_err(|e| Error::io("delete", &root, e))?;
-            }
+            remove_dir(&root)?;
             let standbys = Arc::new(Standbys::new(
                 self.settings.clone(),
                 &self.application_id,

@@ -214,8 +214,7 @@ impl Standbys {
         for task in dropped {
             if let Some(replica) = replicas.remove(&task) {
                 tracing::info!(stage = task.0, task = task.1, "dropping a standby replica");
-                drop(replica);
-                let _ = std::fs::remove_dir_all(self.dir(task));
+                replica.discard();
             }
         }
         for &task in wanted {
@@ -301,8 +300,9 @@ impl Standbys {
                         replica.apply(message.offset(), message.key(), message.payload())
                     {
                         tracing::warn!(error = %e, "dropping a standby replica that cannot be applied to");
-                        replicas.remove(&task);
-                        let _ = std::fs::remove_dir_all(self.dir(task));
+                        if let Some(replica) = replicas.remove(&task) {
+                            replica.discard();
+                        }
                     }
                 }
                 Err(KafkaError::PartitionEOF(partition)) => {
